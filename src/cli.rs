@@ -1,0 +1,481 @@
+//! The command line: lexopt parsing into one `Command`, and the help texts.
+//!
+//! Parsing only checks shapes (which flags, how many arguments); what the values mean
+//! — is this a valid user name, does the key parse — is decided by the modules that
+//! own them. Help and version are commands like any other, not early exits.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+
+use lexopt::prelude::*;
+
+use crate::keys::import::KeySource;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const COMMIT: &str = env!("PODSPAWN_COMMIT");
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Help(&'static str),
+    Version,
+    AuthKeys(AuthKeysArgs),
+    AddUser(AddUserArgs),
+    RemoveUser(RemoveUserArgs),
+}
+
+/// `auth-keys USER [TYPE KEY]`, as sshd's `AuthorizedKeysCommand ... %u %t %k`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AuthKeysArgs {
+    /// Not yet validated: sshd passes whatever name the client sent.
+    pub user: String,
+    /// The key the client offered (`%t %k`), when sshd passes it.
+    pub offered: Option<OfferedKey>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct OfferedKey {
+    pub kind: String,
+    pub body: String,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct AddUserArgs {
+    pub name: String,
+    pub sources: Vec<KeySource>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct RemoveUserArgs {
+    pub name: String,
+}
+
+/// A command line that does not fit: one line naming the problem, plus a hint.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UsageError {
+    /// The subcommand whose usage was wrong, if it got that far.
+    pub command: Option<&'static str>,
+    pub message: String,
+}
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.command {
+            Some(command) => write!(
+                f,
+                "{command}: {}; see 'podspawn {command} --help'",
+                self.message
+            ),
+            None => write!(f, "{}; see 'podspawn --help'", self.message),
+        }
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+pub const USAGE: &str = "\
+podspawn — SSH in, get a container; exit, it's gone.
+
+Usage: podspawn <command> [options]
+
+Admin commands (run as root):
+  add-user NAME       register NAME's SSH keys (--key, --key-file, --github)
+  remove-user NAME    delete NAME's keys; their next login falls through to sshd
+
+Called by sshd:
+  auth-keys USER [TYPE KEY]
+                      print USER's keys for AuthorizedKeysCommand
+
+Other:
+  version             print the version
+  help [COMMAND]      print this help, or a command's
+
+The server config is /etc/podspawn/config.yaml; PODSPAWN_CONFIG names another.
+Each command takes --help.
+";
+
+const AUTH_KEYS_USAGE: &str = "\
+Usage: podspawn auth-keys USER [TYPE KEY]
+
+Prints USER's registered keys in authorized_keys format, each wrapped in a forced
+`podspawn spawn --user USER` command. sshd runs it, as `nobody`, through
+
+  AuthorizedKeysCommand /usr/local/bin/podspawn auth-keys %u %t %k
+  AuthorizedKeysCommandUser nobody
+
+With TYPE and KEY (the key the client offered) only that key is printed. For a user
+podspawn does not know, or on any problem, it prints nothing and exits 0, so sshd
+falls through to its normal authentication. It reads only the key store: no
+database, no docker, no network. Problems go to log.file or syslog.
+";
+
+const ADD_USER_USAGE: &str = "\
+Usage: podspawn add-user NAME [--key KEY]... [--key-file PATH]... [--github LOGIN]...
+
+Registers SSH public keys for NAME in the key store (auth.key_dir/NAME). Keys
+already registered are not added twice. Every key is checked before anything is
+written: one bad key and nothing changes.
+
+Options:
+  --key KEY          a public key line, e.g. \"ssh-ed25519 AAAA... sarah@laptop\"
+  --key-file PATH    a .pub or authorized_keys-style file (one key per line)
+  --github LOGIN     the public keys of GitHub user LOGIN (fetched once with curl;
+                     authentication never touches the network)
+  -h, --help         print this help
+
+Key lines must be bare keys: podspawn adds its own authorized_keys options.
+";
+
+const REMOVE_USER_USAGE: &str = "\
+Usage: podspawn remove-user NAME
+
+Deletes NAME's keys from the key store. From then on sshd gets no keys for NAME
+from podspawn and falls through to its normal authentication.
+
+Options:
+  -h, --help         print this help
+";
+
+const VERSION_USAGE: &str = "\
+Usage: podspawn version
+
+Prints the version and the commit it was built from.
+";
+
+/// The subcommands, with their help, in the order `--help` lists them.
+const COMMANDS: &[(&str, &str)] = &[
+    ("add-user", ADD_USER_USAGE),
+    ("remove-user", REMOVE_USER_USAGE),
+    ("auth-keys", AUTH_KEYS_USAGE),
+    ("version", VERSION_USAGE),
+    ("help", USAGE),
+];
+
+pub fn version_line() -> String {
+    format!("podspawn {VERSION} ({COMMIT})")
+}
+
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageError> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let top = |message: String| UsageError {
+        command: None,
+        message,
+    };
+    let name = match parser.next().map_err(|err| top(err.to_string()))? {
+        None => return Ok(Command::Help(USAGE)),
+        Some(Short('h') | Long("help")) => return Ok(Command::Help(USAGE)),
+        Some(Short('V') | Long("version")) => return Ok(Command::Version),
+        Some(Value(name)) => name
+            .into_string()
+            .map_err(|name| top(format!("unknown command {name:?}")))?,
+        Some(other) => return Err(top(format!("unknown option {}", describe(&other)))),
+    };
+    match name.as_str() {
+        "auth-keys" => parse_auth_keys(parser),
+        "add-user" => parse_add_user(&mut parser),
+        "remove-user" => parse_remove_user(&mut parser),
+        "version" => parse_no_arguments(&mut parser, "version", VERSION_USAGE, Command::Version),
+        "help" => parse_help(&mut parser),
+        unknown => Err(top(unknown_command(unknown))),
+    }
+}
+
+fn unknown_command(name: &str) -> String {
+    let shown = name.escape_debug();
+    match closest_command(name) {
+        Some(guess) => format!("unknown command '{shown}' (did you mean '{guess}'?)"),
+        None => format!("unknown command '{shown}'"),
+    }
+}
+
+/// The listed command nearest to a mistyped one, if it is close enough to be a typo.
+fn closest_command(name: &str) -> Option<&'static str> {
+    COMMANDS
+        .iter()
+        .map(|(command, _)| (edit_distance(name, command), *command))
+        .filter(|(distance, _)| *distance <= 2)
+        .min()
+        .map(|(_, command)| command)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+fn describe(arg: &lexopt::Arg) -> String {
+    match arg {
+        Short(c) => format!("'-{}'", c.escape_debug()),
+        Long(name) => format!("'--{}'", name.escape_debug()),
+        Value(value) => format!("argument {:?}", value),
+    }
+}
+
+/// A usage error inside `command`, from lexopt or from our own checks.
+fn usage(command: &'static str) -> impl Fn(String) -> UsageError {
+    move |message| UsageError {
+        command: Some(command),
+        message,
+    }
+}
+
+fn unexpected(command: &'static str, arg: lexopt::Arg) -> UsageError {
+    let message = match arg {
+        Value(_) => format!("unexpected {}", describe(&arg)),
+        _ => format!("unknown option {}", describe(&arg)),
+    };
+    usage(command)(message)
+}
+
+fn string(command: &'static str, value: OsString) -> Result<String, UsageError> {
+    value
+        .into_string()
+        .map_err(|value| usage(command)(format!("{value:?} is not valid UTF-8")))
+}
+
+/// `auth-keys` is sshd's: its arguments are taken as they come, never as options, so a
+/// client's user name like `--help` or `-o` is just an unknown user.
+fn parse_auth_keys(mut parser: lexopt::Parser) -> Result<Command, UsageError> {
+    let args: Vec<String> = parser
+        .raw_args()
+        .map_err(|err| usage("auth-keys")(err.to_string()))?
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    match args.as_slice() {
+        [only] if only == "--help" || only == "-h" => Ok(Command::Help(AUTH_KEYS_USAGE)),
+        [user] => Ok(Command::AuthKeys(AuthKeysArgs {
+            user: user.clone(),
+            offered: None,
+        })),
+        [user, kind, body] => Ok(Command::AuthKeys(AuthKeysArgs {
+            user: user.clone(),
+            offered: Some(OfferedKey {
+                kind: kind.clone(),
+                body: body.clone(),
+            }),
+        })),
+        _ => Err(usage("auth-keys")(format!(
+            "expected USER or USER TYPE KEY, got {} argument(s)",
+            args.len()
+        ))),
+    }
+}
+
+fn parse_add_user(parser: &mut lexopt::Parser) -> Result<Command, UsageError> {
+    const COMMAND: &str = "add-user";
+    let fail = usage(COMMAND);
+    let mut name = None;
+    let mut sources = Vec::new();
+    while let Some(arg) = parser.next().map_err(|err| fail(err.to_string()))? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help(ADD_USER_USAGE)),
+            Long("key") => {
+                let value = parser.value().map_err(|err| fail(err.to_string()))?;
+                sources.push(KeySource::Literal(string(COMMAND, value)?));
+            }
+            Long("key-file") => {
+                let value = parser.value().map_err(|err| fail(err.to_string()))?;
+                sources.push(KeySource::File(PathBuf::from(value)));
+            }
+            Long("github") => {
+                let value = parser.value().map_err(|err| fail(err.to_string()))?;
+                sources.push(KeySource::GitHub(string(COMMAND, value)?));
+            }
+            Value(value) if name.is_none() => name = Some(string(COMMAND, value)?),
+            other => return Err(unexpected(COMMAND, other)),
+        }
+    }
+    let name = name.ok_or_else(|| fail("missing NAME".to_string()))?;
+    if sources.is_empty() {
+        return Err(fail(
+            "give at least one --key, --key-file or --github".to_string(),
+        ));
+    }
+    Ok(Command::AddUser(AddUserArgs { name, sources }))
+}
+
+fn parse_remove_user(parser: &mut lexopt::Parser) -> Result<Command, UsageError> {
+    const COMMAND: &str = "remove-user";
+    let fail = usage(COMMAND);
+    let mut name = None;
+    while let Some(arg) = parser.next().map_err(|err| fail(err.to_string()))? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help(REMOVE_USER_USAGE)),
+            Value(value) if name.is_none() => name = Some(string(COMMAND, value)?),
+            other => return Err(unexpected(COMMAND, other)),
+        }
+    }
+    let name = name.ok_or_else(|| fail("missing NAME".to_string()))?;
+    Ok(Command::RemoveUser(RemoveUserArgs { name }))
+}
+
+fn parse_no_arguments(
+    parser: &mut lexopt::Parser,
+    command: &'static str,
+    help: &'static str,
+    then: Command,
+) -> Result<Command, UsageError> {
+    match parser
+        .next()
+        .map_err(|err| usage(command)(err.to_string()))?
+    {
+        None => Ok(then),
+        Some(Short('h') | Long("help")) => Ok(Command::Help(help)),
+        Some(other) => Err(unexpected(command, other)),
+    }
+}
+
+/// `help` alone, or `help COMMAND`.
+fn parse_help(parser: &mut lexopt::Parser) -> Result<Command, UsageError> {
+    let fail = usage("help");
+    match parser.next().map_err(|err| fail(err.to_string()))? {
+        None | Some(Short('h') | Long("help")) => Ok(Command::Help(USAGE)),
+        Some(Value(value)) => {
+            let name = string("help", value)?;
+            COMMANDS
+                .iter()
+                .find(|(command, _)| *command == name)
+                .map(|(_, help)| Command::Help(help))
+                .ok_or_else(|| fail(unknown_command(&name)))
+        }
+        Some(other) => Err(unexpected("help", other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_words(words: &[&str]) -> Result<Command, UsageError> {
+        parse(words.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn no_arguments_and_help_flags_print_the_overview() {
+        for words in [&[][..], &["--help"], &["-h"], &["help"]] {
+            assert_eq!(parse_words(words), Ok(Command::Help(USAGE)));
+        }
+    }
+
+    #[test]
+    fn every_listed_command_has_help() {
+        for (command, help) in COMMANDS {
+            assert_eq!(parse_words(&[command, "--help"]), Ok(Command::Help(help)));
+            assert_eq!(parse_words(&["help", command]), Ok(Command::Help(help)));
+            if *command != "help" {
+                assert!(USAGE.contains(command), "{command} is not in the overview");
+            }
+        }
+    }
+
+    #[test]
+    fn version_in_both_spellings() {
+        assert_eq!(parse_words(&["version"]), Ok(Command::Version));
+        assert_eq!(parse_words(&["--version"]), Ok(Command::Version));
+        assert!(version_line().starts_with(&format!("podspawn {VERSION} (")));
+    }
+
+    #[test]
+    fn unknown_commands_are_named_with_a_hint() {
+        let err = parse_words(&["frobnicate"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown command 'frobnicate'; see 'podspawn --help'"
+        );
+        let err = parse_words(&["add-usr", "alice"]).unwrap_err();
+        assert!(
+            err.to_string().contains("did you mean 'add-user'?"),
+            "{err}"
+        );
+        let err = parse_words(&["--frob"]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("unknown option '--frob'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_flags_name_the_flag_and_the_command() {
+        let err = parse_words(&["add-user", "alice", "--kye", "x"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "add-user: unknown option '--kye'; see 'podspawn add-user --help'"
+        );
+        let err = parse_words(&["remove-user", "-f", "alice"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("remove-user: unknown option '-f'"),
+            "{err}"
+        );
+        let err = parse_words(&["version", "extra"]).unwrap_err();
+        assert!(err.to_string().contains("unexpected argument"), "{err}");
+    }
+
+    #[test]
+    fn add_user_collects_sources_in_order() {
+        let command = parse_words(&[
+            "add-user",
+            "sarah",
+            "--github",
+            "sarahcodes",
+            "--key=ssh-ed25519 AAAA x",
+            "--key-file",
+            "/tmp/k.pub",
+        ])
+        .unwrap();
+        assert_eq!(
+            command,
+            Command::AddUser(AddUserArgs {
+                name: "sarah".into(),
+                sources: vec![
+                    KeySource::GitHub("sarahcodes".into()),
+                    KeySource::Literal("ssh-ed25519 AAAA x".into()),
+                    KeySource::File("/tmp/k.pub".into()),
+                ],
+            })
+        );
+    }
+
+    #[test]
+    fn add_user_needs_a_name_and_a_key_source() {
+        let err = parse_words(&["add-user", "--key", "k"]).unwrap_err();
+        assert!(err.message.contains("missing NAME"), "{err}");
+        let err = parse_words(&["add-user", "alice"]).unwrap_err();
+        assert!(err.message.contains("--key"), "{err}");
+        let err = parse_words(&["add-user", "alice", "--key"]).unwrap_err();
+        assert!(err.message.contains("--key"), "{err}");
+        let err = parse_words(&["add-user", "alice", "bob", "--key", "k"]).unwrap_err();
+        assert!(err.message.contains("unexpected argument"), "{err}");
+    }
+
+    #[test]
+    fn auth_keys_takes_its_arguments_literally() {
+        let command = parse_words(&["auth-keys", "-o"]).unwrap();
+        assert_eq!(
+            command,
+            Command::AuthKeys(AuthKeysArgs {
+                user: "-o".into(),
+                offered: None
+            })
+        );
+        let command = parse_words(&["auth-keys", "--help", "ssh-ed25519", "AAAA"]).unwrap();
+        assert!(
+            matches!(command, Command::AuthKeys(AuthKeysArgs { ref user, offered: Some(_) }) if user == "--help")
+        );
+        assert_eq!(
+            parse_words(&["auth-keys", "--help"]),
+            Ok(Command::Help(AUTH_KEYS_USAGE))
+        );
+        assert!(parse_words(&["auth-keys"]).is_err());
+        assert!(parse_words(&["auth-keys", "a", "b"]).is_err());
+    }
+}

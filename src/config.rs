@@ -1,0 +1,661 @@
+//! The server configuration: `/etc/podspawn/config.yaml`, moved by `PODSPAWN_CONFIG`.
+//!
+//! A missing file means every default. Anything else that is wrong — an unknown key, a
+//! value of the wrong type, a duration or size that does not parse, a relative path — is
+//! an error that names the file, the line and the key, so an admin can fix it in one
+//! look. This module only reads; it never creates or edits the file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+
+/// Where the server config lives unless `PODSPAWN_CONFIG` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/podspawn/config.yaml";
+
+/// The environment variable that moves the server config (ignored when podspawn runs
+/// with a borrowed group; see `privilege`).
+pub const PATH_VARIABLE: &str = "PODSPAWN_CONFIG";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub auth: AuthConfig,
+    pub docker: DockerConfig,
+    pub defaults: Defaults,
+    pub session: SessionConfig,
+    pub state: StateConfig,
+    pub log: LogConfig,
+    /// The file this was read from (not a key; filled in by `load`).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// One file per registered user, named after the user.
+    pub key_dir: AbsolutePath,
+    /// Where `add-user --github LOGIN` fetches `<github_url>/LOGIN.keys`.
+    pub github_url: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            key_dir: AbsolutePath::from("/etc/podspawn/keys"),
+            github_url: "https://github.com".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DockerConfig {
+    /// The docker-compatible CLI: a name looked up on PATH, or an absolute path.
+    pub binary: String,
+    /// The engine to talk to (`DOCKER_HOST`); unset means the CLI's default.
+    pub host: Option<String>,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            binary: "docker".to_string(),
+            host: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Defaults {
+    pub image: String,
+    pub shell: String,
+    pub cpus: Cpus,
+    pub memory: ByteSize,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            image: "ubuntu:24.04".to_string(),
+            shell: "/bin/bash".to_string(),
+            cpus: Cpus(2.0),
+            memory: ByteSize(2 * 1024 * 1024 * 1024),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    pub grace_period: ConfigDuration,
+    pub max_lifetime: ConfigDuration,
+    pub mode: SessionMode,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            grace_period: ConfigDuration(Duration::from_secs(60)),
+            max_lifetime: ConfigDuration(Duration::from_secs(8 * 3600)),
+            mode: SessionMode::GracePeriod,
+        }
+    }
+}
+
+/// What happens to a container when its last connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SessionMode {
+    /// Keep it for `grace_period`, then destroy it (the default).
+    #[default]
+    GracePeriod,
+    /// Destroy it at once.
+    DestroyOnDisconnect,
+    /// Keep it until an admin removes it; `max_lifetime` does not apply.
+    Persistent,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    pub db_path: AbsolutePath,
+    pub lock_dir: AbsolutePath,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            db_path: AbsolutePath::from("/var/lib/podspawn/state.db"),
+            lock_dir: AbsolutePath::from("/var/lib/podspawn/locks"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Where `auth-keys` and `spawn` log; unset means syslog (they must never log to
+    /// the SSH user's terminal, and `auth-keys` runs as `nobody`).
+    pub file: Option<AbsolutePath>,
+    pub level: LogLevel,
+    /// The JSON-lines audit log; unset means none.
+    pub audit_log: Option<AbsolutePath>,
+}
+
+/// `log.level`: one of `off`, `error`, `warn`, `info` (default), `debug`, `trace`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLevel(pub log::LevelFilter);
+
+impl Default for LogLevel {
+    fn default() -> Self {
+        LogLevel(log::LevelFilter::Info)
+    }
+}
+
+impl<'de> Deserialize<'de> for LogLevel {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.as_str() {
+            "off" => Ok(LogLevel(log::LevelFilter::Off)),
+            "error" => Ok(LogLevel(log::LevelFilter::Error)),
+            "warn" => Ok(LogLevel(log::LevelFilter::Warn)),
+            "info" => Ok(LogLevel(log::LevelFilter::Info)),
+            "debug" => Ok(LogLevel(log::LevelFilter::Debug)),
+            "trace" => Ok(LogLevel(log::LevelFilter::Trace)),
+            _ => Err(de::Error::custom(format!(
+                "invalid log level {text:?} (expected off, error, warn, info, debug or trace)"
+            ))),
+        }
+    }
+}
+
+/// A path that must be absolute: sshd runs podspawn from `/`, so a relative path would
+/// mean something different to every caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbsolutePath(pub PathBuf);
+
+impl AbsolutePath {
+    pub fn as_path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl From<&str> for AbsolutePath {
+    fn from(path: &str) -> Self {
+        AbsolutePath(PathBuf::from(path))
+    }
+}
+
+impl<'de> Deserialize<'de> for AbsolutePath {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if !text.starts_with('/') {
+            return Err(de::Error::custom(format!("path {text:?} must be absolute")));
+        }
+        Ok(AbsolutePath(PathBuf::from(text)))
+    }
+}
+
+/// A duration written as one or more `<number><unit>` parts: `90s`, `5m`, `8h`,
+/// `1h30m`, `2d`. A bare number is refused: `60` could mean seconds or minutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigDuration(pub Duration);
+
+impl ConfigDuration {
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let invalid = || format!("invalid duration {text:?} (expected e.g. 90s, 5m, 8h or 1h30m)");
+        if text.is_empty() {
+            return Err(invalid());
+        }
+        let mut total: u64 = 0;
+        let mut rest = text;
+        while !rest.is_empty() {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 {
+                return Err(invalid());
+            }
+            let number: u64 = rest[..digits].parse().map_err(|_| invalid())?;
+            let unit_seconds = match rest.as_bytes().get(digits) {
+                Some(b's') => 1,
+                Some(b'm') => 60,
+                Some(b'h') => 3600,
+                Some(b'd') => 86400,
+                _ => return Err(invalid()),
+            };
+            total = number
+                .checked_mul(unit_seconds)
+                .and_then(|seconds| total.checked_add(seconds))
+                .ok_or_else(invalid)?;
+            rest = &rest[digits + 1..];
+        }
+        Ok(Duration::from_secs(total))
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        ConfigDuration::parse(&text)
+            .map(ConfigDuration)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// A memory size as docker takes it: `<number><unit>` with unit `k`, `m` or `g`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(text: &str) -> Result<u64, String> {
+        let invalid = || format!("invalid size {text:?} (expected e.g. 512m or 2g)");
+        let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits + 1 != text.len() {
+            return Err(invalid());
+        }
+        let number: u64 = text[..digits].parse().map_err(|_| invalid())?;
+        let unit: u64 = match text.as_bytes()[digits].to_ascii_lowercase() {
+            b'k' => 1 << 10,
+            b'm' => 1 << 20,
+            b'g' => 1 << 30,
+            _ => return Err(invalid()),
+        };
+        match number.checked_mul(unit) {
+            Some(0) => Err(format!("size {text:?} must be greater than zero")),
+            Some(bytes) => Ok(bytes),
+            None => Err(invalid()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        ByteSize::parse(&text)
+            .map(ByteSize)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// A CPU limit as docker's `--cpus` takes it: a positive number.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cpus(pub f64);
+
+impl<'de> Deserialize<'de> for Cpus {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = f64::deserialize(deserializer)?;
+        if value.is_finite() && value > 0.0 {
+            Ok(Cpus(value))
+        } else {
+            Err(de::Error::custom(format!(
+                "invalid cpus {value} (expected a number greater than zero)"
+            )))
+        }
+    }
+}
+
+/// The config file to read: `PODSPAWN_CONFIG` if set and podspawn may trust its
+/// environment (see `privilege::has_borrowed_group`), else the default.
+pub fn locate(trust_environment: bool) -> PathBuf {
+    std::env::var_os(PATH_VARIABLE)
+        .filter(|path| trust_environment && !path.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+}
+
+/// Why the config could not be used.
+#[derive(Debug)]
+pub enum ConfigError {
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Invalid {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, source } => {
+                write!(f, "cannot read config {}: {source}", path.display())
+            }
+            ConfigError::Invalid {
+                path,
+                line: Some(line),
+                message,
+            } => write!(f, "config {}, line {line}: {message}", path.display()),
+            ConfigError::Invalid {
+                path,
+                line: None,
+                message,
+            } => write!(f, "config {}: {message}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads the config at `path`; a file that does not exist means every default.
+pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(ServerConfig {
+                source: path.to_path_buf(),
+                ..ServerConfig::default()
+            });
+        }
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let text = String::from_utf8(text).map_err(|_| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        line: None,
+        message: "file is not valid UTF-8".to_string(),
+    })?;
+    let mut config = parse(&text).map_err(|(line, message)| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        line,
+        message,
+    })?;
+    config.source = path.to_path_buf();
+    Ok(config)
+}
+
+/// Parses config text; an error comes back as (line, message naming the key).
+fn parse(text: &str) -> Result<ServerConfig, (Option<usize>, String)> {
+    // A file of nothing but comments is an empty document, which serde_yaml would
+    // refuse for a struct; it means "all defaults".
+    let has_content = text
+        .lines()
+        .map(str::trim)
+        .any(|line| !line.is_empty() && !line.starts_with('#') && line != "---");
+    if !has_content {
+        return Ok(ServerConfig::default());
+    }
+    serde_yaml::from_str(text).map_err(|err| describe(text, &err))
+}
+
+/// Turns a serde_yaml error into (line, "key.path: problem"). serde_yaml reports the
+/// path of the *mapping* that holds a bad value, and the position of the value; the key
+/// itself is read back from the text at that position, so the admin sees
+/// `session.grace_period`, not just `session`.
+fn describe(text: &str, err: &serde_yaml::Error) -> (Option<usize>, String) {
+    let location = err.location();
+    let line = location.as_ref().map(|location| location.line());
+    let mut message = err.to_string();
+    // " at line L column C" is printed in front by our caller instead.
+    if let Some(at) = message.rfind(" at line ")
+        && message[at..].contains(" column ")
+    {
+        message.truncate(at);
+    }
+    // "expected struct AuthConfig" names our Rust type, not anything in the file.
+    if let Some(at) = message.find("expected struct ") {
+        message.truncate(at);
+        message.push_str("expected a mapping of keys");
+    }
+    let (parent, problem) = match message.split_once(": ") {
+        Some((path, problem)) if is_key_path(path) => (Some(path.to_string()), problem.to_string()),
+        _ => (None, message),
+    };
+    let join = |key: &str| match &parent {
+        Some(parent) => format!("{parent}.{key}"),
+        None => key.to_string(),
+    };
+    if let Some(rest) = problem.strip_prefix("unknown field `")
+        && let Some((field, expected)) = rest.split_once('`')
+    {
+        let expected = expected.trim_start_matches(", ");
+        return (line, format!("{}: unknown key ({expected})", join(field)));
+    }
+    let key = location.and_then(|location| key_at(text, location.line(), location.column()));
+    match key {
+        Some(key) => (line, format!("{}: {problem}", join(&key))),
+        None => match parent {
+            Some(parent) => (line, format!("{parent}: {problem}")),
+            None => (line, problem),
+        },
+    }
+}
+
+fn is_key_path(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']'))
+}
+
+/// The mapping key at (line, column), both 1-based, where serde_yaml marks an error
+/// in the key's value.
+fn key_at(text: &str, line: usize, column: usize) -> Option<String> {
+    let text_line = text.lines().nth(line.checked_sub(1)?)?;
+    let from: String = text_line.chars().skip(column.saturating_sub(1)).collect();
+    let key: String = from
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    let after = from[key.len()..].trim_start();
+    (!key.is_empty() && after.starts_with(':')).then_some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_err(text: &str) -> (Option<usize>, String) {
+        parse(text).expect_err("config should be refused")
+    }
+
+    #[test]
+    fn empty_and_comment_only_files_mean_all_defaults() {
+        for text in ["", "\n", "# nothing here\n\n  # still nothing\n", "---\n"] {
+            let config = parse(text).unwrap();
+            assert_eq!(
+                config.auth.key_dir.as_path(),
+                Path::new("/etc/podspawn/keys")
+            );
+            assert_eq!(config.session.mode, SessionMode::GracePeriod);
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let config = ServerConfig::default();
+        assert_eq!(config.docker.binary, "docker");
+        assert_eq!(config.docker.host, None);
+        assert_eq!(config.defaults.shell, "/bin/bash");
+        assert_eq!(config.defaults.cpus, Cpus(2.0));
+        assert_eq!(config.defaults.memory, ByteSize(2 << 30));
+        assert_eq!(config.session.grace_period.0, Duration::from_secs(60));
+        assert_eq!(config.session.max_lifetime.0, Duration::from_secs(8 * 3600));
+        assert_eq!(
+            config.state.db_path.as_path(),
+            Path::new("/var/lib/podspawn/state.db")
+        );
+        assert_eq!(
+            config.state.lock_dir.as_path(),
+            Path::new("/var/lib/podspawn/locks")
+        );
+        assert_eq!(config.log.level, LogLevel(log::LevelFilter::Info));
+        assert_eq!(config.log.file, None);
+    }
+
+    #[test]
+    fn every_documented_key_is_read() {
+        let text = "\
+auth:
+  key_dir: /srv/keys
+  github_url: http://127.0.0.1:8080
+docker:
+  binary: /usr/bin/podman
+  host: unix:///run/podman.sock
+defaults:
+  image: debian:bookworm
+  shell: /bin/zsh
+  cpus: 1.5
+  memory: 512m
+session:
+  grace_period: 90s
+  max_lifetime: 1h30m
+  mode: destroy-on-disconnect
+state:
+  db_path: /srv/state.db
+  lock_dir: /srv/locks
+log:
+  file: /var/log/podspawn.log
+  level: debug
+  audit_log: /var/log/podspawn-audit.jsonl
+";
+        let config = parse(text).unwrap();
+        assert_eq!(config.auth.key_dir.as_path(), Path::new("/srv/keys"));
+        assert_eq!(config.auth.github_url, "http://127.0.0.1:8080");
+        assert_eq!(config.docker.binary, "/usr/bin/podman");
+        assert_eq!(
+            config.docker.host.as_deref(),
+            Some("unix:///run/podman.sock")
+        );
+        assert_eq!(config.defaults.image, "debian:bookworm");
+        assert_eq!(config.defaults.shell, "/bin/zsh");
+        assert_eq!(config.defaults.cpus, Cpus(1.5));
+        assert_eq!(config.defaults.memory, ByteSize(512 << 20));
+        assert_eq!(config.session.grace_period.0, Duration::from_secs(90));
+        assert_eq!(config.session.max_lifetime.0, Duration::from_secs(5400));
+        assert_eq!(config.session.mode, SessionMode::DestroyOnDisconnect);
+        assert_eq!(config.state.db_path.as_path(), Path::new("/srv/state.db"));
+        assert_eq!(config.state.lock_dir.as_path(), Path::new("/srv/locks"));
+        assert_eq!(
+            config.log.file,
+            Some(AbsolutePath::from("/var/log/podspawn.log"))
+        );
+        assert_eq!(config.log.level, LogLevel(log::LevelFilter::Debug));
+        assert_eq!(
+            config.log.audit_log,
+            Some(AbsolutePath::from("/var/log/podspawn-audit.jsonl"))
+        );
+    }
+
+    #[test]
+    fn a_partial_section_keeps_the_other_defaults() {
+        let config = parse("session:\n  mode: persistent\n").unwrap();
+        assert_eq!(config.session.mode, SessionMode::Persistent);
+        assert_eq!(config.session.grace_period.0, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_line() {
+        let (line, message) = parse_err("auth:\n  key_dir: /k\n  keydir: /x\n");
+        assert_eq!(line, Some(3));
+        assert!(message.contains("auth"), "{message}");
+        assert!(message.contains("keydir"), "{message}");
+
+        let (line, message) = parse_err("session:\n  mode: persistent\nsesion: {}\n");
+        assert_eq!(line, Some(3));
+        assert!(message.contains("sesion"), "{message}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_line() {
+        let cases = [
+            (
+                "session:\n  grace_period: 5x\n",
+                "session.grace_period",
+                "5x",
+            ),
+            (
+                "session:\n  max_lifetime: 60\n",
+                "session.max_lifetime",
+                "60",
+            ),
+            ("defaults:\n  memory: 2gb\n", "defaults.memory", "2gb"),
+            ("defaults:\n  cpus: -1\n", "defaults.cpus", "-1"),
+            ("session:\n  mode: forever\n", "session.mode", "forever"),
+            ("log:\n  level: loud\n", "log.level", "loud"),
+            ("state:\n  db_path: state.db\n", "state.db_path", "state.db"),
+            ("auth:\n  key_dir: [a, b]\n", "auth.key_dir", "sequence"),
+            ("log: {}\nauth: [1]\n", "auth", "expected a mapping of keys"),
+        ];
+        for (text, key, detail) in cases {
+            let (line, message) = parse_err(text);
+            assert_eq!(line, Some(2), "{text:?}: {message}");
+            assert!(message.contains(key), "{text:?}: {message}");
+            assert!(message.contains(detail), "{text:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn durations_parse_strictly() {
+        let ok = [
+            ("90s", 90),
+            ("5m", 300),
+            ("8h", 28800),
+            ("1h30m", 5400),
+            ("2d", 172800),
+            ("0s", 0),
+        ];
+        for (text, seconds) in ok {
+            assert_eq!(
+                ConfigDuration::parse(text),
+                Ok(Duration::from_secs(seconds))
+            );
+        }
+        for text in [
+            "",
+            "90",
+            "s",
+            "5 m",
+            "-5m",
+            "1.5h",
+            "5M",
+            "5min",
+            "m5",
+            "99999999999999999999s",
+            "1h 30m",
+        ] {
+            assert!(ConfigDuration::parse(text).is_err(), "{text:?} accepted");
+        }
+    }
+
+    #[test]
+    fn sizes_parse_strictly() {
+        assert_eq!(ByteSize::parse("512m"), Ok(512 << 20));
+        assert_eq!(ByteSize::parse("2g"), Ok(2 << 30));
+        assert_eq!(ByteSize::parse("2G"), Ok(2 << 30));
+        assert_eq!(ByteSize::parse("64k"), Ok(64 << 10));
+        for text in ["", "2", "g", "2gb", "1.5g", "0m", "-1g", "2 g", "2t"] {
+            assert!(ByteSize::parse(text).is_err(), "{text:?} accepted");
+        }
+    }
+
+    #[test]
+    fn load_names_the_file_and_missing_file_is_defaults() {
+        let dir = std::env::temp_dir().join(format!("podspawn-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("absent.yaml");
+        assert_eq!(load(&missing).unwrap().source, missing);
+
+        let bad = dir.join("bad.yaml");
+        std::fs::write(&bad, "session:\n  grace_period: soon\n").unwrap();
+        let message = load(&bad).unwrap_err().to_string();
+        assert!(message.contains(&bad.display().to_string()), "{message}");
+        assert!(message.contains("line 2"), "{message}");
+        assert!(message.contains("session.grace_period"), "{message}");
+
+        let not_a_file = dir.join("a-directory");
+        std::fs::create_dir_all(&not_a_file).unwrap();
+        assert!(matches!(load(&not_a_file), Err(ConfigError::Read { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

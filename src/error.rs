@@ -1,0 +1,75 @@
+//! The errors an admin command can end with, and the exit code each maps to.
+//!
+//! Each module has its own error type carrying its context (file, key, line, argv);
+//! this enum only gathers them so `main` can print one line and pick the exit code in
+//! one place. (`auth-keys` has no error exit: every problem there means "no keys".)
+
+use std::fmt;
+
+use crate::cli::UsageError;
+use crate::config::ConfigError;
+use crate::keys::NameError;
+use crate::keys::import::ImportError;
+use crate::keys::store::StoreError;
+
+#[derive(Debug)]
+pub enum Error {
+    Usage(UsageError),
+    Config(ConfigError),
+    Name(NameError),
+    Store(StoreError),
+    Import(ImportError),
+    /// The caller may not do this (not root, and cannot write what it would change).
+    NotPermitted(String),
+}
+
+/// A command line that does not parse.
+pub const EXIT_USAGE: u8 = 2;
+/// Anything else that stopped an admin command.
+pub const EXIT_FAILURE: u8 = 1;
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => EXIT_USAGE,
+            Error::Config(_)
+            | Error::Name(_)
+            | Error::Store(_)
+            | Error::Import(_)
+            | Error::NotPermitted(_) => EXIT_FAILURE,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Error::Usage(err) => err.fmt(f),
+            Error::Config(err) => err.fmt(f),
+            Error::Name(err) => err.fmt(f),
+            Error::Store(err) => err.fmt(f),
+            Error::Import(err) => err.fmt(f),
+            Error::NotPermitted(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+macro_rules! from_error {
+    ($($source:ty => $variant:ident),* $(,)?) => {
+        $(impl From<$source> for Error {
+            fn from(err: $source) -> Self {
+                Error::$variant(err)
+            }
+        })*
+    };
+}
+
+from_error! {
+    UsageError => Usage,
+    ConfigError => Config,
+    NameError => Name,
+    StoreError => Store,
+    ImportError => Import,
+}
