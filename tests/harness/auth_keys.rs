@@ -1,0 +1,196 @@
+//! auth-keys as sshd runs it: keys for registered users, nothing (and exit 0) for
+//! everyone and everything else, and never a docker call, a database or the network.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use crate::support::{ECDSA, ED25519, ED25519_OTHER, NOBODY, PODSPAWN, TestEnv, body, is_root};
+
+fn forced(user: &str, key: &str) -> String {
+    let exe = fs::canonicalize(PODSPAWN).unwrap();
+    format!(
+        "command=\"{} spawn --user {user}\",restrict,pty,agent-forwarding,port-forwarding,X11-forwarding {key}\n",
+        exe.display()
+    )
+}
+
+fn registered(env: &TestEnv, user: &str, keys: &[&str]) {
+    let mut args = vec!["add-user", user];
+    for key in keys {
+        args.extend(["--key", key]);
+    }
+    env.podspawn(&args).assert_success();
+}
+
+#[test]
+fn a_registered_user_gets_one_forced_command_line_per_key() {
+    let env = TestEnv::new();
+    registered(&env, "alice", &[ED25519, ECDSA]);
+    env.podspawn(&["auth-keys", "alice"])
+        .assert_success()
+        .assert_stderr("")
+        .assert_stdout(&(forced("alice", ED25519) + &forced("alice", ECDSA)));
+}
+
+#[test]
+fn with_the_offered_key_only_that_key_is_printed() {
+    let env = TestEnv::new();
+    registered(&env, "alice", &[ED25519, ECDSA]);
+    env.podspawn(&["auth-keys", "alice", "ecdsa-sha2-nistp256", body(ECDSA)])
+        .assert_success()
+        .assert_stdout(&forced("alice", ECDSA));
+    env.podspawn(&["auth-keys", "alice", "ssh-ed25519", body(ED25519_OTHER)])
+        .assert_success()
+        .assert_stdout("");
+}
+
+#[test]
+fn an_unregistered_user_gets_nothing_and_exit_0() {
+    let env = TestEnv::new();
+    registered(&env, "alice", &[ED25519]);
+    env.podspawn(&["auth-keys", "bob", "ssh-ed25519", body(ED25519)])
+        .assert_success()
+        .assert_stdout("")
+        .assert_stderr("");
+}
+
+#[test]
+fn hostile_user_names_get_nothing_and_exit_0() {
+    let env = TestEnv::new();
+    registered(&env, "alice", &[ED25519]);
+    // A file an unchecked name could reach from the key dir.
+    fs::write(env.path("etc/passwd"), format!("{ED25519}\n")).unwrap();
+    let long = "a".repeat(200);
+    for name in [
+        "../etc/passwd",
+        "alice/../alice",
+        "root/x",
+        "-o",
+        "--help",
+        "",
+        &long,
+        "ålice",
+        "ALICE",
+        "root",
+        "alice\n",
+        ".",
+        "..",
+    ] {
+        env.podspawn(&["auth-keys", name, "ssh-ed25519", body(ED25519)])
+            .assert_success()
+            .assert_stdout("")
+            .assert_stderr("");
+    }
+}
+
+#[test]
+fn malformed_lines_are_skipped_and_logged_and_the_rest_still_work() {
+    let env = TestEnv::new();
+    env.write_key_file(
+        "alice",
+        &format!(
+            "# alice's keys\n{ED25519}\ncommand=\"/bin/sh\" {ED25519_OTHER}\nssh-ed25519 not-base64!\n\n{ECDSA}\r\n"
+        ),
+    );
+    env.podspawn(&["auth-keys", "alice"])
+        .assert_success()
+        .assert_stderr("")
+        .assert_stdout(&(forced("alice", ED25519) + &forced("alice", ECDSA)));
+    let log = fs::read_to_string(env.log_path()).unwrap();
+    assert!(
+        log.contains("line 3: skipped: the key line carries authorized_keys options"),
+        "{log}"
+    );
+    assert!(
+        log.contains("line 4: skipped: the key body is not valid base64"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_key_file_others_could_write_is_not_trusted() {
+    let env = TestEnv::new();
+    registered(&env, "alice", &[ED25519]);
+    fs::set_permissions(env.key_file("alice"), fs::Permissions::from_mode(0o666)).unwrap();
+    env.podspawn(&["auth-keys", "alice"])
+        .assert_success()
+        .assert_stdout("");
+    let log = fs::read_to_string(env.log_path()).unwrap();
+    assert!(log.contains("writable by group or others"), "{log}");
+}
+
+#[test]
+fn a_key_file_that_is_a_directory_or_a_link_gives_nothing() {
+    let env = TestEnv::new();
+    fs::create_dir(env.key_file("alice")).unwrap();
+    env.write_key_file("target", &format!("{ED25519}\n"));
+    std::os::unix::fs::symlink(env.key_file("target"), env.key_file("bob")).unwrap();
+    for user in ["alice", "bob"] {
+        env.podspawn(&["auth-keys", user])
+            .assert_success()
+            .assert_stdout("")
+            .assert_stderr("");
+    }
+    let log = fs::read_to_string(env.log_path()).unwrap();
+    assert!(log.contains("is not a regular file"), "{log}");
+    assert!(log.contains("symbolic link"), "{log}");
+}
+
+#[test]
+fn runs_as_nobody_and_an_unreadable_key_file_gives_nothing() {
+    let env = TestEnv::new();
+    registered(&env, "alice", &[ED25519]);
+    registered(&env, "bob", &[ECDSA]);
+    if !is_root() {
+        eprintln!("not root: cannot run auth-keys as nobody; checking the file modes only");
+        let mode = fs::metadata(env.key_file("alice"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644, "nobody must be able to read key files");
+        return;
+    }
+    // The log file is root's: as nobody, auth-keys falls back to syslog.
+    env.podspawn_as(NOBODY, NOBODY, &["auth-keys", "alice"])
+        .assert_success()
+        .assert_stderr("")
+        .assert_stdout(&forced("alice", ED25519));
+    fs::set_permissions(env.key_file("bob"), fs::Permissions::from_mode(0o600)).unwrap();
+    env.podspawn_as(NOBODY, NOBODY, &["auth-keys", "bob"])
+        .assert_success()
+        .assert_stdout("")
+        .assert_stderr("");
+}
+
+#[test]
+fn never_runs_docker_or_curl_nor_opens_the_database() {
+    let env = TestEnv::new();
+    env.fake_program("curl");
+    registered(&env, "alice", &[ED25519]);
+    for args in [
+        &["auth-keys", "alice"][..],
+        &["auth-keys", "alice", "ssh-ed25519", body(ED25519)],
+        &["auth-keys", "nobody-here"],
+        &["auth-keys", "../x"],
+    ] {
+        env.podspawn(args).assert_success();
+    }
+    let calls = env.calls();
+    assert!(calls.is_empty(), "auth-keys ran {calls:?}");
+    let state: Vec<_> = fs::read_dir(env.path("state")).unwrap().collect();
+    assert!(state.is_empty(), "auth-keys created {state:?}");
+}
+
+#[test]
+fn writes_only_key_lines_to_stdout_even_at_trace_level() {
+    let env = TestEnv::new();
+    env.write_config_text(&format!(
+        "auth:\n  key_dir: {}\nlog:\n  level: trace\n",
+        env.key_dir().display()
+    ));
+    env.write_key_file("alice", &format!("{ED25519}\nbroken line\n"));
+    env.podspawn(&["auth-keys", "alice"])
+        .assert_success()
+        .assert_stderr("")
+        .assert_stdout(&forced("alice", ED25519));
+}

@@ -1,0 +1,11 @@
+//! The one integration-test binary: runs the real built `podspawn` against a fake
+//! `docker` (see `support` and `testdata/fake-docker`).
+
+mod support;
+
+mod add_user;
+mod auth_keys;
+mod cli;
+mod config;
+mod fake_docker;
+mod remove_user;

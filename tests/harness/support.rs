@@ -1,0 +1,495 @@
+//! The test environment: the real built `podspawn`, run in a fresh temporary tree per
+//! test, with a cleared environment and the strict fake `docker` from `testdata/`.
+//!
+//! A tree holds everything a run can touch:
+//!
+//! ```text
+//! <tree>/etc/config.yaml     the server config (PODSPAWN_CONFIG points here)
+//! <tree>/keys/               auth.key_dir
+//! <tree>/state/              state.db_path and state.lock_dir live here
+//! <tree>/log/podspawn.log    log.file
+//! <tree>/bin/docker          -> testdata/fake-docker (first on PATH)
+//! <tree>/fake-docker/        the fake's scenario.json and calls.jsonl
+//! <tree>/home/               HOME
+//! ```
+//!
+//! When an assertion fails it prints the command, its environment, its output, the
+//! fake docker's call log and podspawn's log, so the failure explains itself.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+pub const PODSPAWN: &str = env!("CARGO_BIN_EXE_podspawn");
+
+/// Public keys made with ssh-keygen for these tests.
+pub const ED25519: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMNNt3bM09dqR+/DvKQyiVrHR8IJJibdSYGgZnFLKgx/ alice@laptop";
+pub const ED25519_OTHER: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIM6ChpQjGRPmIDcxl+jhYV0I5egsFIH0sMe5WArnLVSD";
+pub const ECDSA: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBGuk26OGgTnkw95Znl3hknkkHyj4X77sbUjxYLz2Phtq/XkXcQPwy4gGu5WaQGgh53C3+5zMNCVIZKkoqehc7Js= bob@desk";
+
+/// uid/gid of `nobody`, the account sshd runs AuthorizedKeysCommand as.
+pub const NOBODY: u32 = 65534;
+
+/// The base64 body of a key line.
+pub fn body(key: &str) -> &str {
+    key.split(' ').nth(1).expect("key line has a body")
+}
+
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn testdata(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name)
+}
+
+/// One test's private tree; removed on drop unless PODSPAWN_KEEP_TEST_TREES is set.
+pub struct TestEnv {
+    pub root: PathBuf,
+    extra_env: Vec<(String, OsString)>,
+    path: OsString,
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let name = std::thread::current()
+            .name()
+            .unwrap_or("test")
+            .rsplit("::")
+            .next()
+            .unwrap_or("test")
+            .to_string();
+        let root = std::env::temp_dir().join(format!(
+            "podspawn-test-{name}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&root);
+        for dir in ["etc", "keys", "state", "log", "bin", "fake-docker", "home"] {
+            fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        // 0755 everywhere, whatever the umask: tests run podspawn as `nobody` too.
+        for dir in [
+            &root,
+            &root.join("keys"),
+            &root.join("etc"),
+            &root.join("bin"),
+        ] {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::os::unix::fs::symlink(testdata("fake-docker"), root.join("bin/docker")).unwrap();
+        let path = OsString::from(format!(
+            "{}:/usr/local/bin:/usr/bin:/bin",
+            root.join("bin").display()
+        ));
+        let env = TestEnv {
+            root,
+            extra_env: Vec::new(),
+            path,
+        };
+        env.write_config("");
+        env
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.root.join(relative)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path("etc/config.yaml")
+    }
+
+    pub fn key_dir(&self) -> PathBuf {
+        self.path("keys")
+    }
+
+    pub fn key_file(&self, user: &str) -> PathBuf {
+        self.key_dir().join(user)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.path("log/podspawn.log")
+    }
+
+    /// The base config pointing every path into the tree, followed by `extra` (YAML
+    /// sections that are not in the base).
+    pub fn write_config(&self, extra: &str) {
+        let base = format!(
+            "auth:\n  key_dir: {keys}\n  github_url: http://127.0.0.1:9\n\
+             docker:\n  binary: {docker}\n\
+             state:\n  db_path: {state}/state.db\n  lock_dir: {state}/locks\n\
+             log:\n  file: {log}\n  level: debug\n",
+            keys = self.key_dir().display(),
+            docker = self.path("bin/docker").display(),
+            state = self.path("state").display(),
+            log = self.log_path().display(),
+        );
+        self.write_config_text(&format!("{base}{extra}"));
+    }
+
+    /// Replaces the config file with exactly `text`.
+    pub fn write_config_text(&self, text: &str) {
+        fs::write(self.config_path(), text).unwrap();
+        fs::set_permissions(self.config_path(), fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    /// Writes a user's key file directly (as an admin editing it by hand would).
+    pub fn write_key_file(&self, user: &str, text: &str) {
+        fs::write(self.key_file(user), text).unwrap();
+        fs::set_permissions(self.key_file(user), fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    /// Links the strict fake in as another program on PATH, e.g. `curl`.
+    pub fn fake_program(&self, name: &str) {
+        std::os::unix::fs::symlink(testdata("fake-docker"), self.path("bin").join(name)).unwrap();
+    }
+
+    /// PATH holds only the tree's bin/: no curl, no real docker, nothing else.
+    pub fn only_tree_on_path(&mut self) {
+        self.path = self.path("bin").into_os_string();
+    }
+
+    pub fn set_env(&mut self, key: &str, value: impl Into<OsString>) {
+        self.extra_env.push((key.to_string(), value.into()));
+    }
+
+    pub fn podspawn(&self, args: &[&str]) -> Run {
+        self.run_podspawn(args, None)
+    }
+
+    /// Runs podspawn as another uid/gid (only possible as root).
+    pub fn podspawn_as(&self, uid: u32, gid: u32, args: &[&str]) -> Run {
+        self.run_podspawn(args, Some((uid, gid)))
+    }
+
+    fn run_podspawn(&self, args: &[&str], ids: Option<(u32, u32)>) -> Run {
+        let mut env: BTreeMap<String, OsString> = BTreeMap::new();
+        env.insert("PATH".into(), self.path.clone());
+        env.insert("HOME".into(), self.path("home").into_os_string());
+        env.insert(
+            "PODSPAWN_CONFIG".into(),
+            self.config_path().into_os_string(),
+        );
+        for (key, value) in &self.extra_env {
+            env.insert(key.clone(), value.clone());
+        }
+        let mut command = Command::new(PODSPAWN);
+        command
+            .args(args)
+            .env_clear()
+            .envs(&env)
+            .current_dir(&self.root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some((uid, gid)) = ids {
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(gid) != 0
+                        || libc::setuid(uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let output = command.output().expect("podspawn starts");
+        Run {
+            context: self.describe(args, &env, ids),
+            output,
+            tree: self.root.clone(),
+        }
+    }
+
+    fn describe(
+        &self,
+        args: &[&str],
+        env: &BTreeMap<String, OsString>,
+        ids: Option<(u32, u32)>,
+    ) -> String {
+        let mut text = format!("command: {PODSPAWN} {args:?}\n");
+        if let Some((uid, gid)) = ids {
+            let _ = writeln!(text, "as uid {uid}, gid {gid}");
+        }
+        for (key, value) in env {
+            let _ = writeln!(text, "env: {key}={}", value.to_string_lossy());
+        }
+        text
+    }
+
+    /// Every call the fake programs recorded, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        read_calls(&self.root)
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if std::env::var_os("PODSPAWN_KEEP_TEST_TREES").is_none() {
+            let _ = fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+/// One recorded call of a fake program.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub program: String,
+    pub argv: Vec<String>,
+    pub expected: bool,
+}
+
+fn read_calls(tree: &Path) -> Vec<Call> {
+    let Ok(text) = fs::read_to_string(tree.join("fake-docker/calls.jsonl")) else {
+        return Vec::new();
+    };
+    text.lines().map(parse_call).collect()
+}
+
+/// Reads the fields the tests need from one JSON line of the fake's log. The fake
+/// writes it with json.dumps, so strings are JSON strings; this is a small reader for
+/// exactly that shape, not a general JSON parser.
+fn parse_call(line: &str) -> Call {
+    let program = json_string_field(line, "program").unwrap_or_default();
+    let argv = json_string_array(line, "argv");
+    let expected = line.contains("\"expected\": true");
+    Call {
+        program,
+        argv,
+        expected,
+    }
+}
+
+fn json_string_field(line: &str, key: &str) -> Option<String> {
+    let start = line.find(&format!("\"{key}\": \""))? + key.len() + 5;
+    Some(read_json_string(&line[start..]).0)
+}
+
+fn json_string_array(line: &str, key: &str) -> Vec<String> {
+    let Some(start) = line.find(&format!("\"{key}\": [")) else {
+        return Vec::new();
+    };
+    let mut rest = &line[start + key.len() + 5..];
+    let mut items = Vec::new();
+    loop {
+        rest = rest.trim_start_matches([' ', ',']);
+        if !rest.starts_with('"') {
+            return items;
+        }
+        let (item, used) = read_json_string(&rest[1..]);
+        items.push(item);
+        rest = &rest[1 + used..];
+    }
+}
+
+/// Reads a JSON string body up to its closing quote; returns it and the bytes used.
+fn read_json_string(text: &str) -> (String, usize) {
+    let mut out = String::new();
+    let mut chars = text.char_indices();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '"' => return (out, at + 1),
+            '\\' => match chars.next() {
+                Some((_, 'n')) => out.push('\n'),
+                Some((_, 't')) => out.push('\t'),
+                Some((_, 'r')) => out.push('\r'),
+                Some((_, 'u')) => {
+                    let hex: String = (0..4)
+                        .filter_map(|_| chars.next().map(|(_, c)| c))
+                        .collect();
+                    let code = u32::from_str_radix(&hex, 16).unwrap_or(0xfffd);
+                    out.push(char::from_u32(code).unwrap_or('\u{fffd}'));
+                }
+                Some((_, other)) => out.push(other),
+                None => break,
+            },
+            c => out.push(c),
+        }
+    }
+    (out, text.len())
+}
+
+/// A finished podspawn run, with everything needed to explain a failed assertion.
+pub struct Run {
+    context: String,
+    pub output: Output,
+    tree: PathBuf,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    pub fn code(&self) -> Option<i32> {
+        self.output.status.code()
+    }
+
+    /// Panics with the whole context.
+    pub fn fail(&self, why: &str) -> ! {
+        let calls =
+            fs::read_to_string(self.tree.join("fake-docker/calls.jsonl")).unwrap_or_default();
+        let log = fs::read_to_string(self.tree.join("log/podspawn.log")).unwrap_or_default();
+        panic!(
+            "{why}\n--- {}exit status: {:?}\n--- stdout:\n{}\n--- stderr:\n{}\n--- fake calls:\n{calls}\n--- podspawn log:\n{log}",
+            self.context,
+            self.output.status,
+            self.stdout(),
+            self.stderr(),
+        );
+    }
+
+    pub fn assert_code(&self, code: i32) -> &Run {
+        if self.code() != Some(code) {
+            self.fail(&format!("expected exit code {code}"));
+        }
+        self
+    }
+
+    pub fn assert_success(&self) -> &Run {
+        self.assert_code(0)
+    }
+
+    pub fn assert_stdout(&self, expected: &str) -> &Run {
+        if self.stdout() != expected {
+            self.fail(&format!("expected stdout {expected:?}"));
+        }
+        self
+    }
+
+    pub fn assert_stderr(&self, expected: &str) -> &Run {
+        if self.stderr() != expected {
+            self.fail(&format!("expected stderr {expected:?}"));
+        }
+        self
+    }
+
+    pub fn assert_stderr_contains(&self, needle: &str) -> &Run {
+        if !self.stderr().contains(needle) {
+            self.fail(&format!("expected stderr to contain {needle:?}"));
+        }
+        self
+    }
+
+    /// An error exit: exactly one line on stderr, starting with "podspawn: " and holding
+    /// `needle`, and nothing on stdout.
+    pub fn assert_one_line_error(&self, code: i32, needle: &str) -> &Run {
+        self.assert_code(code).assert_stdout("");
+        let stderr = self.stderr();
+        if stderr.lines().count() != 1
+            || !stderr.starts_with("podspawn: ")
+            || !stderr.ends_with('\n')
+        {
+            self.fail("expected exactly one 'podspawn: ...' line on stderr");
+        }
+        self.assert_stderr_contains(needle)
+    }
+}
+
+/// A tiny HTTP/1.0 server on 127.0.0.1 that answers fixed routes, standing in for
+/// github.com in `add-user --github` tests. It records the paths it was asked for.
+pub struct HttpServer {
+    pub base_url: String,
+    pub requests: Arc<Mutex<Vec<String>>>,
+    address: std::net::SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpServer {
+    /// `routes`: (path, status, body); anything else is a 404.
+    pub fn start(routes: Vec<(&str, u16, &str)>) -> HttpServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let routes: Vec<(String, u16, String)> = routes
+            .into_iter()
+            .map(|(path, status, body)| (path.to_string(), status, body.to_string()))
+            .collect();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let requests = requests.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if let Ok(stream) = stream {
+                        serve(stream, &routes, &requests);
+                    }
+                }
+            })
+        };
+        HttpServer {
+            base_url: format!("http://{address}"),
+            requests,
+            address,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn serve(stream: TcpStream, routes: &[(String, u16, String)], requests: &Mutex<Vec<String>>) {
+    let mut reader = BufReader::new(stream);
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    // Drain the headers.
+    let mut line = String::new();
+    while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+        line.clear();
+    }
+    let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
+    requests.lock().unwrap().push(path.clone());
+    let (status, body) = routes
+        .iter()
+        .find(|(route, _, _)| *route == path)
+        .map(|(_, status, body)| (*status, body.clone()))
+        .unwrap_or((404, "Not Found".to_string()));
+    let mut stream = reader.into_inner();
+    let _ = write!(
+        stream,
+        "HTTP/1.0 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.flush();
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.address);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
