@@ -22,6 +22,22 @@ pub enum Command {
     AuthKeys(AuthKeysArgs),
     AddUser(AddUserArgs),
     RemoveUser(RemoveUserArgs),
+    Spawn(SpawnArgs),
+    Keeper(KeeperArgs),
+}
+
+/// `spawn --user NAME`: sshd's forced command.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SpawnArgs {
+    pub user: String,
+}
+
+/// `keeper --user NAME [--project NAME]`: started by spawn, not by people.
+#[derive(Debug, PartialEq, Eq)]
+pub struct KeeperArgs {
+    pub user: String,
+    /// Empty for the user's default environment.
+    pub project: String,
 }
 
 /// `auth-keys USER [TYPE KEY]`, as sshd's `AuthorizedKeysCommand ... %u %t %k`.
@@ -48,6 +64,8 @@ pub struct AddUserArgs {
 #[derive(Debug, PartialEq, Eq)]
 pub struct RemoveUserArgs {
     pub name: String,
+    /// Destroy the user's sessions first.
+    pub force: bool,
 }
 
 /// A command line that does not fit: one line naming the problem, plus a hint.
@@ -80,11 +98,12 @@ Usage: podspawn <command> [options]
 
 Admin commands (run as root):
   add-user NAME       register NAME's SSH keys (--key, --key-file, --github)
-  remove-user NAME    delete NAME's keys; their next login falls through to sshd
+  remove-user NAME    delete NAME's keys (--force: destroy their sessions too)
 
 Called by sshd:
   auth-keys USER [TYPE KEY]
                       print USER's keys for AuthorizedKeysCommand
+  spawn --user NAME   run the SSH session in NAME's container (the forced command)
 
 Other:
   version             print the version
@@ -127,13 +146,42 @@ Key lines must be bare keys: podspawn adds its own authorized_keys options.
 ";
 
 const REMOVE_USER_USAGE: &str = "\
-Usage: podspawn remove-user NAME
+Usage: podspawn remove-user NAME [--force]
 
 Deletes NAME's keys from the key store. From then on sshd gets no keys for NAME
-from podspawn and falls through to its normal authentication.
+from podspawn and falls through to its normal authentication. If NAME still has
+sessions, it refuses unless --force is given.
 
 Options:
+  --force            destroy NAME's containers first (their connections end)
   -h, --help         print this help
+";
+
+const SPAWN_USAGE: &str = "\
+Usage: podspawn spawn --user NAME
+
+The forced command in every key line auth-keys prints: sshd runs it as NAME after
+NAME's key matched. It puts the session in NAME's container, creating it or
+joining the one NAME already has, and exits with the command's exit code.
+
+What runs depends on SSH_ORIGINAL_COMMAND: nothing means a login shell (with a
+terminal if the client asked for one), the sftp subsystem means the image's
+sftp-server, anything else runs as `sh -c COMMAND` (scp, rsync, any command).
+
+When NAME's last connection ends, the container is kept for session.grace_period
+and then destroyed (session.mode can say otherwise), by a `podspawn keeper`
+process that spawn starts for it; max_lifetime ends it in any case.
+
+podspawn's own failures exit 125 with one line on stderr; details go to log.file
+or syslog.
+";
+
+const KEEPER_USAGE: &str = "\
+Usage: podspawn keeper --user NAME [--project NAME]
+
+Started by spawn, one per session, detached from every connection: it ends the
+session's container when its grace period or max lifetime is over. Not for
+running by hand.
 ";
 
 const VERSION_USAGE: &str = "\
@@ -147,6 +195,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("add-user", ADD_USER_USAGE),
     ("remove-user", REMOVE_USER_USAGE),
     ("auth-keys", AUTH_KEYS_USAGE),
+    ("spawn", SPAWN_USAGE),
     ("version", VERSION_USAGE),
     ("help", USAGE),
 ];
@@ -174,6 +223,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
         "auth-keys" => parse_auth_keys(parser),
         "add-user" => parse_add_user(&mut parser),
         "remove-user" => parse_remove_user(&mut parser),
+        "spawn" => parse_spawn(&mut parser),
+        "keeper" => parse_keeper(&mut parser),
         "version" => parse_no_arguments(&mut parser, "version", VERSION_USAGE, Command::Version),
         "help" => parse_help(&mut parser),
         unknown => Err(top(unknown_command(unknown))),
@@ -307,15 +358,58 @@ fn parse_remove_user(parser: &mut lexopt::Parser) -> Result<Command, UsageError>
     const COMMAND: &str = "remove-user";
     let fail = usage(COMMAND);
     let mut name = None;
+    let mut force = false;
     while let Some(arg) = parser.next().map_err(|err| fail(err.to_string()))? {
         match arg {
             Short('h') | Long("help") => return Ok(Command::Help(REMOVE_USER_USAGE)),
+            Long("force") => force = true,
             Value(value) if name.is_none() => name = Some(string(COMMAND, value)?),
             other => return Err(unexpected(COMMAND, other)),
         }
     }
     let name = name.ok_or_else(|| fail("missing NAME".to_string()))?;
-    Ok(Command::RemoveUser(RemoveUserArgs { name }))
+    Ok(Command::RemoveUser(RemoveUserArgs { name, force }))
+}
+
+fn parse_spawn(parser: &mut lexopt::Parser) -> Result<Command, UsageError> {
+    const COMMAND: &str = "spawn";
+    let fail = usage(COMMAND);
+    let mut user = None;
+    while let Some(arg) = parser.next().map_err(|err| fail(err.to_string()))? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help(SPAWN_USAGE)),
+            Long("user") => {
+                let value = parser.value().map_err(|err| fail(err.to_string()))?;
+                user = Some(string(COMMAND, value)?);
+            }
+            other => return Err(unexpected(COMMAND, other)),
+        }
+    }
+    let user = user.ok_or_else(|| fail("missing --user NAME".to_string()))?;
+    Ok(Command::Spawn(SpawnArgs { user }))
+}
+
+fn parse_keeper(parser: &mut lexopt::Parser) -> Result<Command, UsageError> {
+    const COMMAND: &str = "keeper";
+    let fail = usage(COMMAND);
+    let mut user = None;
+    let mut project = String::new();
+    while let Some(arg) = parser.next().map_err(|err| fail(err.to_string()))? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help(KEEPER_USAGE)),
+            Long("user") => {
+                let value = parser.value().map_err(|err| fail(err.to_string()))?;
+                user = Some(string(COMMAND, value)?);
+            }
+            Long("project") => {
+                let value = parser.value().map_err(|err| fail(err.to_string()))?;
+                project = string(COMMAND, value)?;
+            }
+            other => return Err(unexpected(COMMAND, other)),
+        }
+    }
+    let user = user.ok_or_else(|| fail("missing --user NAME".to_string()))?;
+    Ok(Command::Keeper(KeeperArgs { user, project }))
 }
 
 fn parse_no_arguments(
@@ -414,6 +508,12 @@ mod tests {
         assert!(
             err.to_string()
                 .starts_with("remove-user: unknown option '-f'"),
+            "{err}"
+        );
+        let err = parse_words(&["spawn", "--user"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("spawn: missing argument for option '--user'"),
             "{err}"
         );
         let err = parse_words(&["version", "extra"]).unwrap_err();

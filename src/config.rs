@@ -58,6 +58,9 @@ pub struct DockerConfig {
     pub binary: String,
     /// The engine to talk to (`DOCKER_HOST`); unset means the CLI's default.
     pub host: Option<String>,
+    /// `DOCKER_CONFIG` for every docker call: a root-owned directory, never a user's
+    /// `~/.docker` (which could name credential helpers or CLI plugins to run).
+    pub config_dir: AbsolutePath,
 }
 
 impl Default for DockerConfig {
@@ -65,6 +68,7 @@ impl Default for DockerConfig {
         DockerConfig {
             binary: "docker".to_string(),
             host: None,
+            config_dir: AbsolutePath::from("/etc/podspawn/docker"),
         }
     }
 }
@@ -73,18 +77,22 @@ impl Default for DockerConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct Defaults {
     pub image: String,
-    pub shell: String,
+    /// The login shell inside containers (`/bin/sh` where the image lacks it).
+    pub shell: AbsolutePath,
     pub cpus: Cpus,
     pub memory: ByteSize,
+    /// docker's `--pids-limit`: a fork bomb stays inside its container.
+    pub pids_limit: u32,
 }
 
 impl Default for Defaults {
     fn default() -> Self {
         Defaults {
             image: "ubuntu:24.04".to_string(),
-            shell: "/bin/bash".to_string(),
+            shell: AbsolutePath::from("/bin/bash"),
             cpus: Cpus(2.0),
             memory: ByteSize(2 * 1024 * 1024 * 1024),
+            pids_limit: 1024,
         }
     }
 }
@@ -298,13 +306,61 @@ impl<'de> Deserialize<'de> for Cpus {
     }
 }
 
-/// The config file to read: `PODSPAWN_CONFIG` if set and podspawn may trust its
-/// environment (see `privilege::has_borrowed_group`), else the default.
-pub fn locate(trust_environment: bool) -> PathBuf {
-    std::env::var_os(PATH_VARIABLE)
-        .filter(|path| trust_environment && !path.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+/// The config file to read, and what was ignored on the way.
+///
+/// `PODSPAWN_CONFIG` names another file. A process running with a borrowed (setgid)
+/// group runs in its caller's environment, so there it is honoured only for a file
+/// that only root could have written: the file and every directory above it owned by
+/// root and not writable by group or others (sshd's rule for its own commands).
+pub fn locate(borrowed_group: bool) -> Located {
+    let default = || PathBuf::from(DEFAULT_PATH);
+    let Some(wanted) = std::env::var_os(PATH_VARIABLE).filter(|path| !path.is_empty()) else {
+        return Located {
+            path: default(),
+            ignored: None,
+        };
+    };
+    let wanted = PathBuf::from(wanted);
+    if !borrowed_group {
+        return Located {
+            path: wanted,
+            ignored: None,
+        };
+    }
+    match only_root_can_write(&wanted) {
+        Ok(()) => Located {
+            path: wanted,
+            ignored: None,
+        },
+        Err(reason) => Located {
+            path: default(),
+            ignored: Some(format!(
+                "ignored {PATH_VARIABLE}={}: {reason}",
+                wanted.display()
+            )),
+        },
+    }
+}
+
+/// Where the config is, and why `PODSPAWN_CONFIG` was not used (to be logged).
+pub struct Located {
+    pub path: PathBuf,
+    pub ignored: Option<String>,
+}
+
+fn only_root_can_write(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let canonical = std::fs::canonicalize(path).map_err(|err| err.to_string())?;
+    for step in canonical.ancestors() {
+        let meta = std::fs::metadata(step).map_err(|err| format!("{}: {err}", step.display()))?;
+        if meta.uid() != 0 {
+            return Err(format!("{} is not owned by root", step.display()));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(format!("{} is writable by group or others", step.display()));
+        }
+    }
+    Ok(())
 }
 
 /// Why the config could not be used.
@@ -476,7 +532,7 @@ mod tests {
         let config = ServerConfig::default();
         assert_eq!(config.docker.binary, "docker");
         assert_eq!(config.docker.host, None);
-        assert_eq!(config.defaults.shell, "/bin/bash");
+        assert_eq!(config.defaults.shell, AbsolutePath::from("/bin/bash"));
         assert_eq!(config.defaults.cpus, Cpus(2.0));
         assert_eq!(config.defaults.memory, ByteSize(2 << 30));
         assert_eq!(config.session.grace_period.0, Duration::from_secs(60));
@@ -528,7 +584,7 @@ log:
             Some("unix:///run/podman.sock")
         );
         assert_eq!(config.defaults.image, "debian:bookworm");
-        assert_eq!(config.defaults.shell, "/bin/zsh");
+        assert_eq!(config.defaults.shell, AbsolutePath::from("/bin/zsh"));
         assert_eq!(config.defaults.cpus, Cpus(1.5));
         assert_eq!(config.defaults.memory, ByteSize(512 << 20));
         assert_eq!(config.session.grace_period.0, Duration::from_secs(90));

@@ -3,6 +3,10 @@
 //! Each module has its own error type carrying its context (file, key, line, argv);
 //! this enum only gathers them so `main` can print one line and pick the exit code in
 //! one place. (`auth-keys` has no error exit: every problem there means "no keys".)
+//!
+//! `spawn` is sshd's forced command: its own failures exit 125 (docker's convention,
+//! distinct from any exit code the user's command could mean) and the user sees
+//! `user_line`, one line they can act on, while the details go to the log.
 
 use std::fmt;
 
@@ -11,6 +15,8 @@ use crate::config::ConfigError;
 use crate::keys::NameError;
 use crate::keys::import::ImportError;
 use crate::keys::store::StoreError;
+use crate::session::SessionError;
+use crate::spawn::SpawnError;
 
 #[derive(Debug)]
 pub enum Error {
@@ -21,22 +27,37 @@ pub enum Error {
     Import(ImportError),
     /// The caller may not do this (not root, and cannot write what it would change).
     NotPermitted(String),
+    Session(SessionError),
+    Spawn(SpawnError),
 }
 
 /// A command line that does not parse.
 pub const EXIT_USAGE: u8 = 2;
 /// Anything else that stopped an admin command.
 pub const EXIT_FAILURE: u8 = 1;
+/// podspawn's own failure in `spawn`.
+pub const EXIT_SPAWN_FAILURE: u8 = 125;
 
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
+            Error::Spawn(_) => EXIT_SPAWN_FAILURE,
+            Error::Usage(err) if err.command == Some("spawn") => EXIT_SPAWN_FAILURE,
             Error::Usage(_) => EXIT_USAGE,
             Error::Config(_)
             | Error::Name(_)
             | Error::Store(_)
             | Error::Import(_)
-            | Error::NotPermitted(_) => EXIT_FAILURE,
+            | Error::NotPermitted(_)
+            | Error::Session(_) => EXIT_FAILURE,
+        }
+    }
+
+    /// The line the caller sees after "podspawn: ".
+    pub fn user_line(&self) -> String {
+        match self {
+            Error::Spawn(err) => err.user_message(),
+            other => other.to_string(),
         }
     }
 }
@@ -50,6 +71,8 @@ impl fmt::Display for Error {
             Error::Store(err) => err.fmt(f),
             Error::Import(err) => err.fmt(f),
             Error::NotPermitted(message) => f.write_str(message),
+            Error::Session(err) => err.fmt(f),
+            Error::Spawn(err) => err.fmt(f),
         }
     }
 }
@@ -72,4 +95,6 @@ from_error! {
     NameError => Name,
     StoreError => Store,
     ImportError => Import,
+    SessionError => Session,
+    SpawnError => Spawn,
 }

@@ -3,13 +3,25 @@
 //! `main` parses the command line, sets up logging, dispatches, and turns an error into
 //! one line and an exit code. Everything else lives in the module named after it.
 
+mod accounts;
 mod auth_keys;
 mod cli;
 mod config;
+mod container;
+mod docker;
+mod engine;
 mod error;
+mod exec;
+mod keeper;
 mod keys;
+mod lock;
 mod logging;
 mod privilege;
+mod process;
+mod router;
+mod session;
+mod spawn;
+mod state;
 mod users;
 
 use std::io::Write;
@@ -25,9 +37,12 @@ fn main() -> ExitCode {
         Ok(command) => command,
         Err(err) => return fail(&Error::Usage(err)),
     };
-    // Only `spawn` (a later command) may keep a group borrowed from a setgid install;
-    // everything else runs with the caller's own privileges.
-    drop_borrowed_group();
+    // Only `spawn` and the keeper it starts may keep a group borrowed from a setgid
+    // install (they need the docker socket); everything else runs with the caller's
+    // own privileges.
+    if !matches!(command, Command::Spawn(_) | Command::Keeper(_)) {
+        drop_borrowed_group();
+    }
     match command {
         Command::Help(text) => print_out(text),
         Command::Version => print_out(&format!("{}\n", cli::version_line())),
@@ -35,6 +50,8 @@ fn main() -> ExitCode {
             run_auth_keys(&args);
             ExitCode::SUCCESS
         }
+        Command::Spawn(args) => run_spawn(&args),
+        Command::Keeper(args) => run_keeper(&args),
         Command::AddUser(args) => admin(|config| users::add_user(config, &args)),
         Command::RemoveUser(args) => admin(|config| users::remove_user(config, &args)),
     }
@@ -47,26 +64,89 @@ fn run_auth_keys(args: &cli::AuthKeysArgs) {
         log::error!("auth-keys failed: {info}");
         std::process::exit(0);
     }));
-    let path = config::locate(!privilege::has_borrowed_group());
-    match config::load(&path) {
+    let Some(config) = service_config("auth-keys") else {
+        return;
+    };
+    auth_keys::run(&config, args);
+}
+
+/// spawn: the command's exit code, or 125 and one line for the user.
+fn run_spawn(args: &cli::SpawnArgs) -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        log::error!("spawn failed: {info}");
+        eprintln!("podspawn: internal error; tell your admin");
+        std::process::exit(i32::from(error::EXIT_SPAWN_FAILURE));
+    }));
+    let located = config::locate(privilege::has_borrowed_group());
+    let result = config::load(&located.path)
+        .map_err(spawn::SpawnError::Config)
+        .and_then(|config| {
+            logging::init_service(&config.log, "spawn");
+            if let Some(ignored) = &located.ignored {
+                log::warn!("{ignored}");
+            }
+            spawn::run(&config, args, honoured_config_path(&located))
+        });
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(err) => {
+            // A config error happens before the configured log exists: syslog then.
+            logging::init_service(&config::LogConfig::default(), "spawn");
+            log::error!("{err}");
+            fail(&Error::Spawn(err))
+        }
+    }
+}
+
+fn run_keeper(args: &cli::KeeperArgs) -> ExitCode {
+    let located = config::locate(privilege::has_borrowed_group());
+    let Some(config) = service_config("keeper") else {
+        return ExitCode::from(error::EXIT_FAILURE);
+    };
+    match keeper::run(&config, args, honoured_config_path(&located)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            log::error!("keeper of {}: {err}", args.user);
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+/// `PODSPAWN_CONFIG` as honoured, to hand on to the processes podspawn starts.
+fn honoured_config_path(located: &config::Located) -> Option<std::ffi::OsString> {
+    (located.path.as_os_str() != config::DEFAULT_PATH)
+        .then(|| located.path.clone().into_os_string())
+}
+
+/// The config for a command that logs to the service log, with logging set up; on
+/// a broken config, the reason goes to syslog and there is no config.
+fn service_config(command: &'static str) -> Option<config::ServerConfig> {
+    let located = config::locate(privilege::has_borrowed_group());
+    match config::load(&located.path) {
         Ok(config) => {
-            logging::init_service(&config.log, "auth-keys");
-            auth_keys::run(&config, args);
+            logging::init_service(&config.log, command);
+            if let Some(ignored) = located.ignored {
+                log::warn!("{ignored}");
+            }
+            Some(config)
         }
         Err(err) => {
-            logging::init_service(&config::LogConfig::default(), "auth-keys");
-            log::error!("no keys for {}: {err}", args.user);
+            logging::init_service(&config::LogConfig::default(), command);
+            log::error!("{err}");
+            None
         }
     }
 }
 
 /// Runs an admin command with the server config and stderr logging.
 fn admin(run: impl FnOnce(&config::ServerConfig) -> Result<(), Error>) -> ExitCode {
-    let path = config::locate(!privilege::has_borrowed_group());
-    let result = config::load(&path).map_err(Error::from).and_then(|config| {
-        logging::init_admin(config.log.level.0);
-        run(&config)
-    });
+    let located = config::locate(privilege::has_borrowed_group());
+    let result = config::load(&located.path)
+        .map_err(Error::from)
+        .and_then(|config| {
+            logging::init_admin(config.log.level.0);
+            run(&config)
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&err),
@@ -74,7 +154,7 @@ fn admin(run: impl FnOnce(&config::ServerConfig) -> Result<(), Error>) -> ExitCo
 }
 
 fn fail(err: &Error) -> ExitCode {
-    eprintln!("podspawn: {err}");
+    eprintln!("podspawn: {}", err.user_line());
     ExitCode::from(err.exit_code())
 }
 

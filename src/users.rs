@@ -1,14 +1,17 @@
-//! `add-user` and `remove-user`: registering and unregistering a user's keys.
+//! `add-user` and `remove-user`: registering and unregistering a user.
 //!
-//! Both run as root (or as a caller who can write the key directory) and change only
-//! the key store. Every input is checked before anything is written.
+//! Both run as root (or as a caller who can write the key directory) and check every
+//! input before anything is written.
 
 use crate::cli::{AddUserArgs, RemoveUserArgs};
 use crate::config::ServerConfig;
+use crate::docker::Docker;
+use crate::engine::{DockerEngine, SystemHost};
 use crate::error::Error;
-use crate::keys::store::KeyStore;
+use crate::keys::store::{KeyStore, StoreError};
 use crate::keys::{UserName, import};
 use crate::privilege;
+use crate::session::Sessions;
 
 pub fn add_user(config: &ServerConfig, args: &AddUserArgs) -> Result<(), Error> {
     let user = UserName::parse(&args.name)?;
@@ -26,11 +29,44 @@ pub fn add_user(config: &ServerConfig, args: &AddUserArgs) -> Result<(), Error> 
     Ok(())
 }
 
+/// Deletes the user's keys; with `--force`, destroys their sessions first. Without
+/// it, a user with sessions is refused: their containers would live on unowned.
 pub fn remove_user(config: &ServerConfig, args: &RemoveUserArgs) -> Result<(), Error> {
     let user = UserName::parse(&args.name)?;
     let store = KeyStore::new(config.auth.key_dir.as_path());
     privilege::require_admin("remove-user", store.dir())?;
-    store.remove(&user)?;
-    println!("removed user {user}");
+    let db_path = config.state.db_path.as_path();
+    let mut destroyed = 0;
+    if db_path.exists() {
+        let engine = DockerEngine::new(Docker::new(&config.docker), 0);
+        let mut sessions = Sessions::open(
+            engine,
+            SystemHost::new(None),
+            db_path,
+            config.state.lock_dir.as_path(),
+        )?;
+        let count = sessions
+            .state()
+            .sessions()
+            .map_err(crate::session::SessionError::from)?
+            .iter()
+            .filter(|session| session.user == user.as_str())
+            .count();
+        if count > 0 && !args.force {
+            return Err(Error::NotPermitted(format!(
+                "{user} has {count} session(s); use --force to destroy them and remove {user}"
+            )));
+        }
+        if count > 0 {
+            destroyed = sessions.destroy_user(&user)?;
+        }
+    }
+    match store.remove(&user) {
+        Ok(()) => {}
+        // The keys were gone already; the sessions were what was left to remove.
+        Err(StoreError::NotRegistered { .. }) if destroyed > 0 => {}
+        Err(err) => return Err(err.into()),
+    }
+    println!("removed user {user} ({destroyed} session(s) destroyed)");
     Ok(())
 }

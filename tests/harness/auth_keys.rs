@@ -4,10 +4,16 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use crate::support::{ECDSA, ED25519, ED25519_OTHER, NOBODY, PODSPAWN, TestEnv, body, is_root};
+use crate::support::{
+    ECDSA, ED25519, ED25519_OTHER, NOBODY, PODSPAWN, TestEnv, binary_for_others, body, is_root,
+};
 
 fn forced(user: &str, key: &str) -> String {
-    let exe = fs::canonicalize(PODSPAWN).unwrap();
+    forced_by(&fs::canonicalize(PODSPAWN).unwrap(), user, key)
+}
+
+/// The line auth-keys prints when run from the binary at `exe`.
+fn forced_by(exe: &std::path::Path, user: &str, key: &str) -> String {
     format!(
         "command=\"{} spawn --user {user}\",restrict,pty,agent-forwarding,port-forwarding,X11-forwarding {key}\n",
         exe.display()
@@ -154,7 +160,7 @@ fn runs_as_nobody_and_an_unreadable_key_file_gives_nothing() {
     env.podspawn_as(NOBODY, NOBODY, &["auth-keys", "alice"])
         .assert_success()
         .assert_stderr("")
-        .assert_stdout(&forced("alice", ED25519));
+        .assert_stdout(&forced_by(&binary_for_others(), "alice", ED25519));
     fs::set_permissions(env.key_file("bob"), fs::Permissions::from_mode(0o600)).unwrap();
     env.podspawn_as(NOBODY, NOBODY, &["auth-keys", "bob"])
         .assert_success()

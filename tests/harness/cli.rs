@@ -3,7 +3,14 @@
 use crate::support::TestEnv;
 
 /// The subcommands that work today; `--help` must list exactly these.
-const COMMANDS: &[&str] = &["add-user", "remove-user", "auth-keys", "version", "help"];
+const COMMANDS: &[&str] = &[
+    "add-user",
+    "remove-user",
+    "auth-keys",
+    "spawn",
+    "version",
+    "help",
+];
 
 #[test]
 fn help_lists_every_working_command_and_each_has_its_own_help() {
@@ -66,8 +73,8 @@ fn unknown_commands_and_flags_get_one_line_and_exit_2() {
             "add-user: unknown option '--kye'",
         ),
         (
-            &["remove-user", "--force", "alice"],
-            "remove-user: unknown option '--force'",
+            &["remove-user", "--frob", "alice"],
+            "remove-user: unknown option '--frob'",
         ),
         (&["version", "--short"], "version: unknown option '--short'"),
         (&["add-user", "alice"], "add-user: give at least one --key"),

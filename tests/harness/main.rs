@@ -9,3 +9,4 @@ mod cli;
 mod config;
 mod fake_docker;
 mod remove_user;
+mod spawn;

@@ -9,7 +9,7 @@ fn removing_a_user_deletes_their_keys_and_auth_keys_falls_through() {
         .assert_success();
     env.podspawn(&["remove-user", "alice"])
         .assert_success()
-        .assert_stdout("removed user alice\n");
+        .assert_stdout("removed user alice (0 session(s) destroyed)\n");
     assert!(!env.key_file("alice").exists());
     env.podspawn(&["auth-keys", "alice"])
         .assert_success()

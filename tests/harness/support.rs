@@ -92,7 +92,7 @@ impl TestEnv {
         ] {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
         }
-        std::os::unix::fs::symlink(testdata("fake-docker"), root.join("bin/docker")).unwrap();
+        install_fake(&root.join("bin/docker"));
         let path = OsString::from(format!(
             "{}:/usr/local/bin:/usr/bin:/bin",
             root.join("bin").display()
@@ -154,9 +154,21 @@ impl TestEnv {
         fs::set_permissions(self.key_file(user), fs::Permissions::from_mode(0o644)).unwrap();
     }
 
-    /// Links the strict fake in as another program on PATH, e.g. `curl`.
+    /// Puts the strict fake in as another program on PATH, e.g. `curl`.
     pub fn fake_program(&self, name: &str) {
-        std::os::unix::fs::symlink(testdata("fake-docker"), self.path("bin").join(name)).unwrap();
+        install_fake(&self.path("bin").join(name));
+    }
+
+    /// Writes the fake docker's scenario: its rules, in order.
+    pub fn scenario(&self, rules: &[Rule]) {
+        let body: Vec<String> = rules.iter().map(|rule| rule.0.clone()).collect();
+        let text = format!("{{\"rules\": [{}]}}", body.join(", "));
+        fs::write(self.path("fake-docker/scenario.json"), text).unwrap();
+        fs::set_permissions(
+            self.path("fake-docker/scenario.json"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
     }
 
     /// PATH holds only the tree's bin/: no curl, no real docker, nothing else.
@@ -169,69 +181,98 @@ impl TestEnv {
     }
 
     pub fn podspawn(&self, args: &[&str]) -> Run {
-        self.run_podspawn(args, None)
+        self.invoke(args).run()
     }
 
     /// Runs podspawn as another uid/gid (only possible as root).
     pub fn podspawn_as(&self, uid: u32, gid: u32, args: &[&str]) -> Run {
-        self.run_podspawn(args, Some((uid, gid)))
+        self.invoke(args).run_as(uid, gid).run()
     }
 
-    fn run_podspawn(&self, args: &[&str], ids: Option<(u32, u32)>) -> Run {
-        let mut env: BTreeMap<String, OsString> = BTreeMap::new();
-        env.insert("PATH".into(), self.path.clone());
-        env.insert("HOME".into(), self.path("home").into_os_string());
-        env.insert(
+    /// A podspawn run to configure before running it.
+    pub fn invoke(&self, args: &[&str]) -> Invocation<'_> {
+        let mut vars: BTreeMap<String, OsString> = BTreeMap::new();
+        vars.insert("PATH".into(), self.path.clone());
+        vars.insert("HOME".into(), self.path("home").into_os_string());
+        vars.insert(
             "PODSPAWN_CONFIG".into(),
             self.config_path().into_os_string(),
         );
         for (key, value) in &self.extra_env {
-            env.insert(key.clone(), value.clone());
+            vars.insert(key.clone(), value.clone());
         }
-        let mut command = Command::new(PODSPAWN);
-        command
-            .args(args)
-            .env_clear()
-            .envs(&env)
-            .current_dir(&self.root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some((uid, gid)) = ids {
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setgid(gid) != 0
-                        || libc::setuid(uid) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let output = command.output().expect("podspawn starts");
-        Run {
-            context: self.describe(args, &env, ids),
-            output,
-            tree: self.root.clone(),
+        Invocation {
+            env: self,
+            program: PathBuf::from(PODSPAWN),
+            args: args.iter().map(|arg| arg.to_string()).collect(),
+            ids: None,
+            vars,
+            input: Input::Null,
         }
     }
 
-    fn describe(
+    /// The account spawn tests connect as (`nobody` when the tests run as root, the
+    /// caller otherwise), registered, and able to write the tree's state, log and
+    /// fake-docker directories.
+    pub fn spawn_user(&self) -> SpawnUser {
+        let user = if is_root() {
+            SpawnUser {
+                name: "nobody".into(),
+                uid: NOBODY,
+                gid: NOBODY,
+            }
+        } else {
+            let uid = unsafe { libc::getuid() };
+            let name = std::env::var("USER").expect("USER names the caller");
+            SpawnUser {
+                name,
+                uid,
+                gid: unsafe { libc::getgid() },
+            }
+        };
+        self.write_key_file(&user.name, &format!("{ED25519}\n"));
+        if is_root() {
+            for dir in ["state", "log", "fake-docker"] {
+                std::os::unix::fs::chown(self.path(dir), Some(user.uid), Some(user.gid)).unwrap();
+            }
+        }
+        user
+    }
+
+    /// `podspawn spawn --user NAME`, run as that user.
+    pub fn spawn(&self, user: &SpawnUser) -> Invocation<'_> {
+        let invocation = self.invoke(&["spawn", "--user", &user.name]);
+        if is_root() {
+            invocation.run_as(user.uid, user.gid)
+        } else {
+            invocation
+        }
+    }
+
+    /// The docker calls so far (not other fake programs).
+    pub fn docker_calls(&self) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|call| call.program == "docker")
+            .collect()
+    }
+
+    /// Waits up to `timeout` for `condition`; false if it never held.
+    pub fn wait_for(
         &self,
-        args: &[&str],
-        env: &BTreeMap<String, OsString>,
-        ids: Option<(u32, u32)>,
-    ) -> String {
-        let mut text = format!("command: {PODSPAWN} {args:?}\n");
-        if let Some((uid, gid)) = ids {
-            let _ = writeln!(text, "as uid {uid}, gid {gid}");
+        timeout: std::time::Duration,
+        mut condition: impl FnMut() -> bool,
+    ) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if condition() {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        for (key, value) in env {
-            let _ = writeln!(text, "env: {key}={}", value.to_string_lossy());
-        }
-        text
     }
 
     /// Every call the fake programs recorded, in order.
@@ -248,12 +289,118 @@ impl Drop for TestEnv {
     }
 }
 
+/// A copy (not a link: the repository may not be readable by other users) of the
+/// fake docker at `path`.
+fn install_fake(path: &Path) {
+    fs::copy(testdata("fake-docker"), path).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// One rule of the fake docker's scenario (see testdata/fake-docker).
+#[derive(Debug, Clone)]
+pub struct Rule(String);
+
+impl Rule {
+    /// A docker call whose argv matches `patterns` (shell wildcards, final "**").
+    pub fn docker(patterns: &[&str]) -> Rule {
+        let items: Vec<String> = patterns.iter().map(|p| json_string(p)).collect();
+        Rule(format!("{{\"argv\": [{}]}}", items.join(", ")))
+    }
+
+    fn with(self, key: &str, value: String) -> Rule {
+        let body = self.0.strip_suffix('}').unwrap();
+        Rule(format!("{body}, \"{key}\": {value}}}"))
+    }
+
+    pub fn exit(self, code: i32) -> Rule {
+        self.with("exit", code.to_string())
+    }
+
+    pub fn stdout(self, text: &str) -> Rule {
+        self.with("stdout", json_string(text))
+    }
+
+    pub fn stderr(self, text: &str) -> Rule {
+        self.with("stderr", json_string(text))
+    }
+
+    pub fn times(self, count: usize) -> Rule {
+        self.with("times", count.to_string())
+    }
+
+    pub fn cat(self) -> Rule {
+        self.with("cat", "true".into())
+    }
+
+    pub fn wait_for_stdin(self) -> Rule {
+        self.with("wait", json_string("stdin"))
+    }
+
+    pub fn sleep(self, seconds: f64) -> Rule {
+        self.with("sleep", seconds.to_string())
+    }
+
+    /// Also start a lingering "process in the container" carrying the exec's --env.
+    pub fn container_process(self) -> Rule {
+        self.with("container_process", "true".into())
+    }
+}
+
+fn json_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The account a spawn test connects as.
+pub struct SpawnUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// One recorded call of a fake program.
 #[derive(Debug, Clone)]
 pub struct Call {
     pub program: String,
     pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub pid: i32,
     pub expected: bool,
+}
+
+impl Call {
+    /// The docker subcommand ("run", "exec", ...).
+    pub fn subcommand(&self) -> &str {
+        self.argv.first().map(String::as_str).unwrap_or("")
+    }
+
+    /// The value after `flag`, if the call has it.
+    pub fn flag(&self, flag: &str) -> Option<&str> {
+        self.argv
+            .iter()
+            .position(|arg| arg == flag)
+            .and_then(|at| self.argv.get(at + 1))
+            .map(String::as_str)
+    }
+
+    /// Every value given with `flag` (e.g. each --label).
+    pub fn flags(&self, flag: &str) -> Vec<&str> {
+        self.argv
+            .windows(2)
+            .filter(|pair| pair[0] == flag)
+            .map(|pair| pair[1].as_str())
+            .collect()
+    }
 }
 
 fn read_calls(tree: &Path) -> Vec<Call> {
@@ -270,10 +417,40 @@ fn parse_call(line: &str) -> Call {
     let program = json_string_field(line, "program").unwrap_or_default();
     let argv = json_string_array(line, "argv");
     let expected = line.contains("\"expected\": true");
+    let pid = line
+        .find("\"pid\": ")
+        .map(|at| &line[at + 7..])
+        .and_then(|rest| rest.split([',', '}']).next())
+        .and_then(|number| number.trim().parse().ok())
+        .unwrap_or(0);
     Call {
         program,
         argv,
+        env: json_string_map(line, "env"),
+        pid,
         expected,
+    }
+}
+
+fn json_string_map(line: &str, key: &str) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    let Some(start) = line.find(&format!("\"{key}\": {{")) else {
+        return map;
+    };
+    let mut rest = &line[start + key.len() + 5..];
+    loop {
+        rest = rest.trim_start_matches([' ', ',']);
+        if !rest.starts_with('"') {
+            return map;
+        }
+        let (name, used) = read_json_string(&rest[1..]);
+        rest = rest[1 + used..].trim_start_matches([':', ' ']);
+        if !rest.starts_with('"') {
+            return map;
+        }
+        let (value, used) = read_json_string(&rest[1..]);
+        rest = &rest[1 + used..];
+        map.insert(name, value);
     }
 }
 
@@ -324,6 +501,237 @@ fn read_json_string(text: &str) -> (String, usize) {
         }
     }
     (out, text.len())
+}
+
+/// What a podspawn run gets as its stdin.
+pub enum Input {
+    Null,
+    Bytes(Vec<u8>),
+    /// The slave side of a new pseudo-terminal (as sshd gives a PTY session).
+    Tty,
+    /// A pipe the test keeps open until the run ends.
+    OpenPipe,
+}
+
+pub struct Invocation<'a> {
+    env: &'a TestEnv,
+    program: PathBuf,
+    args: Vec<String>,
+    ids: Option<(u32, u32)>,
+    vars: BTreeMap<String, OsString>,
+    input: Input,
+}
+
+impl Invocation<'_> {
+    /// Run as another uid/gid, from a copy of the binary that user can reach.
+    pub fn run_as(mut self, uid: u32, gid: u32) -> Self {
+        self.ids = Some((uid, gid));
+        self.program = binary_for_others();
+        self
+    }
+
+    pub fn var(mut self, key: &str, value: &str) -> Self {
+        self.vars.insert(key.to_string(), value.into());
+        self
+    }
+
+    pub fn stdin(mut self, bytes: &[u8]) -> Self {
+        self.input = Input::Bytes(bytes.to_vec());
+        self
+    }
+
+    pub fn input(mut self, input: Input) -> Self {
+        self.input = input;
+        self
+    }
+
+    fn describe(&self) -> String {
+        let mut text = format!("command: {} {:?}\n", self.program.display(), self.args);
+        if let Some((uid, gid)) = self.ids {
+            let _ = writeln!(text, "as uid {uid}, gid {gid}");
+        }
+        for (key, value) in &self.vars {
+            let _ = writeln!(text, "env: {key}={}", value.to_string_lossy());
+        }
+        text
+    }
+
+    pub fn run(self) -> Run {
+        self.start().finish(std::time::Duration::from_secs(60))
+    }
+
+    /// Starts the run and returns at once.
+    pub fn start(self) -> Running {
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .env_clear()
+            .envs(&self.vars)
+            .current_dir(&self.env.root)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut terminal = None;
+        match &self.input {
+            Input::Null => {
+                command.stdin(Stdio::null());
+            }
+            Input::Bytes(_) | Input::OpenPipe => {
+                command.stdin(Stdio::piped());
+            }
+            Input::Tty => {
+                let (master, slave) = open_pty();
+                command.stdin(Stdio::from(slave));
+                terminal = Some(master);
+            }
+        }
+        if let Some((uid, gid)) = self.ids {
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(gid) != 0
+                        || libc::setuid(uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command.spawn().expect("podspawn starts");
+        if let Input::Bytes(bytes) = &self.input {
+            let mut pipe = child.stdin.take().expect("stdin is piped");
+            // A writer thread: the child may fill its stdout before reading all this.
+            let bytes = bytes.clone();
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(&bytes);
+            });
+        }
+        // For `Input::OpenPipe`, the test holds the pipe open until the run ends.
+        let stdin = child.stdin.take();
+        Running {
+            context: self.describe(),
+            child,
+            stdin,
+            _terminal: terminal,
+            tree: self.env.root.clone(),
+        }
+    }
+}
+
+/// A podspawn run that is still going.
+pub struct Running {
+    context: String,
+    pub child: std::process::Child,
+    /// The open stdin pipe, for `Input::OpenPipe`.
+    pub stdin: Option<std::process::ChildStdin>,
+    /// The master side of the terminal, for `Input::Tty`.
+    _terminal: Option<std::os::fd::OwnedFd>,
+    tree: PathBuf,
+}
+
+impl Running {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// Waits up to `timeout` for the run to end and collects its output.
+    pub fn finish(mut self, timeout: std::time::Duration) -> Run {
+        let stdout = self.child.stdout.take();
+        let stderr = self.child.stderr.take();
+        let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_end(&mut bytes);
+                }
+                bytes
+            })
+        };
+        let stdout = read(stdout.map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+        let stderr = read(stderr.map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                let status = self.child.wait().unwrap();
+                let run = Run {
+                    context: self.context.clone(),
+                    output: Output {
+                        status,
+                        stdout: Vec::new(),
+                        stderr: Vec::new(),
+                    },
+                    tree: self.tree.clone(),
+                };
+                run.fail(&format!("did not end within {timeout:?}"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        drop(self.stdin.take());
+        Run {
+            context: self.context,
+            output: Output {
+                status,
+                stdout: stdout.join().unwrap(),
+                stderr: stderr.join().unwrap(),
+            },
+            tree: self.tree,
+        }
+    }
+}
+
+fn open_pty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (0, 0);
+    let result = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(result, 0, "openpty: {}", std::io::Error::last_os_error());
+    unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(master),
+            std::os::fd::OwnedFd::from_raw_fd(slave),
+        )
+    }
+}
+
+/// A copy of the podspawn binary in a directory every user can reach (the
+/// repository may sit under a private home), made once and shared by all tests.
+pub fn binary_for_others() -> PathBuf {
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(PODSPAWN).unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "podspawn-test-bin-{}-{}",
+            meta.size(),
+            meta.mtime_nsec() ^ meta.mtime()
+        ));
+        let target = dir.join("podspawn");
+        if !target.exists() {
+            fs::create_dir_all(&dir).unwrap();
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+            let temporary = dir.join(format!("podspawn.{}", std::process::id()));
+            fs::copy(PODSPAWN, &temporary).unwrap();
+            fs::set_permissions(&temporary, fs::Permissions::from_mode(0o755)).unwrap();
+            fs::rename(&temporary, &target).unwrap();
+        }
+        target
+    })
+    .clone()
 }
 
 /// A finished podspawn run, with everything needed to explain a failed assertion.

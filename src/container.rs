@@ -1,0 +1,352 @@
+//! What a podspawn container is: its name, the user inside it, and the few small
+//! shell scripts podspawn runs in it. Pure data and text; `docker` turns these into
+//! argv and runs them.
+//!
+//! Inside, the user has the host account's name, uid and gid, home `/home/<user>` (a
+//! tmpfs already owned by them: with every capability dropped, root in the container
+//! can still write its own /etc/passwd but cannot chown) and the configured shell, or
+//! `/bin/sh` when the image lacks it. The scripts are POSIX sh and need only what
+//! busybox has, so minimal images work too. Every value reaches them as a positional
+//! argument, never spliced into the script text.
+
+use std::time::Duration;
+
+use crate::keys::UserName;
+use crate::router::Program;
+
+/// The container of a user's default environment (`project` empty) or of a project.
+pub fn container_name(user: &UserName, project: &str) -> String {
+    if project.is_empty() {
+        format!("podspawn-{user}")
+    } else {
+        format!("podspawn-{user}-{project}")
+    }
+}
+
+/// The user as they exist inside their container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: UserName,
+    pub uid: u32,
+    pub gid: u32,
+    /// The primary group's name (made safe for /etc/group).
+    pub group: String,
+    pub shell: String,
+}
+
+impl Identity {
+    pub fn new(name: UserName, uid: u32, gid: u32, group: &str, shell: &str) -> Identity {
+        // A group name goes into /etc/group and a grep pattern inside the container;
+        // anything unusual is replaced by the user's own name.
+        let plain = !group.is_empty()
+            && group.len() <= 32
+            && group
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+        Identity {
+            group: if plain {
+                group.to_string()
+            } else {
+                name.to_string()
+            },
+            name,
+            uid,
+            gid,
+            shell: shell.to_string(),
+        }
+    }
+
+    pub fn home(&self) -> String {
+        format!("/home/{}", self.name)
+    }
+}
+
+/// Everything `docker run` needs to create a session's container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub project: String,
+    pub session_id: String,
+    pub user: Identity,
+    pub cpus: f64,
+    pub memory_bytes: u64,
+    pub pids_limit: u32,
+    /// How long the container's main process lives: the engine itself ends the
+    /// container at its max lifetime, whether or not podspawn is running.
+    pub lifetime: Duration,
+}
+
+/// Everything `docker exec` needs for one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecSpec {
+    pub container: String,
+    pub user: Identity,
+    pub tty: bool,
+    /// Extra environment, after HOME, USER, LOGNAME and SHELL.
+    pub env: Vec<(String, String)>,
+    pub argv: Vec<String>,
+}
+
+/// The environment variable that marks every process of one connection, so that
+/// podspawn can find and end them when the connection drops.
+pub const CONNECTION_MARKER: &str = "PODSPAWN_CONNECTION";
+
+/// Where the setup script says it is done (written into the scripts' text).
+#[cfg(test)]
+const READY_FILE: &str = "/run/podspawn-ready";
+
+/// The container's main process: put the user into /etc/passwd and /etc/group
+/// (replacing any entry with the same name or uid), say it is ready, then sleep for
+/// the container's lifetime.
+const SETUP_SCRIPT: &str = r#"user=$1 uid=$2 gid=$3 group=$4 home=$5 shell=$6 seconds=$7
+[ -x "$shell" ] || shell=/bin/sh
+{ grep -v -e "^$user:" -e "^[^:]*:[^:]*:$uid:" /etc/passwd 2>/dev/null
+  echo "$user:x:$uid:$gid::$home:$shell"
+} > /etc/passwd.podspawn && cat /etc/passwd.podspawn > /etc/passwd
+rm -f /etc/passwd.podspawn
+if ! grep -q "^[^:]*:[^:]*:$gid:" /etc/group 2>/dev/null; then
+  { grep -v "^$group:" /etc/group 2>/dev/null; echo "$group:x:$gid:"; } > /etc/group.podspawn \
+    && cat /etc/group.podspawn > /etc/group
+  rm -f /etc/group.podspawn
+fi
+mkdir -p /run && : > /run/podspawn-ready
+exec sleep "$seconds"
+"#;
+
+/// `docker run --entrypoint /bin/sh IMAGE` followed by these.
+pub fn setup_command(spec: &ContainerSpec) -> Vec<String> {
+    let user = &spec.user;
+    vec![
+        "-c".to_string(),
+        SETUP_SCRIPT.to_string(),
+        "podspawn-setup".to_string(),
+        user.name.to_string(),
+        user.uid.to_string(),
+        user.gid.to_string(),
+        user.group.clone(),
+        user.home(),
+        user.shell.clone(),
+        spec.lifetime.as_secs().max(1).to_string(),
+    ]
+}
+
+/// The login shell, falling back to /bin/sh when the image does not have the
+/// configured one.
+const SHELL_SCRIPT: &str = r#"[ -x "$1" ] || set -- /bin/sh
+SHELL=$1; export SHELL
+exec "$1" -l"#;
+
+/// The image's sftp-server, wherever its distribution puts it.
+const SFTP_SCRIPT: &str = r#"for server in /usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server \
+    /usr/lib/ssh/sftp-server /usr/libexec/sftp-server /usr/lib/sftp-server /usr/sbin/sftp-server; do
+  [ -x "$server" ] && exec "$server"
+done
+echo "podspawn: this image has no sftp-server (Debian/Ubuntu: openssh-sftp-server)" >&2
+exit 127"#;
+
+/// Until the setup script is done (only a brand-new container can be that young),
+/// wait for it, at most about five seconds, then run the connection's program.
+const WAIT_SCRIPT: &str = r#"n=0
+while [ ! -e /run/podspawn-ready ] && [ "$n" -lt 250 ]; do
+  sleep 0.02 2>/dev/null || sleep 1
+  n=$((n + 1))
+done
+exec "$@""#;
+
+/// What runs in the container for a routed connection.
+pub fn program_argv(program: &Program, shell: &str) -> Vec<String> {
+    let strings = |items: &[&str]| items.iter().map(|item| item.to_string()).collect();
+    match program {
+        Program::Shell => strings(&["/bin/sh", "-c", SHELL_SCRIPT, "podspawn-shell", shell]),
+        Program::Sftp => strings(&["/bin/sh", "-c", SFTP_SCRIPT, "podspawn-sftp"]),
+        Program::Command(command) => strings(&["/bin/sh", "-c", command]),
+    }
+}
+
+/// `argv`, made to wait for a brand-new container's setup first.
+pub fn after_setup(argv: Vec<String>) -> Vec<String> {
+    let mut wrapped: Vec<String> = ["/bin/sh", "-c", WAIT_SCRIPT, "podspawn-wait"]
+        .iter()
+        .map(|item| item.to_string())
+        .collect();
+    wrapped.extend(argv);
+    wrapped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn alice() -> Identity {
+        Identity::new(
+            UserName::parse("alice").unwrap(),
+            1001,
+            1002,
+            "devs",
+            "/bin/bash",
+        )
+    }
+
+    #[test]
+    fn names_follow_user_and_project() {
+        let user = UserName::parse("alice").unwrap();
+        assert_eq!(container_name(&user, ""), "podspawn-alice");
+        assert_eq!(container_name(&user, "api"), "podspawn-alice-api");
+    }
+
+    #[test]
+    fn odd_group_names_are_replaced_by_the_user_name() {
+        let name = UserName::parse("alice").unwrap();
+        assert_eq!(
+            Identity::new(name.clone(), 1, 1, "devs", "/bin/sh").group,
+            "devs"
+        );
+        for odd in ["", "a b", "a:b", "x\ny", "dom.users", "^evil$"] {
+            assert_eq!(
+                Identity::new(name.clone(), 1, 1, odd, "/bin/sh").group,
+                "alice"
+            );
+        }
+    }
+
+    #[test]
+    fn values_reach_the_setup_script_as_arguments() {
+        let spec = ContainerSpec {
+            name: "podspawn-alice".into(),
+            image: "img".into(),
+            project: String::new(),
+            session_id: "s1".into(),
+            user: alice(),
+            cpus: 2.0,
+            memory_bytes: 1 << 30,
+            pids_limit: 512,
+            lifetime: Duration::from_secs(3600),
+        };
+        let argv = setup_command(&spec);
+        assert_eq!(argv[0], "-c");
+        assert_eq!(argv[1], SETUP_SCRIPT);
+        assert_eq!(
+            &argv[2..],
+            [
+                "podspawn-setup",
+                "alice",
+                "1001",
+                "1002",
+                "devs",
+                "/home/alice",
+                "/bin/bash",
+                "3600"
+            ]
+        );
+    }
+
+    /// Runs the setup script against copies of /etc/passwd and /etc/group in a temp
+    /// dir (the script's paths rewritten), with this machine's sh and grep.
+    #[test]
+    fn setup_replaces_clashing_entries_and_keeps_the_rest() {
+        let dir = std::env::temp_dir().join(format!("podspawn-setup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let passwd = dir.join("passwd");
+        let group = dir.join("group");
+        std::fs::write(
+            &passwd,
+            "root:x:0:0:root:/root:/bin/bash\nubuntu:x:1001:1001::/home/ubuntu:/bin/bash\nalice:x:5:5::/old:/bin/false\n",
+        )
+        .unwrap();
+        std::fs::write(&group, "root:x:0:\nubuntu:x:1001:\n").unwrap();
+        let script = SETUP_SCRIPT
+            .replace("/etc/passwd", passwd.to_str().unwrap())
+            .replace("/etc/group", group.to_str().unwrap())
+            .replace(
+                "mkdir -p /run && : > /run/podspawn-ready",
+                &format!(": > {}/ready", dir.display()),
+            )
+            .replace("exec sleep \"$seconds\"", "echo slept \"$seconds\"");
+        let output = Command::new("/bin/sh")
+            .args([
+                "-c",
+                &script,
+                "podspawn-setup",
+                "alice",
+                "1001",
+                "1002",
+                "devs",
+                "/home/alice",
+                "/bin/no-such-shell",
+                "60",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&output.stdout), "slept 60\n");
+        assert_eq!(
+            std::fs::read_to_string(&passwd).unwrap(),
+            "root:x:0:0:root:/root:/bin/bash\nalice:x:1001:1002::/home/alice:/bin/sh\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&group).unwrap(),
+            "root:x:0:\nubuntu:x:1001:\ndevs:x:1002:\n"
+        );
+        assert!(dir.join("ready").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn programs_run_through_sh_with_the_command_untouched() {
+        assert_eq!(
+            program_argv(
+                &Program::Command("echo 'a b' \"$HOME\"".into()),
+                "/bin/bash"
+            ),
+            ["/bin/sh", "-c", "echo 'a b' \"$HOME\""]
+        );
+        let shell = program_argv(&Program::Shell, "/bin/zsh");
+        assert_eq!(shell.last().unwrap(), "/bin/zsh");
+        let sftp = program_argv(&Program::Sftp, "/bin/bash");
+        assert!(sftp[2].contains("/usr/lib/openssh/sftp-server"));
+    }
+
+    #[test]
+    fn the_shell_falls_back_to_sh_and_sftp_says_what_is_missing() {
+        let run = |argv: Vec<String>| Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+        let mut shell = program_argv(&Program::Shell, "/bin/no-such-shell");
+        // Replace `-l` login by `-c 'echo $SHELL'` to see which shell was chosen.
+        shell[2] = shell[2].replace("exec \"$1\" -l", "exec \"$1\" -c 'echo $SHELL'");
+        assert_eq!(String::from_utf8_lossy(&run(shell).stdout), "/bin/sh\n");
+
+        let mut sftp = program_argv(&Program::Sftp, "/bin/sh");
+        sftp[2] = sftp[2].replace("/usr/lib/openssh/sftp-server", "/nonexistent/sftp-server");
+        let output = run(sftp);
+        if output.status.code() == Some(127) {
+            assert!(String::from_utf8_lossy(&output.stderr).contains("openssh-sftp-server"));
+        }
+    }
+
+    #[test]
+    fn setup_and_wait_agree_on_the_ready_file() {
+        assert!(SETUP_SCRIPT.contains(READY_FILE));
+        assert!(WAIT_SCRIPT.contains(READY_FILE));
+    }
+
+    #[test]
+    fn the_wait_wrapper_runs_the_program_with_its_arguments() {
+        let script = WAIT_SCRIPT.replace(READY_FILE, "/");
+        let output = Command::new("/bin/sh")
+            .args([
+                "-c",
+                &script,
+                "podspawn-wait",
+                "printf",
+                "%s|",
+                "a b",
+                "$HOME",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&output.stdout), "a b|$HOME|");
+        let wrapped = after_setup(vec!["true".into()]);
+        assert_eq!(wrapped[..2], ["/bin/sh", "-c"]);
+        assert_eq!(wrapped.last().unwrap(), "true");
+    }
+}

@@ -1,0 +1,574 @@
+//! The only module that knows the docker CLI: argv for every call podspawn makes, the
+//! environment docker runs in, parsing of its output, and its failures as typed errors
+//! that carry the argv, the exit status and docker's stderr.
+//!
+//! Docker always runs with an environment podspawn sets, never the caller's: a fixed
+//! PATH, `DOCKER_CONFIG` in a root-owned directory (a user's `~/.docker` could name
+//! credential helpers or CLI plugins, programs that would run with the docker group),
+//! and `DOCKER_HOST` only from the server config.
+//!
+//! Everything podspawn creates carries the labels `podspawn.managed=true`,
+//! `podspawn.user`, `podspawn.project` and `podspawn.session`, so that what podspawn
+//! made can always be found again.
+
+use std::fmt;
+use std::io;
+use std::process::{Command, Stdio};
+
+use crate::config::DockerConfig;
+use crate::container::{self, ContainerSpec, ExecSpec};
+
+pub const LABEL_MANAGED: &str = "podspawn.managed";
+pub const LABEL_USER: &str = "podspawn.user";
+pub const LABEL_PROJECT: &str = "podspawn.project";
+pub const LABEL_SESSION: &str = "podspawn.session";
+
+/// The PATH docker runs with (and on which a bare `docker.binary` is looked up).
+pub const FIXED_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How to run the docker CLI.
+#[derive(Debug, Clone)]
+pub struct Docker {
+    binary: String,
+    host: Option<String>,
+    config_dir: String,
+}
+
+/// What docker says of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    Running,
+    NotRunning,
+    Missing,
+}
+
+/// A container that carries `podspawn.managed=true`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedContainer {
+    pub name: String,
+    pub running: bool,
+    pub user: String,
+    pub project: String,
+    pub session: String,
+}
+
+#[derive(Debug)]
+pub enum DockerError {
+    /// The docker binary could not be started at all.
+    NotInstalled { binary: String, source: io::Error },
+    /// The CLI ran but could not reach the engine.
+    Unreachable { argv: Vec<String>, stderr: String },
+    /// The image is not on this host and could not be pulled.
+    ImageUnavailable { image: String, stderr: String },
+    /// A container of that name exists already.
+    NameInUse { name: String },
+    /// Any other failure.
+    Failed {
+        argv: Vec<String>,
+        status: String,
+        stderr: String,
+    },
+}
+
+impl DockerError {
+    /// The one line an SSH user sees (prefixed "podspawn: "); details go to the log.
+    pub fn user_message(&self) -> String {
+        match self {
+            DockerError::NotInstalled { .. } | DockerError::Unreachable { .. } => {
+                "cannot reach the container engine; tell your admin".to_string()
+            }
+            DockerError::ImageUnavailable { image, .. } => {
+                format!("the image {image} is not available on this server; tell your admin")
+            }
+            DockerError::NameInUse { .. } | DockerError::Failed { .. } => {
+                "could not start your container; tell your admin".to_string()
+            }
+        }
+    }
+}
+
+impl fmt::Display for DockerError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            DockerError::NotInstalled { binary, source } => {
+                write!(f, "cannot run {binary}: {source}")
+            }
+            DockerError::Unreachable { argv, stderr } => {
+                write!(f, "`{}` cannot reach the engine: {stderr}", shown(argv))
+            }
+            DockerError::ImageUnavailable { image, stderr } => {
+                write!(f, "image {image} is not available: {stderr}")
+            }
+            DockerError::NameInUse { name } => write!(f, "a container named {name} exists already"),
+            DockerError::Failed {
+                argv,
+                status,
+                stderr,
+            } => write!(f, "`{}` failed ({status}): {stderr}", shown(argv)),
+        }
+    }
+}
+
+impl std::error::Error for DockerError {}
+
+/// argv as one readable line for logs (not for a shell).
+fn shown(argv: &[String]) -> String {
+    argv.iter()
+        .map(|arg| {
+            let arg = if arg.len() > 80 {
+                format!("{}…", &arg[..arg.floor_char_boundary(77)])
+            } else {
+                arg.clone()
+            };
+            if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || c == '\'') {
+                format!("{arg:?}")
+            } else {
+                arg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// docker's stderr folded to one line.
+fn one_line(stderr: &[u8]) -> String {
+    String::from_utf8_lossy(stderr)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn is_unreachable(stderr: &str) -> bool {
+    [
+        "Cannot connect to the Docker daemon",
+        "Is the docker daemon running",
+        "permission denied while trying to connect",
+        "error during connect",
+    ]
+    .iter()
+    .any(|needle| stderr.contains(needle))
+}
+
+fn is_missing(stderr: &str) -> bool {
+    stderr.contains("No such container") || stderr.contains("No such object")
+}
+
+impl Docker {
+    pub fn new(config: &DockerConfig) -> Docker {
+        Docker {
+            binary: config.binary.clone(),
+            host: config.host.clone(),
+            config_dir: config.config_dir.as_path().display().to_string(),
+        }
+    }
+
+    /// A docker command with podspawn's environment and nothing of the caller's.
+    pub fn command(&self, args: &[String]) -> Command {
+        let mut command = Command::new(&self.binary);
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", FIXED_PATH)
+            .env("HOME", "/nonexistent")
+            .env("DOCKER_CONFIG", &self.config_dir);
+        if let Some(host) = &self.host {
+            command.env("DOCKER_HOST", host);
+        }
+        command
+    }
+
+    fn argv(&self, args: &[String]) -> Vec<String> {
+        std::iter::once(self.binary.clone())
+            .chain(args.iter().cloned())
+            .collect()
+    }
+
+    /// Runs docker to completion with stdin closed and its output captured.
+    fn run(
+        &self,
+        args: &[String],
+    ) -> Result<(std::process::ExitStatus, String, String), DockerError> {
+        let output = self
+            .command(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| self.not_installed(source))?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = one_line(&output.stderr);
+        if !output.status.success() && is_unreachable(&stderr) {
+            return Err(DockerError::Unreachable {
+                argv: self.argv(args),
+                stderr,
+            });
+        }
+        Ok((output.status, stdout, stderr))
+    }
+
+    pub fn not_installed(&self, source: io::Error) -> DockerError {
+        DockerError::NotInstalled {
+            binary: self.binary.clone(),
+            source,
+        }
+    }
+
+    fn failed(
+        &self,
+        args: &[String],
+        status: std::process::ExitStatus,
+        stderr: String,
+    ) -> DockerError {
+        DockerError::Failed {
+            argv: self.argv(args),
+            status: status.to_string(),
+            stderr,
+        }
+    }
+
+    /// `docker run --detach …`: creates and starts a session's container.
+    pub fn create(&self, spec: &ContainerSpec) -> Result<(), DockerError> {
+        let args = run_args(spec);
+        let (status, _, stderr) = self.run(&args)?;
+        if status.success() {
+            return Ok(());
+        }
+        if stderr.contains("is already in use") {
+            return Err(DockerError::NameInUse {
+                name: spec.name.clone(),
+            });
+        }
+        if stderr.contains("Unable to find image")
+            || stderr.contains("No such image")
+            || stderr.contains("pull access denied")
+            || stderr.contains("manifest unknown")
+        {
+            return Err(DockerError::ImageUnavailable {
+                image: spec.image.clone(),
+                stderr,
+            });
+        }
+        Err(self.failed(&args, status, stderr))
+    }
+
+    /// `docker rm --force`: a container that is already gone is not an error.
+    pub fn remove(&self, name: &str) -> Result<(), DockerError> {
+        let args = strings(&["rm", "--force", name]);
+        let (status, _, stderr) = self.run(&args)?;
+        if status.success() || is_missing(&stderr) {
+            Ok(())
+        } else {
+            Err(self.failed(&args, status, stderr))
+        }
+    }
+
+    /// `docker inspect`: is the container there, and running?
+    pub fn state(&self, name: &str) -> Result<ContainerState, DockerError> {
+        let args = strings(&[
+            "inspect",
+            "--type",
+            "container",
+            "--format",
+            "{{.State.Running}}",
+            name,
+        ]);
+        let (status, stdout, stderr) = self.run(&args)?;
+        match (status.success(), stdout.trim()) {
+            (true, "true") => Ok(ContainerState::Running),
+            (true, _) => Ok(ContainerState::NotRunning),
+            (false, _) if is_missing(&stderr) => Ok(ContainerState::Missing),
+            (false, _) => Err(self.failed(&args, status, stderr)),
+        }
+    }
+
+    /// Every container podspawn made, running or not.
+    pub fn list_managed(&self) -> Result<Vec<ManagedContainer>, DockerError> {
+        let format = format!(
+            "{{{{.Names}}}}\t{{{{.State}}}}\t{{{{.Label \"{LABEL_USER}\"}}}}\t{{{{.Label \"{LABEL_PROJECT}\"}}}}\t{{{{.Label \"{LABEL_SESSION}\"}}}}"
+        );
+        let args = vec![
+            "ps".to_string(),
+            "--all".to_string(),
+            "--no-trunc".to_string(),
+            "--filter".to_string(),
+            format!("label={LABEL_MANAGED}=true"),
+            "--format".to_string(),
+            format,
+        ];
+        let (status, stdout, stderr) = self.run(&args)?;
+        if !status.success() {
+            return Err(self.failed(&args, status, stderr));
+        }
+        Ok(parse_managed(&stdout))
+    }
+
+    /// The `docker exec` command for a connection; the caller wires its stdio.
+    pub fn exec_command(&self, spec: &ExecSpec) -> Command {
+        self.command(&exec_args(spec))
+    }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|item| item.to_string()).collect()
+}
+
+/// argv after `docker` for creating a session's container.
+pub fn run_args(spec: &ContainerSpec) -> Vec<String> {
+    let user = &spec.user;
+    let mut args = strings(&["run", "--detach", "--rm", "--init"]);
+    args.extend(["--name".into(), spec.name.clone()]);
+    args.extend(["--hostname".into(), spec.name.clone()]);
+    for (label, value) in [
+        (LABEL_MANAGED, "true"),
+        (LABEL_USER, user.name.as_str()),
+        (LABEL_PROJECT, spec.project.as_str()),
+        (LABEL_SESSION, spec.session_id.as_str()),
+    ] {
+        args.extend(["--label".into(), format!("{label}={value}")]);
+    }
+    args.extend(["--cpus".into(), spec.cpus.to_string()]);
+    args.extend(["--memory".into(), spec.memory_bytes.to_string()]);
+    args.extend(["--pids-limit".into(), spec.pids_limit.to_string()]);
+    args.extend(strings(&[
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+    ]));
+    // The home is a tmpfs owned by the user from the start: nothing in the container
+    // needs CAP_CHOWN to give it to them.
+    args.extend([
+        "--tmpfs".into(),
+        format!(
+            "{}:rw,exec,nosuid,nodev,uid={},gid={},mode=0700",
+            user.home(),
+            user.uid,
+            user.gid
+        ),
+    ]);
+    args.extend(strings(&["--entrypoint", "/bin/sh"]));
+    args.push(spec.image.clone());
+    args.extend(container::setup_command(spec));
+    args
+}
+
+/// argv after `docker` for one connection's exec.
+pub fn exec_args(spec: &ExecSpec) -> Vec<String> {
+    let user = &spec.user;
+    let mut args = strings(&["exec", "--interactive"]);
+    if spec.tty {
+        args.push("--tty".into());
+    }
+    args.extend(["--user".into(), format!("{}:{}", user.uid, user.gid)]);
+    args.extend(["--workdir".into(), user.home()]);
+    let identity = [
+        ("HOME", user.home()),
+        ("USER", user.name.to_string()),
+        ("LOGNAME", user.name.to_string()),
+        ("SHELL", user.shell.clone()),
+    ];
+    for (key, value) in identity
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .chain(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    {
+        args.extend(["--env".into(), format!("{key}={value}")]);
+    }
+    args.push(spec.container.clone());
+    args.extend(spec.argv.iter().cloned());
+    args
+}
+
+fn parse_managed(stdout: &str) -> Vec<ManagedContainer> {
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            let [name, state, user, project, session] = fields[..] else {
+                return None;
+            };
+            Some(ManagedContainer {
+                name: name.to_string(),
+                running: state == "running",
+                user: user.to_string(),
+                project: project.to_string(),
+                session: session.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// True when a failed exec's held-back stderr is docker saying the container is not
+/// there or not running — i.e. the command never ran.
+pub fn says_container_gone(stderr: &str) -> bool {
+    is_missing(stderr) || stderr.contains("is not running") || stderr.contains("is restarting")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::container::Identity;
+    use crate::keys::UserName;
+    use std::time::Duration;
+
+    fn alice() -> Identity {
+        Identity::new(
+            UserName::parse("alice").unwrap(),
+            1001,
+            1001,
+            "alice",
+            "/bin/bash",
+        )
+    }
+
+    #[test]
+    fn run_args_carry_labels_limits_and_the_hardening() {
+        let spec = ContainerSpec {
+            name: "podspawn-alice".into(),
+            image: "debian:bookworm".into(),
+            project: String::new(),
+            session_id: "0123abcd".into(),
+            user: alice(),
+            cpus: 1.5,
+            memory_bytes: 512 << 20,
+            pids_limit: 256,
+            lifetime: Duration::from_secs(8 * 3600),
+        };
+        let args = run_args(&spec);
+        let text = args.join(" ");
+        for expected in [
+            "run --detach --rm --init --name podspawn-alice --hostname podspawn-alice",
+            "--label podspawn.managed=true --label podspawn.user=alice --label podspawn.project= --label podspawn.session=0123abcd",
+            "--cpus 1.5 --memory 536870912 --pids-limit 256",
+            "--cap-drop ALL --security-opt no-new-privileges",
+            "--tmpfs /home/alice:rw,exec,nosuid,nodev,uid=1001,gid=1001,mode=0700",
+            "--entrypoint /bin/sh debian:bookworm -c",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in {text}");
+        }
+        assert_eq!(args.last().unwrap(), "28800");
+        assert!(
+            !args
+                .iter()
+                .any(|arg| arg == "--privileged" || arg.starts_with("--cap-add"))
+        );
+    }
+
+    #[test]
+    fn exec_args_set_identity_and_keep_the_program_argv_intact() {
+        let spec = ExecSpec {
+            container: "podspawn-alice".into(),
+            user: alice(),
+            tty: true,
+            env: vec![("TERM".into(), "xterm-256color".into())],
+            argv: vec!["/bin/sh".into(), "-c".into(), "echo 'a b'; exit 3".into()],
+        };
+        assert_eq!(
+            exec_args(&spec),
+            [
+                "exec",
+                "--interactive",
+                "--tty",
+                "--user",
+                "1001:1001",
+                "--workdir",
+                "/home/alice",
+                "--env",
+                "HOME=/home/alice",
+                "--env",
+                "USER=alice",
+                "--env",
+                "LOGNAME=alice",
+                "--env",
+                "SHELL=/bin/bash",
+                "--env",
+                "TERM=xterm-256color",
+                "podspawn-alice",
+                "/bin/sh",
+                "-c",
+                "echo 'a b'; exit 3",
+            ]
+        );
+        let piped = ExecSpec { tty: false, ..spec };
+        assert!(!exec_args(&piped).contains(&"--tty".to_string()));
+    }
+
+    #[test]
+    fn docker_runs_with_a_fixed_environment() {
+        let config = DockerConfig {
+            binary: "docker".into(),
+            host: Some("unix:///run/other.sock".into()),
+            config_dir: crate::config::AbsolutePath::from("/etc/podspawn/docker"),
+        };
+        let command = Docker::new(&config).command(&[]);
+        let env: Vec<(String, String)> = command
+            .get_envs()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into(),
+                    v.unwrap().to_string_lossy().into(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            env,
+            [
+                (
+                    "DOCKER_CONFIG".to_string(),
+                    "/etc/podspawn/docker".to_string()
+                ),
+                ("DOCKER_HOST".into(), "unix:///run/other.sock".into()),
+                ("HOME".into(), "/nonexistent".into()),
+                ("PATH".into(), FIXED_PATH.into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn managed_containers_parse_from_ps_lines() {
+        let out = "podspawn-alice\trunning\talice\t\tabc\npodspawn-bob-api\texited\tbob\tapi\tdef\nbroken line\n";
+        assert_eq!(
+            parse_managed(out),
+            [
+                ManagedContainer {
+                    name: "podspawn-alice".into(),
+                    running: true,
+                    user: "alice".into(),
+                    project: "".into(),
+                    session: "abc".into(),
+                },
+                ManagedContainer {
+                    name: "podspawn-bob-api".into(),
+                    running: false,
+                    user: "bob".into(),
+                    project: "api".into(),
+                    session: "def".into(),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn docker_errors_are_recognised() {
+        assert!(says_container_gone(
+            "Error response from daemon: No such container: podspawn-alice"
+        ));
+        assert!(says_container_gone(
+            "Error response from daemon: Container 3f2a is not running"
+        ));
+        assert!(!says_container_gone(
+            "ls: cannot access 'x': No such file or directory"
+        ));
+        assert!(is_unreachable(
+            "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?"
+        ));
+        assert!(is_unreachable(
+            "permission denied while trying to connect to the Docker daemon socket"
+        ));
+    }
+
+    #[test]
+    fn long_arguments_are_shortened_in_logs() {
+        let line = shown(&["docker".into(), "a b".into(), "x".repeat(200)]);
+        assert!(line.starts_with("docker \"a b\" xxx"), "{line}");
+        assert!(line.len() < 100, "{line}");
+    }
+}

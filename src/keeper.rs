@@ -1,0 +1,69 @@
+//! `podspawn keeper`: one per session, started by the `spawn` that created the
+//! container (or by a later one that found it dead), detached from every SSH
+//! connection. It lives exactly as long as the session: every second it prunes
+//! connections whose process is gone, starts or cancels the grace period, and
+//! destroys the container when grace or max lifetime is over. This is what makes a
+//! `kill -9`ed spawn harmless with no cron and no daemon.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::cli::KeeperArgs;
+use crate::config::ServerConfig;
+use crate::docker::Docker;
+use crate::engine::{DockerEngine, SystemHost};
+use crate::error::Error;
+use crate::keys::UserName;
+use crate::process;
+use crate::session::{SessionError, Sessions, Tick};
+
+/// After an engine failure, how long to wait before trying again.
+const RETRY: Duration = Duration::from_secs(5);
+
+pub fn run(
+    config: &ServerConfig,
+    args: &KeeperArgs,
+    config_path: Option<std::ffi::OsString>,
+) -> Result<(), Error> {
+    let user = UserName::parse(&args.user)?;
+    let project = args.project.clone();
+    let db_path = config.state.db_path.as_path();
+    let engine = DockerEngine::new(Docker::new(&config.docker), unsafe { libc::getuid() });
+    let mut sessions = Sessions::open(
+        engine,
+        SystemHost::new(config_path),
+        db_path,
+        config.state.lock_dir.as_path(),
+    )
+    .map_err(Error::Session)?;
+    let database = file_identity(db_path);
+    let me = process::current();
+    log::debug!("keeper of {user} {project:?} started");
+    loop {
+        // The state was moved or deleted under us (reinstall, or a test tree going
+        // away): whatever session this was, it is not ours to keep any more.
+        if file_identity(db_path) != database {
+            log::warn!("keeper of {user}: {} changed; stopping", db_path.display());
+            return Ok(());
+        }
+        match sessions.keeper_tick(&user, &project, &me) {
+            Ok(Tick::Stop) => return Ok(()),
+            Ok(Tick::Sleep(pause)) => std::thread::sleep(pause),
+            Err(SessionError::Docker(err)) => {
+                log::error!(
+                    "keeper of {user}: {err}; trying again in {}s",
+                    RETRY.as_secs()
+                );
+                std::thread::sleep(RETRY);
+            }
+            Err(err) => return Err(Error::Session(err)),
+        }
+    }
+}
+
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|meta| (meta.dev(), meta.ino()))
+}

@@ -1,0 +1,112 @@
+//! Per-user locks: `<lock_dir>/<user>.lock`, held with `flock`.
+//!
+//! Every decision about a user's sessions (create, reattach, release, destroy) is made
+//! while holding that user's lock, so two first connections at the same instant make
+//! one container, and a keeper never destroys a container a connection is joining.
+//! The kernel drops the lock when its holder dies, however it dies.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::keys::UserName;
+
+/// Lock files and the lock directory are shared by root and the docker group.
+const LOCK_FILE_MODE: u32 = 0o660;
+const LOCK_DIR_MODE: u32 = 0o770;
+
+#[derive(Debug)]
+pub struct LockError {
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+impl std::fmt::Display for LockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "cannot lock {}: {}", self.path.display(), self.source)
+    }
+}
+
+impl std::error::Error for LockError {}
+
+/// A held user lock; released when dropped.
+#[derive(Debug)]
+pub struct UserLock {
+    _file: File,
+}
+
+impl UserLock {
+    pub fn acquire(lock_dir: &Path, user: &UserName) -> Result<UserLock, LockError> {
+        let path = lock_dir.join(format!("{user}.lock"));
+        let error = |source| LockError {
+            path: path.clone(),
+            source,
+        };
+        if !lock_dir.is_dir() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(LOCK_DIR_MODE)
+                .create(lock_dir)
+                .map_err(error)?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(LOCK_FILE_MODE)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(error)?;
+        // Whoever creates the file sets its mode explicitly (the umask may be tighter);
+        // a file someone else created is theirs to keep.
+        let _ = file.set_permissions(fs::Permissions::from_mode(LOCK_FILE_MODE));
+        loop {
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(UserLock { _file: file });
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(error(err));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn the_lock_excludes_other_holders_until_dropped() {
+        let dir = std::env::temp_dir().join(format!("podspawn-lock-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let alice = UserName::parse("alice").unwrap();
+        let inside = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                let (dir, alice, inside, most) = (&dir, &alice, inside.clone(), most.clone());
+                scope.spawn(move || {
+                    let _lock = UserLock::acquire(dir, alice).unwrap();
+                    let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        assert_eq!(most.load(Ordering::SeqCst), 1);
+        let mode = fs::metadata(dir.join("alice.lock"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, LOCK_FILE_MODE);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

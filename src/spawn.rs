@@ -1,0 +1,168 @@
+//! `podspawn spawn --user NAME`: what sshd runs, as the user, after one of their keys
+//! matched. It checks who is calling, routes `SSH_ORIGINAL_COMMAND` into the user's
+//! container (creating or reattaching it) and exits with the command's exit code.
+//!
+//! Its stdout and stderr are the user's session: podspawn's own failures end in one
+//! line on stderr that the user can act on, exit 125; the details go to the log.
+
+use std::fmt;
+
+use crate::accounts;
+use crate::cli::SpawnArgs;
+use crate::config::{ConfigError, ServerConfig};
+use crate::container::Identity;
+use crate::docker::Docker;
+use crate::engine::{DockerEngine, SystemHost};
+use crate::keys::store::{KeyStore, StoreError};
+use crate::keys::{NameError, UserName};
+use crate::router;
+use crate::session::{ConnectRequest, SessionError, Sessions, Settings};
+
+/// Environment the program in the container gets from the SSH session (sshd sets
+/// these, or accepts them from the client with AcceptEnv).
+const PASSED_ENV: &[&str] = &["TERM", "LANG", "SSH_CONNECTION", "SSH_CLIENT"];
+
+#[derive(Debug)]
+pub enum SpawnError {
+    Config(ConfigError),
+    Name(NameError),
+    Account(String),
+    /// The key's forced command names another user than the one logged in.
+    NotYou {
+        user: UserName,
+        caller: String,
+    },
+    Root,
+    NotRegistered(UserName),
+    Keys(StoreError),
+    Session(SessionError),
+}
+
+impl SpawnError {
+    /// The one line the SSH user sees.
+    pub fn user_message(&self) -> String {
+        match self {
+            SpawnError::Config(_) => {
+                "the podspawn configuration of this server is broken; tell your admin".to_string()
+            }
+            SpawnError::Name(_)
+            | SpawnError::Account(_)
+            | SpawnError::NotYou { .. }
+            | SpawnError::Root => {
+                "this key is not set up for your account; tell your admin".to_string()
+            }
+            SpawnError::NotRegistered(_) | SpawnError::Keys(_) => {
+                "you are not registered with podspawn on this server; tell your admin".to_string()
+            }
+            SpawnError::Session(err) => err.user_message(),
+        }
+    }
+}
+
+impl fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            SpawnError::Config(err) => err.fmt(f),
+            SpawnError::Name(err) => err.fmt(f),
+            SpawnError::Account(err) => write!(f, "cannot look up the calling account: {err}"),
+            SpawnError::NotYou { user, caller } => {
+                write!(f, "spawn --user {user} was run by {caller}")
+            }
+            SpawnError::Root => write!(f, "spawn refuses to run as root"),
+            SpawnError::NotRegistered(user) => write!(f, "{user} has no keys registered"),
+            SpawnError::Keys(err) => err.fmt(f),
+            SpawnError::Session(err) => err.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SpawnError {}
+
+impl From<SessionError> for SpawnError {
+    fn from(err: SessionError) -> Self {
+        SpawnError::Session(err)
+    }
+}
+
+pub fn settings(config: &ServerConfig) -> Settings {
+    Settings {
+        image: config.defaults.image.clone(),
+        shell: config.defaults.shell.as_path().display().to_string(),
+        cpus: config.defaults.cpus.0,
+        memory_bytes: config.defaults.memory.0,
+        pids_limit: config.defaults.pids_limit,
+        grace: config.session.grace_period.0,
+        lifetime: config.session.max_lifetime.0,
+        mode: config.session.mode,
+    }
+}
+
+/// Runs the connection; returns the exit code of the command in the container.
+pub fn run(
+    config: &ServerConfig,
+    args: &SpawnArgs,
+    config_path: Option<std::ffi::OsString>,
+) -> Result<i32, SpawnError> {
+    let user = UserName::parse(&args.user).map_err(SpawnError::Name)?;
+    let caller = accounts::caller().map_err(|err| SpawnError::Account(err.to_string()))?;
+    if caller.uid == 0 {
+        return Err(SpawnError::Root);
+    }
+    if caller.name != user.as_str() {
+        return Err(SpawnError::NotYou {
+            user,
+            caller: caller.name,
+        });
+    }
+    let store = KeyStore::new(config.auth.key_dir.as_path());
+    match store.read(&user).map_err(SpawnError::Keys)? {
+        Some(file) if !file.keys.is_empty() => {}
+        _ => return Err(SpawnError::NotRegistered(user)),
+    }
+
+    let tty = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
+    let original_command = std::env::var("SSH_ORIGINAL_COMMAND").ok();
+    let routed = router::route(original_command.as_deref(), tty);
+    let settings = settings(config);
+    let identity = Identity::new(
+        user.clone(),
+        caller.uid,
+        caller.gid,
+        &caller.group,
+        &settings.shell,
+    );
+    let request = ConnectRequest {
+        user: identity,
+        project: String::new(),
+        env: passed_env(routed.tty),
+        routed,
+    };
+    log::info!(
+        "{user} connects: {}",
+        original_command.as_deref().unwrap_or("(shell)")
+    );
+    let engine = DockerEngine::new(Docker::new(&config.docker), caller.uid);
+    let mut sessions = Sessions::open(
+        engine,
+        SystemHost::new(config_path),
+        config.state.db_path.as_path(),
+        config.state.lock_dir.as_path(),
+    )?;
+    let code = sessions.connect(&request, &settings)?;
+    log::info!("{user} disconnects: exit {code}");
+    Ok(code)
+}
+
+/// The session environment handed into the container: terminal type (only with a
+/// terminal), locale, and where the connection comes from.
+fn passed_env(tty: bool) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(name, _)| {
+            (PASSED_ENV.contains(&name.as_str()) && (name != "TERM" || tty))
+                || name.starts_with("LC_")
+        })
+        .filter(|(name, value)| !name.contains('=') && !value.contains('\0'))
+        .collect();
+    env.sort();
+    env
+}

@@ -1,0 +1,545 @@
+//! The state database: which sessions exist and which connections they have.
+//!
+//! SQLite in WAL mode with a busy timeout, opened by many short-lived processes at
+//! once (each `spawn`, each keeper, `list`, `cleanup`). Decisions that change rows
+//! are made under the user's lock (`lock`), so the database only has to keep rows
+//! consistent, not arbitrate. Migrations are an append-only list checked against
+//! `PRAGMA user_version` in one exclusive transaction.
+//!
+//! A connection counts only while its process lives: rows hold the pid together with
+//! the process's start time and the boot id, and `process::is_alive` checks all three,
+//! so a `kill -9`ed spawn cannot pin a container.
+
+use std::fmt;
+use std::fs;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::config::SessionMode;
+use crate::process::ProcessId;
+
+/// Mode of the database file (WAL and shm files copy it). The state directory
+/// decides who may reach it: root and the docker group.
+pub const DB_FILE_MODE: u32 = 0o660;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: sessions and their connections.
+    "CREATE TABLE sessions (
+        user TEXT NOT NULL,
+        project TEXT NOT NULL,
+        container TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        image TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        grace_secs INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        grace_until INTEGER,
+        keeper_pid INTEGER,
+        keeper_start INTEGER,
+        keeper_boot TEXT,
+        PRIMARY KEY (user, project)
+    );
+    CREATE TABLE connections (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user TEXT NOT NULL,
+        project TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        pid_start INTEGER NOT NULL,
+        pid_boot TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        program TEXT NOT NULL
+    );
+    CREATE INDEX connections_by_session ON connections (user, project);",
+];
+
+/// One session: a container and how long it may live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub user: String,
+    pub project: String,
+    pub container: String,
+    pub session_id: String,
+    pub image: String,
+    pub mode: SessionMode,
+    pub grace_secs: i64,
+    pub created_at: i64,
+    /// When the container's max lifetime ends; none in persistent mode.
+    pub expires_at: Option<i64>,
+    /// When the grace period ends, if it has started (no live connections).
+    pub grace_until: Option<i64>,
+    /// The process that watches this session (see `keeper`).
+    pub keeper: Option<ProcessId>,
+}
+
+/// One SSH connection into a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionRow {
+    pub id: i64,
+    pub user: String,
+    pub project: String,
+    pub session_id: String,
+    pub process: ProcessId,
+    pub started_at: i64,
+    pub program: String,
+}
+
+#[derive(Debug)]
+pub enum StateError {
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Query(rusqlite::Error),
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+    },
+}
+
+impl fmt::Display for StateError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            StateError::Open { path, source } => {
+                write!(f, "cannot open state database {}: {source}", path.display())
+            }
+            StateError::Io { path, source } => {
+                write!(
+                    f,
+                    "cannot prepare state database {}: {source}",
+                    path.display()
+                )
+            }
+            StateError::Query(source) => write!(f, "state database: {source}"),
+            StateError::NewerSchema { path, found } => write!(
+                f,
+                "state database {} has schema version {found}, newer than this podspawn knows ({}); \
+                 run the newer podspawn",
+                path.display(),
+                MIGRATIONS.len()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StateError {}
+
+impl From<rusqlite::Error> for StateError {
+    fn from(source: rusqlite::Error) -> Self {
+        StateError::Query(source)
+    }
+}
+
+pub struct State {
+    connection: Connection,
+}
+
+impl State {
+    /// Opens (creating if needed, mode 0660) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<State, StateError> {
+        create_with_mode(path)?;
+        let open_error = |source| StateError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let connection = Connection::open(path).map_err(open_error)?;
+        connection
+            .busy_timeout(Duration::from_secs(10))
+            .map_err(open_error)?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_error)?;
+        connection
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_error)?;
+        let mut state = State { connection };
+        state.migrate(path)?;
+        Ok(state)
+    }
+
+    fn migrate(&mut self, path: &Path) -> Result<(), StateError> {
+        let known = MIGRATIONS.len() as i64;
+        let version: i64 = self
+            .connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if version == known {
+            return Ok(());
+        }
+        let transaction = self
+            .connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+        // Another process may have migrated while we waited for the lock.
+        let version: i64 =
+            transaction.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if version > known {
+            return Err(StateError::NewerSchema {
+                path: path.to_path_buf(),
+                found: version,
+            });
+        }
+        for migration in &MIGRATIONS[version as usize..] {
+            transaction.execute_batch(migration)?;
+        }
+        transaction.pragma_update(None, "user_version", known)?;
+        transaction.commit()?;
+        Ok(())
+    }
+
+    pub fn session(&self, user: &str, project: &str) -> Result<Option<SessionRow>, StateError> {
+        Ok(self
+            .connection
+            .query_row(
+                "SELECT * FROM sessions WHERE user = ?1 AND project = ?2",
+                params![user, project],
+                session_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Every session, ordered by user and project.
+    pub fn sessions(&self) -> Result<Vec<SessionRow>, StateError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT * FROM sessions ORDER BY user, project")?;
+        let rows = statement.query_map([], session_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn insert_session(&self, session: &SessionRow) -> Result<(), StateError> {
+        let keeper = session.keeper.as_ref();
+        self.connection.execute(
+            "INSERT INTO sessions (user, project, container, session_id, image, mode, grace_secs,
+                created_at, expires_at, grace_until, keeper_pid, keeper_start, keeper_boot)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                session.user,
+                session.project,
+                session.container,
+                session.session_id,
+                session.image,
+                mode_name(session.mode),
+                session.grace_secs,
+                session.created_at,
+                session.expires_at,
+                session.grace_until,
+                keeper.map(|k| k.pid),
+                keeper.map(|k| k.start_ticks as i64),
+                keeper.map(|k| k.boot_id.clone()),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Removes a session and every connection row it had.
+    pub fn delete_session(&self, user: &str, project: &str) -> Result<(), StateError> {
+        self.connection.execute(
+            "DELETE FROM connections WHERE user = ?1 AND project = ?2",
+            params![user, project],
+        )?;
+        self.connection.execute(
+            "DELETE FROM sessions WHERE user = ?1 AND project = ?2",
+            params![user, project],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_grace_until(
+        &self,
+        user: &str,
+        project: &str,
+        until: Option<i64>,
+    ) -> Result<(), StateError> {
+        self.connection.execute(
+            "UPDATE sessions SET grace_until = ?3 WHERE user = ?1 AND project = ?2",
+            params![user, project, until],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_keeper(
+        &self,
+        user: &str,
+        project: &str,
+        keeper: &ProcessId,
+    ) -> Result<(), StateError> {
+        self.connection.execute(
+            "UPDATE sessions SET keeper_pid = ?3, keeper_start = ?4, keeper_boot = ?5
+             WHERE user = ?1 AND project = ?2",
+            params![
+                user,
+                project,
+                keeper.pid,
+                keeper.start_ticks as i64,
+                keeper.boot_id
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Records a connection; returns its id.
+    pub fn add_connection(
+        &self,
+        session: &SessionRow,
+        process: &ProcessId,
+        started_at: i64,
+        program: &str,
+    ) -> Result<i64, StateError> {
+        self.connection.execute(
+            "INSERT INTO connections (user, project, session_id, pid, pid_start, pid_boot, started_at, program)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                session.user,
+                session.project,
+                session.session_id,
+                process.pid,
+                process.start_ticks as i64,
+                process.boot_id,
+                started_at,
+                program
+            ],
+        )?;
+        Ok(self.connection.last_insert_rowid())
+    }
+
+    pub fn remove_connection(&self, id: i64) -> Result<(), StateError> {
+        self.connection
+            .execute("DELETE FROM connections WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    /// The connection rows of one session (live or not: see `process::is_alive`).
+    pub fn connections(&self, user: &str, project: &str) -> Result<Vec<ConnectionRow>, StateError> {
+        let mut statement = self.connection.prepare(
+            "SELECT id, user, project, session_id, pid, pid_start, pid_boot, started_at, program
+             FROM connections WHERE user = ?1 AND project = ?2 ORDER BY id",
+        )?;
+        let rows = statement.query_map(params![user, project], |row| {
+            Ok(ConnectionRow {
+                id: row.get(0)?,
+                user: row.get(1)?,
+                project: row.get(2)?,
+                session_id: row.get(3)?,
+                process: ProcessId {
+                    pid: row.get(4)?,
+                    start_ticks: row.get::<_, i64>(5)? as u64,
+                    boot_id: row.get(6)?,
+                },
+                started_at: row.get(7)?,
+                program: row.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// `PRAGMA integrity_check` says "ok".
+    #[allow(dead_code)] // used by `doctor`, a later command
+    pub fn is_intact(&self) -> Result<bool, StateError> {
+        let answer: String = self
+            .connection
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))?;
+        Ok(answer == "ok")
+    }
+}
+
+fn mode_name(mode: SessionMode) -> &'static str {
+    match mode {
+        SessionMode::GracePeriod => "grace-period",
+        SessionMode::DestroyOnDisconnect => "destroy-on-disconnect",
+        SessionMode::Persistent => "persistent",
+    }
+}
+
+fn mode_from_name(name: &str) -> SessionMode {
+    match name {
+        "destroy-on-disconnect" => SessionMode::DestroyOnDisconnect,
+        "persistent" => SessionMode::Persistent,
+        _ => SessionMode::GracePeriod,
+    }
+}
+
+fn session_from_row(row: &Row) -> rusqlite::Result<SessionRow> {
+    let keeper_pid: Option<i32> = row.get("keeper_pid")?;
+    let keeper_start: Option<i64> = row.get("keeper_start")?;
+    let keeper_boot: Option<String> = row.get("keeper_boot")?;
+    let keeper = match (keeper_pid, keeper_start, keeper_boot) {
+        (Some(pid), Some(start), Some(boot_id)) => Some(ProcessId {
+            pid,
+            start_ticks: start as u64,
+            boot_id,
+        }),
+        _ => None,
+    };
+    Ok(SessionRow {
+        user: row.get("user")?,
+        project: row.get("project")?,
+        container: row.get("container")?,
+        session_id: row.get("session_id")?,
+        image: row.get("image")?,
+        mode: mode_from_name(&row.get::<_, String>("mode")?),
+        grace_secs: row.get("grace_secs")?,
+        created_at: row.get("created_at")?,
+        expires_at: row.get("expires_at")?,
+        grace_until: row.get("grace_until")?,
+        keeper,
+    })
+}
+
+/// Creates the database file with its mode if it does not exist, so SQLite never
+/// creates it with whatever the umask allows.
+fn create_with_mode(path: &Path) -> Result<(), StateError> {
+    let io_error = |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(DB_FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(file) => file
+            .set_permissions(fs::Permissions::from_mode(DB_FILE_MODE))
+            .map_err(io_error),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(io_error(err)),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub struct TempDb {
+        pub dir: PathBuf,
+    }
+
+    impl TempDb {
+        pub fn new(tag: &str) -> TempDb {
+            static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "podspawn-state-{tag}-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            ));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            TempDb { dir }
+        }
+
+        pub fn path(&self) -> PathBuf {
+            self.dir.join("state.db")
+        }
+    }
+
+    impl Drop for TempDb {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    pub fn session(user: &str) -> SessionRow {
+        SessionRow {
+            user: user.into(),
+            project: String::new(),
+            container: format!("podspawn-{user}"),
+            session_id: "s1".into(),
+            image: "img".into(),
+            mode: SessionMode::GracePeriod,
+            grace_secs: 60,
+            created_at: 1000,
+            expires_at: Some(1000 + 8 * 3600),
+            grace_until: None,
+            keeper: None,
+        }
+    }
+
+    fn process(pid: i32) -> ProcessId {
+        ProcessId {
+            pid,
+            start_ticks: 42,
+            boot_id: "boot".into(),
+        }
+    }
+
+    #[test]
+    fn migrating_twice_is_harmless_and_the_file_gets_its_mode() {
+        let temp = TempDb::new("migrate");
+        State::open(&temp.path()).unwrap();
+        let state = State::open(&temp.path()).unwrap();
+        let version: i64 = state
+            .connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        assert!(state.is_intact().unwrap());
+        let mode = fs::metadata(temp.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, DB_FILE_MODE);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let temp = TempDb::new("newer");
+        let state = State::open(&temp.path()).unwrap();
+        state
+            .connection
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        drop(state);
+        let err = State::open(&temp.path()).err().unwrap();
+        assert!(err.to_string().contains("schema version 99"), "{err}");
+    }
+
+    #[test]
+    fn sessions_round_trip_and_deleting_takes_their_connections() {
+        let temp = TempDb::new("round");
+        let state = State::open(&temp.path()).unwrap();
+        let mut alice = session("alice");
+        alice.keeper = Some(process(7));
+        state.insert_session(&alice).unwrap();
+        state.insert_session(&session("bob")).unwrap();
+        assert_eq!(state.session("alice", "").unwrap(), Some(alice.clone()));
+        assert_eq!(state.sessions().unwrap().len(), 2);
+
+        let first = state
+            .add_connection(&alice, &process(10), 1001, "shell")
+            .unwrap();
+        state
+            .add_connection(&alice, &process(11), 1002, "sftp")
+            .unwrap();
+        let connections = state.connections("alice", "").unwrap();
+        assert_eq!(connections.len(), 2);
+        assert_eq!(connections[0].process, process(10));
+        state.remove_connection(first).unwrap();
+        assert_eq!(state.connections("alice", "").unwrap().len(), 1);
+
+        state.set_grace_until("alice", "", Some(2000)).unwrap();
+        state.set_keeper("alice", "", &process(8)).unwrap();
+        let updated = state.session("alice", "").unwrap().unwrap();
+        assert_eq!(
+            (updated.grace_until, updated.keeper),
+            (Some(2000), Some(process(8)))
+        );
+
+        state.delete_session("alice", "").unwrap();
+        assert_eq!(state.session("alice", "").unwrap(), None);
+        assert!(state.connections("alice", "").unwrap().is_empty());
+        assert!(state.session("bob", "").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_second_session_for_the_same_user_and_project_is_refused() {
+        let temp = TempDb::new("unique");
+        let state = State::open(&temp.path()).unwrap();
+        state.insert_session(&session("alice")).unwrap();
+        assert!(state.insert_session(&session("alice")).is_err());
+    }
+}

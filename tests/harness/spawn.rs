@@ -1,0 +1,726 @@
+//! spawn and the session lifecycle against the strict fake docker: argv and labels,
+//! docker calls per path, exit codes, concurrency, grace, lifetime, kill -9, lost
+//! clients, and podspawn's own failures.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{Call, Input, Rule, SpawnUser, TestEnv};
+
+const IMAGE: &str = "podspawn-test:latest";
+
+fn run_rule() -> Rule {
+    Rule::docker(&["run", "**"]).stdout("f00dcafe\n")
+}
+
+fn rm_rule() -> Rule {
+    Rule::docker(&["rm", "--force", "**"])
+}
+
+/// A tree whose config names the test image and the given session settings.
+fn lifecycle_env(session: &str) -> (TestEnv, SpawnUser) {
+    let env = TestEnv::new();
+    env.write_config(&format!("defaults:\n  image: {IMAGE}\nsession:\n{session}"));
+    let user = env.spawn_user();
+    (env, user)
+}
+
+fn subcommands(calls: &[Call]) -> Vec<&str> {
+    calls.iter().map(Call::subcommand).collect()
+}
+
+fn no_unexpected_calls(env: &TestEnv) {
+    let unexpected: Vec<Call> = env
+        .calls()
+        .into_iter()
+        .filter(|call| !call.expected)
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "unexpected docker calls: {unexpected:#?}"
+    );
+}
+
+#[test]
+fn a_cold_start_runs_two_docker_processes_and_a_reattach_one() {
+    let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    env.scenario(&[
+        run_rule(),
+        Rule::docker(&["exec", "**"]).stdout("hello\n"),
+        rm_rule(),
+    ]);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "echo hello")
+        .run()
+        .assert_success()
+        .assert_stdout("hello\n")
+        .assert_stderr("");
+    assert_eq!(subcommands(&env.docker_calls()), ["run", "exec"]);
+
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "echo hello")
+        .run()
+        .assert_success()
+        .assert_stdout("hello\n");
+    let calls = env.docker_calls();
+    assert_eq!(
+        subcommands(&calls[2..]),
+        ["exec"],
+        "a reattach is one docker process"
+    );
+    no_unexpected_calls(&env);
+}
+
+#[test]
+fn run_argv_carries_labels_limits_and_hardening() {
+    let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    env.scenario(&[run_rule(), Rule::docker(&["exec", "**"]), rm_rule()]);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .run()
+        .assert_success();
+    let run = env
+        .docker_calls()
+        .into_iter()
+        .find(|call| call.subcommand() == "run")
+        .unwrap();
+    let container = format!("podspawn-{}", user.name);
+    assert_eq!(
+        run.argv[..5],
+        ["run", "--detach", "--rm", "--init", "--name"]
+    );
+    assert_eq!(run.flag("--name"), Some(container.as_str()));
+    assert_eq!(run.flag("--hostname"), Some(container.as_str()));
+    let labels = run.flags("--label");
+    assert_eq!(
+        labels[..3],
+        [
+            "podspawn.managed=true",
+            &format!("podspawn.user={}", user.name),
+            "podspawn.project="
+        ]
+    );
+    let session = labels[3].strip_prefix("podspawn.session=").unwrap();
+    assert!(
+        session.len() == 16 && session.chars().all(|c| c.is_ascii_hexdigit()),
+        "{session}"
+    );
+    assert_eq!(run.flag("--cpus"), Some("2"));
+    assert_eq!(run.flag("--memory"), Some("2147483648"));
+    assert_eq!(run.flag("--pids-limit"), Some("1024"));
+    assert_eq!(run.flag("--cap-drop"), Some("ALL"));
+    assert_eq!(run.flag("--security-opt"), Some("no-new-privileges"));
+    assert!(
+        !run.argv
+            .iter()
+            .any(|arg| arg.starts_with("--cap-add") || arg == "--privileged")
+    );
+    assert_eq!(
+        run.flag("--tmpfs"),
+        Some(
+            format!(
+                "/home/{0}:rw,exec,nosuid,nodev,uid={1},gid={2},mode=0700",
+                user.name, user.uid, user.gid
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(run.flag("--entrypoint"), Some("/bin/sh"));
+    let image_at = run.argv.iter().position(|arg| arg == IMAGE).unwrap();
+    assert_eq!(run.argv[image_at + 1], "-c");
+    assert_eq!(
+        run.argv[image_at + 3..],
+        [
+            "podspawn-setup".to_string(),
+            user.name.clone(),
+            user.uid.to_string(),
+            user.gid.to_string(),
+            run.argv[image_at + 7].clone(),
+            format!("/home/{}", user.name),
+            "/bin/bash".to_string(),
+            "28800".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn exec_argv_with_and_without_a_terminal() {
+    let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    env.scenario(&[run_rule(), Rule::docker(&["exec", "**"]), rm_rule()]);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "ls -la 'odd name'")
+        .var("TERM", "xterm-256color")
+        .var("LANG", "C.UTF-8")
+        .var("LC_ALL", "C.UTF-8")
+        .var("SECRET", "not for the container")
+        .run()
+        .assert_success();
+    env.spawn(&user)
+        .var("TERM", "xterm-256color")
+        .input(Input::Tty)
+        .run()
+        .assert_success();
+    let execs: Vec<Call> = env
+        .docker_calls()
+        .into_iter()
+        .filter(|call| call.subcommand() == "exec")
+        .collect();
+    let (piped, tty) = (&execs[0], &execs[1]);
+    let container = format!("podspawn-{}", user.name);
+    let home = format!("/home/{}", user.name);
+
+    assert_eq!(piped.argv[..2], ["exec", "--interactive"]);
+    assert!(!piped.argv.contains(&"--tty".to_string()));
+    assert_eq!(
+        piped.flag("--user"),
+        Some(format!("{}:{}", user.uid, user.gid).as_str())
+    );
+    assert_eq!(piped.flag("--workdir"), Some(home.as_str()));
+    let env_flags = piped.flags("--env");
+    for expected in [
+        format!("HOME={home}"),
+        format!("USER={}", user.name),
+        format!("LOGNAME={}", user.name),
+        "SHELL=/bin/bash".to_string(),
+        "LANG=C.UTF-8".to_string(),
+        "LC_ALL=C.UTF-8".to_string(),
+    ] {
+        assert!(
+            env_flags.contains(&expected.as_str()),
+            "{expected} not in {env_flags:?}"
+        );
+    }
+    assert!(
+        !env_flags
+            .iter()
+            .any(|e| e.starts_with("TERM=") || e.starts_with("SECRET=")),
+        "{env_flags:?}"
+    );
+    assert!(
+        env_flags
+            .iter()
+            .any(|e| e.starts_with("PODSPAWN_CONNECTION="))
+    );
+    // A brand-new container: the command waits for the setup, then runs untouched.
+    let at = piped.argv.iter().position(|arg| *arg == container).unwrap();
+    assert_eq!(piped.argv[at + 1..at + 3], ["/bin/sh", "-c"]);
+    assert_eq!(
+        piped.argv[at + 4..],
+        ["podspawn-wait", "/bin/sh", "-c", "ls -la 'odd name'"]
+    );
+
+    assert_eq!(tty.argv[..3], ["exec", "--interactive", "--tty"]);
+    assert!(tty.flags("--env").contains(&"TERM=xterm-256color"));
+    let at = tty.argv.iter().position(|arg| *arg == container).unwrap();
+    assert_eq!(tty.argv[at + 1..at + 3], ["/bin/sh", "-c"]);
+    assert_eq!(
+        tty.argv[at + 4..],
+        ["podspawn-shell", "/bin/bash"],
+        "a login shell, reattached"
+    );
+}
+
+#[test]
+fn docker_runs_with_a_fixed_environment_whatever_the_caller_sets() {
+    let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    let mut config = std::fs::read_to_string(env.config_path()).unwrap();
+    config = config.replace(
+        "docker:\n",
+        "docker:\n  host: unix:///run/podspawn-test.sock\n",
+    );
+    env.write_config_text(&config);
+    env.scenario(&[run_rule(), Rule::docker(&["exec", "**"]), rm_rule()]);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .var("DOCKER_HOST", "tcp://attacker:2375")
+        .var("DOCKER_CONFIG", "/tmp/evil")
+        .var("DOCKER_CONTEXT", "evil")
+        .var("LD_PRELOAD", "/tmp/evil.so")
+        .run()
+        .assert_success();
+    for call in env.docker_calls() {
+        let mut seen = call.env.clone();
+        // Python itself adds LC_CTYPE under the C locale (PEP 538).
+        seen.remove("LC_CTYPE");
+        let expected: Vec<(&str, &str)> = vec![
+            ("DOCKER_CONFIG", "/etc/podspawn/docker"),
+            ("DOCKER_HOST", "unix:///run/podspawn-test.sock"),
+            ("HOME", "/nonexistent"),
+            (
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            ),
+        ];
+        let seen: Vec<(&str, &str)> = seen.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(seen, expected, "{:?}", call.argv);
+    }
+}
+
+#[test]
+fn exit_codes_stdout_and_stderr_come_back_as_they_were() {
+    let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    env.scenario(&[
+        run_rule(),
+        Rule::docker(&["exec", "**"])
+            .stdout("out\n")
+            .stderr("err\n")
+            .exit(42),
+        rm_rule(),
+    ]);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "exit 42")
+        .run()
+        .assert_code(42)
+        .assert_stdout("out\n")
+        .assert_stderr("err\n");
+}
+
+#[test]
+fn stdin_reaches_the_container_untouched() {
+    let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    env.scenario(&[run_rule(), Rule::docker(&["exec", "**"]).cat(), rm_rule()]);
+    let data: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let run = env
+        .spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "cat")
+        .stdin(&data)
+        .run();
+    run.assert_success();
+    assert!(
+        run.output.stdout == data,
+        "stdout differs from stdin ({} bytes)",
+        run.output.stdout.len()
+    );
+}
+
+#[test]
+fn twenty_concurrent_first_connections_make_one_container() {
+    let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    env.scenario(&[
+        run_rule(),
+        Rule::docker(&["exec", "**"]).sleep(0.2),
+        rm_rule(),
+    ]);
+    std::thread::scope(|scope| {
+        for _ in 0..20 {
+            let (env, user) = (&env, &user);
+            scope.spawn(move || {
+                env.spawn(user)
+                    .var("SSH_ORIGINAL_COMMAND", "true")
+                    .run()
+                    .assert_success();
+            });
+        }
+    });
+    let calls = env.docker_calls();
+    let runs = calls
+        .iter()
+        .filter(|call| call.subcommand() == "run")
+        .count();
+    let execs = calls
+        .iter()
+        .filter(|call| call.subcommand() == "exec")
+        .count();
+    assert_eq!((runs, execs), (1, 20), "{:#?}", subcommands(&calls));
+    no_unexpected_calls(&env);
+}
+
+/// Waits for the fake's "process in the container" of the latest exec.
+fn container_process(env: &TestEnv) -> i32 {
+    let mut pid = 0;
+    assert!(
+        env.wait_for(Duration::from_secs(10), || {
+            pid = env
+                .calls()
+                .iter()
+                .rev()
+                .find(|call| call.program == "container-process")
+                .map_or(0, |call| call.pid);
+            pid != 0
+        }),
+        "the exec never started"
+    );
+    pid
+}
+
+fn process_exists(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+fn rm_calls(env: &TestEnv) -> usize {
+    env.docker_calls()
+        .iter()
+        .filter(|call| call.subcommand() == "rm")
+        .count()
+}
+
+#[test]
+fn a_kill_9_of_spawn_cannot_pin_the_container() {
+    let (env, user) = lifecycle_env("  grace_period: 2s\n");
+    env.scenario(&[
+        run_rule(),
+        Rule::docker(&["exec", "**"])
+            .container_process()
+            .wait_for_stdin(),
+        rm_rule(),
+    ]);
+    let running = env
+        .spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "sleep 300")
+        .input(Input::OpenPipe)
+        .start();
+    let inside = container_process(&env);
+    running.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    let run = running.finish(Duration::from_secs(5));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&run.output.status),
+        Some(libc::SIGKILL)
+    );
+    // Nobody connects again, no cron runs: the keeper notices the dead connection,
+    // waits out the grace period and removes the container.
+    assert!(
+        env.wait_for(Duration::from_secs(8), || rm_calls(&env) == 1),
+        "container never removed"
+    );
+    let after = killed.elapsed();
+    assert!(
+        after >= Duration::from_secs(2),
+        "removed after {after:?}, before the grace period ended"
+    );
+    unsafe { libc::kill(inside, libc::SIGKILL) };
+}
+
+#[test]
+fn reconnecting_within_grace_gets_the_same_container() {
+    let (env, user) = lifecycle_env("  grace_period: 30s\n");
+    env.scenario(&[run_rule(), Rule::docker(&["exec", "**"]), rm_rule()]);
+    for _ in 0..3 {
+        env.spawn(&user)
+            .var("SSH_ORIGINAL_COMMAND", "true")
+            .run()
+            .assert_success();
+    }
+    assert_eq!(
+        subcommands(&env.docker_calls()),
+        ["run", "exec", "exec", "exec"]
+    );
+}
+
+#[test]
+fn after_grace_the_container_is_destroyed_and_the_next_login_gets_a_new_one() {
+    let (env, user) = lifecycle_env("  grace_period: 1s\n");
+    env.scenario(&[run_rule(), Rule::docker(&["exec", "**"]), rm_rule()]);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .run()
+        .assert_success();
+    let ended = Instant::now();
+    assert!(
+        env.wait_for(Duration::from_secs(6), || rm_calls(&env) == 1),
+        "container never removed"
+    );
+    assert!(ended.elapsed() >= Duration::from_secs(1));
+    let rm = env
+        .docker_calls()
+        .into_iter()
+        .find(|call| call.subcommand() == "rm")
+        .unwrap();
+    assert_eq!(
+        rm.argv,
+        ["rm", "--force", &format!("podspawn-{}", user.name)]
+    );
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .run()
+        .assert_success();
+    assert_eq!(
+        subcommands(&env.docker_calls()),
+        ["run", "exec", "rm", "run", "exec"]
+    );
+}
+
+#[test]
+fn destroy_on_disconnect_removes_the_container_before_spawn_exits() {
+    let (env, user) = lifecycle_env("  mode: destroy-on-disconnect\n");
+    env.scenario(&[run_rule(), Rule::docker(&["exec", "**"]), rm_rule()]);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .run()
+        .assert_success();
+    assert_eq!(subcommands(&env.docker_calls()), ["run", "exec", "rm"]);
+}
+
+#[test]
+fn persistent_containers_stay() {
+    let (env, user) = lifecycle_env("  mode: persistent\n  grace_period: 1s\n");
+    env.scenario(&[run_rule(), Rule::docker(&["exec", "**"])]);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .run()
+        .assert_success();
+    std::thread::sleep(Duration::from_secs(3));
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .run()
+        .assert_success();
+    assert_eq!(subcommands(&env.docker_calls()), ["run", "exec", "exec"]);
+    let run = env.docker_calls().into_iter().next().unwrap();
+    assert_eq!(run.argv.last().unwrap(), "315360000", "ten years");
+}
+
+#[test]
+fn a_sigterm_ends_the_connection_and_its_process_in_the_container() {
+    let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    env.scenario(&[
+        run_rule(),
+        Rule::docker(&["exec", "**"])
+            .container_process()
+            .wait_for_stdin(),
+        rm_rule(),
+    ]);
+    let running = env
+        .spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "sleep 300")
+        .input(Input::OpenPipe)
+        .start();
+    let inside = container_process(&env);
+    assert!(process_exists(inside));
+    running.signal(libc::SIGTERM);
+    running
+        .finish(Duration::from_secs(10))
+        .assert_code(128 + libc::SIGTERM)
+        .assert_stderr("");
+    assert!(
+        env.wait_for(Duration::from_secs(3), || !process_exists(inside)),
+        "process {inside} lingers"
+    );
+}
+
+#[test]
+fn a_hangup_ends_the_connection_and_its_process_in_the_container() {
+    let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    env.scenario(&[
+        run_rule(),
+        Rule::docker(&["exec", "**"])
+            .container_process()
+            .wait_for_stdin(),
+        rm_rule(),
+    ]);
+    let running = env.spawn(&user).input(Input::OpenPipe).start();
+    let inside = container_process(&env);
+    running.signal(libc::SIGHUP);
+    running
+        .finish(Duration::from_secs(10))
+        .assert_code(128 + libc::SIGHUP);
+    assert!(
+        env.wait_for(Duration::from_secs(3), || !process_exists(inside)),
+        "process {inside} lingers"
+    );
+}
+
+#[test]
+fn a_client_that_vanishes_without_a_terminal_is_noticed() {
+    let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    env.scenario(&[
+        run_rule(),
+        Rule::docker(&["exec", "**"])
+            .container_process()
+            .wait_for_stdin(),
+        rm_rule(),
+    ]);
+    // Like sshd after its client was SIGKILLed: no signal at all, only the reading
+    // end of spawn's stdout goes away.
+    let mut running = env
+        .spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "sleep 300")
+        .input(Input::OpenPipe)
+        .start();
+    let inside = container_process(&env);
+    drop(running.child.stdout.take());
+    let started = Instant::now();
+    while running.child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "spawn did not notice the lost client"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        env.wait_for(Duration::from_secs(3), || !process_exists(inside)),
+        "process {inside} lingers"
+    );
+}
+
+#[test]
+fn a_container_removed_by_hand_is_recreated_without_the_user_noticing() {
+    let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    let name = format!("podspawn-{}", user.name);
+    env.scenario(&[
+        run_rule(),
+        Rule::docker(&["exec", "**"]).stdout("first\n").times(1),
+        Rule::docker(&["exec", "**"])
+            .stderr(&format!(
+                "Error response from daemon: No such container: {name}\n"
+            ))
+            .exit(1)
+            .times(1),
+        Rule::docker(&["inspect", "**"])
+            .stderr(&format!("Error: No such object: {name}\n"))
+            .exit(1),
+        rm_rule(),
+        Rule::docker(&["exec", "**"]).stdout("healed\n"),
+    ]);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "echo")
+        .run()
+        .assert_success()
+        .assert_stdout("first\n");
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "echo")
+        .run()
+        .assert_success()
+        .assert_stdout("healed\n")
+        .assert_stderr("");
+    assert_eq!(
+        subcommands(&env.docker_calls()),
+        ["run", "exec", "exec", "inspect", "rm", "run", "exec"]
+    );
+    no_unexpected_calls(&env);
+}
+
+#[test]
+fn a_commands_own_exit_1_is_passed_on_with_its_stderr() {
+    let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    let message = "Error response from daemon: No such container: my-app\n";
+    env.scenario(&[
+        run_rule(),
+        Rule::docker(&["exec", "**"]).times(1),
+        Rule::docker(&["exec", "**"]).stderr(message).exit(1),
+        Rule::docker(&["inspect", "**"]).stdout("true\n"),
+        rm_rule(),
+    ]);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .run()
+        .assert_success();
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "docker-like-tool")
+        .run()
+        .assert_code(1)
+        .assert_stderr(message);
+    assert_eq!(
+        subcommands(&env.docker_calls()),
+        ["run", "exec", "exec", "inspect"]
+    );
+}
+
+#[test]
+fn an_unreachable_engine_is_one_line_and_exit_125() {
+    let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    env.scenario(&[Rule::docker(&["run", "**"])
+        .stderr("docker: Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?\n")
+        .exit(125)]);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .run()
+        .assert_code(125)
+        .assert_stdout("")
+        .assert_stderr("podspawn: cannot reach the container engine; tell your admin\n");
+    let log = std::fs::read_to_string(env.log_path()).unwrap();
+    assert!(log.contains("Cannot connect to the Docker daemon"), "{log}");
+}
+
+#[test]
+fn a_missing_image_or_docker_binary_is_one_line_and_exit_125() {
+    let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    env.scenario(&[Rule::docker(&["run", "**"])
+        .stderr(&format!("Unable to find image '{IMAGE}' locally\ndocker: Error response from daemon: pull access denied for podspawn-test.\n"))
+        .exit(125)]);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .run()
+        .assert_code(125)
+        .assert_stderr(&format!(
+            "podspawn: the image {IMAGE} is not available on this server; tell your admin\n"
+        ));
+
+    let config = std::fs::read_to_string(env.config_path()).unwrap();
+    let docker = env.path("bin/docker").display().to_string();
+    env.write_config_text(&config.replace(&docker, "/nonexistent/docker"));
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .run()
+        .assert_code(125)
+        .assert_stderr("podspawn: cannot reach the container engine; tell your admin\n");
+}
+
+#[test]
+fn spawn_refuses_another_users_name_and_unregistered_users() {
+    let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    env.write_key_file("alice", &format!("{}\n", crate::support::ED25519));
+    let mut as_alice = env.invoke(&["spawn", "--user", "alice"]);
+    if crate::support::is_root() {
+        as_alice = as_alice.run_as(user.uid, user.gid);
+    }
+    as_alice
+        .run()
+        .assert_code(125)
+        .assert_stderr("podspawn: this key is not set up for your account; tell your admin\n");
+    std::fs::remove_file(env.key_file(&user.name)).unwrap();
+    env.spawn(&user).run().assert_code(125).assert_stderr(
+        "podspawn: you are not registered with podspawn on this server; tell your admin\n",
+    );
+    for bad in [
+        &["spawn"][..],
+        &["spawn", "--user"],
+        &["spawn", "--user", "x", "--frob"],
+    ] {
+        env.podspawn(bad).assert_one_line_error(125, "spawn: ");
+    }
+    assert!(env.docker_calls().is_empty());
+}
+
+#[test]
+fn spawn_refuses_root() {
+    if !crate::support::is_root() {
+        eprintln!("not root: cannot run spawn as root");
+        return;
+    }
+    let env = TestEnv::new();
+    env.write_key_file("nobody", &format!("{}\n", crate::support::ED25519));
+    env.podspawn(&["spawn", "--user", "nobody"])
+        .assert_code(125)
+        .assert_stderr("podspawn: this key is not set up for your account; tell your admin\n");
+}
+
+#[test]
+fn remove_user_force_destroys_sessions_and_counts_them() {
+    let (env, user) = lifecycle_env("  mode: persistent\n");
+    env.scenario(&[run_rule(), Rule::docker(&["exec", "**"]), rm_rule()]);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .run()
+        .assert_success();
+    env.podspawn(&["remove-user", &user.name])
+        .assert_one_line_error(1, &format!("{} has 1 session(s); use --force", user.name));
+    assert!(env.key_file(&user.name).exists());
+    env.podspawn(&["remove-user", "--force", &user.name])
+        .assert_success()
+        .assert_stdout(&format!(
+            "removed user {} (1 session(s) destroyed)\n",
+            user.name
+        ));
+    assert_eq!(subcommands(&env.docker_calls()), ["run", "exec", "rm"]);
+    assert!(!env.key_file(&user.name).exists());
+}
