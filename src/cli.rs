@@ -24,6 +24,21 @@ pub enum Command {
     RemoveUser(RemoveUserArgs),
     Spawn(SpawnArgs),
     Keeper(KeeperArgs),
+    List(ListArgs),
+    Cleanup(CleanupArgs),
+}
+
+/// `list [--json]`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ListArgs {
+    pub json: bool,
+}
+
+/// `cleanup [--daemon [--interval DURATION]]`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CleanupArgs {
+    /// With `--daemon`: the time between passes.
+    pub daemon_interval: Option<std::time::Duration>,
 }
 
 /// `spawn --user NAME`: sshd's forced command.
@@ -99,6 +114,8 @@ Usage: podspawn <command> [options]
 Admin commands (run as root):
   add-user NAME       register NAME's SSH keys (--key, --key-file, --github)
   remove-user NAME    delete NAME's keys (--force: destroy their sessions too)
+  list                show sessions and their live connections (--json)
+  cleanup             expire sessions and remove orphans now (--daemon to repeat)
 
 Called by sshd:
   auth-keys USER [TYPE KEY]
@@ -176,6 +193,33 @@ podspawn's own failures exit 125 with one line on stderr; details go to log.file
 or syslog.
 ";
 
+const LIST_USAGE: &str = "\
+Usage: podspawn list [--json]
+
+Shows every session: USER PROJECT CONTAINER STATUS CONNS AGE LIFETIME LEFT.
+CONNS counts live connections only. STATUS is running, grace_period (no
+connections; destroyed when the grace period ends), or missing/stopped when the
+engine no longer has the container (the next spawn or cleanup reconciles it).
+
+Options:
+  --json             one JSON array of objects instead of the table
+  -h, --help         print this help
+";
+
+const CLEANUP_USAGE: &str = "\
+Usage: podspawn cleanup [--daemon [--interval DURATION]]
+
+One pass: destroys sessions whose grace period or max lifetime is over, drops
+sessions whose container is gone, and removes podspawn's containers that no
+session owns. Prints one summary line. Safe to run while users connect, and never
+needed for correctness: each session's keeper does the same for its own session.
+
+Options:
+  --daemon           repeat forever (for a systemd service); stops on SIGTERM
+  --interval D       time between passes with --daemon (default 60s)
+  -h, --help         print this help
+";
+
 const KEEPER_USAGE: &str = "\
 Usage: podspawn keeper --user NAME [--project NAME]
 
@@ -194,6 +238,8 @@ Prints the version and the commit it was built from.
 const COMMANDS: &[(&str, &str)] = &[
     ("add-user", ADD_USER_USAGE),
     ("remove-user", REMOVE_USER_USAGE),
+    ("list", LIST_USAGE),
+    ("cleanup", CLEANUP_USAGE),
     ("auth-keys", AUTH_KEYS_USAGE),
     ("spawn", SPAWN_USAGE),
     ("version", VERSION_USAGE),
@@ -225,6 +271,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
         "remove-user" => parse_remove_user(&mut parser),
         "spawn" => parse_spawn(&mut parser),
         "keeper" => parse_keeper(&mut parser),
+        "list" => parse_list(&mut parser),
+        "cleanup" => parse_cleanup(&mut parser),
         "version" => parse_no_arguments(&mut parser, "version", VERSION_USAGE, Command::Version),
         "help" => parse_help(&mut parser),
         unknown => Err(top(unknown_command(unknown))),
@@ -387,6 +435,51 @@ fn parse_spawn(parser: &mut lexopt::Parser) -> Result<Command, UsageError> {
     }
     let user = user.ok_or_else(|| fail("missing --user NAME".to_string()))?;
     Ok(Command::Spawn(SpawnArgs { user }))
+}
+
+fn parse_list(parser: &mut lexopt::Parser) -> Result<Command, UsageError> {
+    const COMMAND: &str = "list";
+    let fail = usage(COMMAND);
+    let mut json = false;
+    while let Some(arg) = parser.next().map_err(|err| fail(err.to_string()))? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help(LIST_USAGE)),
+            Long("json") => json = true,
+            other => return Err(unexpected(COMMAND, other)),
+        }
+    }
+    Ok(Command::List(ListArgs { json }))
+}
+
+fn parse_cleanup(parser: &mut lexopt::Parser) -> Result<Command, UsageError> {
+    const COMMAND: &str = "cleanup";
+    let fail = usage(COMMAND);
+    let mut daemon = false;
+    let mut interval = None;
+    while let Some(arg) = parser.next().map_err(|err| fail(err.to_string()))? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help(CLEANUP_USAGE)),
+            Long("daemon") => daemon = true,
+            Long("interval") => {
+                let value = string(
+                    COMMAND,
+                    parser.value().map_err(|err| fail(err.to_string()))?,
+                )?;
+                let parsed = crate::config::ConfigDuration::parse(&value)
+                    .map_err(|err| fail(format!("--interval: {err}")))?;
+                if parsed.is_zero() {
+                    return Err(fail("--interval must be more than 0s".to_string()));
+                }
+                interval = Some(parsed);
+            }
+            other => return Err(unexpected(COMMAND, other)),
+        }
+    }
+    if interval.is_some() && !daemon {
+        return Err(fail("--interval goes with --daemon".to_string()));
+    }
+    let daemon_interval = daemon.then(|| interval.unwrap_or(std::time::Duration::from_secs(60)));
+    Ok(Command::Cleanup(CleanupArgs { daemon_interval }))
 }
 
 fn parse_keeper(parser: &mut lexopt::Parser) -> Result<Command, UsageError> {

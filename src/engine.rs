@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::container::{CONNECTION_MARKER, ContainerSpec, ExecSpec};
-use crate::docker::{ContainerState, Docker, DockerError, FIXED_PATH};
+use crate::docker::{ContainerState, Docker, DockerError, FIXED_PATH, ManagedContainer};
 use crate::exec::{self, Ended};
 use crate::keys::UserName;
 use crate::process::{self, ProcessId};
@@ -41,6 +41,10 @@ impl Engine for DockerEngine {
 
     fn state(&mut self, container: &str) -> Result<ContainerState, DockerError> {
         self.docker.state(container)
+    }
+
+    fn list_managed(&mut self) -> Result<Vec<ManagedContainer>, DockerError> {
+        self.docker.list_managed()
     }
 
     fn exec(&mut self, spec: &ExecSpec) -> Result<ExecEnd, SessionError> {

@@ -5,6 +5,7 @@
 
 mod accounts;
 mod auth_keys;
+mod cleanup;
 mod cli;
 mod config;
 mod container;
@@ -14,6 +15,7 @@ mod error;
 mod exec;
 mod keeper;
 mod keys;
+mod list;
 mod lock;
 mod logging;
 mod privilege;
@@ -54,6 +56,8 @@ fn main() -> ExitCode {
         Command::Keeper(args) => run_keeper(&args),
         Command::AddUser(args) => admin(|config| users::add_user(config, &args)),
         Command::RemoveUser(args) => admin(|config| users::remove_user(config, &args)),
+        Command::List(args) => admin(|config| list::run(config, &args)),
+        Command::Cleanup(args) => admin(|config| cleanup::run(config, &args)),
     }
 }
 

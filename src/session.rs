@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use crate::config::SessionMode;
 use crate::container::{self, ContainerSpec, ExecSpec, Identity};
-use crate::docker::{ContainerState, DockerError};
+use crate::docker::{ContainerState, DockerError, ManagedContainer};
 use crate::exec::write_stderr;
 use crate::keys::UserName;
 use crate::lock::{LockError, UserLock};
@@ -54,6 +54,8 @@ pub trait Engine {
     /// Removes the container; one that is already gone is not an error.
     fn remove(&mut self, container: &str) -> Result<(), DockerError>;
     fn state(&mut self, container: &str) -> Result<ContainerState, DockerError>;
+    /// Every container podspawn made (by its labels), running or not.
+    fn list_managed(&mut self) -> Result<Vec<ManagedContainer>, DockerError>;
     /// Runs one connection's exec to its end, with this process's stdio.
     fn exec(&mut self, spec: &ExecSpec) -> Result<ExecEnd, SessionError>;
 }
@@ -236,6 +238,15 @@ struct Attached {
     connection: i64,
     /// The container was created for this connection.
     created: bool,
+}
+
+/// What one cleanup pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sweep {
+    pub grace_expired: usize,
+    pub lifetime_expired: usize,
+    pub orphans_removed: usize,
+    pub rows_dropped: usize,
 }
 
 /// What a keeper does next.
@@ -617,6 +628,82 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         Ok(Tick::Sleep(sleep))
     }
 
+    /// One cleanup pass over every session and every container podspawn made: what
+    /// the keepers would do (in case one is not running), plus reconciliation — rows
+    /// whose container is gone or stopped are dropped, containers with no row are
+    /// removed. Safe while sessions connect: each decision is made under the user's
+    /// lock, on a fresh look at that user's row.
+    pub fn cleanup(&mut self) -> Result<Sweep, SessionError> {
+        let mut sweep = Sweep::default();
+        let managed = self.engine.list_managed()?;
+        // Containers that had a row when their user's lock was held: never orphans.
+        let mut owned = std::collections::BTreeSet::new();
+        for row in self.state.sessions()? {
+            let _lock = self.lock(&row.user)?;
+            let Some(session) = self.state.session(&row.user, &row.project)? else {
+                continue;
+            };
+            owned.insert(session.container.clone());
+            let listed = managed
+                .iter()
+                .find(|container| container.name == session.container);
+            // The list predates the lock: a container made since then is not in it,
+            // so ask about this one before believing it is gone.
+            let running = match listed {
+                Some(container) => container.running,
+                None => self.engine.state(&session.container)? == ContainerState::Running,
+            };
+            if !running {
+                log::info!(
+                    "dropping {} of {}: its container is gone or stopped",
+                    session.container,
+                    session.user
+                );
+                self.engine.remove(&session.container)?;
+                self.state.delete_session(&session.user, &session.project)?;
+                sweep.rows_dropped += 1;
+                continue;
+            }
+            let live = self.live_connections(&session)?;
+            let decision = decide(&session, live, self.host.now());
+            self.apply(&session, decision)?;
+            match decision {
+                Decision::Destroy(DestroyReason::GraceExpired | DestroyReason::LastDisconnect) => {
+                    sweep.grace_expired += 1
+                }
+                Decision::Destroy(DestroyReason::LifetimeExpired) => sweep.lifetime_expired += 1,
+                _ => {}
+            }
+        }
+        for container in managed
+            .iter()
+            .filter(|container| !owned.contains(&container.name))
+        {
+            let owner = UserName::parse(&container.user).ok();
+            let _lock = match &owner {
+                Some(user) => Some(self.lock(user.as_str())?),
+                None => None,
+            };
+            let has_row = match &owner {
+                Some(user) => self
+                    .state
+                    .session(user.as_str(), &container.project)?
+                    .is_some_and(|session| session.container == container.name),
+                None => false,
+            };
+            if !has_row {
+                log::info!(
+                    "removing orphaned container {} (user {:?})",
+                    container.name,
+                    container.user
+                );
+                self.engine.remove(&container.name)?;
+                sweep.orphans_removed += 1;
+            }
+        }
+        Ok(sweep)
+    }
+
     /// Destroys every session of `user`; returns how many.
     pub fn destroy_user(&mut self, user: &UserName) -> Result<usize, SessionError> {
         let _lock = self.lock(user.as_str())?;
@@ -764,6 +851,20 @@ mod tests {
             } else {
                 ContainerState::Missing
             })
+        }
+
+        fn list_managed(&mut self) -> Result<Vec<ManagedContainer>, DockerError> {
+            Ok(self
+                .running
+                .iter()
+                .map(|(name, session)| ManagedContainer {
+                    name: name.clone(),
+                    running: true,
+                    user: name.trim_start_matches("podspawn-").to_string(),
+                    project: String::new(),
+                    session: session.clone(),
+                })
+                .collect())
         }
 
         fn exec(&mut self, spec: &ExecSpec) -> Result<ExecEnd, SessionError> {
@@ -1086,6 +1187,61 @@ mod tests {
             f.sessions.keeper_tick(&alice, "", &old_keeper).unwrap(),
             Tick::Stop
         );
+    }
+
+    #[test]
+    fn cleanup_expires_what_no_keeper_expired_and_reconciles() {
+        let (mut f, settings) = fixture(SessionMode::GracePeriod);
+        f.connect(&settings);
+        // The keeper is dead and the grace period over: cleanup does the keeper's job.
+        let keeper = f.row().unwrap().keeper.unwrap();
+        f.sessions.host.dead.insert(keeper.pid);
+        f.sessions.host.now += 61;
+        // A container nobody has a row for, and a row whose container is gone.
+        f.sessions
+            .engine
+            .running
+            .insert("podspawn-bob".into(), "lost".into());
+        let mut carol = session("carol");
+        carol.created_at = f.sessions.host.now;
+        carol.expires_at = Some(carol.created_at + 100);
+        f.sessions.state().insert_session(&carol).unwrap();
+
+        let sweep = f.sessions.cleanup().unwrap();
+        assert_eq!(
+            sweep,
+            Sweep {
+                grace_expired: 1,
+                lifetime_expired: 0,
+                orphans_removed: 1,
+                rows_dropped: 1
+            }
+        );
+        assert!(f.sessions.engine.running.is_empty());
+        assert!(f.sessions.state().sessions().unwrap().is_empty());
+        assert_eq!(
+            f.sessions.cleanup().unwrap(),
+            Sweep::default(),
+            "a second pass finds nothing"
+        );
+    }
+
+    #[test]
+    fn cleanup_leaves_live_sessions_alone() {
+        let (mut f, settings) = fixture(SessionMode::GracePeriod);
+        f.connect(&settings);
+        let row = f.row().unwrap();
+        f.sessions
+            .state()
+            .set_grace_until("alice", "", None)
+            .unwrap();
+        f.sessions
+            .state()
+            .add_connection(&row, &pid(900), 10_000, "shell")
+            .unwrap();
+        assert_eq!(f.sessions.cleanup().unwrap(), Sweep::default());
+        assert_eq!(f.sessions.engine.running.len(), 1);
+        assert!(f.row().is_some());
     }
 
     #[test]

@@ -6,6 +6,8 @@ use crate::support::TestEnv;
 const COMMANDS: &[&str] = &[
     "add-user",
     "remove-user",
+    "list",
+    "cleanup",
     "auth-keys",
     "spawn",
     "version",

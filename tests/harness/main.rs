@@ -8,5 +8,6 @@ mod auth_keys;
 mod cli;
 mod config;
 mod fake_docker;
+mod list_cleanup;
 mod remove_user;
 mod spawn;

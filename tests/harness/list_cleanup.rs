@@ -1,0 +1,246 @@
+//! list and cleanup against the fake docker: what admins see, and reconciliation.
+
+use std::time::Duration;
+
+use crate::support::{Input, Rule, SpawnUser, TestEnv};
+
+fn env_with(session: &str) -> (TestEnv, SpawnUser) {
+    let env = TestEnv::new();
+    env.write_config(&format!(
+        "defaults:\n  image: test-image\nsession:\n{session}"
+    ));
+    let user = env.spawn_user();
+    (env, user)
+}
+
+/// `docker ps` answering with these containers (name, state, user, session).
+fn ps(containers: &[(&str, &str, &str, &str)]) -> Rule {
+    let lines: String = containers
+        .iter()
+        .map(|(name, state, user, session)| format!("{name}\t{state}\t{user}\t\t{session}\n"))
+        .collect();
+    Rule::docker(&[
+        "ps",
+        "--all",
+        "--no-trunc",
+        "--filter",
+        "label=podspawn.managed=true",
+        "--format",
+        "*",
+    ])
+    .stdout(&lines)
+}
+
+#[test]
+fn list_without_sessions_shows_the_header_and_calls_no_docker() {
+    let env = TestEnv::new();
+    env.podspawn(&["list"])
+        .assert_success()
+        .assert_stdout("USER  PROJECT  CONTAINER  STATUS  CONNS  AGE  LIFETIME LEFT\n");
+    env.podspawn(&["list", "--json"])
+        .assert_success()
+        .assert_stdout("[]\n");
+    assert!(env.calls().is_empty());
+    assert!(
+        !env.path("state/state.db").exists(),
+        "a reader creates no database"
+    );
+}
+
+#[test]
+fn list_counts_live_connections_only() {
+    let (env, user) = env_with("  grace_period: 60s\n");
+    let container = format!("podspawn-{}", user.name);
+    env.scenario(&[
+        Rule::docker(&["run", "**"]),
+        Rule::docker(&["exec", "**"]).wait_for_stdin(),
+        Rule::docker(&["ps", "**"]).stdout(&format!("{container}\trunning\t{}\t\tx\n", user.name)),
+        Rule::docker(&["rm", "**"]),
+    ]);
+    let running = env
+        .spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "sleep 300")
+        .input(Input::OpenPipe)
+        .start();
+    assert!(env.wait_for(Duration::from_secs(10), || {
+        env.docker_calls().iter().any(|c| c.subcommand() == "exec")
+    }));
+    let table = env.podspawn(&["list"]).assert_success().stdout();
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        row[..5],
+        [
+            user.name.as_str(),
+            "(default)",
+            container.as_str(),
+            "running",
+            "1"
+        ],
+        "{table}"
+    );
+    assert!(["8h", "7h59m"].contains(&row[6]), "{table}");
+
+    running.signal(libc::SIGKILL);
+    running.finish(Duration::from_secs(5));
+    let json = env.podspawn(&["list", "--json"]).assert_success().stdout();
+    assert!(json.contains("\"connections\":0"), "{json}");
+    assert!(
+        json.contains(&format!("\"container\":\"{container}\"")),
+        "{json}"
+    );
+    for call in env.calls() {
+        if call.program == "docker" && call.subcommand() == "exec" {
+            unsafe { libc::kill(call.pid, libc::SIGKILL) };
+        }
+    }
+}
+
+#[test]
+fn list_shows_grace_and_missing_containers() {
+    let (env, user) = env_with("  grace_period: 10m\n");
+    env.scenario(&[
+        Rule::docker(&["run", "**"]),
+        Rule::docker(&["exec", "**"]),
+        ps(&[]),
+        Rule::docker(&["rm", "**"]),
+    ]);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .run()
+        .assert_success();
+    // The fake's ps knows no container: the row's container is missing.
+    let table = env.podspawn(&["list"]).assert_success().stdout();
+    assert!(
+        table.lines().nth(1).unwrap().contains(" missing "),
+        "{table}"
+    );
+}
+
+#[test]
+fn cleanup_removes_orphans_and_drops_rows_without_containers() {
+    let (env, user) = env_with("  grace_period: 10m\n");
+    env.scenario(&[
+        Rule::docker(&["run", "**"]),
+        Rule::docker(&["exec", "**"]),
+        // Our session's container is gone; someone else's is an orphan.
+        ps(&[("podspawn-ghost", "running", "ghost", "abc")]),
+        Rule::docker(&["inspect", "**"])
+            .stderr("Error: No such object: x\n")
+            .exit(1),
+        Rule::docker(&["rm", "--force", "**"]),
+    ]);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .run()
+        .assert_success();
+    env.podspawn(&["cleanup"])
+        .assert_success()
+        .assert_stdout("cleanup pass complete: grace_expired=0 lifetime_expired=0 orphans_removed=1 rows_dropped=1\n");
+    let removed: Vec<String> = env
+        .docker_calls()
+        .into_iter()
+        .filter(|call| call.subcommand() == "rm")
+        .map(|call| call.argv[2].clone())
+        .collect();
+    assert_eq!(
+        removed,
+        [
+            format!("podspawn-{}", user.name),
+            "podspawn-ghost".to_string()
+        ]
+    );
+    env.podspawn(&["list", "--json"])
+        .assert_success()
+        .assert_stdout("[]\n");
+}
+
+#[test]
+fn cleanup_expires_sessions_whose_keeper_is_gone() {
+    let (env, user) = env_with("  grace_period: 1s\n");
+    let container = format!("podspawn-{}", user.name);
+    env.scenario(&[
+        Rule::docker(&["run", "**"]),
+        Rule::docker(&["exec", "**"]),
+        Rule::docker(&["ps", "**"]).stdout(&format!("{container}\trunning\t{}\t\tx\n", user.name)),
+        Rule::docker(&["rm", "--force", "**"]),
+    ]);
+    // A keeper that died (an OOM kill, say): cleanup must do its job.
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .run()
+        .assert_success();
+    kill_keepers(&env);
+    std::thread::sleep(Duration::from_millis(1500));
+    let rms_before = env
+        .docker_calls()
+        .iter()
+        .filter(|call| call.subcommand() == "rm")
+        .count();
+    assert_eq!(rms_before, 0, "the keeper was not stopped in time");
+    env.podspawn(&["cleanup"])
+        .assert_success()
+        .assert_stdout("cleanup pass complete: grace_expired=1 lifetime_expired=0 orphans_removed=0 rows_dropped=0\n");
+}
+
+/// Kills the keepers started for this tree (found by their PODSPAWN_CONFIG).
+fn kill_keepers(env: &TestEnv) {
+    let marker = format!("PODSPAWN_CONFIG={}", env.config_path().display());
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let is_keeper = cmdline.split(|b| *b == 0).any(|arg| arg == b"keeper");
+        let ours = environ
+            .split(|b| *b == 0)
+            .any(|var| var == marker.as_bytes());
+        if is_keeper && ours {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+#[test]
+fn cleanup_daemon_repeats_until_sigterm() {
+    let env = TestEnv::new();
+    env.scenario(&[
+        ps(&[("podspawn-ghost", "exited", "ghost", "abc")]).times(1),
+        ps(&[]),
+        Rule::docker(&["rm", "**"]),
+    ]);
+    let daemon = env
+        .invoke(&["cleanup", "--daemon", "--interval", "1s"])
+        .start();
+    assert!(env.wait_for(Duration::from_secs(10), || {
+        env.docker_calls()
+            .iter()
+            .filter(|call| call.subcommand() == "ps")
+            .count()
+            >= 2
+    }));
+    daemon.signal(libc::SIGTERM);
+    let run = daemon.finish(Duration::from_secs(5));
+    run.assert_success().assert_stdout("");
+    assert!(
+        run.stderr().contains("cleanup daemon started interval=1s"),
+        "{}",
+        run.stderr()
+    );
+    assert!(
+        run.stderr().contains("orphans_removed=1"),
+        "{}",
+        run.stderr()
+    );
+}
+
+#[test]
+fn cleanup_usage_mistakes_are_named() {
+    let env = TestEnv::new();
+    env.podspawn(&["cleanup", "--interval", "5s"])
+        .assert_one_line_error(2, "--interval goes with --daemon");
+    env.podspawn(&["cleanup", "--daemon", "--interval", "soon"])
+        .assert_one_line_error(2, "invalid duration \"soon\"");
+    env.podspawn(&["list", "--yaml"])
+        .assert_one_line_error(2, "list: unknown option '--yaml'");
+}
