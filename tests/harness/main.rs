@@ -9,5 +9,6 @@ mod cli;
 mod config;
 mod fake_docker;
 mod list_cleanup;
+mod real_engine;
 mod remove_user;
 mod spawn;

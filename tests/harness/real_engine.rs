@@ -1,0 +1,635 @@
+//! spawn against a real Docker engine, as a real Unix account, through a binary
+//! installed the way production installs it (`root:docker 2755`).
+//!
+//! These run whenever an engine answers and the tests run as root (they create and
+//! delete Unix accounts); otherwise each says in one line why it is skipped. The
+//! image is the offline test image of `testdata/build-test-image` (built here if
+//! missing). Every test leaves no account, container, process or file behind, also
+//! when it fails: `RealEnv` cleans up on drop.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::support::{ED25519, PODSPAWN, testdata};
+
+/// Why the real-engine layer cannot run here, if it cannot.
+fn unavailable() -> Option<String> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root (they create Unix accounts)".into());
+    }
+    let answered = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !answered {
+        return Some("no Docker engine answers".into());
+    }
+    None
+}
+
+/// The test image's tag, built once per test process if it is not there yet.
+fn image() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| {
+        let output = Command::new(testdata("build-test-image"))
+            .output()
+            .expect("build-test-image runs");
+        assert!(
+            output.status.success(),
+            "cannot build the test image: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    })
+}
+
+fn docker_gid() -> u32 {
+    let name = CString::new("docker").unwrap();
+    let group = unsafe { libc::getgrnam(name.as_ptr()) };
+    assert!(!group.is_null(), "there is no docker group");
+    unsafe { (*group).gr_gid }
+}
+
+/// A Unix account, a root-owned podspawn install and config, torn down on drop.
+struct RealEnv {
+    user: String,
+    uid: u32,
+    gid: u32,
+    root: PathBuf,
+}
+
+macro_rules! real_env_or_skip {
+    ($grace:expr) => {
+        match unavailable() {
+            Some(reason) => {
+                eprintln!("real-engine test skipped: {reason}");
+                return;
+            }
+            None => RealEnv::new($grace),
+        }
+    };
+}
+
+impl RealEnv {
+    fn new(grace: &str) -> RealEnv {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let user = format!("pst{}x{n}", std::process::id());
+        // Tests run in parallel and useradd locks /etc/passwd: try a few times.
+        let created = (0..5).any(|attempt| {
+            std::thread::sleep(Duration::from_millis(200 * attempt));
+            Command::new("useradd")
+                .args([
+                    "--no-create-home",
+                    "--shell",
+                    "/bin/sh",
+                    "--user-group",
+                    &user,
+                ])
+                .status()
+                .expect("useradd runs")
+                .success()
+        });
+        assert!(created, "useradd {user} failed");
+        let root = PathBuf::from(format!("/var/lib/podspawn-test-{user}"));
+        let mut env = RealEnv {
+            user,
+            uid: 0,
+            gid: 0,
+            root,
+        };
+        let (uid, gid) = env.ids();
+        env.uid = uid;
+        env.gid = gid;
+        env.install(grace);
+        env
+    }
+
+    fn ids(&self) -> (u32, u32) {
+        let name = CString::new(self.user.as_str()).unwrap();
+        let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+        assert!(!entry.is_null());
+        unsafe { ((*entry).pw_uid, (*entry).pw_gid) }
+    }
+
+    fn container(&self) -> String {
+        format!("podspawn-{}", self.user)
+    }
+
+    /// bin/podspawn root:docker 2755, keys/ and config root's, state/ root:docker 2770.
+    fn install(&self, grace: &str) {
+        let dirs = [
+            ("", 0o755),
+            ("bin", 0o755),
+            ("keys", 0o755),
+            ("state", 0o2770),
+        ];
+        for (dir, mode) in dirs {
+            let path = self.root.join(dir);
+            fs::create_dir_all(&path).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let docker = docker_gid();
+        std::os::unix::fs::chown(self.root.join("state"), Some(0), Some(docker)).unwrap();
+        let binary = self.root.join("bin/podspawn");
+        fs::copy(PODSPAWN, &binary).unwrap();
+        std::os::unix::fs::chown(&binary, Some(0), Some(docker)).unwrap();
+        fs::set_permissions(&binary, fs::Permissions::from_mode(0o2755)).unwrap();
+        fs::write(
+            self.root.join("keys").join(&self.user),
+            format!("{ED25519}\n"),
+        )
+        .unwrap();
+        fs::set_permissions(
+            self.root.join("keys").join(&self.user),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let config = format!(
+            "auth:\n  key_dir: {root}/keys\ndefaults:\n  image: {image}\n  memory: 512m\n  cpus: 1\n\
+             session:\n  grace_period: {grace}\n\
+             state:\n  db_path: {root}/state/state.db\n  lock_dir: {root}/state/locks\n\
+             log:\n  file: {root}/state/podspawn.log\n  level: debug\n",
+            root = self.root.display(),
+            image = image(),
+        );
+        fs::write(self.root.join("config.yaml"), config).unwrap();
+        fs::set_permissions(
+            self.root.join("config.yaml"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+    }
+
+    /// `podspawn spawn` as the user, as sshd would run it.
+    fn spawn(&self, command: Option<&str>) -> Command {
+        let mut spawn = Command::new(self.root.join("bin/podspawn"));
+        spawn
+            .args(["spawn", "--user", &self.user])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("PODSPAWN_CONFIG", self.root.join("config.yaml"))
+            .current_dir("/");
+        if let Some(command) = command {
+            spawn.env("SSH_ORIGINAL_COMMAND", command);
+        }
+        let (uid, gid) = (self.uid, self.gid);
+        unsafe {
+            spawn.pre_exec(move || {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        spawn
+    }
+
+    fn run(&self, command: &str) -> Output {
+        self.spawn(Some(command))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.root.join("state/podspawn.log")).unwrap_or_default()
+    }
+
+    fn container_exists(&self) -> bool {
+        Command::new("docker")
+            .args(["inspect", "--type", "container", &self.container()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    }
+
+    /// Commands running in the container as the user (not its setup or keep-alive).
+    fn user_processes(&self) -> Vec<String> {
+        let output = Command::new("docker")
+            .args(["top", &self.container(), "-eo", "pid,uid,args"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .skip(1)
+            .filter(|line| line.split_whitespace().nth(1) == Some(self.uid.to_string().as_str()))
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn wait_until(
+        &self,
+        timeout: Duration,
+        mut condition: impl FnMut() -> bool,
+    ) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if condition() {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    fn explain(&self, output: &Output) -> String {
+        format!(
+            "status {:?}\nstdout: {}\nstderr: {}\nlog:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            self.log()
+        )
+    }
+}
+
+impl Drop for RealEnv {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "--force", &self.container()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        // Keepers and anything else still running as the account.
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-u", &self.user])
+            .status();
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = Command::new("userdel")
+            .arg(&self.user)
+            .stderr(Stdio::null())
+            .status();
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+#[test]
+fn a_commands_exit_code_comes_back() {
+    let env = real_env_or_skip!("60s");
+    let output = env.run("echo out; echo err >&2; exit 42");
+    assert_eq!(output.status.code(), Some(42), "{}", env.explain(&output));
+    assert_eq!(output.stdout, b"out\n", "{}", env.explain(&output));
+    assert_eq!(output.stderr, b"err\n", "{}", env.explain(&output));
+}
+
+#[test]
+fn the_user_inside_has_their_uid_gid_name_and_home() {
+    let env = real_env_or_skip!("60s");
+    let output = env.run(
+        "id -u; id -g; id -un; echo $HOME; pwd; hostname; touch ~/x && echo writable; stat -c %a ~",
+    );
+    let expected = format!(
+        "{}\n{}\n{}\n/home/{3}\n/home/{3}\npodspawn-{3}\nwritable\n700\n",
+        env.uid, env.gid, env.user, env.user
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        expected,
+        "{}",
+        env.explain(&output)
+    );
+}
+
+#[test]
+fn sixty_four_mebibytes_pass_through_cat_unchanged() {
+    let env = real_env_or_skip!("60s");
+    let data: Vec<u8> = (0..64u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut child = env
+        .spawn(Some("cat"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = {
+        let data = data.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            stdin.write_all(&data).unwrap();
+        })
+    };
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(output.status.success(), "{}", env.explain(&output));
+    assert!(
+        output.stdout.len() == data.len() && output.stdout == data,
+        "{} bytes came back",
+        output.stdout.len()
+    );
+}
+
+#[test]
+fn two_connections_share_one_container() {
+    let env = real_env_or_skip!("60s");
+    let first = env
+        .spawn(Some("echo shared > ~/mark; sleep 3; cat ~/second"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        env.wait_until(Duration::from_secs(30), || env.container_exists())
+            .is_some()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let second = env.run("cat ~/mark; echo hello > ~/second");
+    assert_eq!(
+        String::from_utf8_lossy(&second.stdout),
+        "shared\n",
+        "{}",
+        env.explain(&second)
+    );
+    let first = first.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&first.stdout),
+        "hello\n",
+        "{}",
+        env.explain(&first)
+    );
+    assert_eq!(
+        env.log().matches("created podspawn-").count(),
+        1,
+        "{}",
+        env.log()
+    );
+}
+
+#[test]
+fn after_the_grace_period_the_container_is_really_gone() {
+    let env = real_env_or_skip!("2s");
+    let output = env.run("true");
+    assert!(output.status.success(), "{}", env.explain(&output));
+    let ended = Instant::now();
+    assert!(env.container_exists());
+    let gone = env.wait_until(Duration::from_secs(10), || !env.container_exists());
+    assert!(
+        gone.is_some(),
+        "still there 10s after the last disconnect\n{}",
+        env.log()
+    );
+    let after = ended.elapsed();
+    assert!(
+        after >= Duration::from_secs(2),
+        "gone after {after:?}, inside the grace period"
+    );
+    eprintln!(
+        "container gone {:.1}s after the last disconnect (grace 2s)",
+        after.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_killed_spawn_does_not_pin_the_container() {
+    let env = real_env_or_skip!("2s");
+    let mut spawn = env
+        .spawn(Some("sleep 300"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = env.wait_until(Duration::from_secs(30), || {
+        env.user_processes()
+            .iter()
+            .any(|line| line.contains("sleep 300"))
+    });
+    assert!(
+        started.is_some(),
+        "the command never started\n{}",
+        env.log()
+    );
+    spawn.kill().unwrap();
+    spawn.wait().unwrap();
+    let killed = Instant::now();
+    let gone = env.wait_until(Duration::from_secs(12), || !env.container_exists());
+    assert!(
+        gone.is_some(),
+        "the container outlived its killed connection\n{}",
+        env.log()
+    );
+    eprintln!(
+        "container gone {:.1}s after kill -9 (grace 2s)",
+        killed.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn a_terminated_connection_leaves_no_process_in_the_container() {
+    let env = real_env_or_skip!("60s");
+    let mut spawn = env
+        .spawn(Some("sleep 300"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = env.wait_until(Duration::from_secs(30), || {
+        env.user_processes()
+            .iter()
+            .any(|line| line.contains("sleep 300"))
+    });
+    assert!(
+        started.is_some(),
+        "the command never started\n{}",
+        env.log()
+    );
+    unsafe { libc::kill(spawn.id() as i32, libc::SIGTERM) };
+    let status = spawn.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    let cleared = env.wait_until(Duration::from_secs(5), || env.user_processes().is_empty());
+    assert!(cleared.is_some(), "left behind: {:?}", env.user_processes());
+    assert!(
+        env.container_exists(),
+        "the container itself stays for its grace period"
+    );
+}
+
+/// A terminal session like sshd gives one: the pty slave is spawn's controlling
+/// terminal and all of its stdio; the test types into the master.
+struct Terminal {
+    master: std::os::fd::OwnedFd,
+    child: std::process::Child,
+    seen: String,
+}
+
+impl Terminal {
+    fn start(env: &RealEnv, rows: u16, cols: u16) -> Terminal {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let (mut master, mut slave) = (0, 0);
+        let size = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        assert_eq!(
+            unsafe {
+                libc::openpty(
+                    &mut master,
+                    &mut slave,
+                    std::ptr::null_mut(),
+                    std::ptr::null(),
+                    &size,
+                )
+            },
+            0
+        );
+        let master = unsafe { std::os::fd::OwnedFd::from_raw_fd(master) };
+        let slave = unsafe { std::os::fd::OwnedFd::from_raw_fd(slave) };
+        let mut command = env.spawn(None);
+        command.env("TERM", "xterm");
+        command.stdin(Stdio::from(slave.try_clone().unwrap()));
+        command.stdout(Stdio::from(slave.try_clone().unwrap()));
+        command.stderr(Stdio::from(slave));
+        unsafe {
+            command.pre_exec(|| {
+                // Its own session with the terminal as controlling tty, as sshd does.
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().unwrap();
+        let _ = master.as_raw_fd();
+        Terminal {
+            master,
+            child,
+            seen: String::new(),
+        }
+    }
+
+    fn type_text(&self, text: &str) {
+        use std::os::fd::AsRawFd;
+        let written =
+            unsafe { libc::write(self.master.as_raw_fd(), text.as_ptr().cast(), text.len()) };
+        assert_eq!(written, text.len() as isize);
+    }
+
+    /// Reads until `needle` appears in the output; false after `timeout`.
+    fn expect(&mut self, needle: &str, timeout: Duration) -> bool {
+        use std::os::fd::AsRawFd;
+        let deadline = Instant::now() + timeout;
+        while !self.seen.contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let mut fds = [libc::pollfd {
+                fd: self.master.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            if unsafe { libc::poll(fds.as_mut_ptr(), 1, left.as_millis() as i32) } <= 0 {
+                continue;
+            }
+            let mut buffer = [0u8; 4096];
+            let n = unsafe {
+                libc::read(
+                    self.master.as_raw_fd(),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
+                )
+            };
+            if n <= 0 {
+                return false;
+            }
+            self.seen
+                .push_str(&String::from_utf8_lossy(&buffer[..n as usize]));
+        }
+        true
+    }
+
+    fn resize(&self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd;
+        let size = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        assert_eq!(
+            unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &size) },
+            0
+        );
+    }
+}
+
+#[test]
+fn a_terminal_session_resizes_interrupts_and_returns_the_exit_code() {
+    let env = real_env_or_skip!("60s");
+    let mut terminal = Terminal::start(&env, 24, 80);
+    let wait = Duration::from_secs(30);
+    terminal.type_text("tty; stty size; echo ready-$((6*7))\n");
+    assert!(
+        terminal.expect("ready-42", wait),
+        "no shell prompt:\n{}\n{}",
+        terminal.seen,
+        env.log()
+    );
+    assert!(
+        terminal.seen.contains("/dev/pts/"),
+        "not a terminal:\n{}",
+        terminal.seen
+    );
+    assert!(
+        terminal.seen.contains("24 80"),
+        "wrong size:\n{}",
+        terminal.seen
+    );
+
+    terminal.resize(50, 132);
+    std::thread::sleep(Duration::from_millis(500));
+    terminal.type_text("stty size; echo resized-$((1+1))\n");
+    assert!(terminal.expect("resized-2", wait), "{}", terminal.seen);
+    assert!(
+        terminal.seen.contains("50 132"),
+        "the resize did not reach the container:\n{}",
+        terminal.seen
+    );
+
+    // Ctrl-C stops `sleep` in the container; the shell (and podspawn) live on.
+    terminal.type_text("sleep 100; echo slept\n");
+    std::thread::sleep(Duration::from_millis(800));
+    terminal.type_text("\x03");
+    terminal.type_text("echo alive-$((3*3))\n");
+    assert!(
+        terminal.expect("alive-9", wait),
+        "Ctrl-C killed the session:\n{}",
+        terminal.seen
+    );
+    // Once in the echo of what was typed; a second time only if sleep ran out.
+    assert_eq!(
+        terminal.seen.matches("slept").count(),
+        1,
+        "{}",
+        terminal.seen
+    );
+    assert_eq!(
+        terminal.child.try_wait().unwrap(),
+        None,
+        "podspawn died of Ctrl-C"
+    );
+
+    terminal.type_text("exit 7\n");
+    let status = terminal.child.wait().unwrap();
+    assert_eq!(status.code(), Some(7), "{}", terminal.seen);
+}
