@@ -3,7 +3,7 @@
 //! Lookups go through libc (`getpwuid_r` and friends), so they see whatever the host's
 //! NSS sees. This module only reads; it never creates or changes an account.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::fmt;
 
 /// A host account as podspawn needs it.
@@ -37,6 +37,23 @@ pub fn by_uid(uid: u32) -> Result<Option<Account>, LookupError> {
     lookup_passwd(&|entry, buffer: &mut Vec<libc::c_char>, result| unsafe {
         libc::getpwuid_r(uid, entry, buffer.as_mut_ptr(), buffer.len(), result)
     })
+}
+
+/// The uid of account `name`, if it exists.
+pub fn uid_of(name: &str) -> Option<u32> {
+    let name = CString::new(name).ok()?;
+    lookup_passwd(&|entry, buffer: &mut Vec<libc::c_char>, result| unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            entry,
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            result,
+        )
+    })
+    .ok()
+    .flatten()
+    .map(|account| account.uid)
 }
 
 type PasswdCall<'a> =
@@ -116,6 +133,7 @@ mod tests {
         let root = by_uid(0).unwrap().expect("uid 0 exists");
         assert_eq!(root.name, "root");
         assert_eq!(root.gid, 0);
+        assert_eq!(uid_of("root"), Some(0));
         let me = caller().unwrap();
         assert_eq!(me.uid, unsafe { libc::getuid() });
     }
@@ -123,5 +141,6 @@ mod tests {
     #[test]
     fn unknown_accounts_are_none() {
         assert_eq!(by_uid(4_000_000_000).unwrap(), None);
+        assert_eq!(uid_of("podspawn-no-such-user"), None);
     }
 }

@@ -9,6 +9,7 @@
 
 use std::io::Write;
 
+use crate::accounts;
 use crate::cli::AuthKeysArgs;
 use crate::config::ServerConfig;
 use crate::keys::store::KeyStore;
@@ -75,9 +76,17 @@ fn authorized_lines(config: &ServerConfig, args: &AuthKeysArgs) -> String {
             return String::new();
         }
     };
+    // Forwarding may reach the user's own container and nothing else.
+    let forward_to = match accounts::uid_of(user.as_str()) {
+        Some(uid) => Some(config.network.pool.for_user(user.as_str(), uid).container),
+        None => {
+            log::warn!("{user} has no Unix account; their keys allow no port forwarding");
+            None
+        }
+    };
     let mut lines = String::new();
     for key in keys {
-        lines.push_str(&key.authorized_line(&spawn, &user));
+        lines.push_str(&key.authorized_line(&spawn, &user, forward_to));
         lines.push('\n');
     }
     lines

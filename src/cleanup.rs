@@ -12,8 +12,10 @@ use crate::config::ServerConfig;
 use crate::docker::Docker;
 use crate::engine::{DockerEngine, SystemHost};
 use crate::error::Error;
+use crate::keys::UserName;
+use crate::keys::store::KeyStore;
 use crate::privilege;
-use crate::session::{Sessions, Sweep};
+use crate::session::{SessionError, Sessions, Sweep};
 
 pub fn run(config: &ServerConfig, args: &CleanupArgs) -> Result<(), Error> {
     let db_path = config.state.db_path.as_path();
@@ -27,7 +29,7 @@ pub fn run(config: &ServerConfig, args: &CleanupArgs) -> Result<(), Error> {
         config.state.lock_dir.as_path(),
     )?;
     let Some(interval) = args.daemon_interval else {
-        let sweep = sessions.cleanup()?;
+        let sweep = pass(config, &mut sessions)?;
         println!("cleanup pass complete: {}", summary(&sweep));
         return Ok(());
     };
@@ -38,7 +40,7 @@ pub fn run(config: &ServerConfig, args: &CleanupArgs) -> Result<(), Error> {
     }
     log::info!("cleanup daemon started interval={}s", interval.as_secs());
     while !stop.load(Ordering::SeqCst) {
-        match sessions.cleanup() {
+        match pass(config, &mut sessions) {
             Ok(sweep) if sweep == Sweep::default() => {
                 log::debug!("cleanup pass complete: nothing to do")
             }
@@ -55,9 +57,47 @@ pub fn run(config: &ServerConfig, args: &CleanupArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// Sessions first, then the networks of users who are no longer registered (a
+/// network is kept while its user is, so a login needs no extra docker call).
+fn pass(
+    config: &ServerConfig,
+    sessions: &mut Sessions<DockerEngine, SystemHost>,
+) -> Result<Sweep, Error> {
+    let mut sweep = sessions.cleanup()?;
+    let docker = Docker::new(&config.docker);
+    let store = KeyStore::new(config.auth.key_dir.as_path());
+    let with_sessions: Vec<String> = sessions
+        .state()
+        .sessions()
+        .map_err(SessionError::from)?
+        .into_iter()
+        .map(|session| session.user)
+        .collect();
+    for (network, user) in docker.list_managed_networks().map_err(SessionError::from)? {
+        let registered = UserName::parse(&user)
+            .ok()
+            .is_some_and(|user| matches!(store.read(&user), Ok(Some(_))));
+        if registered || with_sessions.contains(&user) {
+            continue;
+        }
+        match docker.remove_network(&network) {
+            Ok(()) => {
+                log::info!("removed network {network} of unregistered user {user:?}");
+                sweep.networks_removed += 1;
+            }
+            Err(err) => log::warn!("network {network} not removed: {err}"),
+        }
+    }
+    Ok(sweep)
+}
+
 fn summary(sweep: &Sweep) -> String {
     format!(
-        "grace_expired={} lifetime_expired={} orphans_removed={} rows_dropped={}",
-        sweep.grace_expired, sweep.lifetime_expired, sweep.orphans_removed, sweep.rows_dropped
+        "grace_expired={} lifetime_expired={} orphans_removed={} rows_dropped={} networks_removed={}",
+        sweep.grace_expired,
+        sweep.lifetime_expired,
+        sweep.orphans_removed,
+        sweep.rows_dropped,
+        sweep.networks_removed
     )
 }

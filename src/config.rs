@@ -27,6 +27,7 @@ pub struct ServerConfig {
     pub defaults: Defaults,
     pub session: SessionConfig,
     pub state: StateConfig,
+    pub network: NetworkConfig,
     pub log: LogConfig,
     /// The file this was read from (not a key; filled in by `load`).
     #[serde(skip)]
@@ -133,6 +134,9 @@ pub enum SessionMode {
 pub struct StateConfig {
     pub db_path: AbsolutePath,
     pub lock_dir: AbsolutePath,
+    /// Per-user directories for forwarded ssh-agent sockets, each mounted into that
+    /// user's containers at /run/ssh-agent.
+    pub agent_dir: AbsolutePath,
 }
 
 impl Default for StateConfig {
@@ -140,8 +144,16 @@ impl Default for StateConfig {
         StateConfig {
             db_path: AbsolutePath::from("/var/lib/podspawn/state.db"),
             lock_dir: AbsolutePath::from("/var/lib/podspawn/locks"),
+            agent_dir: AbsolutePath::from("/var/lib/podspawn/agents"),
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Where per-user networks are cut from: a /28 per user, chosen by uid.
+    pub pool: crate::network::Pool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -204,6 +216,12 @@ impl<'de> Deserialize<'de> for AbsolutePath {
         let text = String::deserialize(deserializer)?;
         if !text.starts_with('/') {
             return Err(de::Error::custom(format!("path {text:?} must be absolute")));
+        }
+        // Paths reach docker's --mount (comma-separated) and colon-separated lists.
+        if text.contains([',', ':', '\n']) {
+            return Err(de::Error::custom(format!(
+                "path {text:?} must not contain ',', ':' or a newline"
+            )));
         }
         Ok(AbsolutePath(PathBuf::from(text)))
     }
@@ -570,6 +588,9 @@ session:
 state:
   db_path: /srv/state.db
   lock_dir: /srv/locks
+  agent_dir: /srv/agents
+network:
+  pool: 10.99.0.0/20
 log:
   file: /var/log/podspawn.log
   level: debug
@@ -592,6 +613,8 @@ log:
         assert_eq!(config.session.mode, SessionMode::DestroyOnDisconnect);
         assert_eq!(config.state.db_path.as_path(), Path::new("/srv/state.db"));
         assert_eq!(config.state.lock_dir.as_path(), Path::new("/srv/locks"));
+        assert_eq!(config.state.agent_dir.as_path(), Path::new("/srv/agents"));
+        assert_eq!(config.network.pool.to_string(), "10.99.0.0/20");
         assert_eq!(
             config.log.file,
             Some(AbsolutePath::from("/var/log/podspawn.log"))
@@ -640,6 +663,16 @@ log:
             ("session:\n  mode: forever\n", "session.mode", "forever"),
             ("log:\n  level: loud\n", "log.level", "loud"),
             ("state:\n  db_path: state.db\n", "state.db_path", "state.db"),
+            (
+                "state:\n  agent_dir: /a,b\n",
+                "state.agent_dir",
+                "must not contain",
+            ),
+            (
+                "network:\n  pool: 10.0.0.0/30\n",
+                "network.pool",
+                "between /8 and /24",
+            ),
             ("auth:\n  key_dir: [a, b]\n", "auth.key_dir", "sequence"),
             ("log: {}\nauth: [1]\n", "auth", "expected a mapping of keys"),
         ];

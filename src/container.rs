@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use crate::keys::UserName;
+use crate::network::UserNetwork;
 use crate::router::Program;
 
 /// The container of a user's default environment (`project` empty) or of a project.
@@ -75,7 +76,15 @@ pub struct ContainerSpec {
     /// How long the container's main process lives: the engine itself ends the
     /// container at its max lifetime, whether or not podspawn is running.
     pub lifetime: Duration,
+    /// The user's own network, and the container's fixed address on it.
+    pub network: UserNetwork,
+    /// The host directory where this user's connections put forwarded ssh-agent
+    /// sockets, mounted at `AGENT_MOUNT`.
+    pub agent_dir: Option<String>,
 }
+
+/// Where forwarded ssh-agent sockets appear inside a container.
+pub const AGENT_MOUNT: &str = "/run/ssh-agent";
 
 /// Everything `docker exec` needs for one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,6 +232,8 @@ mod tests {
             memory_bytes: 1 << 30,
             pids_limit: 512,
             lifetime: Duration::from_secs(3600),
+            network: crate::network::Pool::default().for_user("alice", 1001),
+            agent_dir: None,
         };
         let argv = setup_command(&spec);
         assert_eq!(argv[0], "-c");

@@ -16,7 +16,8 @@ use std::io;
 use std::process::{Command, Stdio};
 
 use crate::config::DockerConfig;
-use crate::container::{self, ContainerSpec, ExecSpec};
+use crate::container::{self, AGENT_MOUNT, ContainerSpec, ExecSpec};
+use crate::network::UserNetwork;
 
 pub const LABEL_MANAGED: &str = "podspawn.managed";
 pub const LABEL_USER: &str = "podspawn.user";
@@ -62,6 +63,10 @@ pub enum DockerError {
     ImageUnavailable { image: String, stderr: String },
     /// A container of that name exists already.
     NameInUse { name: String },
+    /// The container's network does not exist (yet, or any more).
+    NetworkMissing { network: String },
+    /// The network's subnet overlaps another network's.
+    NetworkOverlap { network: String, stderr: String },
     /// Any other failure.
     Failed {
         argv: Vec<String>,
@@ -80,7 +85,10 @@ impl DockerError {
             DockerError::ImageUnavailable { image, .. } => {
                 format!("the image {image} is not available on this server; tell your admin")
             }
-            DockerError::NameInUse { .. } | DockerError::Failed { .. } => {
+            DockerError::NameInUse { .. }
+            | DockerError::NetworkMissing { .. }
+            | DockerError::NetworkOverlap { .. }
+            | DockerError::Failed { .. } => {
                 "could not start your container; tell your admin".to_string()
             }
         }
@@ -100,6 +108,15 @@ impl fmt::Display for DockerError {
                 write!(f, "image {image} is not available: {stderr}")
             }
             DockerError::NameInUse { name } => write!(f, "a container named {name} exists already"),
+            DockerError::NetworkMissing { network } => {
+                write!(f, "network {network} does not exist")
+            }
+            DockerError::NetworkOverlap { network, stderr } => {
+                write!(
+                    f,
+                    "network {network} overlaps another network (set network.pool): {stderr}"
+                )
+            }
             DockerError::Failed {
                 argv,
                 status,
@@ -236,6 +253,13 @@ impl Docker {
                 name: spec.name.clone(),
             });
         }
+        if stderr.contains(&format!("network {} not found", spec.network.name))
+            || stderr.contains("No such network")
+        {
+            return Err(DockerError::NetworkMissing {
+                network: spec.network.name.clone(),
+            });
+        }
         if stderr.contains("Unable to find image")
             || stderr.contains("No such image")
             || stderr.contains("pull access denied")
@@ -247,6 +271,33 @@ impl Docker {
             });
         }
         Err(self.failed(&args, status, stderr))
+    }
+
+    /// `docker network create` for a user's network; one that exists is fine.
+    pub fn create_network(&self, network: &UserNetwork, user: &str) -> Result<(), DockerError> {
+        let args = network_create_args(network, user);
+        let (status, _, stderr) = self.run(&args)?;
+        if status.success() || stderr.contains("already exists") {
+            return Ok(());
+        }
+        if stderr.contains("overlaps") {
+            return Err(DockerError::NetworkOverlap {
+                network: network.name.clone(),
+                stderr,
+            });
+        }
+        Err(self.failed(&args, status, stderr))
+    }
+
+    /// `docker network rm`: a network that is already gone is not an error.
+    pub fn remove_network(&self, name: &str) -> Result<(), DockerError> {
+        let args = strings(&["network", "rm", name]);
+        let (status, _, stderr) = self.run(&args)?;
+        if status.success() || stderr.contains("not found") || stderr.contains("No such network") {
+            Ok(())
+        } else {
+            Err(self.failed(&args, status, stderr))
+        }
     }
 
     /// `docker rm --force`: a container that is already gone is not an error.
@@ -300,6 +351,27 @@ impl Docker {
         Ok(parse_managed(&stdout))
     }
 
+    /// Every network podspawn made: (name, user label).
+    pub fn list_managed_networks(&self) -> Result<Vec<(String, String)>, DockerError> {
+        let args = vec![
+            "network".to_string(),
+            "ls".to_string(),
+            "--filter".to_string(),
+            format!("label={LABEL_MANAGED}=true"),
+            "--format".to_string(),
+            format!("{{{{.Name}}}}\t{{{{.Label \"{LABEL_USER}\"}}}}"),
+        ];
+        let (status, stdout, stderr) = self.run(&args)?;
+        if !status.success() {
+            return Err(self.failed(&args, status, stderr));
+        }
+        Ok(stdout
+            .lines()
+            .filter_map(|line| line.split_once('\t'))
+            .map(|(name, user)| (name.to_string(), user.to_string()))
+            .collect())
+    }
+
     /// The `docker exec` command for a connection; the caller wires its stdio.
     pub fn exec_command(&self, spec: &ExecSpec) -> Command {
         self.command(&exec_args(spec))
@@ -327,6 +399,8 @@ pub fn run_args(spec: &ContainerSpec) -> Vec<String> {
     args.extend(["--cpus".into(), spec.cpus.to_string()]);
     args.extend(["--memory".into(), spec.memory_bytes.to_string()]);
     args.extend(["--pids-limit".into(), spec.pids_limit.to_string()]);
+    args.extend(["--network".into(), spec.network.name.clone()]);
+    args.extend(["--ip".into(), spec.network.container.to_string()]);
     args.extend(strings(&[
         "--cap-drop",
         "ALL",
@@ -344,9 +418,32 @@ pub fn run_args(spec: &ContainerSpec) -> Vec<String> {
             user.gid
         ),
     ]);
+    if let Some(agent_dir) = &spec.agent_dir {
+        args.extend([
+            "--mount".into(),
+            format!("type=bind,source={agent_dir},target={AGENT_MOUNT}"),
+        ]);
+    }
     args.extend(strings(&["--entrypoint", "/bin/sh"]));
     args.push(spec.image.clone());
     args.extend(container::setup_command(spec));
+    args
+}
+
+/// argv after `docker` for creating a user's network.
+pub fn network_create_args(network: &UserNetwork, user: &str) -> Vec<String> {
+    let mut args = strings(&["network", "create", "--driver", "bridge"]);
+    args.extend(["--subnet".into(), network.cidr()]);
+    args.extend(["--gateway".into(), network.gateway.to_string()]);
+    for (label, value) in [
+        (LABEL_MANAGED, "true"),
+        (LABEL_USER, user),
+        (LABEL_PROJECT, ""),
+        (LABEL_SESSION, ""),
+    ] {
+        args.extend(["--label".into(), format!("{label}={value}")]);
+    }
+    args.push(network.name.clone());
     args
 }
 
@@ -431,13 +528,16 @@ mod tests {
             memory_bytes: 512 << 20,
             pids_limit: 256,
             lifetime: Duration::from_secs(8 * 3600),
+            network: crate::network::Pool::default().for_user("alice", 1001),
+            agent_dir: Some("/var/lib/podspawn/agents/alice".into()),
         };
         let args = run_args(&spec);
         let text = args.join(" ");
         for expected in [
             "run --detach --rm --init --name podspawn-alice --hostname podspawn-alice",
             "--label podspawn.managed=true --label podspawn.user=alice --label podspawn.project= --label podspawn.session=0123abcd",
-            "--cpus 1.5 --memory 536870912 --pids-limit 256",
+            "--cpus 1.5 --memory 536870912 --pids-limit 256 --network podspawn-alice --ip 10.214.62.146",
+            "--mount type=bind,source=/var/lib/podspawn/agents/alice,target=/run/ssh-agent",
             "--cap-drop ALL --security-opt no-new-privileges",
             "--tmpfs /home/alice:rw,exec,nosuid,nodev,uid=1001,gid=1001,mode=0700",
             "--entrypoint /bin/sh debian:bookworm -c",
@@ -449,6 +549,17 @@ mod tests {
             !args
                 .iter()
                 .any(|arg| arg == "--privileged" || arg.starts_with("--cap-add"))
+        );
+    }
+
+    #[test]
+    fn networks_are_created_with_their_subnet_and_labels() {
+        let network = crate::network::Pool::default().for_user("alice", 1001);
+        assert_eq!(
+            network_create_args(&network, "alice").join(" "),
+            "network create --driver bridge --subnet 10.214.62.144/28 --gateway 10.214.62.145 \
+             --label podspawn.managed=true --label podspawn.user=alice --label podspawn.project= \
+             --label podspawn.session= podspawn-alice"
         );
     }
 

@@ -12,6 +12,7 @@ use crate::container::{CONNECTION_MARKER, ContainerSpec, ExecSpec};
 use crate::docker::{ContainerState, Docker, DockerError, FIXED_PATH, ManagedContainer};
 use crate::exec::{self, Ended};
 use crate::keys::UserName;
+use crate::network::UserNetwork;
 use crate::process::{self, ProcessId};
 use crate::session::{Engine, ExecEnd, Host, SessionError};
 
@@ -45,6 +46,10 @@ impl Engine for DockerEngine {
 
     fn list_managed(&mut self) -> Result<Vec<ManagedContainer>, DockerError> {
         self.docker.list_managed()
+    }
+
+    fn create_network(&mut self, network: &UserNetwork, user: &str) -> Result<(), DockerError> {
+        self.docker.create_network(network, user)
     }
 
     fn exec(&mut self, spec: &ExecSpec) -> Result<ExecEnd, SessionError> {

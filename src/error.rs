@@ -27,6 +27,8 @@ pub enum Error {
     Import(ImportError),
     /// The caller may not do this (not root, and cannot write what it would change).
     NotPermitted(String),
+    /// The command was understood but would leave things broken; the text says why.
+    Refused(String),
     Session(SessionError),
     Spawn(SpawnError),
 }
@@ -49,6 +51,7 @@ impl Error {
             | Error::Store(_)
             | Error::Import(_)
             | Error::NotPermitted(_)
+            | Error::Refused(_)
             | Error::Session(_) => EXIT_FAILURE,
         }
     }
@@ -70,7 +73,7 @@ impl fmt::Display for Error {
             Error::Name(err) => err.fmt(f),
             Error::Store(err) => err.fmt(f),
             Error::Import(err) => err.fmt(f),
-            Error::NotPermitted(message) => f.write_str(message),
+            Error::NotPermitted(message) | Error::Refused(message) => f.write_str(message),
             Error::Session(err) => err.fmt(f),
             Error::Spawn(err) => err.fmt(f),
         }

@@ -4,6 +4,7 @@
 //! one line and an exit code. Everything else lives in the module named after it.
 
 mod accounts;
+mod agent;
 mod auth_keys;
 mod cleanup;
 mod cli;
@@ -18,6 +19,7 @@ mod keys;
 mod list;
 mod lock;
 mod logging;
+mod network;
 mod privilege;
 mod process;
 mod router;

@@ -26,6 +26,7 @@ use crate::docker::{ContainerState, DockerError, ManagedContainer};
 use crate::exec::write_stderr;
 use crate::keys::UserName;
 use crate::lock::{LockError, UserLock};
+use crate::network::{Pool, UserNetwork};
 use crate::process::ProcessId;
 use crate::router::{Program, Routed};
 use crate::state::{SessionRow, State, StateError};
@@ -46,6 +47,7 @@ pub struct Settings {
     pub grace: Duration,
     pub lifetime: Duration,
     pub mode: SessionMode,
+    pub pool: Pool,
 }
 
 /// The container engine, as the lifecycle needs it.
@@ -56,6 +58,8 @@ pub trait Engine {
     fn state(&mut self, container: &str) -> Result<ContainerState, DockerError>;
     /// Every container podspawn made (by its labels), running or not.
     fn list_managed(&mut self) -> Result<Vec<ManagedContainer>, DockerError>;
+    /// Creates a user's network; one that exists already is fine.
+    fn create_network(&mut self, network: &UserNetwork, user: &str) -> Result<(), DockerError>;
     /// Runs one connection's exec to its end, with this process's stdio.
     fn exec(&mut self, spec: &ExecSpec) -> Result<ExecEnd, SessionError>;
 }
@@ -230,6 +234,8 @@ pub struct ConnectRequest {
     pub routed: Routed,
     /// Environment for the program, after podspawn's own (TERM, LANG, …).
     pub env: Vec<(String, String)>,
+    /// The user's agent directory on the host, mounted into a new container.
+    pub agent_dir: Option<String>,
 }
 
 /// A recorded connection into a session.
@@ -247,6 +253,8 @@ pub struct Sweep {
     pub lifetime_expired: usize,
     pub orphans_removed: usize,
     pub rows_dropped: usize,
+    /// Networks of users who are no longer registered (counted by `cleanup`).
+    pub networks_removed: usize,
 }
 
 /// What a keeper does next.
@@ -445,16 +453,29 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             } else {
                 settings.lifetime
             },
+            network: settings.pool.for_user(user.name.as_str(), user.uid),
+            agent_dir: request.agent_dir.clone(),
         };
-        match self.engine.create(&spec) {
-            Err(DockerError::NameInUse { .. }) => {
-                // A container of ours with no row (the state was lost, or a crash came
-                // between create and insert): it belongs to nobody now.
-                log::warn!("removing {name}, which has no session row");
-                self.engine.remove(&name)?;
-                self.engine.create(&spec)?;
+        let mut repairs = 0;
+        loop {
+            match self.engine.create(&spec) {
+                Ok(()) => break,
+                Err(DockerError::NameInUse { .. }) if repairs < 2 => {
+                    // A container of ours with no row (the state was lost, or a crash
+                    // came between create and insert): it belongs to nobody now.
+                    log::warn!("removing {name}, which has no session row");
+                    self.engine.remove(&name)?;
+                }
+                Err(DockerError::NetworkMissing { .. }) if repairs < 2 => {
+                    // add-user makes it; a first login after the engine lost it, or
+                    // for a user added while the engine was down, makes it here.
+                    log::info!("creating network {}", spec.network.name);
+                    self.engine
+                        .create_network(&spec.network, user.name.as_str())?;
+                }
+                Err(err) => return Err(err.into()),
             }
-            other => other?,
+            repairs += 1;
         }
         log::info!(
             "created {name} for {} (image {})",
@@ -824,10 +845,16 @@ mod tests {
         script: Vec<ExecEnd>,
         /// Containers that vanish the moment an exec is tried (removed by hand).
         vanish_on_exec: bool,
+        networks: BTreeSet<String>,
     }
 
     impl Engine for FakeEngine {
         fn create(&mut self, spec: &ContainerSpec) -> Result<(), DockerError> {
+            if !self.networks.contains(&spec.network.name) {
+                return Err(DockerError::NetworkMissing {
+                    network: spec.network.name.clone(),
+                });
+            }
             if self.running.contains_key(&spec.name) {
                 return Err(DockerError::NameInUse {
                     name: spec.name.clone(),
@@ -851,6 +878,11 @@ mod tests {
             } else {
                 ContainerState::Missing
             })
+        }
+
+        fn create_network(&mut self, network: &UserNetwork, _: &str) -> Result<(), DockerError> {
+            self.networks.insert(network.name.clone());
+            Ok(())
         }
 
         fn list_managed(&mut self) -> Result<Vec<ManagedContainer>, DockerError> {
@@ -965,6 +997,7 @@ mod tests {
             grace: Duration::from_secs(60),
             lifetime: Duration::from_secs(3600),
             mode,
+            pool: Pool::default(),
         };
         (Fixture { _db: db, sessions }, settings)
     }
@@ -984,6 +1017,7 @@ mod tests {
                 tty: false,
             },
             env: vec![("LANG".into(), "C.UTF-8".into())],
+            agent_dir: None,
         }
     }
 
@@ -1009,6 +1043,10 @@ mod tests {
     fn the_first_connection_creates_and_a_second_reattaches() {
         let (mut f, settings) = fixture(SessionMode::GracePeriod);
         assert_eq!(f.connect(&settings), 0);
+        assert!(
+            f.sessions.engine.networks.contains("podspawn-alice"),
+            "a missing network is made"
+        );
         let first = f.row().unwrap();
         assert_eq!(first.container, "podspawn-alice");
         assert_eq!(first.expires_at, Some(10_000 + 3600));
@@ -1212,9 +1250,9 @@ mod tests {
             sweep,
             Sweep {
                 grace_expired: 1,
-                lifetime_expired: 0,
                 orphans_removed: 1,
-                rows_dropped: 1
+                rows_dropped: 1,
+                ..Sweep::default()
             }
         );
         assert!(f.sessions.engine.running.is_empty());

@@ -8,6 +8,7 @@
 use std::fmt;
 
 use crate::accounts;
+use crate::agent;
 use crate::cli::SpawnArgs;
 use crate::config::{ConfigError, ServerConfig};
 use crate::container::Identity;
@@ -15,12 +16,12 @@ use crate::docker::Docker;
 use crate::engine::{DockerEngine, SystemHost};
 use crate::keys::store::{KeyStore, StoreError};
 use crate::keys::{NameError, UserName};
-use crate::router;
+use crate::router::{self, Program};
 use crate::session::{ConnectRequest, SessionError, Sessions, Settings};
 
 /// Environment the program in the container gets from the SSH session (sshd sets
 /// these, or accepts them from the client with AcceptEnv).
-const PASSED_ENV: &[&str] = &["TERM", "LANG", "SSH_CONNECTION", "SSH_CLIENT"];
+const PASSED_ENV: &[&str] = &["TERM", "LANG", "SSH_CONNECTION", "SSH_CLIENT", "DISPLAY"];
 
 #[derive(Debug)]
 pub enum SpawnError {
@@ -94,6 +95,7 @@ pub fn settings(config: &ServerConfig) -> Settings {
         grace: config.session.grace_period.0,
         lifetime: config.session.max_lifetime.0,
         mode: config.session.mode,
+        pool: config.network.pool,
     }
 }
 
@@ -131,11 +133,43 @@ pub fn run(
         &caller.group,
         &settings.shell,
     );
+    let mut env = passed_env(routed.tty);
+    let agent_dir = match agent::user_dir(config.state.agent_dir.as_path(), &user) {
+        Ok(dir) => Some(dir),
+        Err(err) => {
+            log::warn!("no agent forwarding for {user}: {err}");
+            None
+        }
+    };
+    // Held until the connection ends: the relay lives exactly as long.
+    let _relay = match (&agent_dir, std::env::var_os("SSH_AUTH_SOCK")) {
+        (Some(dir), Some(upstream)) => match agent::Relay::start(dir, upstream.into()) {
+            Ok(relay) => {
+                env.push((
+                    "SSH_AUTH_SOCK".to_string(),
+                    relay.container_path().to_string(),
+                ));
+                Some(relay)
+            }
+            Err(err) => {
+                log::warn!("no agent forwarding for {user}: {err}");
+                None
+            }
+        },
+        _ => None,
+    };
+    if routed.tty && routed.program == Program::Shell {
+        let address = settings.pool.for_user(user.as_str(), caller.uid).container;
+        eprintln!(
+            "podspawn: your container is podspawn-{user} at {address}; ssh -L PORT:{address}:PORT reaches its ports"
+        );
+    }
     let request = ConnectRequest {
         user: identity,
         project: String::new(),
-        env: passed_env(routed.tty),
+        env,
         routed,
+        agent_dir: agent_dir.map(|dir| dir.display().to_string()),
     };
     log::info!(
         "{user} connects: {}",

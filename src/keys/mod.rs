@@ -9,6 +9,7 @@ pub mod import;
 pub mod store;
 
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 /// A user name podspawn will use in paths, container names and forced commands.
@@ -185,10 +186,21 @@ impl PublicKey {
     }
 
     /// The authorized_keys line sshd gets for this key: the key wrapped in a forced
-    /// `spawn` command that only podspawn's options re-enable.
-    pub fn authorized_line(&self, spawn: &SpawnCommand, user: &UserName) -> String {
+    /// `spawn` command, `restrict`ed, with only podspawn's options re-enabled. TCP
+    /// forwarding is enabled only towards `forward_to`, the user's container
+    /// (`permitopen` also bounds `-D`); without it, not at all.
+    pub fn authorized_line(
+        &self,
+        spawn: &SpawnCommand,
+        user: &UserName,
+        forward_to: Option<Ipv4Addr>,
+    ) -> String {
+        let forwarding = match forward_to {
+            Some(address) => format!("port-forwarding,X11-forwarding,permitopen=\"{address}:*\""),
+            None => "X11-forwarding".to_string(),
+        };
         format!(
-            "command=\"{} spawn --user {user}\",restrict,pty,agent-forwarding,port-forwarding,X11-forwarding {}",
+            "command=\"{} spawn --user {user}\",restrict,pty,agent-forwarding,{forwarding} {}",
             spawn.0.display(),
             self.to_line()
         )
@@ -456,14 +468,20 @@ pub(crate) mod tests {
     fn authorized_line_wraps_the_key_in_the_forced_command() {
         let spawn = SpawnCommand::new(Path::new("/usr/local/bin/podspawn")).unwrap();
         let user = UserName::parse("alice").unwrap();
-        let line = PublicKey::parse(ED25519)
-            .unwrap()
-            .authorized_line(&spawn, &user);
+        let key = PublicKey::parse(ED25519).unwrap();
         assert_eq!(
-            line,
+            key.authorized_line(&spawn, &user, Some(Ipv4Addr::new(10, 214, 62, 146))),
             format!(
                 "command=\"/usr/local/bin/podspawn spawn --user alice\",restrict,pty,\
-                 agent-forwarding,port-forwarding,X11-forwarding {ED25519}"
+                 agent-forwarding,port-forwarding,X11-forwarding,permitopen=\"10.214.62.146:*\" {ED25519}"
+            )
+        );
+        // Without the user's address, no TCP forwarding at all.
+        assert_eq!(
+            key.authorized_line(&spawn, &user, None),
+            format!(
+                "command=\"/usr/local/bin/podspawn spawn --user alice\",restrict,pty,\
+                 agent-forwarding,X11-forwarding {ED25519}"
             )
         );
     }

@@ -162,6 +162,26 @@ impl KeyStore {
         Ok(outcome)
     }
 
+    /// Every registered user (a file in the key directory named like a user).
+    pub fn users(&self) -> Result<Vec<UserName>, StoreError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(io_error(&self.dir, "read")(err)),
+        };
+        let mut users: Vec<UserName> = entries
+            .filter_map(|entry| {
+                entry
+                    .ok()?
+                    .file_name()
+                    .to_str()
+                    .and_then(|name| UserName::parse(name).ok())
+            })
+            .collect();
+        users.sort();
+        Ok(users)
+    }
+
     /// Deletes the user's key file; after this, sshd gets no keys for them.
     pub fn remove(&self, user: &UserName) -> Result<(), StoreError> {
         let path = self.path(user);
@@ -489,8 +509,10 @@ mod tests {
         let temp = TempDir::new("remove");
         let store = KeyStore::new(&temp.0);
         store.add(&alice(), &[key(ED25519)]).unwrap();
+        assert_eq!(store.users().unwrap(), [alice()]);
         store.remove(&alice()).unwrap();
         assert!(store.read(&alice()).unwrap().is_none());
+        assert!(store.users().unwrap().is_empty());
         let err = store.remove(&alice()).unwrap_err();
         assert!(matches!(err, StoreError::NotRegistered { .. }), "{err}");
     }

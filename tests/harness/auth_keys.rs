@@ -12,10 +12,11 @@ fn forced(user: &str, key: &str) -> String {
     forced_by(&fs::canonicalize(PODSPAWN).unwrap(), user, key)
 }
 
-/// The line auth-keys prints when run from the binary at `exe`.
+/// The line auth-keys prints, run from the binary at `exe`, for a user without a
+/// Unix account (whose address cannot be known: no TCP forwarding at all).
 fn forced_by(exe: &std::path::Path, user: &str, key: &str) -> String {
     format!(
-        "command=\"{} spawn --user {user}\",restrict,pty,agent-forwarding,port-forwarding,X11-forwarding {key}\n",
+        "command=\"{} spawn --user {user}\",restrict,pty,agent-forwarding,X11-forwarding {key}\n",
         exe.display()
     )
 }
@@ -36,6 +37,33 @@ fn a_registered_user_gets_one_forced_command_line_per_key() {
         .assert_success()
         .assert_stderr("")
         .assert_stdout(&(forced("alice", ED25519) + &forced("alice", ECDSA)));
+}
+
+#[test]
+fn forwarding_is_allowed_only_to_the_users_own_container() {
+    // `nobody` (uid 65534) has an account on every machine: slot 65534 % 4096 = 4094
+    // of 10.214.0.0/16 is 10.214.255.224/28, the container .226.
+    let env = TestEnv::new();
+    registered(&env, "nobody", &[ED25519]);
+    let exe = fs::canonicalize(PODSPAWN).unwrap();
+    env.podspawn(&["auth-keys", "nobody"])
+        .assert_success()
+        .assert_stdout(&format!(
+            "command=\"{} spawn --user nobody\",restrict,pty,agent-forwarding,port-forwarding,\
+         X11-forwarding,permitopen=\"10.214.255.226:*\" {ED25519}\n",
+            exe.display()
+        ));
+    // The pool is the config's.
+    let config = fs::read_to_string(env.config_path()).unwrap();
+    env.write_config_text(&format!("{config}network:\n  pool: 172.30.0.0/20\n"));
+    let stdout = env
+        .podspawn(&["auth-keys", "nobody"])
+        .assert_success()
+        .stdout();
+    assert!(
+        stdout.contains("permitopen=\"172.30.15.226:*\""),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -128,6 +128,7 @@ fn cleanup_removes_orphans_and_drops_rows_without_containers() {
             .stderr("Error: No such object: x\n")
             .exit(1),
         Rule::docker(&["rm", "--force", "**"]),
+        Rule::docker(&["network", "ls", "**"]),
     ]);
     env.spawn(&user)
         .var("SSH_ORIGINAL_COMMAND", "true")
@@ -135,7 +136,7 @@ fn cleanup_removes_orphans_and_drops_rows_without_containers() {
         .assert_success();
     env.podspawn(&["cleanup"])
         .assert_success()
-        .assert_stdout("cleanup pass complete: grace_expired=0 lifetime_expired=0 orphans_removed=1 rows_dropped=1\n");
+        .assert_stdout("cleanup pass complete: grace_expired=0 lifetime_expired=0 orphans_removed=1 rows_dropped=1 networks_removed=0\n");
     let removed: Vec<String> = env
         .docker_calls()
         .into_iter()
@@ -163,6 +164,7 @@ fn cleanup_expires_sessions_whose_keeper_is_gone() {
         Rule::docker(&["exec", "**"]),
         Rule::docker(&["ps", "**"]).stdout(&format!("{container}\trunning\t{}\t\tx\n", user.name)),
         Rule::docker(&["rm", "--force", "**"]),
+        Rule::docker(&["network", "ls", "**"]),
     ]);
     // A keeper that died (an OOM kill, say): cleanup must do its job.
     env.spawn(&user)
@@ -179,7 +181,7 @@ fn cleanup_expires_sessions_whose_keeper_is_gone() {
     assert_eq!(rms_before, 0, "the keeper was not stopped in time");
     env.podspawn(&["cleanup"])
         .assert_success()
-        .assert_stdout("cleanup pass complete: grace_expired=1 lifetime_expired=0 orphans_removed=0 rows_dropped=0\n");
+        .assert_stdout("cleanup pass complete: grace_expired=1 lifetime_expired=0 orphans_removed=0 rows_dropped=0 networks_removed=0\n");
 }
 
 /// Kills the keepers started for this tree (found by their PODSPAWN_CONFIG).
@@ -207,6 +209,12 @@ fn cleanup_daemon_repeats_until_sigterm() {
     env.scenario(&[
         ps(&[("podspawn-ghost", "exited", "ghost", "abc")]).times(1),
         ps(&[]),
+        // A network of a user who is not registered (any more) goes too.
+        Rule::docker(&["network", "ls", "**"])
+            .stdout("podspawn-ghost\tghost\n")
+            .times(1),
+        Rule::docker(&["network", "ls", "**"]),
+        Rule::docker(&["network", "rm", "podspawn-ghost"]),
         Rule::docker(&["rm", "**"]),
     ]);
     let daemon = env

@@ -157,7 +157,7 @@ impl RealEnv {
         let config = format!(
             "auth:\n  key_dir: {root}/keys\ndefaults:\n  image: {image}\n  memory: 512m\n  cpus: 1\n\
              session:\n  grace_period: {grace}\n\
-             state:\n  db_path: {root}/state/state.db\n  lock_dir: {root}/state/locks\n\
+             state:\n  db_path: {root}/state/state.db\n  lock_dir: {root}/state/locks\n  agent_dir: {root}/state/agents\n\
              log:\n  file: {root}/state/podspawn.log\n  level: debug\n",
             root = self.root.display(),
             image = image(),
@@ -259,11 +259,16 @@ impl RealEnv {
 
 impl Drop for RealEnv {
     fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rm", "--force", &self.container()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        for args in [
+            &["rm", "--force", &self.container()][..],
+            &["network", "rm", &self.container()],
+        ] {
+            let _ = Command::new("docker")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         // Keepers and anything else still running as the account.
         let _ = Command::new("pkill")
             .args(["-KILL", "-u", &self.user])

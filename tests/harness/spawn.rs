@@ -707,7 +707,13 @@ fn spawn_refuses_root() {
 #[test]
 fn remove_user_force_destroys_sessions_and_counts_them() {
     let (env, user) = lifecycle_env("  mode: persistent\n");
-    env.scenario(&[run_rule(), Rule::docker(&["exec", "**"]), rm_rule()]);
+    let network = format!("podspawn-{}", user.name);
+    env.scenario(&[
+        run_rule(),
+        Rule::docker(&["exec", "**"]),
+        rm_rule(),
+        Rule::docker(&["network", "rm", &network]),
+    ]);
     env.spawn(&user)
         .var("SSH_ORIGINAL_COMMAND", "true")
         .run()
@@ -721,6 +727,77 @@ fn remove_user_force_destroys_sessions_and_counts_them() {
             "removed user {} (1 session(s) destroyed)\n",
             user.name
         ));
-    assert_eq!(subcommands(&env.docker_calls()), ["run", "exec", "rm"]);
+    assert_eq!(
+        subcommands(&env.docker_calls()),
+        ["run", "exec", "rm", "network"]
+    );
     assert!(!env.key_file(&user.name).exists());
+}
+
+#[test]
+fn a_missing_network_is_made_at_the_first_login() {
+    let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    let network = format!("podspawn-{}", user.name);
+    env.scenario(&[
+        Rule::docker(&["run", "**"])
+            .stderr(&format!(
+                "docker: Error response from daemon: network {network} not found.\n"
+            ))
+            .exit(125)
+            .times(1),
+        Rule::docker(&["network", "create", "**"]),
+        run_rule(),
+        Rule::docker(&["exec", "**"]),
+        rm_rule(),
+    ]);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .run()
+        .assert_success()
+        .assert_stderr("");
+    let calls = env.docker_calls();
+    assert_eq!(subcommands(&calls), ["run", "network", "run", "exec"]);
+    let create = &calls[1];
+    assert_eq!(create.argv.last().unwrap(), &network);
+    // The subnet's .2 is the container's address.
+    let subnet = create
+        .flag("--subnet")
+        .unwrap()
+        .trim_end_matches("/28")
+        .to_string();
+    let (prefix, last) = subnet.rsplit_once('.').unwrap();
+    let expected_ip = format!("{prefix}.{}", last.parse::<u8>().unwrap() + 2);
+    let run = &calls[2];
+    assert_eq!(run.flag("--network"), Some(network.as_str()));
+    assert_eq!(run.flag("--ip"), Some(expected_ip.as_str()));
+}
+
+#[test]
+fn add_user_makes_the_network_of_a_user_with_an_account() {
+    let env = TestEnv::new();
+    env.scenario(&[Rule::docker(&["network", "create", "**"])]);
+    env.podspawn(&["add-user", "nobody", "--key", crate::support::ED25519])
+        .assert_success()
+        .assert_stdout("added 1 key(s) for nobody\n");
+    let calls = env.docker_calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        calls[0].argv.join(" "),
+        "network create --driver bridge --subnet 10.214.255.224/28 --gateway 10.214.255.225 \
+         --label podspawn.managed=true --label podspawn.user=nobody --label podspawn.project= \
+         --label podspawn.session= podspawn-nobody"
+    );
+    // An engine that is away does not stop the registration.
+    let env = TestEnv::new();
+    env.scenario(&[Rule::docker(&["network", "create", "**"])
+        .stderr("Cannot connect to the Docker daemon at unix:///var/run/docker.sock.\n")
+        .exit(1)]);
+    let run = env.podspawn(&["add-user", "nobody", "--key", crate::support::ED25519]);
+    run.assert_success()
+        .assert_stdout("added 1 key(s) for nobody\n");
+    assert!(
+        run.stderr().contains("the first login will"),
+        "{}",
+        run.stderr()
+    );
 }

@@ -1,0 +1,177 @@
+//! Agent forwarding into containers.
+//!
+//! sshd's forwarded agent socket lives in the host's /tmp and changes with every
+//! connection, while a container's mounts are fixed when it is created. So each user
+//! has one directory, `<state.agent_dir>/<user>` (mode 0700, theirs), mounted into all
+//! of their containers at /run/ssh-agent; each connection that has an agent puts a
+//! socket there, `agent-<pid>.sock`, and relays it to sshd's `SSH_AUTH_SOCK` for as
+//! long as the connection lasts. Only the user (and root) can reach either end.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use crate::container::AGENT_MOUNT;
+use crate::keys::UserName;
+
+/// The user's agent directory, created if missing; refused if it is not a directory
+/// of the caller's that only they can enter.
+pub fn user_dir(root: &Path, user: &UserName) -> io::Result<PathBuf> {
+    if !root.is_dir() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o770)
+            .create(root)?;
+        // Shared by every user's spawn (through the docker group), like the state dir.
+        fs::set_permissions(root, fs::Permissions::from_mode(0o2770))?;
+    }
+    let dir = root.join(user.as_str());
+    match fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?,
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(err) => return Err(err),
+    }
+    let meta = fs::symlink_metadata(&dir)?;
+    let caller = unsafe { libc::getuid() };
+    if !meta.is_dir() || meta.uid() != caller || meta.mode() & 0o077 != 0 {
+        return Err(io::Error::other(format!(
+            "{} is not a private directory of uid {caller}",
+            dir.display()
+        )));
+    }
+    Ok(dir)
+}
+
+/// One connection's agent socket, relayed to sshd's agent until dropped.
+pub struct Relay {
+    host_path: PathBuf,
+    container_path: String,
+}
+
+impl Relay {
+    /// Listens on `<dir>/agent-<pid>.sock` and relays every client to `upstream`.
+    pub fn start(dir: &Path, upstream: PathBuf) -> io::Result<Relay> {
+        let name = format!("agent-{}.sock", std::process::id());
+        let host_path = dir.join(&name);
+        let _ = fs::remove_file(&host_path);
+        let listener = UnixListener::bind(&host_path)?;
+        fs::set_permissions(&host_path, fs::Permissions::from_mode(0o600))?;
+        std::thread::spawn(move || {
+            // `upstream` comes from the caller's environment, and a setgid install
+            // runs with the docker group: connect only with the caller's own group,
+            // or SSH_AUTH_SOCK=/var/run/docker.sock would hand the container the
+            // engine. Filesystem ids are per thread; this thread (and those it
+            // starts) keep the real gid for every connect.
+            unsafe { libc::setfsgid(libc::getgid()) };
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                match UnixStream::connect(&upstream) {
+                    Ok(agent) => relay(client, agent),
+                    Err(err) => log::warn!(
+                        "cannot reach the forwarded agent {}: {err}",
+                        upstream.display()
+                    ),
+                }
+            }
+        });
+        Ok(Relay {
+            host_path,
+            container_path: format!("{AGENT_MOUNT}/{name}"),
+        })
+    }
+
+    /// `SSH_AUTH_SOCK` inside the container.
+    pub fn container_path(&self) -> &str {
+        &self.container_path
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.host_path);
+    }
+}
+
+/// Copies both ways between two sockets, each direction in its own thread.
+fn relay(client: UnixStream, agent: UnixStream) {
+    let (Ok(client_back), Ok(agent_back)) = (client.try_clone(), agent.try_clone()) else {
+        return;
+    };
+    std::thread::spawn(move || copy(client, agent));
+    std::thread::spawn(move || copy(agent_back, client_back));
+}
+
+fn copy(mut from: UnixStream, mut to: UnixStream) {
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buffer[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relay_passes_bytes_both_ways_and_the_dir_is_private() {
+        let root = std::env::temp_dir().join(format!("podspawn-agent-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let alice = UserName::parse("alice").unwrap();
+        let dir = user_dir(&root, &alice).unwrap();
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(
+            user_dir(&root, &alice).unwrap(),
+            dir,
+            "a second call reuses it"
+        );
+
+        // A stand-in agent that answers each request with its reverse.
+        let upstream = root.join("upstream.sock");
+        let agent = UnixListener::bind(&upstream).unwrap();
+        std::thread::spawn(move || {
+            for stream in agent.incoming() {
+                let mut stream = stream.unwrap();
+                let mut request = [0u8; 5];
+                stream.read_exact(&mut request).unwrap();
+                request.reverse();
+                stream.write_all(&request).unwrap();
+            }
+        });
+        let relay = Relay::start(&dir, upstream).unwrap();
+        assert!(relay.container_path().starts_with("/run/ssh-agent/agent-"));
+        let socket = dir.join(relay.container_path().rsplit('/').next().unwrap());
+        assert_eq!(fs::metadata(&socket).unwrap().mode() & 0o777, 0o600);
+        for _ in 0..2 {
+            let mut client = UnixStream::connect(&socket).unwrap();
+            client.write_all(b"hello").unwrap();
+            let mut answer = [0u8; 5];
+            client.read_exact(&mut answer).unwrap();
+            assert_eq!(&answer, b"olleh");
+        }
+        drop(relay);
+        assert!(!socket.exists(), "the socket goes with the connection");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_dir_others_can_enter_is_refused() {
+        let root = std::env::temp_dir().join(format!("podspawn-agent-open-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let bob = UserName::parse("bob").unwrap();
+        let dir = user_dir(&root, &bob).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(user_dir(&root, &bob).is_err());
+        fs::remove_dir_all(&root).unwrap();
+    }
+}
