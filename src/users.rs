@@ -60,13 +60,13 @@ fn refuse_network_collision(
         if other == *user {
             continue;
         }
-        if let Some(other_uid) = accounts::uid_of(other.as_str()) {
-            if pool.collide(uid, other_uid) {
-                return Err(Error::Refused(format!(
-                    "{user} (uid {uid}) and {other} (uid {other_uid}) would share a network in \
+        if let Some(other_uid) = accounts::uid_of(other.as_str())
+            && pool.collide(uid, other_uid)
+        {
+            return Err(Error::Refused(format!(
+                "{user} (uid {uid}) and {other} (uid {other_uid}) would share a network in \
                      network.pool {pool}; give it a larger range"
-                )));
-            }
+            )));
         }
     }
     Ok(())
@@ -115,10 +115,10 @@ pub fn remove_user(config: &ServerConfig, args: &RemoveUserArgs) -> Result<(), E
         log::warn!("network {network} not removed: {err}");
     }
     let agent_dir = config.state.agent_dir.as_path().join(user.as_str());
-    if agent_dir.exists() {
-        if let Err(err) = std::fs::remove_dir_all(&agent_dir) {
-            log::warn!("cannot remove {}: {err}", agent_dir.display());
-        }
+    if agent_dir.exists()
+        && let Err(err) = std::fs::remove_dir_all(&agent_dir)
+    {
+        log::warn!("cannot remove {}: {err}", agent_dir.display());
     }
     println!("removed user {user} ({destroyed} session(s) destroyed)");
     Ok(())
