@@ -109,7 +109,7 @@ impl std::error::Error for UsageError {}
 pub const USAGE: &str = "\
 podspawn — SSH in, get a container; exit, it's gone.
 
-Usage: podspawn <command> [options]
+Usage: podspawn [--config PATH] <command> [options]
 
 Admin commands (run as root):
   add-user NAME       register NAME's SSH keys (--key, --key-file, --github)
@@ -126,8 +126,8 @@ Other:
   version             print the version
   help [COMMAND]      print this help, or a command's
 
-The server config is /etc/podspawn/config.yaml; PODSPAWN_CONFIG names another.
-Each command takes --help.
+The server config is /etc/podspawn/config.yaml; --config PATH (or PODSPAWN_CONFIG)
+names another. Each command takes --help.
 ";
 
 const AUTH_KEYS_USAGE: &str = "\
@@ -250,22 +250,64 @@ pub fn version_line() -> String {
     format!("podspawn {VERSION} ({COMMIT})")
 }
 
-pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageError> {
+/// A command line: the server config it names, if any, and the command.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Parsed {
+    /// `--config PATH`, before the command.
+    pub config: Option<PathBuf>,
+    pub command: Command,
+}
+
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, UsageError> {
     let mut parser = lexopt::Parser::from_args(args);
     let top = |message: String| UsageError {
         command: None,
         message,
     };
-    let name = match parser.next().map_err(|err| top(err.to_string()))? {
-        None => return Ok(Command::Help(USAGE)),
-        Some(Short('h') | Long("help")) => return Ok(Command::Help(USAGE)),
-        Some(Short('V') | Long("version")) => return Ok(Command::Version),
-        Some(Value(name)) => name
-            .into_string()
-            .map_err(|name| top(format!("unknown command {name:?}")))?,
-        Some(other) => return Err(top(format!("unknown option {}", describe(&other)))),
+    let mut config = None;
+    let name = loop {
+        match parser.next().map_err(|err| top(err.to_string()))? {
+            None => {
+                return Ok(Parsed {
+                    config,
+                    command: Command::Help(USAGE),
+                });
+            }
+            Some(Short('h') | Long("help")) => {
+                return Ok(Parsed {
+                    config,
+                    command: Command::Help(USAGE),
+                });
+            }
+            Some(Short('V') | Long("version")) => {
+                return Ok(Parsed {
+                    config,
+                    command: Command::Version,
+                });
+            }
+            Some(Long("config")) => {
+                config = Some(PathBuf::from(
+                    parser.value().map_err(|err| top(err.to_string()))?,
+                ));
+            }
+            Some(Value(name)) => {
+                break name
+                    .into_string()
+                    .map_err(|name| top(format!("unknown command {name:?}")))?;
+            }
+            Some(other) => return Err(top(format!("unknown option {}", describe(&other)))),
+        }
     };
-    match name.as_str() {
+    let command = parse_command(&name, parser)?;
+    Ok(Parsed { config, command })
+}
+
+fn parse_command(name: &str, mut parser: lexopt::Parser) -> Result<Command, UsageError> {
+    let top = |message: String| UsageError {
+        command: None,
+        message,
+    };
+    match name {
         "auth-keys" => parse_auth_keys(parser),
         "add-user" => parse_add_user(&mut parser),
         "remove-user" => parse_remove_user(&mut parser),
@@ -543,7 +585,20 @@ mod tests {
     use super::*;
 
     fn parse_words(words: &[&str]) -> Result<Command, UsageError> {
-        parse(words.iter().map(OsString::from))
+        parse(words.iter().map(OsString::from)).map(|parsed| parsed.command)
+    }
+
+    #[test]
+    fn config_comes_before_the_command() {
+        let parsed = parse(
+            ["--config", "/srv/p.yaml", "list"]
+                .iter()
+                .map(OsString::from),
+        )
+        .unwrap();
+        assert_eq!(parsed.config, Some(PathBuf::from("/srv/p.yaml")));
+        assert_eq!(parsed.command, Command::List(ListArgs { json: false }));
+        assert!(parse(["--config"].iter().map(OsString::from)).is_err());
     }
 
     #[test]

@@ -326,19 +326,26 @@ impl<'de> Deserialize<'de> for Cpus {
 
 /// The config file to read, and what was ignored on the way.
 ///
-/// `PODSPAWN_CONFIG` names another file. A process running with a borrowed (setgid)
-/// group runs in its caller's environment, so there it is honoured only for a file
-/// that only root could have written: the file and every directory above it owned by
-/// root and not writable by group or others (sshd's rule for its own commands).
-pub fn locate(borrowed_group: bool) -> Located {
+/// `--config PATH`, else `PODSPAWN_CONFIG`, names another file. A process running with
+/// a borrowed (setgid) group runs in its caller's environment and with its caller's
+/// arguments, so there either is honoured only for a file that only root could have
+/// written: the file and every directory above it owned by root and not writable by
+/// group or others (sshd's rule for its own commands).
+pub fn locate(borrowed_group: bool, flag: Option<&Path>) -> Located {
     let default = || PathBuf::from(DEFAULT_PATH);
-    let Some(wanted) = std::env::var_os(PATH_VARIABLE).filter(|path| !path.is_empty()) else {
-        return Located {
-            path: default(),
-            ignored: None,
-        };
+    let (wanted, source) = match (
+        flag,
+        std::env::var_os(PATH_VARIABLE).filter(|path| !path.is_empty()),
+    ) {
+        (Some(path), _) => (path.to_path_buf(), "--config"),
+        (None, Some(path)) => (PathBuf::from(path), PATH_VARIABLE),
+        (None, None) => {
+            return Located {
+                path: default(),
+                ignored: None,
+            };
+        }
     };
-    let wanted = PathBuf::from(wanted);
     if !borrowed_group {
         return Located {
             path: wanted,
@@ -352,18 +359,24 @@ pub fn locate(borrowed_group: bool) -> Located {
         },
         Err(reason) => Located {
             path: default(),
-            ignored: Some(format!(
-                "ignored {PATH_VARIABLE}={}: {reason}",
-                wanted.display()
-            )),
+            ignored: Some(format!("ignored {source} {}: {reason}", wanted.display())),
         },
     }
 }
 
-/// Where the config is, and why `PODSPAWN_CONFIG` was not used (to be logged).
+/// Where the config is, and why `--config` or `PODSPAWN_CONFIG` was not used (to be
+/// logged).
 pub struct Located {
     pub path: PathBuf,
     pub ignored: Option<String>,
+}
+
+impl Located {
+    /// The path, if it is not the default: what processes podspawn starts (the keeper)
+    /// or has sshd start (the forced command) must be told.
+    pub fn moved(&self) -> Option<&Path> {
+        (self.path.as_os_str() != DEFAULT_PATH).then_some(self.path.as_path())
+    }
 }
 
 fn only_root_can_write(path: &Path) -> Result<(), String> {

@@ -2,9 +2,9 @@
 //! running a connection, `process` for liveness and for ending what a lost connection
 //! left running, and the keeper started as a detached process.
 
-use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -87,12 +87,13 @@ impl Engine for DockerEngine {
 }
 
 pub struct SystemHost {
-    /// `PODSPAWN_CONFIG` as this process honoured it, for the keeper to read the same.
-    config_path: Option<OsString>,
+    /// The server config this process read, when not the default, for the keeper to
+    /// read the same.
+    config_path: Option<PathBuf>,
 }
 
 impl SystemHost {
-    pub fn new(config_path: Option<OsString>) -> SystemHost {
+    pub fn new(config_path: Option<PathBuf>) -> SystemHost {
         SystemHost { config_path }
     }
 }
@@ -118,9 +119,11 @@ impl Host for SystemHost {
     /// waiting for open descriptors reaches it.
     fn start_keeper(&mut self, user: &UserName, project: &str) -> Result<ProcessId, String> {
         let mut command = Command::new("/proc/self/exe");
-        command
-            .arg0("podspawn")
-            .args(["keeper", "--user", user.as_str()]);
+        command.arg0("podspawn");
+        if let Some(path) = &self.config_path {
+            command.arg("--config").arg(path);
+        }
+        command.args(["keeper", "--user", user.as_str()]);
         if !project.is_empty() {
             command.args(["--project", project]);
         }
@@ -131,9 +134,6 @@ impl Host for SystemHost {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if let Some(path) = &self.config_path {
-            command.env(crate::config::PATH_VARIABLE, path);
-        }
         unsafe {
             command.pre_exec(|| {
                 if libc::setsid() < 0 {

@@ -24,7 +24,7 @@ const RETRY: Duration = Duration::from_secs(5);
 pub fn run(
     config: &ServerConfig,
     args: &KeeperArgs,
-    config_path: Option<std::ffi::OsString>,
+    config_path: Option<&Path>,
 ) -> Result<(), Error> {
     let user = UserName::parse(&args.user)?;
     let project = args.project.clone();
@@ -32,7 +32,7 @@ pub fn run(
     let engine = DockerEngine::new(Docker::new(&config.docker), unsafe { libc::getuid() });
     let mut sessions = Sessions::open(
         engine,
-        SystemHost::new(config_path),
+        SystemHost::new(config_path.map(Path::to_path_buf)),
         db_path,
         config.state.lock_dir.as_path(),
     )

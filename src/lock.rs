@@ -50,6 +50,10 @@ impl UserLock {
                 .mode(LOCK_DIR_MODE)
                 .create(lock_dir)
                 .map_err(error)?;
+            // Every user's spawn creates its lock file here: say the mode explicitly,
+            // whatever the umask.
+            fs::set_permissions(lock_dir, fs::Permissions::from_mode(LOCK_DIR_MODE))
+                .map_err(error)?;
         }
         let file = OpenOptions::new()
             .read(true)

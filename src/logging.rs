@@ -73,6 +73,15 @@ impl ServiceLogger {
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(path);
             if let Ok(file) = file {
+                // Created just now by this process: give it its mode whatever the
+                // umask, so the next user's spawn can append too.
+                if file.metadata().is_ok_and(|meta| {
+                    use std::os::unix::fs::MetadataExt;
+                    meta.len() == 0 && meta.uid() == unsafe { libc::geteuid() }
+                }) {
+                    use std::os::unix::fs::PermissionsExt;
+                    let _ = file.set_permissions(std::fs::Permissions::from_mode(LOG_FILE_MODE));
+                }
                 return Sink::File(file);
             }
         }

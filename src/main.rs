@@ -37,53 +37,59 @@ use error::Error;
 fn main() -> ExitCode {
     // Every file podspawn creates gets an explicit mode as well; this is the floor.
     unsafe { libc::umask(0o022) };
-    let command = match cli::parse(std::env::args_os().skip(1)) {
-        Ok(command) => command,
+    let parsed = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(parsed) => parsed,
         Err(err) => return fail(&Error::Usage(err)),
     };
+    let command = parsed.command;
     // Only `spawn` and the keeper it starts may keep a group borrowed from a setgid
     // install (they need the docker socket); everything else runs with the caller's
-    // own privileges.
-    if !matches!(command, Command::Spawn(_) | Command::Keeper(_)) {
+    // own privileges, and so may trust the caller's choice of config.
+    if matches!(command, Command::Spawn(_) | Command::Keeper(_)) {
+        // What they create in the shared state directory (the database, locks, the
+        // log, agent directories) must stay usable by every user's spawn: group
+        // read-write, nothing for others.
+        unsafe { libc::umask(0o007) };
+    } else {
         drop_borrowed_group();
     }
+    let located = config::locate(privilege::has_borrowed_group(), parsed.config.as_deref());
     match command {
         Command::Help(text) => print_out(text),
         Command::Version => print_out(&format!("{}\n", cli::version_line())),
         Command::AuthKeys(args) => {
-            run_auth_keys(&args);
+            run_auth_keys(&located, &args);
             ExitCode::SUCCESS
         }
-        Command::Spawn(args) => run_spawn(&args),
-        Command::Keeper(args) => run_keeper(&args),
-        Command::AddUser(args) => admin(|config| users::add_user(config, &args)),
-        Command::RemoveUser(args) => admin(|config| users::remove_user(config, &args)),
-        Command::List(args) => admin(|config| list::run(config, &args)),
-        Command::Cleanup(args) => admin(|config| cleanup::run(config, &args)),
+        Command::Spawn(args) => run_spawn(&located, &args),
+        Command::Keeper(args) => run_keeper(&located, &args),
+        Command::AddUser(args) => admin(&located, |config| users::add_user(config, &args)),
+        Command::RemoveUser(args) => admin(&located, |config| users::remove_user(config, &args)),
+        Command::List(args) => admin(&located, |config| list::run(config, &args)),
+        Command::Cleanup(args) => admin(&located, |config| cleanup::run(config, &args)),
     }
 }
 
 /// auth-keys has no failure: whatever goes wrong, sshd gets no keys and falls through
 /// to its own authentication, and the reason goes to the service log.
-fn run_auth_keys(args: &cli::AuthKeysArgs) {
+fn run_auth_keys(located: &config::Located, args: &cli::AuthKeysArgs) {
     std::panic::set_hook(Box::new(|info| {
         log::error!("auth-keys failed: {info}");
         std::process::exit(0);
     }));
-    let Some(config) = service_config("auth-keys") else {
+    let Some(config) = service_config(located, "auth-keys") else {
         return;
     };
-    auth_keys::run(&config, args);
+    auth_keys::run(&config, located.moved(), args);
 }
 
 /// spawn: the command's exit code, or 125 and one line for the user.
-fn run_spawn(args: &cli::SpawnArgs) -> ExitCode {
+fn run_spawn(located: &config::Located, args: &cli::SpawnArgs) -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         log::error!("spawn failed: {info}");
         eprintln!("podspawn: internal error; tell your admin");
         std::process::exit(i32::from(error::EXIT_SPAWN_FAILURE));
     }));
-    let located = config::locate(privilege::has_borrowed_group());
     let result = config::load(&located.path)
         .map_err(spawn::SpawnError::Config)
         .and_then(|config| {
@@ -91,7 +97,7 @@ fn run_spawn(args: &cli::SpawnArgs) -> ExitCode {
             if let Some(ignored) = &located.ignored {
                 log::warn!("{ignored}");
             }
-            spawn::run(&config, args, honoured_config_path(&located))
+            spawn::run(&config, args, located.moved())
         });
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -104,12 +110,11 @@ fn run_spawn(args: &cli::SpawnArgs) -> ExitCode {
     }
 }
 
-fn run_keeper(args: &cli::KeeperArgs) -> ExitCode {
-    let located = config::locate(privilege::has_borrowed_group());
-    let Some(config) = service_config("keeper") else {
+fn run_keeper(located: &config::Located, args: &cli::KeeperArgs) -> ExitCode {
+    let Some(config) = service_config(located, "keeper") else {
         return ExitCode::from(error::EXIT_FAILURE);
     };
-    match keeper::run(&config, args, honoured_config_path(&located)) {
+    match keeper::run(&config, args, located.moved()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             log::error!("keeper of {}: {err}", args.user);
@@ -118,20 +123,16 @@ fn run_keeper(args: &cli::KeeperArgs) -> ExitCode {
     }
 }
 
-/// `PODSPAWN_CONFIG` as honoured, to hand on to the processes podspawn starts.
-fn honoured_config_path(located: &config::Located) -> Option<std::ffi::OsString> {
-    (located.path.as_os_str() != config::DEFAULT_PATH)
-        .then(|| located.path.clone().into_os_string())
-}
-
 /// The config for a command that logs to the service log, with logging set up; on
 /// a broken config, the reason goes to syslog and there is no config.
-fn service_config(command: &'static str) -> Option<config::ServerConfig> {
-    let located = config::locate(privilege::has_borrowed_group());
+fn service_config(
+    located: &config::Located,
+    command: &'static str,
+) -> Option<config::ServerConfig> {
     match config::load(&located.path) {
         Ok(config) => {
             logging::init_service(&config.log, command);
-            if let Some(ignored) = located.ignored {
+            if let Some(ignored) = &located.ignored {
                 log::warn!("{ignored}");
             }
             Some(config)
@@ -145,8 +146,10 @@ fn service_config(command: &'static str) -> Option<config::ServerConfig> {
 }
 
 /// Runs an admin command with the server config and stderr logging.
-fn admin(run: impl FnOnce(&config::ServerConfig) -> Result<(), Error>) -> ExitCode {
-    let located = config::locate(privilege::has_borrowed_group());
+fn admin(
+    located: &config::Located,
+    run: impl FnOnce(&config::ServerConfig) -> Result<(), Error>,
+) -> ExitCode {
     let result = config::load(&located.path)
         .map_err(Error::from)
         .and_then(|config| {

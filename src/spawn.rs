@@ -103,7 +103,7 @@ pub fn settings(config: &ServerConfig) -> Settings {
 pub fn run(
     config: &ServerConfig,
     args: &SpawnArgs,
-    config_path: Option<std::ffi::OsString>,
+    config_path: Option<&std::path::Path>,
 ) -> Result<i32, SpawnError> {
     let user = UserName::parse(&args.user).map_err(SpawnError::Name)?;
     let caller = accounts::caller().map_err(|err| SpawnError::Account(err.to_string()))?;
@@ -142,7 +142,9 @@ pub fn run(
         }
     };
     // Held until the connection ends: the relay lives exactly as long.
-    let _relay = match (&agent_dir, std::env::var_os("SSH_AUTH_SOCK")) {
+    let upstream_agent = std::env::var_os("SSH_AUTH_SOCK");
+    log::debug!("forwarded agent: {upstream_agent:?}");
+    let _relay = match (&agent_dir, upstream_agent) {
         (Some(dir), Some(upstream)) => match agent::Relay::start(dir, upstream.into()) {
             Ok(relay) => {
                 env.push((
@@ -178,7 +180,7 @@ pub fn run(
     let engine = DockerEngine::new(Docker::new(&config.docker), caller.uid);
     let mut sessions = Sessions::open(
         engine,
-        SystemHost::new(config_path),
+        SystemHost::new(config_path.map(std::path::Path::to_path_buf)),
         config.state.db_path.as_path(),
         config.state.lock_dir.as_path(),
     )?;

@@ -201,7 +201,7 @@ impl PublicKey {
         };
         format!(
             "command=\"{} spawn --user {user}\",restrict,pty,agent-forwarding,{forwarding} {}",
-            spawn.0.display(),
+            spawn.0,
             self.to_line()
         )
     }
@@ -262,35 +262,48 @@ impl fmt::Display for KeyError {
 
 impl std::error::Error for KeyError {}
 
-/// The absolute path of the podspawn binary that sshd will run as the forced command.
+/// The start of the forced command: the podspawn binary's absolute path, and
+/// `--config PATH` when the server config is not at its default place.
 ///
-/// sshd runs a forced command through the user's shell, so the path must be one
-/// shell word that needs no quoting, and it must not break out of `command="…"`.
+/// sshd runs a forced command through the user's shell, so each path must be one
+/// shell word that needs no quoting, and must not break out of `command="…"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpawnCommand(std::path::PathBuf);
+pub struct SpawnCommand(String);
 
 impl SpawnCommand {
-    pub fn new(path: &Path) -> Result<SpawnCommand, String> {
-        let text = path
+    pub fn new(binary: &Path, config: Option<&Path>) -> Result<SpawnCommand, String> {
+        let binary = binary
             .to_str()
             .ok_or("the podspawn path is not valid UTF-8")?;
         // After an upgrade replaced the binary, /proc/self/exe of a running old one
         // ends in " (deleted)"; the path itself is still the one to run.
-        let text = text.strip_suffix(" (deleted)").unwrap_or(text);
-        if !text.starts_with('/') {
-            return Err(format!("the podspawn path {text:?} is not absolute"));
+        let binary = binary.strip_suffix(" (deleted)").unwrap_or(binary);
+        let mut command = plain_path("podspawn path", binary)?.to_string();
+        if let Some(config) = config {
+            let config = config
+                .to_str()
+                .ok_or("the config path is not valid UTF-8")?;
+            command = format!("{command} --config {}", plain_path("config path", config)?);
         }
-        if let Some(bad) = text
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '+')))
-        {
-            return Err(format!(
-                "the podspawn path {text:?} contains {bad:?}, which cannot go into a forced command; \
-                 install podspawn at a plain path such as /usr/local/bin/podspawn"
-            ));
-        }
-        Ok(SpawnCommand(std::path::PathBuf::from(text)))
+        Ok(SpawnCommand(command))
     }
+}
+
+/// `path`, if it is absolute and needs no shell quoting.
+fn plain_path<'a>(what: &str, path: &'a str) -> Result<&'a str, String> {
+    if !path.starts_with('/') {
+        return Err(format!("the {what} {path:?} is not absolute"));
+    }
+    if let Some(bad) = path
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '+')))
+    {
+        return Err(format!(
+            "the {what} {path:?} contains {bad:?}, which cannot go into a forced command; \
+             use a plain path such as /usr/local/bin/podspawn"
+        ));
+    }
+    Ok(path)
 }
 
 /// The key type named inside a key blob (its first SSH string).
@@ -466,7 +479,7 @@ pub(crate) mod tests {
 
     #[test]
     fn authorized_line_wraps_the_key_in_the_forced_command() {
-        let spawn = SpawnCommand::new(Path::new("/usr/local/bin/podspawn")).unwrap();
+        let spawn = SpawnCommand::new(Path::new("/usr/local/bin/podspawn"), None).unwrap();
         let user = UserName::parse("alice").unwrap();
         let key = PublicKey::parse(ED25519).unwrap();
         assert_eq!(
@@ -488,14 +501,15 @@ pub(crate) mod tests {
 
     #[test]
     fn spawn_command_refuses_paths_a_shell_or_sshd_would_misread() {
-        assert!(SpawnCommand::new(Path::new("/opt/pod spawn/podspawn")).is_err());
-        assert!(SpawnCommand::new(Path::new("/opt/\"x/podspawn")).is_err());
-        assert!(SpawnCommand::new(Path::new("/opt/$(x)/podspawn")).is_err());
-        assert!(SpawnCommand::new(Path::new("relative/podspawn")).is_err());
-        let upgraded = SpawnCommand::new(Path::new("/usr/local/bin/podspawn (deleted)")).unwrap();
+        assert!(SpawnCommand::new(Path::new("/opt/pod spawn/podspawn"), None).is_err());
+        assert!(SpawnCommand::new(Path::new("/opt/\"x/podspawn"), None).is_err());
+        assert!(SpawnCommand::new(Path::new("/opt/$(x)/podspawn"), None).is_err());
+        assert!(SpawnCommand::new(Path::new("relative/podspawn"), None).is_err());
+        let upgraded =
+            SpawnCommand::new(Path::new("/usr/local/bin/podspawn (deleted)"), None).unwrap();
         assert_eq!(
             upgraded,
-            SpawnCommand::new(Path::new("/usr/local/bin/podspawn")).unwrap()
+            SpawnCommand::new(Path::new("/usr/local/bin/podspawn"), None).unwrap()
         );
     }
 

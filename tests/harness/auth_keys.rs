@@ -8,16 +8,18 @@ use crate::support::{
     ECDSA, ED25519, ED25519_OTHER, NOBODY, PODSPAWN, TestEnv, binary_for_others, body, is_root,
 };
 
-fn forced(user: &str, key: &str) -> String {
-    forced_by(&fs::canonicalize(PODSPAWN).unwrap(), user, key)
+fn forced(env: &TestEnv, user: &str, key: &str) -> String {
+    forced_by(env, &fs::canonicalize(PODSPAWN).unwrap(), user, key)
 }
 
 /// The line auth-keys prints, run from the binary at `exe`, for a user without a
 /// Unix account (whose address cannot be known: no TCP forwarding at all).
-fn forced_by(exe: &std::path::Path, user: &str, key: &str) -> String {
+/// The config is not at its default place, so the forced command names it.
+fn forced_by(env: &TestEnv, exe: &std::path::Path, user: &str, key: &str) -> String {
     format!(
-        "command=\"{} spawn --user {user}\",restrict,pty,agent-forwarding,X11-forwarding {key}\n",
-        exe.display()
+        "command=\"{} --config {} spawn --user {user}\",restrict,pty,agent-forwarding,X11-forwarding {key}\n",
+        exe.display(),
+        env.config_path().display()
     )
 }
 
@@ -36,7 +38,7 @@ fn a_registered_user_gets_one_forced_command_line_per_key() {
     env.podspawn(&["auth-keys", "alice"])
         .assert_success()
         .assert_stderr("")
-        .assert_stdout(&(forced("alice", ED25519) + &forced("alice", ECDSA)));
+        .assert_stdout(&(forced(&env, "alice", ED25519) + &forced(&env, "alice", ECDSA)));
 }
 
 #[test]
@@ -49,9 +51,10 @@ fn forwarding_is_allowed_only_to_the_users_own_container() {
     env.podspawn(&["auth-keys", "nobody"])
         .assert_success()
         .assert_stdout(&format!(
-            "command=\"{} spawn --user nobody\",restrict,pty,agent-forwarding,port-forwarding,\
-         X11-forwarding,permitopen=\"10.214.255.226:*\" {ED25519}\n",
-            exe.display()
+            "command=\"{} --config {} spawn --user nobody\",restrict,pty,agent-forwarding,\
+             port-forwarding,X11-forwarding,permitopen=\"10.214.255.226:*\" {ED25519}\n",
+            exe.display(),
+            env.config_path().display()
         ));
     // The pool is the config's.
     let config = fs::read_to_string(env.config_path()).unwrap();
@@ -67,12 +70,26 @@ fn forwarding_is_allowed_only_to_the_users_own_container() {
 }
 
 #[test]
+fn the_config_can_be_named_on_the_command_line() {
+    // As sshd runs it: a clean environment, the config named by --config.
+    let env = TestEnv::new();
+    registered(&env, "alice", &[ED25519]);
+    let config = env.config_path().display().to_string();
+    let run = env
+        .invoke(&["--config", &config, "auth-keys", "alice"])
+        .var("PODSPAWN_CONFIG", "")
+        .run();
+    run.assert_success()
+        .assert_stdout(&forced(&env, "alice", ED25519));
+}
+
+#[test]
 fn with_the_offered_key_only_that_key_is_printed() {
     let env = TestEnv::new();
     registered(&env, "alice", &[ED25519, ECDSA]);
     env.podspawn(&["auth-keys", "alice", "ecdsa-sha2-nistp256", body(ECDSA)])
         .assert_success()
-        .assert_stdout(&forced("alice", ECDSA));
+        .assert_stdout(&forced(&env, "alice", ECDSA));
     env.podspawn(&["auth-keys", "alice", "ssh-ed25519", body(ED25519_OTHER)])
         .assert_success()
         .assert_stdout("");
@@ -129,7 +146,7 @@ fn malformed_lines_are_skipped_and_logged_and_the_rest_still_work() {
     env.podspawn(&["auth-keys", "alice"])
         .assert_success()
         .assert_stderr("")
-        .assert_stdout(&(forced("alice", ED25519) + &forced("alice", ECDSA)));
+        .assert_stdout(&(forced(&env, "alice", ED25519) + &forced(&env, "alice", ECDSA)));
     let log = fs::read_to_string(env.log_path()).unwrap();
     assert!(
         log.contains("line 3: skipped: the key line carries authorized_keys options"),
@@ -188,7 +205,7 @@ fn runs_as_nobody_and_an_unreadable_key_file_gives_nothing() {
     env.podspawn_as(NOBODY, NOBODY, &["auth-keys", "alice"])
         .assert_success()
         .assert_stderr("")
-        .assert_stdout(&forced_by(&binary_for_others(), "alice", ED25519));
+        .assert_stdout(&forced_by(&env, &binary_for_others(), "alice", ED25519));
     fs::set_permissions(env.key_file("bob"), fs::Permissions::from_mode(0o600)).unwrap();
     env.podspawn_as(NOBODY, NOBODY, &["auth-keys", "bob"])
         .assert_success()
@@ -226,5 +243,5 @@ fn writes_only_key_lines_to_stdout_even_at_trace_level() {
     env.podspawn(&["auth-keys", "alice"])
         .assert_success()
         .assert_stderr("")
-        .assert_stdout(&forced("alice", ED25519));
+        .assert_stdout(&forced(&env, "alice", ED25519));
 }

@@ -184,19 +184,17 @@ fn cleanup_expires_sessions_whose_keeper_is_gone() {
         .assert_stdout("cleanup pass complete: grace_expired=1 lifetime_expired=0 orphans_removed=0 rows_dropped=0 networks_removed=0\n");
 }
 
-/// Kills the keepers started for this tree (found by their PODSPAWN_CONFIG).
+/// Kills the keepers started for this tree (found by the config on their command line).
 fn kill_keepers(env: &TestEnv) {
-    let marker = format!("PODSPAWN_CONFIG={}", env.config_path().display());
+    let config = env.config_path().display().to_string();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        let is_keeper = cmdline.split(|b| *b == 0).any(|arg| arg == b"keeper");
-        let ours = environ
-            .split(|b| *b == 0)
-            .any(|var| var == marker.as_bytes());
+        let mut args = cmdline.split(|b| *b == 0);
+        let is_keeper = args.clone().any(|arg| arg == b"keeper");
+        let ours = args.any(|arg| arg == config.as_bytes());
         if is_keeper && ours {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }

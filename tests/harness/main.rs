@@ -7,6 +7,7 @@ mod add_user;
 mod auth_keys;
 mod cli;
 mod config;
+mod e2e;
 mod fake_docker;
 mod list_cleanup;
 mod real_engine;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crate::support::{ED25519, PODSPAWN, testdata};
 
 /// Why the real-engine layer cannot run here, if it cannot.
-fn unavailable() -> Option<String> {
+pub fn unavailable() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root (they create Unix accounts)".into());
     }
@@ -37,7 +37,7 @@ fn unavailable() -> Option<String> {
 }
 
 /// The test image's tag, built once per test process if it is not there yet.
-fn image() -> &'static str {
+pub fn image() -> &'static str {
     static TAG: OnceLock<String> = OnceLock::new();
     TAG.get_or_init(|| {
         let output = Command::new(testdata("build-test-image"))
@@ -52,7 +52,7 @@ fn image() -> &'static str {
     })
 }
 
-fn docker_gid() -> u32 {
+pub fn docker_gid() -> u32 {
     let name = CString::new("docker").unwrap();
     let group = unsafe { libc::getgrnam(name.as_ptr()) };
     assert!(!group.is_null(), "there is no docker group");
@@ -467,16 +467,17 @@ fn a_terminated_connection_leaves_no_process_in_the_container() {
     );
 }
 
-/// A terminal session like sshd gives one: the pty slave is spawn's controlling
-/// terminal and all of its stdio; the test types into the master.
-struct Terminal {
+/// A terminal session: the pty slave is the command's controlling terminal and all
+/// of its stdio (as sshd gives spawn, or as a user's terminal gives ssh); the test
+/// types into the master.
+pub struct Terminal {
     master: std::os::fd::OwnedFd,
-    child: std::process::Child,
-    seen: String,
+    pub child: std::process::Child,
+    pub seen: String,
 }
 
 impl Terminal {
-    fn start(env: &RealEnv, rows: u16, cols: u16) -> Terminal {
+    pub fn start(mut command: Command, rows: u16, cols: u16) -> Terminal {
         use std::os::fd::{AsRawFd, FromRawFd};
         let (mut master, mut slave) = (0, 0);
         let size = libc::winsize {
@@ -499,7 +500,6 @@ impl Terminal {
         );
         let master = unsafe { std::os::fd::OwnedFd::from_raw_fd(master) };
         let slave = unsafe { std::os::fd::OwnedFd::from_raw_fd(slave) };
-        let mut command = env.spawn(None);
         command.env("TERM", "xterm");
         command.stdin(Stdio::from(slave.try_clone().unwrap()));
         command.stdout(Stdio::from(slave.try_clone().unwrap()));
@@ -522,7 +522,7 @@ impl Terminal {
         }
     }
 
-    fn type_text(&self, text: &str) {
+    pub fn type_text(&self, text: &str) {
         use std::os::fd::AsRawFd;
         let written =
             unsafe { libc::write(self.master.as_raw_fd(), text.as_ptr().cast(), text.len()) };
@@ -530,7 +530,7 @@ impl Terminal {
     }
 
     /// Reads until `needle` appears in the output; false after `timeout`.
-    fn expect(&mut self, needle: &str, timeout: Duration) -> bool {
+    pub fn expect(&mut self, needle: &str, timeout: Duration) -> bool {
         use std::os::fd::AsRawFd;
         let deadline = Instant::now() + timeout;
         while !self.seen.contains(needle) {
@@ -563,7 +563,7 @@ impl Terminal {
         true
     }
 
-    fn resize(&self, rows: u16, cols: u16) {
+    pub fn resize(&self, rows: u16, cols: u16) {
         use std::os::fd::AsRawFd;
         let size = libc::winsize {
             ws_row: rows,
@@ -581,14 +581,21 @@ impl Terminal {
 #[test]
 fn a_terminal_session_resizes_interrupts_and_returns_the_exit_code() {
     let env = real_env_or_skip!("60s");
-    let mut terminal = Terminal::start(&env, 24, 80);
+    let terminal = Terminal::start(env.spawn(None), 24, 80);
+    check_terminal_session(terminal, &|| env.log());
+}
+
+/// What a user does in a terminal session, checked step by step: a prompt, a real
+/// terminal of the right size, a resize that reaches the container, Ctrl-C that
+/// stops `sleep` but not the shell, and `exit 7` coming back as the exit code.
+pub fn check_terminal_session(mut terminal: Terminal, log: &dyn Fn() -> String) {
     let wait = Duration::from_secs(30);
     terminal.type_text("tty; stty size; echo ready-$((6*7))\n");
     assert!(
         terminal.expect("ready-42", wait),
         "no shell prompt:\n{}\n{}",
         terminal.seen,
-        env.log()
+        log()
     );
     assert!(
         terminal.seen.contains("/dev/pts/"),
@@ -611,7 +618,6 @@ fn a_terminal_session_resizes_interrupts_and_returns_the_exit_code() {
         terminal.seen
     );
 
-    // Ctrl-C stops `sleep` in the container; the shell (and podspawn) live on.
     terminal.type_text("sleep 100; echo slept\n");
     std::thread::sleep(Duration::from_millis(800));
     terminal.type_text("\x03");
@@ -631,10 +637,10 @@ fn a_terminal_session_resizes_interrupts_and_returns_the_exit_code() {
     assert_eq!(
         terminal.child.try_wait().unwrap(),
         None,
-        "podspawn died of Ctrl-C"
+        "the session died of Ctrl-C"
     );
 
     terminal.type_text("exit 7\n");
     let status = terminal.child.wait().unwrap();
-    assert_eq!(status.code(), Some(7), "{}", terminal.seen);
+    assert_eq!(status.code(), Some(7), "{}\n{}", terminal.seen, log());
 }

@@ -1,0 +1,110 @@
+//! Disconnects through a real sshd: the grace period with no cron, and clients that
+//! vanish (killed with and without a terminal) leaving nothing behind.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::real_engine::Terminal;
+
+#[test]
+fn after_the_last_disconnect_the_container_goes_within_the_grace_period() {
+    let server = crate::server_or_skip!("2s", 1);
+    let user = &server.users[0];
+    let output = server.run(user, "true");
+    assert!(output.status.success(), "{}", server.explain(&output));
+    let ended = Instant::now();
+    assert!(server.container_exists(user));
+    let gone = server.wait_until(Duration::from_secs(10), || !server.container_exists(user));
+    assert!(
+        gone.is_some(),
+        "the container outlived its grace period\n{}",
+        server.podspawn_log()
+    );
+    assert!(
+        ended.elapsed() >= Duration::from_secs(2),
+        "gone after {:?}",
+        ended.elapsed()
+    );
+    eprintln!(
+        "gone {:.1}s after the last disconnect (grace 2s)",
+        ended.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn a_client_killed_without_a_terminal_leaves_nothing_behind() {
+    let server = crate::server_or_skip!("3s", 1);
+    let user = &server.users[0];
+    let mut client = server
+        .ssh(user, &[], Some("sleep 300"))
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = server.wait_until(Duration::from_secs(30), || {
+        server
+            .user_processes(user)
+            .iter()
+            .any(|line| line.contains("sleep 300"))
+    });
+    assert!(
+        started.is_some(),
+        "the command never started\n{}",
+        server.podspawn_log()
+    );
+    client.kill().unwrap();
+    client.wait().unwrap();
+    // sshd sends no signal here: spawn notices that its stdout's reader is gone.
+    let cleared = server.wait_until(Duration::from_secs(10), || {
+        server.user_processes(user).is_empty()
+    });
+    assert!(
+        cleared.is_some(),
+        "left behind: {:?}\n{}",
+        server.user_processes(user),
+        server.podspawn_log()
+    );
+    let gone = server.wait_until(Duration::from_secs(15), || !server.container_exists(user));
+    assert!(
+        gone.is_some(),
+        "the container outlived its killed client\n{}",
+        server.podspawn_log()
+    );
+}
+
+#[test]
+fn a_terminal_session_dropped_by_sshd_leaves_nothing_behind() {
+    let server = crate::server_or_skip!("3s", 1);
+    let user = &server.users[0];
+    let mut terminal = Terminal::start(server.ssh(user, &["-tt"], None), 24, 80);
+    terminal.type_text("sleep 300\n");
+    let started = server.wait_until(Duration::from_secs(30), || {
+        server
+            .user_processes(user)
+            .iter()
+            .any(|line| line.contains("sleep 300"))
+    });
+    assert!(
+        started.is_some(),
+        "the command never started:\n{}\n{}",
+        terminal.seen,
+        server.podspawn_log()
+    );
+    // The client dies; sshd hangs up the terminal (SIGHUP to spawn).
+    terminal.child.kill().unwrap();
+    terminal.child.wait().unwrap();
+    let cleared = server.wait_until(Duration::from_secs(10), || {
+        server.user_processes(user).is_empty()
+    });
+    assert!(
+        cleared.is_some(),
+        "left behind: {:?}\n{}",
+        server.user_processes(user),
+        server.podspawn_log()
+    );
+    let gone = server.wait_until(Duration::from_secs(15), || !server.container_exists(user));
+    assert!(
+        gone.is_some(),
+        "the container outlived its dropped session\n{}",
+        server.podspawn_log()
+    );
+}
