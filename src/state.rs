@@ -21,6 +21,16 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use crate::config::SessionMode;
 use crate::process::ProcessId;
 
+/// How long a query waits for another process's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 /// Mode of the database file (WAL and shm files copy it). The state directory
 /// decides who may reach it: root and the docker group.
 pub const DB_FILE_MODE: u32 = 0o660;
@@ -151,18 +161,34 @@ impl State {
             source,
         };
         let connection = Connection::open(path).map_err(open_error)?;
-        connection
-            .busy_timeout(Duration::from_secs(10))
-            .map_err(open_error)?;
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_error)?;
-        connection
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(open_error)?;
+        connection.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
         let mut state = State { connection };
-        state.migrate(path)?;
-        Ok(state)
+        // Turning a brand-new database to WAL can answer "locked" at once, without
+        // the busy handler, while twenty first connections do the same: retry.
+        let started = std::time::Instant::now();
+        loop {
+            match state.prepare(path) {
+                Err(StateError::Query(err) | StateError::Open { source: err, .. })
+                    if is_busy(&err) && started.elapsed() < BUSY_TIMEOUT =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other.map(|()| state),
+            }
+        }
+    }
+
+    /// WAL mode (kept in the file once set), then the migrations.
+    fn prepare(&mut self, path: &Path) -> Result<(), StateError> {
+        let mode: String = self
+            .connection
+            .pragma_query_value(None, "journal_mode", |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            self.connection.pragma_update(None, "journal_mode", "WAL")?;
+        }
+        self.connection
+            .pragma_update(None, "synchronous", "NORMAL")?;
+        self.migrate(path)
     }
 
     fn migrate(&mut self, path: &Path) -> Result<(), StateError> {
@@ -483,6 +509,19 @@ pub(crate) mod tests {
         assert!(state.is_intact().unwrap());
         let mode = fs::metadata(temp.path()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, DB_FILE_MODE);
+    }
+
+    #[test]
+    fn many_first_opens_at_once_all_succeed() {
+        let temp = TempDb::new("concurrent");
+        let path = temp.path();
+        std::thread::scope(|scope| {
+            for _ in 0..16 {
+                let path = &path;
+                scope.spawn(move || State::open(path).unwrap());
+            }
+        });
+        assert!(State::open(&path).unwrap().is_intact().unwrap());
     }
 
     #[test]

@@ -132,7 +132,7 @@ impl TestEnv {
         let base = format!(
             "auth:\n  key_dir: {keys}\n  github_url: http://127.0.0.1:9\n\
              docker:\n  binary: {docker}\n\
-             state:\n  db_path: {state}/state.db\n  lock_dir: {state}/locks\n\
+             state:\n  db_path: {state}/state.db\n  lock_dir: {state}/locks\n  agent_dir: {state}/agents\n\
              log:\n  file: {log}\n  level: debug\n",
             keys = self.key_dir().display(),
             docker = self.path("bin/docker").display(),
