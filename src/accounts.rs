@@ -1,10 +1,16 @@
 //! Unix accounts on the host: who is calling, and the uid, gid and group a user has.
 //!
-//! Lookups go through libc (`getpwuid_r` and friends), so they see whatever the host's
-//! NSS sees. This module only reads; it never creates or changes an account.
+//! Read straight from /etc/passwd and /etc/group, not through NSS: the installed
+//! binary is linked statically, and a static glibc that asks NSS about a name the
+//! files do not know loads the host's NSS modules (libnss_systemd, …) and can crash.
+//! podspawn's users are local accounts — `add-user` creates them — so the files are
+//! the whole truth for them. This module only reads.
 
-use std::ffi::{CStr, CString};
 use std::fmt;
+use std::fs;
+
+const PASSWD: &str = "/etc/passwd";
+const GROUP: &str = "/etc/group";
 
 /// A host account as podspawn needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,101 +33,88 @@ impl fmt::Display for LookupError {
 
 impl std::error::Error for LookupError {}
 
+/// One line of /etc/passwd: (name, uid, gid).
+fn passwd_entries(text: &str) -> impl Iterator<Item = (&str, u32, u32)> {
+    text.lines().filter_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let _password = fields.next()?;
+        let uid = fields.next()?.parse().ok()?;
+        let gid = fields.next()?.parse().ok()?;
+        // NIS "+"/"-" lines are not accounts of their own.
+        (!name.is_empty() && !name.starts_with(['+', '-'])).then_some((name, uid, gid))
+    })
+}
+
+fn read(path: &str) -> Result<String, LookupError> {
+    fs::read_to_string(path).map_err(|err| LookupError(format!("cannot read {path}: {err}")))
+}
+
+fn account(name: &str, uid: u32, gid: u32) -> Result<Account, LookupError> {
+    Ok(Account {
+        name: name.to_string(),
+        uid,
+        gid,
+        group: group_name(gid)?.unwrap_or_else(|| gid.to_string()),
+    })
+}
+
 /// The account of the process's real uid.
 pub fn caller() -> Result<Account, LookupError> {
     let uid = unsafe { libc::getuid() };
-    by_uid(uid)?.ok_or_else(|| LookupError(format!("uid {uid} has no account")))
+    by_uid(uid)?.ok_or_else(|| LookupError(format!("uid {uid} has no account in {PASSWD}")))
 }
 
 pub fn by_uid(uid: u32) -> Result<Option<Account>, LookupError> {
-    lookup_passwd(&|entry, buffer: &mut Vec<libc::c_char>, result| unsafe {
-        libc::getpwuid_r(uid, entry, buffer.as_mut_ptr(), buffer.len(), result)
-    })
+    let text = read(PASSWD)?;
+    match passwd_entries(&text).find(|(_, entry_uid, _)| *entry_uid == uid) {
+        Some((name, uid, gid)) => account(name, uid, gid).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub fn by_name(name: &str) -> Result<Option<Account>, LookupError> {
+    let text = read(PASSWD)?;
+    match passwd_entries(&text).find(|(entry_name, _, _)| *entry_name == name) {
+        Some((name, uid, gid)) => account(name, uid, gid).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// The uid of account `name`, if it exists.
 pub fn uid_of(name: &str) -> Option<u32> {
-    let name = CString::new(name).ok()?;
-    lookup_passwd(&|entry, buffer: &mut Vec<libc::c_char>, result| unsafe {
-        libc::getpwnam_r(
-            name.as_ptr(),
-            entry,
-            buffer.as_mut_ptr(),
-            buffer.len(),
-            result,
-        )
-    })
-    .ok()
-    .flatten()
-    .map(|account| account.uid)
-}
-
-type PasswdCall<'a> =
-    dyn Fn(*mut libc::passwd, &mut Vec<libc::c_char>, *mut *mut libc::passwd) -> libc::c_int + 'a;
-
-fn lookup_passwd(call: &PasswdCall) -> Result<Option<Account>, LookupError> {
-    let mut buffer: Vec<libc::c_char> = vec![0; 1024];
-    loop {
-        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let status = call(&mut entry, &mut buffer, &mut result);
-        if status == libc::ERANGE && buffer.len() < 1 << 20 {
-            buffer.resize(buffer.len() * 2, 0);
-            continue;
-        }
-        if status != 0 {
-            return Err(LookupError(format!(
-                "account lookup failed: {}",
-                std::io::Error::from_raw_os_error(status)
-            )));
-        }
-        if result.is_null() {
-            return Ok(None);
-        }
-        let name = unsafe { CStr::from_ptr(entry.pw_name) }
-            .to_string_lossy()
-            .into_owned();
-        let gid = entry.pw_gid;
-        return Ok(Some(Account {
-            name,
-            uid: entry.pw_uid,
-            gid,
-            group: group_name(gid)?.unwrap_or_else(|| gid.to_string()),
-        }));
-    }
+    let text = read(PASSWD).ok()?;
+    passwd_entries(&text)
+        .find(|(entry_name, _, _)| *entry_name == name)
+        .map(|(_, uid, _)| uid)
 }
 
 /// The name of group `gid`, if it has one.
 pub fn group_name(gid: u32) -> Result<Option<String>, LookupError> {
-    let mut buffer: Vec<libc::c_char> = vec![0; 1024];
-    loop {
-        let mut entry: libc::group = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        let status = unsafe {
-            libc::getgrgid_r(
-                gid,
-                &mut entry,
-                buffer.as_mut_ptr(),
-                buffer.len(),
-                &mut result,
-            )
-        };
-        if status == libc::ERANGE && buffer.len() < 1 << 22 {
-            buffer.resize(buffer.len() * 2, 0);
-            continue;
-        }
-        if status != 0 {
-            return Err(LookupError(format!(
-                "group lookup failed: {}",
-                std::io::Error::from_raw_os_error(status)
-            )));
-        }
-        if result.is_null() {
-            return Ok(None);
-        }
-        let name = unsafe { CStr::from_ptr(entry.gr_name) };
-        return Ok(Some(name.to_string_lossy().into_owned()));
-    }
+    let text = read(GROUP)?;
+    Ok(text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let _password = fields.next()?;
+        let entry_gid: u32 = fields.next()?.parse().ok()?;
+        (entry_gid == gid && !name.is_empty()).then(|| name.to_string())
+    }))
+}
+
+/// The members listed for group `name` in /etc/group (not those for whom it is
+/// the primary group), or `None` when there is no such group.
+pub fn group_members(name: &str) -> Result<Option<Vec<String>>, LookupError> {
+    let text = read(GROUP)?;
+    Ok(text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() >= 4 && fields[0] == name).then(|| {
+            fields[3]
+                .split(',')
+                .filter(|member| !member.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+    }))
 }
 
 #[cfg(test)]
@@ -129,18 +122,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn passwd_lines_parse_and_odd_ones_are_skipped() {
+        let text = "root:x:0:0:root:/root:/bin/bash\n+nis::::::\nbroken\nalice:*:1001:1002::/h:/bin/sh\n:x:5:5::/:/bin/sh\n";
+        let entries: Vec<_> = passwd_entries(text).collect();
+        assert_eq!(entries, [("root", 0, 0), ("alice", 1001, 1002)]);
+    }
+
+    #[test]
     fn root_and_the_caller_resolve() {
         let root = by_uid(0).unwrap().expect("uid 0 exists");
         assert_eq!(root.name, "root");
         assert_eq!(root.gid, 0);
+        assert_eq!(root.group, "root");
+        assert_eq!(by_name("root").unwrap(), Some(root));
         assert_eq!(uid_of("root"), Some(0));
         let me = caller().unwrap();
         assert_eq!(me.uid, unsafe { libc::getuid() });
     }
 
     #[test]
-    fn unknown_accounts_are_none() {
+    fn unknown_accounts_are_none_without_asking_nss() {
         assert_eq!(by_uid(4_000_000_000).unwrap(), None);
         assert_eq!(uid_of("podspawn-no-such-user"), None);
+        assert_eq!(by_name("podspawn-no-such-user").unwrap(), None);
+        assert_eq!(group_members("podspawn-no-such-group").unwrap(), None);
     }
 }
