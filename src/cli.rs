@@ -26,6 +26,15 @@ pub enum Command {
     Keeper(KeeperArgs),
     List(ListArgs),
     Cleanup(CleanupArgs),
+    ServerSetup(ServerSetupArgs),
+}
+
+/// `server-setup [--sshd-config PATH] [--dry-run] [--no-reload]`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ServerSetupArgs {
+    pub sshd_config: PathBuf,
+    pub dry_run: bool,
+    pub no_reload: bool,
 }
 
 /// `list [--json]`.
@@ -112,6 +121,7 @@ podspawn — SSH in, get a container; exit, it's gone.
 Usage: podspawn [--config PATH] <command> [options]
 
 Admin commands (run as root):
+  server-setup        configure sshd and create podspawn's group, dirs and state
   add-user NAME       register NAME's SSH keys (--key, --key-file, --github)
   remove-user NAME    delete NAME's keys (--force: destroy their sessions too)
   list                show sessions and their live connections (--json)
@@ -193,6 +203,28 @@ podspawn's own failures exit 125 with one line on stderr; details go to log.file
 or syslog.
 ";
 
+const SERVER_SETUP_USAGE: &str = "\
+Usage: podspawn server-setup [--sshd-config PATH] [--dry-run] [--no-reload]
+
+Makes this host a podspawn server. It checks sshd_config with `sshd -t` first and
+refuses if sshd already has another AuthorizedKeysCommand; backs the file up to
+PATH.podspawn.bak; adds podspawn's lines (AuthorizedKeysCommand, AcceptEnv
+PODSPAWN_PROJECT LANG LC_*) before any Include or Match, and at the end a Match
+Group block that stops podspawn's users from reaching the host (Unix-socket,
+tunnel and remote forwarding, ~/.ssh/rc); checks again with `sshd -t`, restoring
+the original if sshd refuses; and reloads sshd (open sessions stay). Then it
+creates the podspawn group, the key, state, lock and agent directories with their
+owners and modes, the state database and a commented default config.
+
+Running it again changes nothing and says so.
+
+Options:
+  --sshd-config PATH  edit this file instead of /etc/ssh/sshd_config
+  --dry-run           print what would change, change nothing
+  --no-reload         do not reload sshd afterwards
+  -h, --help          print this help
+";
+
 const LIST_USAGE: &str = "\
 Usage: podspawn list [--json]
 
@@ -236,6 +268,7 @@ Prints the version and the commit it was built from.
 
 /// The subcommands, with their help, in the order `--help` lists them.
 const COMMANDS: &[(&str, &str)] = &[
+    ("server-setup", SERVER_SETUP_USAGE),
     ("add-user", ADD_USER_USAGE),
     ("remove-user", REMOVE_USER_USAGE),
     ("list", LIST_USAGE),
@@ -314,6 +347,7 @@ fn parse_command(name: &str, mut parser: lexopt::Parser) -> Result<Command, Usag
         "spawn" => parse_spawn(&mut parser),
         "keeper" => parse_keeper(&mut parser),
         "list" => parse_list(&mut parser),
+        "server-setup" => parse_server_setup(&mut parser),
         "cleanup" => parse_cleanup(&mut parser),
         "version" => parse_no_arguments(&mut parser, "version", VERSION_USAGE, Command::Version),
         "help" => parse_help(&mut parser),
@@ -477,6 +511,29 @@ fn parse_spawn(parser: &mut lexopt::Parser) -> Result<Command, UsageError> {
     }
     let user = user.ok_or_else(|| fail("missing --user NAME".to_string()))?;
     Ok(Command::Spawn(SpawnArgs { user }))
+}
+
+fn parse_server_setup(parser: &mut lexopt::Parser) -> Result<Command, UsageError> {
+    const COMMAND: &str = "server-setup";
+    let fail = usage(COMMAND);
+    let mut args = ServerSetupArgs {
+        sshd_config: PathBuf::from("/etc/ssh/sshd_config"),
+        dry_run: false,
+        no_reload: false,
+    };
+    while let Some(arg) = parser.next().map_err(|err| fail(err.to_string()))? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help(SERVER_SETUP_USAGE)),
+            Long("sshd-config") => {
+                args.sshd_config =
+                    PathBuf::from(parser.value().map_err(|err| fail(err.to_string()))?);
+            }
+            Long("dry-run") => args.dry_run = true,
+            Long("no-reload") => args.no_reload = true,
+            other => return Err(unexpected(COMMAND, other)),
+        }
+    }
+    Ok(Command::ServerSetup(args))
 }
 
 fn parse_list(parser: &mut lexopt::Parser) -> Result<Command, UsageError> {

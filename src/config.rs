@@ -41,6 +41,14 @@ pub struct AuthConfig {
     pub key_dir: AbsolutePath,
     /// Where `add-user --github LOGIN` fetches `<github_url>/LOGIN.keys`.
     pub github_url: String,
+    /// The group of podspawn's users; sshd's `Match Group` block restricts it.
+    pub group: GroupName,
+    /// The host home of accounts `add-user` creates: one empty root-owned directory
+    /// (they never run anything on the host, but sshd wants a home to chdir to).
+    pub home_dir: AbsolutePath,
+    /// Whether `add-user` creates a missing Unix account (and `remove-user` deletes
+    /// the ones it created). Off: accounts are managed elsewhere.
+    pub create_accounts: bool,
 }
 
 impl Default for AuthConfig {
@@ -48,6 +56,32 @@ impl Default for AuthConfig {
         AuthConfig {
             key_dir: AbsolutePath::from("/etc/podspawn/keys"),
             github_url: "https://github.com".to_string(),
+            group: GroupName("podspawn".to_string()),
+            home_dir: AbsolutePath::from("/var/lib/podspawn/home"),
+            create_accounts: true,
+        }
+    }
+}
+
+/// A group name as groupadd takes it and sshd's `Match Group` reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupName(pub String);
+
+impl<'de> Deserialize<'de> for GroupName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let valid = !text.is_empty()
+            && text.len() <= 32
+            && text.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && text
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if valid {
+            Ok(GroupName(text))
+        } else {
+            Err(de::Error::custom(format!(
+                "invalid group name {text:?} (lower-case letters, digits, '_' and '-')"
+            )))
         }
     }
 }
@@ -394,6 +428,44 @@ fn only_root_can_write(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The config `server-setup` writes when there is none: every key, commented out,
+/// at its default value.
+pub const COMMENTED_DEFAULT: &str = "\
+# podspawn server configuration. Every key is optional; each line below shows
+# the default. Durations: 90s, 5m, 8h, 1h30m. Sizes: 512m, 2g. Paths: absolute.
+#
+#auth:
+#  key_dir: /etc/podspawn/keys        # one file per user: <key_dir>/<user>
+#  github_url: https://github.com     # add-user --github fetches <github_url>/LOGIN.keys
+#  group: podspawn                    # podspawn's users; sshd's Match Group block
+#  home_dir: /var/lib/podspawn/home   # the (empty, root's) host home of created accounts
+#  create_accounts: true              # add-user makes missing Unix accounts
+#docker:
+#  binary: docker                     # or podman, or an absolute path
+#  config_dir: /etc/podspawn/docker   # DOCKER_CONFIG for every docker call
+#  # host: unix:///var/run/docker.sock  (DOCKER_HOST; unset = the CLI's default)
+#defaults:
+#  image: ubuntu:24.04
+#  shell: /bin/bash                   # /bin/sh where the image has no such shell
+#  cpus: 2
+#  memory: 2g
+#  pids_limit: 1024
+#session:
+#  grace_period: 60s
+#  max_lifetime: 8h
+#  mode: grace-period                 # grace-period | destroy-on-disconnect | persistent
+#state:
+#  db_path: /var/lib/podspawn/state.db
+#  lock_dir: /var/lib/podspawn/locks
+#  agent_dir: /var/lib/podspawn/agents
+#network:
+#  pool: 10.214.0.0/16                # a /28 per user, by uid
+#log:
+#  level: info                        # off | error | warn | info | debug | trace
+#  # file: /var/log/podspawn/podspawn.log  (unset = syslog)
+#  # audit_log: /var/log/podspawn/audit.jsonl
+";
+
 /// Why the config could not be used.
 #[derive(Debug)]
 pub enum ConfigError {
@@ -559,6 +631,29 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_default_config_is_the_defaults() {
+        // As written, it is all comments: every default.
+        assert_eq!(
+            parse(COMMENTED_DEFAULT).unwrap().auth.group,
+            GroupName("podspawn".into())
+        );
+        // Uncommented, it must parse to exactly the defaults.
+        let uncommented: String = COMMENTED_DEFAULT
+            .lines()
+            .filter(|line| {
+                line.starts_with('#')
+                    && !line.starts_with("# ")
+                    && !line.starts_with("#  #")
+                    && *line != "#"
+            })
+            .map(|line| format!("{}\n", &line[1..]))
+            .collect();
+        let config = parse(&uncommented).unwrap_or_else(|err| panic!("{err:?}\n{uncommented}"));
+        let defaults = ServerConfig::default();
+        assert_eq!(format!("{:?}", config), format!("{:?}", defaults));
+    }
+
+    #[test]
     fn defaults_match_the_documented_values() {
         let config = ServerConfig::default();
         assert_eq!(config.docker.binary, "docker");
@@ -586,6 +681,8 @@ mod tests {
 auth:
   key_dir: /srv/keys
   github_url: http://127.0.0.1:8080
+  group: devs
+  home_dir: /srv/home
 docker:
   binary: /usr/bin/podman
   host: unix:///run/podman.sock
@@ -612,6 +709,8 @@ log:
         let config = parse(text).unwrap();
         assert_eq!(config.auth.key_dir.as_path(), Path::new("/srv/keys"));
         assert_eq!(config.auth.github_url, "http://127.0.0.1:8080");
+        assert_eq!(config.auth.group, GroupName("devs".into()));
+        assert_eq!(config.auth.home_dir.as_path(), Path::new("/srv/home"));
         assert_eq!(config.docker.binary, "/usr/bin/podman");
         assert_eq!(
             config.docker.host.as_deref(),

@@ -23,9 +23,12 @@ mod network;
 mod privilege;
 mod process;
 mod router;
+mod server_setup;
 mod session;
 mod spawn;
+mod sshd_config;
 mod state;
+mod system;
 mod users;
 
 use std::io::Write;
@@ -67,6 +70,9 @@ fn main() -> ExitCode {
         Command::RemoveUser(args) => admin(&located, |config| users::remove_user(config, &args)),
         Command::List(args) => admin(&located, |config| list::run(config, &args)),
         Command::Cleanup(args) => admin(&located, |config| cleanup::run(config, &args)),
+        Command::ServerSetup(args) => admin(&located, |config| {
+            server_setup::run(config, &located, &args)
+        }),
     }
 }
 

@@ -13,17 +13,32 @@ use crate::keys::store::{KeyStore, StoreError};
 use crate::keys::{UserName, import};
 use crate::privilege;
 use crate::session::Sessions;
+use crate::system;
 
 pub fn add_user(config: &ServerConfig, args: &AddUserArgs) -> Result<(), Error> {
     let user = UserName::parse(&args.name)?;
     let store = KeyStore::new(config.auth.key_dir.as_path());
     privilege::require_admin("add-user", store.dir())?;
-    let uid = accounts::uid_of(user.as_str());
-    if let Some(uid) = uid {
-        refuse_network_collision(config, &store, &user, uid)?;
-    }
+    // Every key is read and checked before anything changes.
     let keys = import::collect(&args.sources, &config.auth.github_url)?;
-    let outcome = store.add(&user, &keys)?;
+    let created = ensure_account(config, &store, &user)?;
+    let uid = accounts::uid_of(user.as_str());
+    let result = uid
+        .map_or(Ok(()), |uid| {
+            refuse_network_collision(config, &store, &user, uid)
+        })
+        .and_then(|()| store.add(&user, &keys).map_err(Error::from));
+    let outcome = match result {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            // Nothing half-done: an account made for this registration goes again.
+            if created {
+                let _ = system::userdel(user.as_str());
+                let _ = store.set_created_account(&user, false);
+            }
+            return Err(err);
+        }
+    };
     if outcome.already_present > 0 {
         log::info!(
             "{} key(s) already registered for {user}",
@@ -46,6 +61,57 @@ pub fn add_user(config: &ServerConfig, args: &AddUserArgs) -> Result<(), Error> 
     }
     println!("added {} key(s) for {user}", outcome.added);
     Ok(())
+}
+
+/// Makes sure `user` has a Unix account in podspawn's group: creates it when it is
+/// missing (and `auth.create_accounts` is on), recording that podspawn made it.
+/// Returns whether it was created now.
+fn ensure_account(config: &ServerConfig, store: &KeyStore, user: &UserName) -> Result<bool, Error> {
+    let group = config.auth.group.0.as_str();
+    let group_exists = accounts::group_members(group).ok().flatten();
+    match accounts::by_name(user.as_str()).map_err(|err| Error::Refused(err.to_string()))? {
+        Some(account) if account.uid == 0 => Err(Error::Refused(format!(
+            "{user} has uid 0: a root account cannot be a podspawn user"
+        ))),
+        Some(_) => {
+            match group_exists {
+                Some(members)
+                    if !members.iter().any(|member| member == user.as_str())
+                        && privilege::is_root() =>
+                {
+                    system::add_to_group(user.as_str(), group)
+                        .map_err(|err| Error::Refused(err.to_string()))?;
+                    log::info!("added the account {user} to group {group}");
+                }
+                None => log::warn!("group {group} does not exist; run podspawn server-setup"),
+                _ => {}
+            }
+            Ok(false)
+        }
+        None if !config.auth.create_accounts => Ok(false),
+        None => {
+            if !privilege::is_root() {
+                return Err(Error::NotPermitted(format!(
+                    "{user} has no Unix account, and creating one needs root"
+                )));
+            }
+            if group_exists.is_none() {
+                return Err(Error::Refused(format!(
+                    "group {group} does not exist; run podspawn server-setup first"
+                )));
+            }
+            system::useradd(user.as_str(), config.auth.home_dir.as_path(), group)
+                .map_err(|err| Error::Refused(err.to_string()))?;
+            if let Err(err) = store.set_created_account(user, true) {
+                let _ = system::userdel(user.as_str());
+                return Err(err.into());
+            }
+            log::info!(
+                "created the Unix account {user} (key login only, shell /bin/sh, group {group})"
+            );
+            Ok(true)
+        }
+    }
 }
 
 /// Two users whose uids share a network slot would get overlapping networks.
@@ -114,6 +180,9 @@ pub fn remove_user(config: &ServerConfig, args: &RemoveUserArgs) -> Result<(), E
     if let Err(err) = Docker::new(&config.docker).remove_network(&network) {
         log::warn!("network {network} not removed: {err}");
     }
+    if store.created_accounts()?.contains(&user) {
+        delete_account(&store, &user)?;
+    }
     let agent_dir = config.state.agent_dir.as_path().join(user.as_str());
     if agent_dir.exists()
         && let Err(err) = std::fs::remove_dir_all(&agent_dir)
@@ -122,4 +191,30 @@ pub fn remove_user(config: &ServerConfig, args: &RemoveUserArgs) -> Result<(), E
     }
     println!("removed user {user} ({destroyed} session(s) destroyed)");
     Ok(())
+}
+
+/// Deletes an account podspawn created. Its last processes (a keeper noticing that
+/// its session is gone) may take a moment to exit; userdel refuses until then.
+fn delete_account(store: &KeyStore, user: &UserName) -> Result<(), Error> {
+    let mut last = None;
+    for _ in 0..30 {
+        if accounts::uid_of(user.as_str()).is_none() {
+            // Deleted by hand already.
+            store.set_created_account(user, false)?;
+            return Ok(());
+        }
+        match system::userdel(user.as_str()) {
+            Ok(()) => {
+                store.set_created_account(user, false)?;
+                log::info!("deleted the Unix account {user}, which podspawn had created");
+                return Ok(());
+            }
+            Err(err) => last = Some(err),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    Err(Error::Refused(format!(
+        "{user}'s keys are removed, but not the account: {}",
+        last.expect("userdel was tried")
+    )))
 }

@@ -287,6 +287,10 @@ impl SpawnCommand {
         }
         Ok(SpawnCommand(command))
     }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// `path`, if it is absolute and needs no shell quoting.

@@ -19,6 +19,9 @@ use super::{KeyError, PublicKey, UserName};
 pub const KEY_FILE_MODE: u32 = 0o644;
 /// Mode of the key directory.
 pub const KEY_DIR_MODE: u32 = 0o755;
+/// The list of accounts podspawn created, beside the key files (no user name starts
+/// with '.', so it is never taken for one).
+const CREATED_ACCOUNTS: &str = ".created-accounts";
 /// A key file larger than this is refused: nobody has a megabyte of public keys.
 const MAX_KEY_FILE: u64 = 1024 * 1024;
 
@@ -182,6 +185,29 @@ impl KeyStore {
         Ok(users)
     }
 
+    /// The accounts podspawn created (so `remove-user` deletes only those).
+    pub fn created_accounts(&self) -> Result<Vec<UserName>, StoreError> {
+        let path = self.dir.join(CREATED_ACCOUNTS);
+        let text = read_trusted(&path)?.unwrap_or_default();
+        Ok(text
+            .lines()
+            .filter_map(|line| UserName::parse(line.trim()).ok())
+            .collect())
+    }
+
+    /// Records (`true`) or forgets (`false`) that podspawn created `user`'s account.
+    pub fn set_created_account(&self, user: &UserName, created: bool) -> Result<(), StoreError> {
+        self.create_dir()?;
+        let _lock = DirLock::exclusive(&self.dir)?;
+        let mut users = self.created_accounts()?;
+        users.retain(|other| other != user);
+        if created {
+            users.push(user.clone());
+        }
+        let text: String = users.iter().map(|user| format!("{user}\n")).collect();
+        self.write_file(CREATED_ACCOUNTS, &text)
+    }
+
     /// Deletes the user's key file; after this, sshd gets no keys for them.
     pub fn remove(&self, user: &UserName) -> Result<(), StoreError> {
         let path = self.path(user);
@@ -218,9 +244,14 @@ impl KeyStore {
 
     /// Writes `content` as the user's key file, atomically.
     fn replace(&self, user: &UserName, content: &str) -> Result<(), StoreError> {
-        let path = self.path(user);
-        // Names never start with '.', so no reader ever takes this for a user's file.
-        let temporary = self.dir.join(format!(".{user}.new"));
+        self.write_file(user.as_str(), content)
+    }
+
+    /// Writes `content` as `<dir>/<name>`, atomically (the lock is the caller's).
+    fn write_file(&self, name: &str, content: &str) -> Result<(), StoreError> {
+        let path = self.dir.join(name);
+        // User names never start with '.', so no reader takes this for a user's file.
+        let temporary = self.dir.join(format!(".{name}.new"));
         let write = || -> io::Result<()> {
             let mut file = OpenOptions::new()
                 .write(true)
@@ -510,6 +541,15 @@ mod tests {
         let store = KeyStore::new(&temp.0);
         store.add(&alice(), &[key(ED25519)]).unwrap();
         assert_eq!(store.users().unwrap(), [alice()]);
+        store.set_created_account(&alice(), true).unwrap();
+        assert_eq!(store.created_accounts().unwrap(), [alice()]);
+        assert_eq!(
+            store.users().unwrap(),
+            [alice()],
+            "the record is not a user"
+        );
+        store.set_created_account(&alice(), false).unwrap();
+        assert!(store.created_accounts().unwrap().is_empty());
         store.remove(&alice()).unwrap();
         assert!(store.read(&alice()).unwrap().is_none());
         assert!(store.users().unwrap().is_empty());

@@ -175,7 +175,7 @@ fn github_keys_are_fetched_once_and_stored() {
         &format!("{ED25519}\n{ECDSA}\n"),
     )]);
     env.write_config_text(&format!(
-        "auth:\n  key_dir: {}\n  github_url: {}/\n",
+        "auth:\n  key_dir: {}\n  github_url: {}/\n  create_accounts: false\n",
         env.key_dir().display(),
         server.base_url
     ));
@@ -194,7 +194,7 @@ fn github_keys_are_fetched_once_and_stored() {
 fn github_env(server: &HttpServer) -> TestEnv {
     let env = TestEnv::new();
     env.write_config_text(&format!(
-        "auth:\n  key_dir: {}\n  github_url: {}\n",
+        "auth:\n  key_dir: {}\n  github_url: {}\n  create_accounts: false\n",
         env.key_dir().display(),
         server.base_url
     ));

@@ -4,6 +4,7 @@ use crate::support::TestEnv;
 
 /// The subcommands that work today; `--help` must list exactly these.
 const COMMANDS: &[&str] = &[
+    "server-setup",
     "add-user",
     "remove-user",
     "list",

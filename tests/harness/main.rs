@@ -12,4 +12,5 @@ mod fake_docker;
 mod list_cleanup;
 mod real_engine;
 mod remove_user;
+mod server_setup;
 mod spawn;

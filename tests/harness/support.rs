@@ -130,7 +130,7 @@ impl TestEnv {
     /// sections that are not in the base).
     pub fn write_config(&self, extra: &str) {
         let base = format!(
-            "auth:\n  key_dir: {keys}\n  github_url: http://127.0.0.1:9\n\
+            "auth:\n  key_dir: {keys}\n  github_url: http://127.0.0.1:9\n  create_accounts: false\n\
              docker:\n  binary: {docker}\n\
              state:\n  db_path: {state}/state.db\n  lock_dir: {state}/locks\n  agent_dir: {state}/agents\n\
              log:\n  file: {log}\n  level: debug\n",
@@ -303,8 +303,17 @@ pub struct Rule(String);
 impl Rule {
     /// A docker call whose argv matches `patterns` (shell wildcards, final "**").
     pub fn docker(patterns: &[&str]) -> Rule {
+        Rule::program("docker", patterns)
+    }
+
+    /// A call of another faked program (see `TestEnv::fake_program`).
+    pub fn program(program: &str, patterns: &[&str]) -> Rule {
         let items: Vec<String> = patterns.iter().map(|p| json_string(p)).collect();
-        Rule(format!("{{\"argv\": [{}]}}", items.join(", ")))
+        Rule(format!(
+            "{{\"program\": {}, \"argv\": [{}]}}",
+            json_string(program),
+            items.join(", ")
+        ))
     }
 
     fn with(self, key: &str, value: String) -> Rule {

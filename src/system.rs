@@ -1,0 +1,159 @@
+//! The host's own admin tools, as podspawn's admin commands run them: `sshd -t` and
+//! `sshd -T`, `groupadd`, `useradd`, `usermod`, `userdel`, and the reload of sshd.
+//! Like `docker`, every call is an argv vector, never a shell string, and a failure
+//! carries the argv, the status and the tool's stderr.
+
+use std::fmt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+#[derive(Debug)]
+pub struct ToolError {
+    pub argv: Vec<String>,
+    pub detail: String,
+}
+
+impl fmt::Display for ToolError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "`{}` failed: {}", self.argv.join(" "), self.detail)
+    }
+}
+
+impl std::error::Error for ToolError {}
+
+/// Runs a tool to completion; its stderr (folded to one line) on failure.
+fn run(program: &str, args: &[&str]) -> Result<String, ToolError> {
+    let argv: Vec<String> = std::iter::once(program.to_string())
+        .chain(args.iter().map(|arg| arg.to_string()))
+        .collect();
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|err| ToolError {
+            argv: argv.clone(),
+            detail: err.to_string(),
+        })?;
+    if output.status.success() {
+        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    Err(ToolError {
+        argv,
+        detail: if stderr.is_empty() {
+            output.status.to_string()
+        } else {
+            stderr
+        },
+    })
+}
+
+/// An admin tool as found on PATH, else in /usr/sbin or /sbin (where Debian keeps
+/// sshd, groupadd and useradd, and where `sudo` without a login shell may not look).
+fn tool(name: &str) -> String {
+    let from_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    });
+    from_path
+        .or_else(|| {
+            ["/usr/sbin", "/sbin"]
+                .iter()
+                .map(|dir| Path::new(dir).join(name))
+                .find(|candidate| candidate.is_file())
+        })
+        .map(|path| path.display().to_string())
+        .unwrap_or_else(|| name.to_string())
+}
+
+fn sshd() -> String {
+    tool("sshd")
+}
+
+/// `sshd -t -f CONFIG`: does sshd accept this config?
+pub fn sshd_test(config: &Path) -> Result<(), ToolError> {
+    run(&sshd(), &["-t", "-f", &config.display().to_string()]).map(|_| ())
+}
+
+/// The value sshd would use for `keyword` (lower-case), from `sshd -T -f CONFIG`.
+pub fn sshd_setting(config: &Path, keyword: &str) -> Result<Option<String>, ToolError> {
+    let dump = run(&sshd(), &["-T", "-f", &config.display().to_string()])?;
+    Ok(dump.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == keyword).then(|| value.to_string())
+    }))
+}
+
+/// Reloads the running sshd: systemd's `reload` where systemd runs, else SIGHUP to
+/// the pid in sshd's pid file. Returns what it did, for the admin.
+pub fn reload_sshd(config: &Path) -> Result<String, ToolError> {
+    if Path::new("/run/systemd/system").is_dir() {
+        // Debian and Ubuntu call the unit "ssh", most others "sshd".
+        let mut last = None;
+        for unit in ["ssh", "sshd"] {
+            match run(&tool("systemctl"), &["reload", unit]) {
+                Ok(_) => return Ok(format!("reloaded {unit}")),
+                Err(err) => last = Some(err),
+            }
+        }
+        return Err(last.expect("two units were tried"));
+    }
+    let pid_file = sshd_setting(config, "pidfile")?.unwrap_or_else(|| "/run/sshd.pid".to_string());
+    let failure = |detail: String| ToolError {
+        argv: vec!["kill".into(), "-HUP".into(), format!("$(cat {pid_file})")],
+        detail,
+    };
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .map_err(|err| failure(format!("{pid_file}: {err} (is sshd running?)")))?
+        .trim()
+        .parse()
+        .map_err(|_| failure(format!("{pid_file} holds no pid")))?;
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        return Err(failure(std::io::Error::last_os_error().to_string()));
+    }
+    Ok(format!("reloaded sshd (SIGHUP to pid {pid})"))
+}
+
+/// Creates a system group.
+pub fn groupadd(group: &str) -> Result<(), ToolError> {
+    run(&tool("groupadd"), &["--system", group]).map(|_| ())
+}
+
+/// Creates a podspawn account: no usable password but not locked (`*`: with
+/// `UsePAM no`, sshd refuses a locked account even with a valid key), login shell
+/// /bin/sh (sshd runs the forced command through it), a shared root-owned home,
+/// its own group, and member of podspawn's group.
+pub fn useradd(user: &str, home: &Path, group: &str) -> Result<(), ToolError> {
+    let home = home.display().to_string();
+    run(
+        &tool("useradd"),
+        &[
+            "--no-create-home",
+            "--home-dir",
+            &home,
+            "--shell",
+            "/bin/sh",
+            "--user-group",
+            "--groups",
+            group,
+            "--password",
+            "*",
+            user,
+        ],
+    )
+    .map(|_| ())
+}
+
+/// Adds an existing account to a group.
+pub fn add_to_group(user: &str, group: &str) -> Result<(), ToolError> {
+    run(&tool("usermod"), &["--append", "--groups", group, user]).map(|_| ())
+}
+
+/// Deletes an account (its shared home stays: it is not the account's).
+pub fn userdel(user: &str) -> Result<(), ToolError> {
+    run(&tool("userdel"), &[user]).map(|_| ())
+}
