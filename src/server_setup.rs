@@ -384,12 +384,12 @@ fn create_database(config: &ServerConfig, docker_gid: u32) -> Result<bool, Error
 }
 
 fn write_default_config(path: &Path) -> Result<(), Error> {
-    if let Some(parent) = path.parent() {
-        if !parent.exists() {
-            fs::create_dir_all(parent).map_err(|err| io_refusal(parent, "create", err))?;
-            fs::set_permissions(parent, fs::Permissions::from_mode(0o755))
-                .map_err(|err| io_refusal(parent, "chmod", err))?;
-        }
+    if let Some(parent) = path.parent()
+        && !parent.exists()
+    {
+        fs::create_dir_all(parent).map_err(|err| io_refusal(parent, "create", err))?;
+        fs::set_permissions(parent, fs::Permissions::from_mode(0o755))
+            .map_err(|err| io_refusal(parent, "chmod", err))?;
     }
     write_atomically(path, COMMENTED_DEFAULT.as_bytes(), 0o644)
         .map_err(|err| io_refusal(path, "write", err))

@@ -11,6 +11,7 @@
 
 mod forwarding;
 mod lifecycle;
+mod privilege;
 mod sessions;
 mod transfer;
 
@@ -50,12 +51,15 @@ pub fn skip_reason() -> Option<String> {
 #[macro_export]
 macro_rules! server_or_skip {
     ($grace:expr, $users:expr) => {
+        $crate::server_or_skip!($grace, $users, false)
+    };
+    ($grace:expr, $users:expr, $use_pam:expr) => {
         match $crate::e2e::skip_reason() {
             Some(reason) => {
                 eprintln!("end-to-end test skipped: {reason}");
                 return;
             }
-            None => $crate::e2e::Server::start($grace, $users),
+            None => $crate::e2e::Server::start($grace, $users, $use_pam),
         }
     };
 }
@@ -78,6 +82,8 @@ pub struct Server {
     pub root: PathBuf,
     pub port: u16,
     sshd: Option<Child>,
+    /// The group of this server's podspawn users (server-setup makes it).
+    pub group: String,
     /// Registered with podspawn.
     pub users: Vec<Account>,
     /// An ordinary account that logs in with its own ~/.ssh/authorized_keys.
@@ -103,28 +109,23 @@ fn free_port() -> u16 {
 
 impl Server {
     /// A server whose podspawn users are `users` new accounts (plus one ordinary,
-    /// unregistered account), with `grace_period: grace`.
-    pub fn start(grace: &str, users: usize) -> Server {
+    /// unregistered account), with `grace_period: grace`, and sshd's `UsePAM`.
+    pub fn start(grace: &str, users: usize, use_pam: bool) -> Server {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{}x{n}", std::process::id());
         let root = PathBuf::from(format!("/var/lib/podspawn-e2e-{tag}"));
         let _ = fs::remove_dir_all(&root);
-        for (dir, mode) in [
-            ("", 0o755),
-            ("bin", 0o755),
-            ("keys", 0o755),
-            ("state", 0o2770),
-            ("client", 0o700),
-            ("home", 0o755),
-        ] {
+        // Only what server-setup does not make: the binary's place and the client's.
+        for (dir, mode) in [("", 0o755), ("bin", 0o755), ("client", 0o700)] {
             fs::create_dir_all(root.join(dir)).unwrap();
             fs::set_permissions(root.join(dir), fs::Permissions::from_mode(mode)).unwrap();
         }
         let mut server = Server {
             root,
-            port: 0,
+            port: free_port(),
             sshd: None,
+            group: format!("psg{tag}"),
             users: Vec::new(),
             plain: Account {
                 name: String::new(),
@@ -132,30 +133,34 @@ impl Server {
                 key: PathBuf::new(),
             },
         };
-        server.install(grace);
+        server.install(grace, use_pam);
+        server.server_setup();
         for index in 0..users {
-            let account = server.account(&format!("pse{tag}u{index}"), false);
-            server.register(&account);
+            let account = server.register(&format!("pse{tag}u{index}"));
             server.users.push(account);
         }
-        server.plain = server.account(&format!("pse{tag}p"), true);
+        server.plain = server.plain_account(&format!("pse{tag}p"));
         server.start_sshd();
         server
     }
 
-    fn install(&self, grace: &str) {
+    /// podspawn installed as production installs it (`root:docker 2755`), its
+    /// config, and the base of an sshd_config: what any sshd of this test needs,
+    /// with nothing of podspawn's yet.
+    fn install(&self, grace: &str, use_pam: bool) {
         let docker = docker_gid();
-        std::os::unix::fs::chown(self.root.join("state"), Some(0), Some(docker)).unwrap();
         let binary = self.root.join("bin/podspawn");
         fs::copy(PODSPAWN, &binary).unwrap();
         std::os::unix::fs::chown(&binary, Some(0), Some(docker)).unwrap();
         fs::set_permissions(&binary, fs::Permissions::from_mode(0o2755)).unwrap();
         let config = format!(
-            "auth:\n  key_dir: {root}/keys\ndefaults:\n  image: {image}\n  memory: 1g\n\
+            "auth:\n  key_dir: {root}/keys\n  group: {group}\n  home_dir: {root}/home\n\
+             defaults:\n  image: {image}\n  memory: 1g\n\
              session:\n  grace_period: {grace}\n\
              state:\n  db_path: {root}/state/state.db\n  lock_dir: {root}/state/locks\n  agent_dir: {root}/state/agents\n\
              log:\n  file: {root}/state/podspawn.log\n  level: debug\n",
             root = self.root.display(),
+            group = self.group,
             image = image(),
         );
         fs::write(self.root.join("config.yaml"), config).unwrap();
@@ -169,33 +174,33 @@ impl Server {
             "ssh-keygen",
             &["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()]
         ));
+        let sshd_config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {root}/ssh_host_ed25519_key\n\
+             PidFile {root}/sshd.pid\nUsePAM {pam}\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nAuthorizedKeysFile .ssh/authorized_keys\n\
+             Subsystem sftp internal-sftp\nAcceptEnv LANG LC_*\nX11Forwarding yes\n\
+             AllowAgentForwarding yes\nAllowTcpForwarding yes\nLogLevel VERBOSE\n",
+            port = self.port,
+            root = self.root.display(),
+            pam = if use_pam { "yes" } else { "no" },
+        );
+        fs::write(self.root.join("sshd_config"), sshd_config).unwrap();
     }
 
-    /// A Unix account with a client key; `plain` ones get a home and authorize the
-    /// key in ~/.ssh/authorized_keys, as any ordinary user would.
-    fn account(&self, name: &str, plain: bool) -> Account {
-        // podspawn users need no home of their own on the host, but sshd complains
-        // on the session's stderr when it cannot chdir to one: give them an empty,
-        // root-owned directory.
-        let home = self.root.join("home").display().to_string();
-        let mut args = vec!["--shell", "/bin/sh", "--user-group"];
-        if plain {
-            args.push("--create-home");
-        } else {
-            args.extend(["--no-create-home", "--home-dir", &home]);
-        }
-        args.push(name);
-        let created = (0..5).any(|attempt| {
-            std::thread::sleep(Duration::from_millis(200 * attempt));
-            run_quietly("useradd", &args)
-        });
-        assert!(created, "useradd {name} failed");
-        // `*`: no password, but not locked (sshd refuses locked accounts' keys).
-        assert!(run_quietly("usermod", &["-p", "*", name]));
-        let c_name = CString::new(name).unwrap();
-        let entry = unsafe { libc::getpwnam(c_name.as_ptr()) };
-        assert!(!entry.is_null());
-        let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
+    /// `podspawn server-setup --sshd-config` on this test's sshd_config: the real
+    /// path an admin takes, and what the end-to-end tests run on.
+    fn server_setup(&self) {
+        let sshd_config = self.root.join("sshd_config").display().to_string();
+        let output = self.podspawn(&["server-setup", "--sshd-config", &sshd_config, "--no-reload"]);
+        assert!(
+            output.status.success(),
+            "server-setup: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn client_key(&self, name: &str) -> PathBuf {
         let key = self.root.join("client").join(name);
         assert!(run_quietly(
             "ssh-keygen",
@@ -211,35 +216,67 @@ impl Server {
                 key.to_str().unwrap()
             ]
         ));
-        if plain {
-            let ssh_dir = PathBuf::from(format!("/home/{name}/.ssh"));
-            fs::create_dir_all(&ssh_dir).unwrap();
-            fs::copy(key.with_extension("pub"), ssh_dir.join("authorized_keys")).unwrap();
-            fs::set_permissions(&ssh_dir, fs::Permissions::from_mode(0o700)).unwrap();
-            for path in [ssh_dir.clone(), ssh_dir.join("authorized_keys")] {
-                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
-            }
-        }
-        Account {
-            name: name.to_string(),
-            uid,
-            key,
-        }
+        key
     }
 
-    /// `podspawn add-user NAME --key-file KEY.pub`, as an admin would.
-    fn register(&self, account: &Account) {
+    fn account_ids(name: &str) -> u32 {
+        let c_name = CString::new(name).unwrap();
+        let entry = unsafe { libc::getpwnam(c_name.as_ptr()) };
+        assert!(!entry.is_null(), "no account {name}");
+        unsafe { (*entry).pw_uid }
+    }
+
+    /// `podspawn add-user NAME --key-file KEY.pub`, as an admin would: it creates
+    /// the Unix account too.
+    fn register(&self, name: &str) -> Account {
+        let key = self.client_key(name);
         let output = self.podspawn(&[
             "add-user",
-            &account.name,
+            name,
             "--key-file",
-            account.key.with_extension("pub").to_str().unwrap(),
+            key.with_extension("pub").to_str().unwrap(),
         ]);
         assert!(
             output.status.success(),
             "add-user: {}",
             String::from_utf8_lossy(&output.stderr)
         );
+        Account {
+            name: name.to_string(),
+            uid: Server::account_ids(name),
+            key,
+        }
+    }
+
+    /// An ordinary account with a home that authorizes its key in
+    /// ~/.ssh/authorized_keys, as any user of the host would.
+    fn plain_account(&self, name: &str) -> Account {
+        let args = ["--shell", "/bin/sh", "--user-group", "--create-home", name];
+        let created = (0..5).any(|attempt| {
+            std::thread::sleep(Duration::from_millis(200 * attempt));
+            run_quietly("useradd", &args)
+        });
+        assert!(created, "useradd {name} failed");
+        // `*`: no password, but not locked (sshd refuses locked accounts' keys).
+        assert!(run_quietly("usermod", &["-p", "*", name]));
+        let uid = Server::account_ids(name);
+        let gid = {
+            let c_name = CString::new(name).unwrap();
+            unsafe { (*libc::getpwnam(c_name.as_ptr())).pw_gid }
+        };
+        let key = self.client_key(name);
+        let ssh_dir = PathBuf::from(format!("/home/{name}/.ssh"));
+        fs::create_dir_all(&ssh_dir).unwrap();
+        fs::copy(key.with_extension("pub"), ssh_dir.join("authorized_keys")).unwrap();
+        fs::set_permissions(&ssh_dir, fs::Permissions::from_mode(0o700)).unwrap();
+        for path in [ssh_dir.clone(), ssh_dir.join("authorized_keys")] {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+        }
+        Account {
+            name: name.to_string(),
+            uid,
+            key,
+        }
     }
 
     /// The installed podspawn, as root, with this server's config.
@@ -258,32 +295,12 @@ impl Server {
             let _ = fs::create_dir_all("/run/sshd");
             let _ = fs::set_permissions("/run/sshd", fs::Permissions::from_mode(0o755));
         }
-        let users: Vec<&str> = self.users.iter().map(|user| user.name.as_str()).collect();
-        let match_users = if users.is_empty() {
-            "nobody".to_string()
-        } else {
-            users.join(",")
-        };
+        let config_path = self.root.join("sshd_config");
         for _attempt in 0..5 {
-            self.port = free_port();
-            let config = format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {root}/ssh_host_ed25519_key\n\
-                 PidFile {root}/sshd.pid\nUsePAM no\nPasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\nAuthorizedKeysFile .ssh/authorized_keys\n\
-                 AuthorizedKeysCommand {root}/bin/podspawn --config {root}/config.yaml auth-keys %u %t %k\n\
-                 AuthorizedKeysCommandUser nobody\nSubsystem sftp internal-sftp\n\
-                 AcceptEnv LANG LC_* PODSPAWN_PROJECT\nX11Forwarding yes\nAllowAgentForwarding yes\n\
-                 AllowTcpForwarding yes\nLogLevel VERBOSE\n\
-                 Match User {match_users}\n    AllowStreamLocalForwarding no\n    AllowTcpForwarding local\n\
-                 \x20   PermitTunnel no\n    PermitUserRC no\n",
-                port = self.port,
-                root = self.root.display(),
-            );
-            fs::write(self.root.join("sshd_config"), config).unwrap();
             let log = fs::File::create(self.root.join("sshd.log")).unwrap();
             let mut sshd = Command::new(SSHD)
                 .args(["-D", "-e", "-f"])
-                .arg(self.root.join("sshd_config"))
+                .arg(&config_path)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -302,6 +319,15 @@ impl Server {
             }
             let _ = sshd.kill();
             let _ = sshd.wait();
+            // The port may have been taken meanwhile: move to another.
+            let old = format!("Port {}\n", self.port);
+            self.port = free_port();
+            let text = fs::read_to_string(&config_path).unwrap();
+            fs::write(
+                &config_path,
+                text.replacen(&old, &format!("Port {}\n", self.port), 1),
+            )
+            .unwrap();
         }
         panic!("sshd did not start:\n{}", self.sshd_log());
     }
@@ -452,24 +478,32 @@ impl Drop for Server {
             let _ = sshd.kill();
             let _ = sshd.wait();
         }
-        for account in self.users.iter().chain(std::iter::once(&self.plain)) {
-            if account.name.is_empty() {
-                continue;
-            }
-            for args in [
-                &["rm", "--force", &account.container()][..],
-                &["network", "rm", &account.container()],
-            ] {
-                run_quietly("docker", args);
-            }
-            run_quietly("pkill", &["-KILL", "-u", &account.name]);
+        // Every account of this server, also one whose registration failed midway:
+        // they all carry the server's tag.
+        let tag = self.group.trim_start_matches("psg");
+        let prefix = format!("pse{tag}");
+        let accounts: Vec<String> = fs::read_to_string("/etc/passwd")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.split(':').next())
+            .filter(|name| name.starts_with(&prefix))
+            .map(str::to_string)
+            .collect();
+        for name in &accounts {
+            let container = format!("podspawn-{name}");
+            run_quietly("docker", &["rm", "--force", &container]);
+            run_quietly("docker", &["network", "rm", &container]);
+            run_quietly("pkill", &["-KILL", "-u", name]);
         }
         std::thread::sleep(Duration::from_millis(200));
-        for account in self.users.iter().chain(std::iter::once(&self.plain)) {
-            if !account.name.is_empty() {
-                run_quietly("userdel", &["--remove", &account.name]);
+        for name in &accounts {
+            if name == &self.plain.name {
+                run_quietly("userdel", &["--remove", name]);
+            } else {
+                run_quietly("userdel", &[name]);
             }
         }
+        run_quietly("groupdel", &[&self.group]);
         let _ = fs::remove_dir_all(&self.root);
     }
 }

@@ -242,3 +242,59 @@ fn an_ordinary_account_still_logs_in_normally() {
             .contains(&format!("{} connects", server.plain.name))
     );
 }
+
+#[test]
+fn accounts_add_user_creates_log_in_with_and_without_pam() {
+    for use_pam in [false, true] {
+        let server = crate::server_or_skip!("60s", 1, use_pam);
+        let user = &server.users[0];
+        // Created by add-user: no usable password, but not locked.
+        let shadow = std::fs::read_to_string("/etc/shadow").unwrap();
+        let entry = shadow
+            .lines()
+            .find(|line| line.starts_with(&format!("{}:", user.name)))
+            .unwrap();
+        assert_eq!(entry.split(':').nth(1), Some("*"), "{entry}");
+        let output = server.run(user, "hostname");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            format!("{}\n", user.container()),
+            "UsePAM {use_pam}: {}",
+            server.explain(&output)
+        );
+    }
+}
+
+#[test]
+fn remove_user_force_ends_the_session_and_deletes_the_account_podspawn_made() {
+    let server = crate::server_or_skip!("60s", 1);
+    let user = &server.users[0];
+    let output = server.run(user, "true");
+    assert!(output.status.success(), "{}", server.explain(&output));
+    assert!(server.container_exists(user));
+    let removed = server.podspawn(&["remove-user", "--force", &user.name]);
+    assert_eq!(
+        String::from_utf8_lossy(&removed.stdout),
+        format!("removed user {} (1 session(s) destroyed)\n", user.name),
+        "{}",
+        server.explain(&removed)
+    );
+    assert!(!server.container_exists(user));
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    assert!(
+        !passwd
+            .lines()
+            .any(|line| line.starts_with(&format!("{}:", user.name))),
+        "the account is still there"
+    );
+    let after = server.run(user, "true");
+    assert_eq!(after.status.code(), Some(255), "{}", server.explain(&after));
+    // The ordinary account, which podspawn did not create, is never touched.
+    let plain = server.podspawn(&["remove-user", &server.plain.name]);
+    assert!(!plain.status.success());
+    assert!(
+        std::fs::read_to_string("/etc/passwd")
+            .unwrap()
+            .contains(&format!("{}:", server.plain.name))
+    );
+}
