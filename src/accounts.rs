@@ -101,6 +101,16 @@ pub fn group_name(gid: u32) -> Result<Option<String>, LookupError> {
     }))
 }
 
+/// The gid of group `name`, if it exists.
+pub fn group_id(name: &str) -> Result<Option<u32>, LookupError> {
+    let text = read(GROUP)?;
+    Ok(text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then_some(())?;
+        fields.nth(1)?.parse().ok()
+    }))
+}
+
 /// The members listed for group `name` in /etc/group (not those for whom it is
 /// the primary group), or `None` when there is no such group.
 pub fn group_members(name: &str) -> Result<Option<Vec<String>>, LookupError> {

@@ -27,6 +27,20 @@ pub enum Command {
     List(ListArgs),
     Cleanup(CleanupArgs),
     ServerSetup(ServerSetupArgs),
+    Doctor(DoctorArgs),
+    VerifyImage(VerifyImageArgs),
+}
+
+/// `doctor [--sshd-config PATH]`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DoctorArgs {
+    pub sshd_config: PathBuf,
+}
+
+/// `verify-image IMAGE`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct VerifyImageArgs {
+    pub image: String,
 }
 
 /// `server-setup [--sshd-config PATH] [--dry-run] [--no-reload]`.
@@ -126,6 +140,8 @@ Admin commands (run as root):
   remove-user NAME    delete NAME's keys (--force: destroy their sessions too)
   list                show sessions and their live connections (--json)
   cleanup             expire sessions and remove orphans now (--daemon to repeat)
+  doctor              check this host's set-up and say how to fix what is wrong
+  verify-image IMAGE  check an image for a shell, sftp-server, scp, rsync, git, UTF-8
 
 Called by sshd:
   auth-keys USER [TYPE KEY]
@@ -225,6 +241,33 @@ Options:
   -h, --help          print this help
 ";
 
+const DOCTOR_USAGE: &str = "\
+Usage: podspawn doctor [--sshd-config PATH]
+
+Checks this host: sshd_config has podspawn's AuthorizedKeysCommand and sshd -t
+accepts it; the binary is root:docker 2755; the key, state, lock and agent
+directories have their owners and modes; the engine answers and has the default
+image; the state database is intact; no podspawn user is in the docker group;
+a cleanup timer or cron job is there (optional). Each problem comes with its fix.
+Exits 1 when anything is wrong.
+
+Options:
+  --sshd-config PATH  check this file instead of /etc/ssh/sshd_config
+  -h, --help          print this help
+";
+
+const VERIFY_IMAGE_USAGE: &str = "\
+Usage: podspawn verify-image IMAGE
+
+Runs IMAGE once (no network, no capabilities) and reports what podspawn's users
+will find: a shell, sftp-server (and its path), scp, rsync, git and a UTF-8
+locale, and what podspawn itself needs (/bin/sh, grep, cat, sleep), naming the
+Debian/Ubuntu package for each missing one. Exits 1 when something is missing.
+
+Options:
+  -h, --help          print this help
+";
+
 const LIST_USAGE: &str = "\
 Usage: podspawn list [--json]
 
@@ -273,6 +316,8 @@ const COMMANDS: &[(&str, &str)] = &[
     ("remove-user", REMOVE_USER_USAGE),
     ("list", LIST_USAGE),
     ("cleanup", CLEANUP_USAGE),
+    ("doctor", DOCTOR_USAGE),
+    ("verify-image", VERIFY_IMAGE_USAGE),
     ("auth-keys", AUTH_KEYS_USAGE),
     ("spawn", SPAWN_USAGE),
     ("version", VERSION_USAGE),
@@ -348,6 +393,8 @@ fn parse_command(name: &str, mut parser: lexopt::Parser) -> Result<Command, Usag
         "keeper" => parse_keeper(&mut parser),
         "list" => parse_list(&mut parser),
         "server-setup" => parse_server_setup(&mut parser),
+        "doctor" => parse_doctor(&mut parser),
+        "verify-image" => parse_verify_image(&mut parser),
         "cleanup" => parse_cleanup(&mut parser),
         "version" => parse_no_arguments(&mut parser, "version", VERSION_USAGE, Command::Version),
         "help" => parse_help(&mut parser),
@@ -534,6 +581,40 @@ fn parse_server_setup(parser: &mut lexopt::Parser) -> Result<Command, UsageError
         }
     }
     Ok(Command::ServerSetup(args))
+}
+
+fn parse_doctor(parser: &mut lexopt::Parser) -> Result<Command, UsageError> {
+    const COMMAND: &str = "doctor";
+    let fail = usage(COMMAND);
+    let mut sshd_config = PathBuf::from("/etc/ssh/sshd_config");
+    while let Some(arg) = parser.next().map_err(|err| fail(err.to_string()))? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help(DOCTOR_USAGE)),
+            Long("sshd-config") => {
+                sshd_config = PathBuf::from(parser.value().map_err(|err| fail(err.to_string()))?);
+            }
+            other => return Err(unexpected(COMMAND, other)),
+        }
+    }
+    Ok(Command::Doctor(DoctorArgs { sshd_config }))
+}
+
+fn parse_verify_image(parser: &mut lexopt::Parser) -> Result<Command, UsageError> {
+    const COMMAND: &str = "verify-image";
+    let fail = usage(COMMAND);
+    let mut image = None;
+    while let Some(arg) = parser.next().map_err(|err| fail(err.to_string()))? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help(VERIFY_IMAGE_USAGE)),
+            Value(value) if image.is_none() => image = Some(string(COMMAND, value)?),
+            other => return Err(unexpected(COMMAND, other)),
+        }
+    }
+    let image = image.ok_or_else(|| fail("missing IMAGE".to_string()))?;
+    if image.starts_with('-') || image.chars().any(char::is_whitespace) {
+        return Err(fail(format!("{image:?} is not an image name")));
+    }
+    Ok(Command::VerifyImage(VerifyImageArgs { image }))
 }
 
 fn parse_list(parser: &mut lexopt::Parser) -> Result<Command, UsageError> {

@@ -654,6 +654,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_in_contrib_parses() {
+        let config = parse(include_str!("../contrib/config.example.yaml")).unwrap();
+        assert_eq!(config.session.grace_period.0, Duration::from_secs(300));
+        assert_eq!(config.defaults.cpus, Cpus(1.5));
+    }
+
+    #[test]
     fn defaults_match_the_documented_values() {
         let config = ServerConfig::default();
         assert_eq!(config.docker.binary, "docker");

@@ -372,6 +372,78 @@ impl Docker {
             .collect())
     }
 
+    /// The engine's version, if it answers.
+    pub fn server_version(&self) -> Result<String, DockerError> {
+        let args = strings(&["version", "--format", "{{.Server.Version}}"]);
+        let (status, stdout, stderr) = self.run(&args)?;
+        if status.success() {
+            Ok(stdout.trim().to_string())
+        } else {
+            Err(self.failed(&args, status, stderr))
+        }
+    }
+
+    /// Whether the engine has `image` (without pulling it).
+    pub fn image_exists(&self, image: &str) -> Result<bool, DockerError> {
+        let args = strings(&["image", "inspect", "--format", "{{.Id}}", image]);
+        let (status, _, stderr) = self.run(&args)?;
+        if status.success() {
+            Ok(true)
+        } else if stderr.contains("No such image") || stderr.contains("No such object") {
+            Ok(false)
+        } else {
+            Err(self.failed(&args, status, stderr))
+        }
+    }
+
+    /// Runs `script` once with the image's /bin/sh (`docker run --rm`, no network, the
+    /// same hardening as sessions); its exit status, stdout and stderr.
+    pub fn probe(
+        &self,
+        image: &str,
+        script: &str,
+        args: &[&str],
+    ) -> Result<(i32, String, String), DockerError> {
+        let mut argv = strings(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+        ]);
+        for label in [
+            format!("{LABEL_MANAGED}=true"),
+            format!("{LABEL_USER}="),
+            format!("{LABEL_PROJECT}="),
+            format!("{LABEL_SESSION}=probe"),
+        ] {
+            argv.extend(["--label".to_string(), label]);
+        }
+        argv.extend(strings(&[
+            "--entrypoint",
+            "/bin/sh",
+            image,
+            "-c",
+            script,
+            "podspawn-probe",
+        ]));
+        argv.extend(strings(args));
+        let (status, stdout, stderr) = self.run(&argv)?;
+        if stderr.contains("Unable to find image")
+            || stderr.contains("No such image")
+            || stderr.contains("pull access denied")
+        {
+            return Err(DockerError::ImageUnavailable {
+                image: image.to_string(),
+                stderr,
+            });
+        }
+        Ok((status.code().unwrap_or(-1), stdout, stderr))
+    }
+
     /// The `docker exec` command for a connection; the caller wires its stdio.
     pub fn exec_command(&self, spec: &ExecSpec) -> Command {
         self.command(&exec_args(spec))

@@ -11,6 +11,7 @@ mod cli;
 mod config;
 mod container;
 mod docker;
+mod doctor;
 mod engine;
 mod error;
 mod exec;
@@ -30,6 +31,7 @@ mod sshd_config;
 mod state;
 mod system;
 mod users;
+mod verify_image;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -73,6 +75,8 @@ fn main() -> ExitCode {
         Command::ServerSetup(args) => admin(&located, |config| {
             server_setup::run(config, &located, &args)
         }),
+        Command::Doctor(args) => admin(&located, |config| doctor::run(config, &args)),
+        Command::VerifyImage(args) => admin(&located, |config| verify_image::run(config, &args)),
     }
 }
 

@@ -264,13 +264,7 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 }
 
 fn group_id(name: &str) -> Result<Option<u32>, Error> {
-    let text = fs::read_to_string("/etc/group")
-        .map_err(|err| io_refusal(Path::new("/etc/group"), "read", err))?;
-    Ok(text.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        (fields.next()? == name).then_some(())?;
-        fields.nth(1)?.parse().ok()
-    }))
+    accounts::group_id(name).map_err(|err| Error::Refused(err.to_string()))
 }
 
 /// podspawn's directories, with the owners and modes of the privilege model.

@@ -9,6 +9,8 @@ const COMMANDS: &[&str] = &[
     "remove-user",
     "list",
     "cleanup",
+    "doctor",
+    "verify-image",
     "auth-keys",
     "spawn",
     "version",

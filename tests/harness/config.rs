@@ -60,3 +60,39 @@ fn auth_keys_with_a_broken_config_prints_nothing_and_exits_0() {
         .assert_stdout("")
         .assert_stderr("");
 }
+
+#[test]
+fn the_sshd_config_snippet_in_contrib_is_valid_for_sshd() {
+    let sshd = std::path::Path::new("/usr/sbin/sshd");
+    if !sshd.exists() {
+        eprintln!("sshd is not installed: cannot check contrib/sshd_config.snippet");
+        return;
+    }
+    crate::support::ensure_sshd_privsep_dir();
+    let env = TestEnv::new();
+    let key = env.path("host_key");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let snippet = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/sshd_config.snippet"
+    ))
+    .unwrap();
+    let config = env.path("sshd_config");
+    std::fs::write(&config, format!("HostKey {}\n{snippet}", key.display())).unwrap();
+    let output = std::process::Command::new(sshd)
+        .arg("-t")
+        .arg("-f")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

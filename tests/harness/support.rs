@@ -51,6 +51,17 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// sshd (even `sshd -t`) refuses to run without its privilege-separation directory;
+/// a machine whose own sshd never ran may lack it. Made when missing, and left: it
+/// is sshd's standard directory.
+pub fn ensure_sshd_privsep_dir() {
+    let dir = Path::new("/run/sshd");
+    if !dir.exists() && is_root() {
+        let _ = fs::create_dir_all(dir);
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o755));
+    }
+}
+
 pub fn testdata(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("testdata")
@@ -837,12 +848,18 @@ pub struct HttpServer {
 impl HttpServer {
     /// `routes`: (path, status, body); anything else is a 404.
     pub fn start(routes: Vec<(&str, u16, &str)>) -> HttpServer {
+        HttpServer::start_bytes(
+            routes
+                .into_iter()
+                .map(|(path, status, body)| (path.to_string(), status, body.as_bytes().to_vec()))
+                .collect(),
+        )
+    }
+
+    /// Like `start`, with bodies of any bytes.
+    pub fn start_bytes(routes: Vec<(String, u16, Vec<u8>)>) -> HttpServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
-        let routes: Vec<(String, u16, String)> = routes
-            .into_iter()
-            .map(|(path, status, body)| (path.to_string(), status, body.to_string()))
-            .collect();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread = {
@@ -873,7 +890,7 @@ impl HttpServer {
     }
 }
 
-fn serve(stream: TcpStream, routes: &[(String, u16, String)], requests: &Mutex<Vec<String>>) {
+fn serve(stream: TcpStream, routes: &[(String, u16, Vec<u8>)], requests: &Mutex<Vec<String>>) {
     let mut reader = BufReader::new(stream);
     let mut request_line = String::new();
     if reader.read_line(&mut request_line).is_err() {
@@ -890,13 +907,14 @@ fn serve(stream: TcpStream, routes: &[(String, u16, String)], requests: &Mutex<V
         .iter()
         .find(|(route, _, _)| *route == path)
         .map(|(_, status, body)| (*status, body.clone()))
-        .unwrap_or((404, "Not Found".to_string()));
+        .unwrap_or((404, b"Not Found".to_vec()));
     let mut stream = reader.into_inner();
     let _ = write!(
         stream,
-        "HTTP/1.0 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.0 {status} X\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
+    let _ = stream.write_all(&body);
     let _ = stream.flush();
     let _ = stream.shutdown(std::net::Shutdown::Write);
 }

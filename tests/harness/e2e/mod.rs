@@ -134,6 +134,7 @@ impl Server {
             },
         };
         server.install(grace, use_pam);
+        crate::support::ensure_sshd_privsep_dir();
         server.server_setup();
         for index in 0..users {
             let account = server.register(&format!("pse{tag}u{index}"));
@@ -291,10 +292,6 @@ impl Server {
     }
 
     fn start_sshd(&mut self) {
-        if !Path::new("/run/sshd").exists() {
-            let _ = fs::create_dir_all("/run/sshd");
-            let _ = fs::set_permissions("/run/sshd", fs::Permissions::from_mode(0o755));
-        }
         let config_path = self.root.join("sshd_config");
         for _attempt in 0..5 {
             let log = fs::File::create(self.root.join("sshd.log")).unwrap();

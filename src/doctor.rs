@@ -1,0 +1,299 @@
+//! `podspawn doctor`: checks this host the way podspawn needs it and says, for each
+//! thing that is wrong, how to fix it. ✓ fine, ✗ broken (the exit code is 1 if
+//! anything is), ⚠ works but weakens the privilege model, ℹ for information.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::cli::DoctorArgs;
+use crate::config::ServerConfig;
+use crate::docker::Docker;
+use crate::error::Error;
+use crate::keys::store::KeyStore;
+use crate::sshd_config;
+use crate::state::State;
+use crate::system;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    Good,
+    Bad,
+    Warn,
+    Info,
+}
+
+struct Report {
+    bad: usize,
+}
+
+impl Report {
+    fn line(&mut self, mark: Mark, text: &str, fix: Option<String>) {
+        let symbol = match mark {
+            Mark::Good => "✓",
+            Mark::Bad => "✗",
+            Mark::Warn => "⚠",
+            Mark::Info => "ℹ",
+        };
+        match fix {
+            Some(fix) => println!("{symbol} {text}\n    fix: {fix}"),
+            None => println!("{symbol} {text}"),
+        }
+        if mark == Mark::Bad {
+            self.bad += 1;
+        }
+    }
+}
+
+pub fn run(config: &ServerConfig, args: &DoctorArgs) -> Result<(), Error> {
+    let mut report = Report { bad: 0 };
+    check_sshd(&mut report, &args.sshd_config);
+    check_binary(&mut report);
+    check_directories(&mut report, config);
+    check_engine(&mut report, config);
+    check_database(&mut report, config);
+    check_docker_members(&mut report, config);
+    check_cleanup(&mut report);
+    if report.bad > 0 {
+        return Err(Error::Refused(format!("{} problem(s) found", report.bad)));
+    }
+    Ok(())
+}
+
+fn check_sshd(report: &mut Report, path: &Path) {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) => {
+            report.line(
+                Mark::Bad,
+                &format!("cannot read {}: {err}", path.display()),
+                Some("run podspawn doctor as root, or pass --sshd-config".into()),
+            );
+            return;
+        }
+    };
+    let commands = sshd_config::foreign_commands(&text);
+    let ours = text.lines().any(|line| {
+        let line = line.trim();
+        line.starts_with("AuthorizedKeysCommand ") && line.contains("auth-keys %u")
+    });
+    if ours && commands.is_empty() {
+        report.line(
+            Mark::Good,
+            &format!("{} has podspawn's AuthorizedKeysCommand", path.display()),
+            None,
+        );
+    } else if let Some((line, value)) = commands.first() {
+        report.line(
+            Mark::Bad,
+            &format!(
+                "{}, line {line}: another AuthorizedKeysCommand ({value})",
+                path.display()
+            ),
+            Some("podspawn needs to be sshd's only AuthorizedKeysCommand".into()),
+        );
+    } else {
+        report.line(
+            Mark::Bad,
+            &format!("{} does not ask podspawn for keys", path.display()),
+            Some("sudo podspawn server-setup".into()),
+        );
+    }
+    match system::sshd_test(path) {
+        Ok(()) => report.line(Mark::Good, "sshd -t accepts it", None),
+        Err(err) => report.line(
+            Mark::Bad,
+            &format!("sshd -t rejects it: {}", err.detail),
+            Some(format!("fix {}", path.display())),
+        ),
+    }
+}
+
+fn check_binary(report: &mut Report) {
+    let Ok(binary) = std::env::current_exe() else {
+        report.line(Mark::Bad, "cannot find the podspawn binary", None);
+        return;
+    };
+    let Ok(meta) = fs::metadata(&binary) else {
+        report.line(
+            Mark::Bad,
+            &format!("cannot inspect {}", binary.display()),
+            None,
+        );
+        return;
+    };
+    let docker = crate::accounts::group_id("docker").ok().flatten();
+    let right = meta.uid() == 0 && Some(meta.gid()) == docker && meta.mode() & 0o7777 == 0o2755;
+    let shown = format!(
+        "{} is uid {} gid {} mode {:o}",
+        binary.display(),
+        meta.uid(),
+        meta.gid(),
+        meta.mode() & 0o7777
+    );
+    if right {
+        report.line(
+            Mark::Good,
+            &format!("{} is root:docker 2755", binary.display()),
+            None,
+        );
+    } else {
+        report.line(
+            Mark::Bad,
+            &format!("{shown}; podspawn's privilege model wants root:docker 2755"),
+            Some(format!(
+                "sudo chown root:docker {0} && sudo chmod 2755 {0}",
+                binary.display()
+            )),
+        );
+    }
+}
+
+fn check_directories(report: &mut Report, config: &ServerConfig) {
+    let docker = crate::accounts::group_id("docker").ok().flatten();
+    let state_dir = config
+        .state
+        .db_path
+        .as_path()
+        .parent()
+        .unwrap_or(Path::new("/"));
+    let wanted: [(&Path, Option<u32>, u32); 4] = [
+        (config.auth.key_dir.as_path(), Some(0), 0o755),
+        (state_dir, docker, 0o2770),
+        (config.state.lock_dir.as_path(), docker, 0o2770),
+        (config.state.agent_dir.as_path(), docker, 0o2770),
+    ];
+    for (path, group, mode) in wanted {
+        match fs::metadata(path) {
+            Ok(meta)
+                if meta.uid() == 0 && Some(meta.gid()) == group && meta.mode() & 0o7777 == mode =>
+            {
+                report.line(
+                    Mark::Good,
+                    &format!("{} is as it should be ({mode:o})", path.display()),
+                    None,
+                )
+            }
+            Ok(meta) => report.line(
+                Mark::Bad,
+                &format!(
+                    "{} is uid {} gid {} mode {:o}, not root:{} {mode:o}",
+                    path.display(),
+                    meta.uid(),
+                    meta.gid(),
+                    meta.mode() & 0o7777,
+                    if group == Some(0) { "root" } else { "docker" }
+                ),
+                Some("sudo podspawn server-setup".into()),
+            ),
+            Err(err) => report.line(
+                Mark::Bad,
+                &format!("{}: {err}", path.display()),
+                Some("sudo podspawn server-setup".into()),
+            ),
+        }
+    }
+}
+
+fn check_engine(report: &mut Report, config: &ServerConfig) {
+    let docker = Docker::new(&config.docker);
+    match docker.server_version() {
+        Ok(version) => report.line(
+            Mark::Good,
+            &format!("the container engine answers (version {version})"),
+            None,
+        ),
+        Err(err) => {
+            report.line(
+                Mark::Bad,
+                &format!("the container engine does not answer: {err}"),
+                Some("start Docker, or set docker.host".into()),
+            );
+            return;
+        }
+    }
+    let image = &config.defaults.image;
+    match docker.image_exists(image) {
+        Ok(true) => report.line(
+            Mark::Good,
+            &format!("the default image {image} is here"),
+            None,
+        ),
+        Ok(false) => report.line(
+            Mark::Bad,
+            &format!("the default image {image} is not here"),
+            Some(format!(
+                "docker pull {image} (and podspawn verify-image {image})"
+            )),
+        ),
+        Err(err) => report.line(Mark::Bad, &format!("cannot ask for {image}: {err}"), None),
+    }
+}
+
+fn check_database(report: &mut Report, config: &ServerConfig) {
+    let path = config.state.db_path.as_path();
+    if !path.exists() {
+        report.line(
+            Mark::Bad,
+            &format!("{} does not exist", path.display()),
+            Some("sudo podspawn server-setup".into()),
+        );
+        return;
+    }
+    match State::open(path).and_then(|state| state.is_intact()) {
+        Ok(true) => report.line(Mark::Good, &format!("{} passes its integrity check", path.display()), None),
+        Ok(false) => report.line(
+            Mark::Bad,
+            &format!("{} fails its integrity check", path.display()),
+            Some("stop sessions, move it aside and run podspawn server-setup (sessions are reconciled)".into()),
+        ),
+        Err(err) => report.line(Mark::Bad, &err.to_string(), None),
+    }
+}
+
+fn check_docker_members(report: &mut Report, config: &ServerConfig) {
+    let store = KeyStore::new(config.auth.key_dir.as_path());
+    let members = crate::accounts::group_members("docker")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let users = store.users().unwrap_or_default();
+    let in_docker: Vec<String> = users
+        .iter()
+        .map(|user| user.to_string())
+        .filter(|user| members.contains(user))
+        .collect();
+    if in_docker.is_empty() {
+        report.line(Mark::Good, "no podspawn user is in the docker group", None);
+    } else {
+        report.line(
+            Mark::Warn,
+            &format!(
+                "podspawn users in the docker group can reach the engine, i.e. root on this host: {}",
+                in_docker.join(", ")
+            ),
+            Some("gpasswd -d USER docker (the setgid install needs no docker membership)".into()),
+        );
+    }
+}
+
+fn check_cleanup(report: &mut Report) {
+    let timers = [
+        "/etc/systemd/system/podspawn-cleanup.timer",
+        "/lib/systemd/system/podspawn-cleanup.timer",
+        "/usr/lib/systemd/system/podspawn-cleanup.timer",
+        "/etc/cron.d/podspawn",
+    ];
+    match timers.iter().find(|path| Path::new(path).exists()) {
+        Some(path) => report.line(
+            Mark::Info,
+            &format!("a cleanup schedule is installed ({path})"),
+            None,
+        ),
+        None => report.line(
+            Mark::Info,
+            "no cleanup timer or cron job (optional: each session's keeper does the work)",
+            Some("see contrib/systemd/ or contrib/cron.d/podspawn".into()),
+        ),
+    }
+}

@@ -1,0 +1,235 @@
+//! doctor and verify-image against the fake docker (and a fake sshd): what they
+//! report, the fixes they name, and their exit codes.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use crate::support::{Rule, TestEnv, is_root};
+
+fn healthy_engine() -> Vec<Rule> {
+    vec![
+        Rule::docker(&["version", "--format", "{{.Server.Version}}"]).stdout("20.10.24\n"),
+        Rule::docker(&["image", "inspect", "--format", "{{.Id}}", "test-image"])
+            .stdout("sha256:abc\n"),
+        Rule::program("sshd", &["-t", "-f", "*"]),
+    ]
+}
+
+#[test]
+fn doctor_names_each_problem_with_its_fix_and_exits_1() {
+    let env = TestEnv::new();
+    env.fake_program("sshd");
+    env.write_config("defaults:\n  image: test-image\n");
+    let sshd_config = env.path("sshd_config");
+    fs::write(&sshd_config, "Port 22\n").unwrap();
+    env.scenario(&healthy_engine());
+    let run = env.podspawn(&["doctor", "--sshd-config", sshd_config.to_str().unwrap()]);
+    run.assert_code(1);
+    let stdout = run.stdout();
+    for expected in [
+        &format!(
+            "✗ {} does not ask podspawn for keys\n    fix: sudo podspawn server-setup",
+            sshd_config.display()
+        ),
+        "✓ sshd -t accepts it",
+        "podspawn's privilege model wants root:docker 2755\n    fix: sudo chown root:docker ",
+        &format!(
+            "✗ {} does not exist\n    fix: sudo podspawn server-setup",
+            env.path("state/state.db").display()
+        ),
+        "✓ the container engine answers (version 20.10.24)",
+        "✓ the default image test-image is here",
+        "ℹ no cleanup timer or cron job",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "{expected:?} missing from:\n{stdout}"
+        );
+    }
+    // The sshd lines, the binary, the state directory, the lock and agent
+    // directories, the database: each is one ✗.
+    let problems = stdout.matches('✗').count();
+    run.assert_stderr(&format!("podspawn: {problems} problem(s) found\n"));
+}
+
+#[test]
+fn doctor_reports_an_engine_that_does_not_answer() {
+    let env = TestEnv::new();
+    env.scenario(&[Rule::docker(&["version", "**"])
+        .stderr("Cannot connect to the Docker daemon at unix:///var/run/docker.sock.\n")
+        .exit(1)]);
+    let run = env.podspawn(&["doctor", "--sshd-config", "/nonexistent/sshd_config"]);
+    run.assert_code(1);
+    assert!(
+        run.stdout()
+            .contains("✗ the container engine does not answer"),
+        "{}",
+        run.stdout()
+    );
+    assert!(
+        run.stdout()
+            .contains("fix: start Docker, or set docker.host"),
+        "{}",
+        run.stdout()
+    );
+}
+
+#[test]
+fn doctor_on_a_server_set_up_by_server_setup_finds_nothing_wrong() {
+    if !is_root() {
+        eprintln!("doctor test skipped: not root (server-setup creates a group)");
+        return;
+    }
+    let env = TestEnv::new();
+    env.fake_program("sshd");
+    let group = format!("pstd{}", std::process::id());
+    let config = fs::read_to_string(env.config_path()).unwrap();
+    env.write_config_text(&config.replacen(
+        "docker:\n",
+        &format!("  group: {group}\ndocker:\n"),
+        1,
+    ));
+    let config = fs::read_to_string(env.config_path()).unwrap();
+    env.write_config_text(&format!("{config}defaults:\n  image: test-image\n"));
+    let sshd_config = env.path("sshd_config");
+    fs::write(&sshd_config, "Port 22\n").unwrap();
+    env.scenario(&healthy_engine());
+    // podspawn installed as it should be: root:docker 2755.
+    let binary = env.path("bin/podspawn");
+    fs::copy(crate::support::PODSPAWN, &binary).unwrap();
+    let docker_gid = fs::read_to_string("/etc/group")
+        .unwrap()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("docker:x:")
+                .and_then(|rest| rest.split(':').next()?.parse().ok())
+        });
+    let Some(docker_gid) = docker_gid else {
+        eprintln!("doctor test skipped: no docker group");
+        return;
+    };
+    std::os::unix::fs::chown(&binary, Some(0), Some(docker_gid)).unwrap();
+    fs::set_permissions(&binary, fs::Permissions::from_mode(0o2755)).unwrap();
+    let run_installed = |args: &[&str]| {
+        let output = std::process::Command::new(&binary)
+            .args(args)
+            .env_clear()
+            .env(
+                "PATH",
+                env.path("bin").display().to_string() + ":/usr/sbin:/usr/bin:/bin",
+            )
+            .env("PODSPAWN_CONFIG", env.config_path())
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    let path = sshd_config.display().to_string();
+    let _group = GroupGuard(group.clone());
+    let (code, _, stderr) = run_installed(&["server-setup", "--sshd-config", &path, "--no-reload"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stdout, stderr) = run_installed(&["doctor", "--sshd-config", &path]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(!stdout.contains('✗'), "{stdout}");
+    assert!(stdout.contains("is root:docker 2755"), "{stdout}");
+}
+
+/// Removes the test's group when the test ends, however it ends.
+struct GroupGuard(String);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("groupdel").arg(&self.0).status();
+    }
+}
+
+fn probe_output(missing: &[&str]) -> String {
+    let values = [
+        ("shell", "/bin/bash"),
+        ("configured_shell", "/bin/bash"),
+        ("sftp-server", "/usr/lib/openssh/sftp-server"),
+        ("scp", "/usr/bin/scp"),
+        ("rsync", "/usr/bin/rsync"),
+        ("git", "/usr/bin/git"),
+        ("utf8", "C.utf8"),
+        ("grep", "/bin/grep"),
+        ("cat", "/bin/cat"),
+        ("sleep", "/bin/sleep"),
+    ];
+    values
+        .iter()
+        .map(|(key, value)| format!("{key}={}\n", if missing.contains(key) { "" } else { value }))
+        .collect()
+}
+
+#[test]
+fn verify_image_reports_each_item_and_the_package_of_what_is_missing() {
+    let env = TestEnv::new();
+    env.scenario(&[Rule::docker(&["run", "--rm", "--network", "none", "**"])
+        .stdout(&probe_output(&["rsync", "git"]))]);
+    let run = env.podspawn(&["verify-image", "some/image:1"]);
+    run.assert_code(1);
+    let stdout = run.stdout();
+    assert!(
+        stdout.starts_with("verify-image some/image:1\n✓ shell          /bin/bash\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("✓ sftp-server    /usr/lib/openssh/sftp-server\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "✗ rsync          missing, for rsync over SSH (Debian/Ubuntu package: rsync)\n"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "✗ git            missing, for cloning, agent forwarding (Debian/Ubuntu package: git)\n"
+        ),
+        "{stdout}"
+    );
+    run.assert_stderr("podspawn: some/image:1 lacks 2 of what sessions use\n");
+    let call = env.docker_calls().remove(0);
+    for flag in ["--rm", "--cap-drop", "--entrypoint"] {
+        assert!(call.argv.contains(&flag.to_string()), "{:?}", call.argv);
+    }
+    assert!(call.flags("--label").contains(&"podspawn.managed=true"));
+}
+
+#[test]
+fn verify_image_passes_a_complete_image_and_warns_about_a_missing_shell() {
+    let env = TestEnv::new();
+    let mut output = probe_output(&["configured_shell"]);
+    output = output.replace("shell=/bin/bash", "shell=/bin/sh");
+    env.scenario(&[Rule::docker(&["run", "**"]).stdout(&output)]);
+    let run = env.podspawn(&["verify-image", "minimal"]);
+    run.assert_success().assert_stderr("");
+    assert!(
+        run.stdout().contains(
+            "⚠ shell          /bin/sh (defaults.shell /bin/bash is missing; /bin/sh is used)"
+        ),
+        "{}",
+        run.stdout()
+    );
+}
+
+#[test]
+fn verify_image_refuses_an_image_without_sh() {
+    let env = TestEnv::new();
+    env.scenario(&[Rule::docker(&["run", "**"])
+        .stderr("docker: Error response from daemon: failed to create shim task: exec: \"/bin/sh\": stat /bin/sh: no such file or directory\n")
+        .exit(127)]);
+    let run = env.podspawn(&["verify-image", "distroless"]);
+    run.assert_code(1);
+    assert!(
+        run.stdout().contains("✗ /bin/sh         missing"),
+        "{}",
+        run.stdout()
+    );
+    run.assert_stderr("podspawn: distroless cannot be used: it has no working /bin/sh\n");
+}
