@@ -39,17 +39,25 @@ pub fn unavailable() -> Option<String> {
 /// The test image's tag, built once per test process if it is not there yet.
 pub fn image() -> &'static str {
     static TAG: OnceLock<String> = OnceLock::new();
-    TAG.get_or_init(|| {
-        let output = Command::new(testdata("build-test-image"))
-            .output()
-            .expect("build-test-image runs");
-        assert!(
-            output.status.success(),
-            "cannot build the test image: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap().trim().to_string()
-    })
+    TAG.get_or_init(|| build("build-test-image"))
+}
+
+/// The busybox-only image, built once per test process if it is not there yet.
+pub fn minimal_image() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| build("build-minimal-image"))
+}
+
+fn build(script: &str) -> String {
+    let output = Command::new(testdata(script))
+        .output()
+        .expect("the image script runs");
+    assert!(
+        output.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
 
 pub fn docker_gid() -> u32 {
@@ -69,18 +77,21 @@ struct RealEnv {
 
 macro_rules! real_env_or_skip {
     ($grace:expr) => {
+        real_env_or_skip!($grace, image())
+    };
+    ($grace:expr, $image:expr) => {
         match unavailable() {
             Some(reason) => {
                 eprintln!("real-engine test skipped: {reason}");
                 return;
             }
-            None => RealEnv::new($grace),
+            None => RealEnv::new($grace, $image),
         }
     };
 }
 
 impl RealEnv {
-    fn new(grace: &str) -> RealEnv {
+    fn new(grace: &str, image: &str) -> RealEnv {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let user = format!("pst{}x{n}", std::process::id());
@@ -110,7 +121,7 @@ impl RealEnv {
         let (uid, gid) = env.ids();
         env.uid = uid;
         env.gid = gid;
-        env.install(grace);
+        env.install(grace, image);
         env
     }
 
@@ -126,7 +137,7 @@ impl RealEnv {
     }
 
     /// bin/podspawn root:docker 2755, keys/ and config root's, state/ root:docker 2770.
-    fn install(&self, grace: &str) {
+    fn install(&self, grace: &str, image: &str) {
         let dirs = [
             ("", 0o755),
             ("bin", 0o755),
@@ -160,7 +171,7 @@ impl RealEnv {
              state:\n  db_path: {root}/state/state.db\n  lock_dir: {root}/state/locks\n  agent_dir: {root}/state/agents\n\
              log:\n  file: {root}/state/podspawn.log\n  level: debug\n",
             root = self.root.display(),
-            image = image(),
+            image = image,
         );
         fs::write(self.root.join("config.yaml"), config).unwrap();
         fs::set_permissions(
@@ -643,4 +654,75 @@ pub fn check_terminal_session(mut terminal: Terminal, log: &dyn Fn() -> String) 
     terminal.type_text("exit 7\n");
     let status = terminal.child.wait().unwrap();
     assert_eq!(status.code(), Some(7), "{}\n{}", terminal.seen, log());
+}
+
+#[test]
+fn a_minimal_busybox_image_works_without_bash_or_useradd() {
+    let env = real_env_or_skip!("60s", minimal_image());
+    let output =
+        env.run("id -un; id -u; id -g; echo $HOME; echo $SHELL; pwd; touch ~/x && echo writable");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!(
+            "{0}\n{1}\n{2}\n/home/{0}\n/bin/bash\n/home/{0}\nwritable\n",
+            env.user, env.uid, env.gid
+        ),
+        "{}",
+        env.explain(&output)
+    );
+    // A login shell: the image has no bash, so /bin/sh it is.
+    let mut terminal = Terminal::start(env.spawn(None), 24, 80);
+    terminal.type_text("echo shell-$SHELL-$((40+2))\n");
+    assert!(
+        terminal.expect("shell-/bin/sh-42", Duration::from_secs(30)),
+        "{}\n{}",
+        terminal.seen,
+        env.log()
+    );
+    terminal.type_text("exit 3\n");
+    assert_eq!(terminal.child.wait().unwrap().code(), Some(3));
+    // No sftp-server: the user is told what is missing, in one line.
+    let sftp = env.run("internal-sftp");
+    assert_eq!(sftp.status.code(), Some(127), "{}", env.explain(&sftp));
+    assert_eq!(
+        String::from_utf8_lossy(&sftp.stderr),
+        "podspawn: this image has no sftp-server (Debian/Ubuntu: openssh-sftp-server)\n"
+    );
+}
+
+#[test]
+fn verify_image_reports_what_the_real_images_have() {
+    if let Some(reason) = unavailable() {
+        eprintln!("real-engine test skipped: {reason}");
+        return;
+    }
+    let verify = |image: &str| {
+        Command::new(PODSPAWN)
+            .args(["verify-image", image])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("PODSPAWN_CONFIG", "/nonexistent/config.yaml")
+            .output()
+            .unwrap()
+    };
+    let full = verify(image());
+    assert!(
+        full.status.success(),
+        "{}",
+        String::from_utf8_lossy(&full.stdout)
+    );
+    assert!(!String::from_utf8_lossy(&full.stdout).contains('✗'));
+    let minimal = verify(minimal_image());
+    assert_eq!(minimal.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&minimal.stdout).to_string();
+    for line in [
+        "⚠ shell          /bin/sh (defaults.shell /bin/bash is missing; /bin/sh is used)",
+        "✗ sftp-server    missing, for SFTP, scp's default protocol, VS Code Remote (Debian/Ubuntu package: openssh-sftp-server)",
+        "✗ rsync          missing",
+        // busybox's sh answers `command -v` with the applet's name.
+        "✓ grep           ",
+        "✓ sleep          ",
+    ] {
+        assert!(report.contains(line), "{line:?} missing from:\n{report}");
+    }
 }
