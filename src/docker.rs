@@ -444,6 +444,40 @@ impl Docker {
         Ok((status.code().unwrap_or(-1), stdout, stderr))
     }
 
+    /// podspawn's networks with the given subnet: (name, user label).
+    pub fn managed_networks_in(&self, cidr: &str) -> Result<Vec<(String, String)>, DockerError> {
+        let names: Vec<String> = self
+            .list_managed_networks()?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args = strings(&[
+            "network",
+            "inspect",
+            "--format",
+            &format!(
+                "{{{{.Name}}}}\t{{{{range .IPAM.Config}}}}{{{{.Subnet}}}}{{{{end}}}}\t{{{{index .Labels \"{LABEL_USER}\"}}}}"
+            ),
+        ]);
+        args.extend(names);
+        let (status, stdout, stderr) = self.run(&args)?;
+        if !status.success() {
+            return Err(self.failed(&args, status, stderr));
+        }
+        Ok(stdout
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split('\t');
+                let (name, subnet, user) =
+                    (fields.next()?, fields.next()?, fields.next().unwrap_or(""));
+                (subnet == cidr).then(|| (name.to_string(), user.to_string()))
+            })
+            .collect())
+    }
+
     /// The `docker exec` command for a connection; the caller wires its stdio.
     pub fn exec_command(&self, spec: &ExecSpec) -> Command {
         self.command(&exec_args(spec))

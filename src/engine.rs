@@ -52,6 +52,14 @@ impl Engine for DockerEngine {
         self.docker.create_network(network, user)
     }
 
+    fn networks_in(&mut self, cidr: &str) -> Result<Vec<(String, String)>, DockerError> {
+        self.docker.managed_networks_in(cidr)
+    }
+
+    fn remove_network(&mut self, name: &str) -> Result<(), DockerError> {
+        self.docker.remove_network(name)
+    }
+
     fn exec(&mut self, spec: &ExecSpec) -> Result<ExecEnd, SessionError> {
         let ended = exec::supervise(self.docker.exec_command(spec)).map_err(|err| {
             if err.kind() == io::ErrorKind::NotFound {
@@ -146,6 +154,10 @@ impl Host for SystemHost {
             .spawn()
             .map_err(|err| format!("cannot start podspawn keeper: {err}"))?;
         process::identify(child.id() as i32).ok_or_else(|| "the keeper exited at once".to_string())
+    }
+
+    fn uid_of(&self, user: &str) -> Option<u32> {
+        crate::accounts::uid_of(user)
     }
 
     fn new_session_id(&mut self) -> String {

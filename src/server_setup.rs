@@ -49,6 +49,12 @@ pub fn run(config: &ServerConfig, located: &Located, args: &ServerSetupArgs) -> 
         group: config.auth.group.0.clone(),
     };
     refuse_foreign_commands_in_includes(sshd_path, &original)?;
+    if !args.dry_run
+        && system::ensure_privsep_dir()
+            .map_err(|err| io_refusal(Path::new("/run/sshd"), "create", err))?
+    {
+        println!("created /run/sshd (sshd's privilege separation directory)");
+    }
     system::sshd_test(sshd_path).map_err(|err| {
         Error::Refused(format!(
             "sshd rejects {} as it is, before any change: {}; fix that first",

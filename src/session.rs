@@ -60,6 +60,9 @@ pub trait Engine {
     fn list_managed(&mut self) -> Result<Vec<ManagedContainer>, DockerError>;
     /// Creates a user's network; one that exists already is fine.
     fn create_network(&mut self, network: &UserNetwork, user: &str) -> Result<(), DockerError>;
+    /// podspawn's networks on subnet `cidr`: (name, user).
+    fn networks_in(&mut self, cidr: &str) -> Result<Vec<(String, String)>, DockerError>;
+    fn remove_network(&mut self, name: &str) -> Result<(), DockerError>;
     /// Runs one connection's exec to its end, with this process's stdio.
     fn exec(&mut self, spec: &ExecSpec) -> Result<ExecEnd, SessionError>;
 }
@@ -84,6 +87,8 @@ pub trait Host {
     /// Starts the keeper of a session, detached from this connection.
     fn start_keeper(&mut self, user: &UserName, project: &str) -> Result<ProcessId, String>;
     fn new_session_id(&mut self) -> String;
+    /// The uid of a host account, if it exists.
+    fn uid_of(&self, user: &str) -> Option<u32>;
 }
 
 #[derive(Debug)]
@@ -470,8 +475,17 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                     // add-user makes it; a first login after the engine lost it, or
                     // for a user added while the engine was down, makes it here.
                     log::info!("creating network {}", spec.network.name);
-                    self.engine
-                        .create_network(&spec.network, user.name.as_str())?;
+                    match self
+                        .engine
+                        .create_network(&spec.network, user.name.as_str())
+                    {
+                        Err(DockerError::NetworkOverlap { .. }) => {
+                            self.reclaim_subnet(&spec.network, settings.pool)?;
+                            self.engine
+                                .create_network(&spec.network, user.name.as_str())?;
+                        }
+                        other => other?,
+                    }
                 }
                 Err(err) => return Err(err.into()),
             }
@@ -501,6 +515,33 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         }
         self.ensure_keeper(&session)?;
         Ok(session)
+    }
+
+    /// The user's subnet is taken by another podspawn network. If it belongs to a
+    /// user who is gone or no longer has this slot (deleted by hand, uid reused),
+    /// it is stale: remove it. Two live users in one slot is a real collision.
+    fn reclaim_subnet(&mut self, network: &UserNetwork, pool: Pool) -> Result<(), SessionError> {
+        for (name, owner) in self.engine.networks_in(&network.cidr())? {
+            if name == network.name {
+                continue;
+            }
+            let owner_slot = self
+                .host
+                .uid_of(&owner)
+                .map(|uid| pool.for_user(&owner, uid).subnet);
+            if owner_slot == Some(network.subnet) {
+                return Err(SessionError::Docker(DockerError::NetworkOverlap {
+                    network: network.name.clone(),
+                    stderr: format!("{owner}'s network {name} has the same subnet"),
+                }));
+            }
+            log::warn!(
+                "removing stale network {name} of {owner:?}, which held {}",
+                network.cidr()
+            );
+            self.engine.remove_network(&name)?;
+        }
+        Ok(())
     }
 
     /// Starts the session's keeper unless it runs already (or the session needs none).
@@ -846,6 +887,8 @@ mod tests {
         /// Containers that vanish the moment an exec is tried (removed by hand).
         vanish_on_exec: bool,
         networks: BTreeSet<String>,
+        /// name -> (cidr, user)
+        subnets: BTreeMap<String, (String, String)>,
     }
 
     impl Engine for FakeEngine {
@@ -880,8 +923,36 @@ mod tests {
             })
         }
 
-        fn create_network(&mut self, network: &UserNetwork, _: &str) -> Result<(), DockerError> {
+        fn create_network(&mut self, network: &UserNetwork, user: &str) -> Result<(), DockerError> {
+            if let Some((name, _)) = self
+                .subnets
+                .iter()
+                .find(|(_, (cidr, _))| *cidr == network.cidr())
+                && *name != network.name
+            {
+                return Err(DockerError::NetworkOverlap {
+                    network: network.name.clone(),
+                    stderr: String::new(),
+                });
+            }
+            self.subnets
+                .insert(network.name.clone(), (network.cidr(), user.to_string()));
             self.networks.insert(network.name.clone());
+            Ok(())
+        }
+
+        fn networks_in(&mut self, cidr: &str) -> Result<Vec<(String, String)>, DockerError> {
+            Ok(self
+                .subnets
+                .iter()
+                .filter(|(_, (subnet, _))| subnet == cidr)
+                .map(|(name, (_, user))| (name.clone(), user.clone()))
+                .collect())
+        }
+
+        fn remove_network(&mut self, name: &str) -> Result<(), DockerError> {
+            self.subnets.remove(name);
+            self.networks.remove(name);
             Ok(())
         }
 
@@ -930,6 +1001,8 @@ mod tests {
         keepers: Vec<i32>,
         next_pid: i32,
         sessions: usize,
+        /// Host accounts besides alice (uid 1001).
+        accounts: BTreeMap<String, u32>,
     }
 
     impl Default for FakeHost {
@@ -941,6 +1014,7 @@ mod tests {
                 keepers: Vec::new(),
                 next_pid: 5000,
                 sessions: 0,
+                accounts: [("alice".to_string(), 1001)].into(),
             }
         }
     }
@@ -971,6 +1045,9 @@ mod tests {
         fn new_session_id(&mut self) -> String {
             self.sessions += 1;
             format!("session{}", self.sessions)
+        }
+        fn uid_of(&self, user: &str) -> Option<u32> {
+            self.accounts.get(user).copied()
         }
     }
 
@@ -1280,6 +1357,32 @@ mod tests {
         assert_eq!(f.sessions.cleanup().unwrap(), Sweep::default());
         assert_eq!(f.sessions.engine.running.len(), 1);
         assert!(f.row().is_some());
+    }
+
+    #[test]
+    fn a_stale_network_on_the_users_subnet_is_reclaimed_and_a_live_one_is_not() {
+        let (mut f, settings) = fixture(SessionMode::GracePeriod);
+        let cidr = settings.pool.for_user("alice", 1001).cidr();
+        // Left by "ghost", whose account is gone (alice got its uid).
+        f.sessions
+            .engine
+            .subnets
+            .insert("podspawn-ghost".into(), (cidr.clone(), "ghost".into()));
+        assert_eq!(f.connect(&settings), 0);
+        assert!(!f.sessions.engine.subnets.contains_key("podspawn-ghost"));
+        assert_eq!(f.sessions.engine.subnets["podspawn-alice"].0, cidr);
+
+        let (mut f, settings) = fixture(SessionMode::GracePeriod);
+        // "bob" still exists, with a uid in alice's slot: a real collision.
+        f.sessions.host.accounts.insert("bob".into(), 1001 + 4096);
+        f.sessions
+            .engine
+            .subnets
+            .insert("podspawn-bob".into(), (cidr, "bob".into()));
+        let request = request(Program::Command("true".into()));
+        let err = f.sessions.connect(&request, &settings).unwrap_err();
+        assert!(err.to_string().contains("same subnet"), "{err}");
+        assert!(f.sessions.engine.subnets.contains_key("podspawn-bob"));
     }
 
     #[test]

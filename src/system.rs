@@ -74,6 +74,20 @@ fn sshd() -> String {
     tool("sshd")
 }
 
+/// sshd's privilege-separation directory: sshd, even `sshd -t`, refuses to run
+/// without it, and a host whose sshd never started since boot may not have it yet
+/// (systemd-tmpfiles makes it when the service starts). Returns whether it was made.
+pub fn ensure_privsep_dir() -> std::io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Path::new("/run/sshd");
+    if dir.exists() || !Path::new("/run").is_dir() {
+        return Ok(false);
+    }
+    std::fs::create_dir(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    Ok(true)
+}
+
 /// `sshd -t -f CONFIG`: does sshd accept this config?
 pub fn sshd_test(config: &Path) -> Result<(), ToolError> {
     run(&sshd(), &["-t", "-f", &config.display().to_string()]).map(|_| ())
