@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::cli::CleanupArgs;
 use crate::config::ServerConfig;
 use crate::docker::Docker;
-use crate::engine::{DockerEngine, SystemHost};
+use crate::engine::{DockerEngine, SystemHost, admin_sessions};
 use crate::error::Error;
 use crate::keys::UserName;
 use crate::keys::store::KeyStore;
@@ -21,13 +21,7 @@ pub fn run(config: &ServerConfig, args: &CleanupArgs) -> Result<(), Error> {
     let db_path = config.state.db_path.as_path();
     let state_dir = db_path.parent().unwrap_or(db_path);
     privilege::require_admin("cleanup", state_dir)?;
-    let engine = DockerEngine::new(Docker::new(&config.docker), 0);
-    let mut sessions = Sessions::open(
-        engine,
-        SystemHost::new(None),
-        db_path,
-        config.state.lock_dir.as_path(),
-    )?;
+    let mut sessions = admin_sessions(config)?;
     let Some(interval) = args.daemon_interval else {
         let sweep = pass(config, &mut sessions)?;
         println!("cleanup pass complete: {}", summary(&sweep));

@@ -94,6 +94,19 @@ impl Engine for DockerEngine {
     }
 }
 
+/// The sessions, as an admin command (root, no connection of its own) works on them.
+pub fn admin_sessions(
+    config: &crate::config::ServerConfig,
+) -> Result<crate::session::Sessions<DockerEngine, SystemHost>, SessionError> {
+    let engine = DockerEngine::new(Docker::new(&config.docker), 0);
+    crate::session::Sessions::open(
+        engine,
+        SystemHost::new(None),
+        config.state.db_path.as_path(),
+        config.state.lock_dir.as_path(),
+    )
+}
+
 pub struct SystemHost {
     /// The server config this process read, when not the default, for the keeper to
     /// read the same.

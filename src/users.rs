@@ -7,12 +7,11 @@ use crate::accounts;
 use crate::cli::{AddUserArgs, RemoveUserArgs};
 use crate::config::ServerConfig;
 use crate::docker::Docker;
-use crate::engine::{DockerEngine, SystemHost};
+use crate::engine::admin_sessions;
 use crate::error::Error;
 use crate::keys::store::{KeyStore, StoreError};
 use crate::keys::{UserName, import};
 use crate::privilege;
-use crate::session::Sessions;
 use crate::system;
 
 pub fn add_user(config: &ServerConfig, args: &AddUserArgs) -> Result<(), Error> {
@@ -147,13 +146,7 @@ pub fn remove_user(config: &ServerConfig, args: &RemoveUserArgs) -> Result<(), E
     let db_path = config.state.db_path.as_path();
     let mut destroyed = 0;
     if db_path.exists() {
-        let engine = DockerEngine::new(Docker::new(&config.docker), 0);
-        let mut sessions = Sessions::open(
-            engine,
-            SystemHost::new(None),
-            db_path,
-            config.state.lock_dir.as_path(),
-        )?;
+        let mut sessions = admin_sessions(config)?;
         let count = sessions
             .state()
             .sessions()

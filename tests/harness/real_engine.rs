@@ -67,6 +67,41 @@ pub fn docker_gid() -> u32 {
     unsafe { (*group).gr_gid }
 }
 
+pub fn container_exists(container: &str) -> bool {
+    Command::new("docker")
+        .args(["inspect", "--type", "container", container])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// The commands running in `container` as `uid` (as `docker top` sees them).
+pub fn processes_of(container: &str, uid: u32) -> Vec<String> {
+    let output = Command::new("docker")
+        .args(["top", container, "-eo", "pid,uid,args"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .skip(1)
+        .filter(|line| line.split_whitespace().nth(1) == Some(uid.to_string().as_str()))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Polls `condition` until it holds (how long it took) or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if condition() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
 /// A Unix account, a root-owned podspawn install and config, torn down on drop.
 struct RealEnv {
     user: String,
@@ -220,41 +255,16 @@ impl RealEnv {
     }
 
     fn container_exists(&self) -> bool {
-        Command::new("docker")
-            .args(["inspect", "--type", "container", &self.container()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success())
+        container_exists(&self.container())
     }
 
     /// Commands running in the container as the user (not its setup or keep-alive).
     fn user_processes(&self) -> Vec<String> {
-        let output = Command::new("docker")
-            .args(["top", &self.container(), "-eo", "pid,uid,args"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .skip(1)
-            .filter(|line| line.split_whitespace().nth(1) == Some(self.uid.to_string().as_str()))
-            .map(str::to_string)
-            .collect()
+        processes_of(&self.container(), self.uid)
     }
 
-    fn wait_until(
-        &self,
-        timeout: Duration,
-        mut condition: impl FnMut() -> bool,
-    ) -> Option<Duration> {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if condition() {
-                return Some(start.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
+    fn wait_until(&self, timeout: Duration, condition: impl FnMut() -> bool) -> Option<Duration> {
+        wait_until(timeout, condition)
     }
 
     fn explain(&self, output: &Output) -> String {

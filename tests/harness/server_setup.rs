@@ -39,13 +39,13 @@ impl Setup {
             SSHD_CONFIG.replace("SITE_INCLUDE", &include),
         )
         .unwrap();
-        // The group and the shared home of this test, in the config's auth section.
+        // The group of this test, in the config's auth section.
         let config = fs::read_to_string(env.config_path()).unwrap();
-        let auth_extra = format!(
-            "  group: {group}\n  home_dir: {}\n",
-            env.path("home-shared").display()
-        );
-        env.write_config_text(&config.replacen("docker:\n", &format!("{auth_extra}docker:\n"), 1));
+        env.write_config_text(&config.replacen(
+            "docker:\n",
+            &format!("  group: {group}\ndocker:\n"),
+            1,
+        ));
         Some(Setup { env, group })
     }
 

@@ -237,12 +237,13 @@ fn docker_runs_with_a_fixed_environment_whatever_the_caller_sets() {
         .var("LD_PRELOAD", "/tmp/evil.so")
         .run()
         .assert_success();
+    let docker_config = env.path("docker-config").display().to_string();
     for call in env.docker_calls() {
         let mut seen = call.env.clone();
         // Python itself adds LC_CTYPE under the C locale (PEP 538).
         seen.remove("LC_CTYPE");
         let expected: Vec<(&str, &str)> = vec![
-            ("DOCKER_CONFIG", "/etc/podspawn/docker"),
+            ("DOCKER_CONFIG", &docker_config),
             ("DOCKER_HOST", "unix:///run/podspawn-test.sock"),
             ("HOME", "/nonexistent"),
             (

@@ -141,12 +141,14 @@ impl TestEnv {
     /// sections that are not in the base).
     pub fn write_config(&self, extra: &str) {
         let base = format!(
-            "auth:\n  key_dir: {keys}\n  github_url: http://127.0.0.1:9\n  create_accounts: false\n\
-             docker:\n  binary: {docker}\n\
+            "auth:\n  key_dir: {keys}\n  github_url: http://127.0.0.1:9\n  create_accounts: false\n  home_dir: {home}\n\
+             docker:\n  binary: {docker}\n  config_dir: {docker_config}\n\
              state:\n  db_path: {state}/state.db\n  lock_dir: {state}/locks\n  agent_dir: {state}/agents\n\
              log:\n  file: {log}\n  level: debug\n",
             keys = self.key_dir().display(),
+            home = self.path("home-shared").display(),
             docker = self.path("bin/docker").display(),
+            docker_config = self.path("docker-config").display(),
             state = self.path("state").display(),
             log = self.log_path().display(),
         );

@@ -23,7 +23,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::real_engine::{docker_gid, image, unavailable};
+use crate::real_engine::{
+    container_exists, docker_gid, image, processes_of, unavailable, wait_until,
+};
 use crate::support::PODSPAWN;
 
 pub const SSHD: &str = "/usr/sbin/sshd";
@@ -156,6 +158,7 @@ impl Server {
         fs::set_permissions(&binary, fs::Permissions::from_mode(0o2755)).unwrap();
         let config = format!(
             "auth:\n  key_dir: {root}/keys\n  group: {group}\n  home_dir: {root}/home\n\
+             docker:\n  config_dir: {root}/docker-config\n\
              defaults:\n  image: {image}\n  memory: 1g\n\
              session:\n  grace_period: {grace}\n\
              state:\n  db_path: {root}/state/state.db\n  lock_dir: {root}/state/locks\n  agent_dir: {root}/state/agents\n\
@@ -426,39 +429,20 @@ impl Server {
     }
 
     pub fn container_exists(&self, account: &Account) -> bool {
-        run_quietly(
-            "docker",
-            &["inspect", "--type", "container", &account.container()],
-        )
+        container_exists(&account.container())
     }
 
     /// Commands running in `account`'s container as the account.
     pub fn user_processes(&self, account: &Account) -> Vec<String> {
-        let output = Command::new("docker")
-            .args(["top", &account.container(), "-eo", "pid,uid,args"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .skip(1)
-            .filter(|line| line.split_whitespace().nth(1) == Some(account.uid.to_string().as_str()))
-            .map(str::to_string)
-            .collect()
+        processes_of(&account.container(), account.uid)
     }
 
     pub fn wait_until(
         &self,
         timeout: Duration,
-        mut condition: impl FnMut() -> bool,
+        condition: impl FnMut() -> bool,
     ) -> Option<Duration> {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if condition() {
-                return Some(start.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
+        wait_until(timeout, condition)
     }
 
     /// A scratch directory for the test's local files.
