@@ -1109,6 +1109,17 @@ mod tests {
             self.sessions.state().session("alice", "").unwrap()
         }
 
+        /// Records a live connection by `process` (as spawn does before its exec), so
+        /// the session holds no grace deadline.
+        fn open_connection(&mut self, process: i32) {
+            let row = self.row().unwrap();
+            let state = self.sessions.state();
+            state.set_grace_until("alice", "", None).unwrap();
+            state
+                .add_connection(&row, &pid(process), 10_000, "shell")
+                .unwrap();
+        }
+
         fn tick(&mut self) -> Tick {
             let keeper = self.row().and_then(|row| row.keeper).unwrap_or(pid(1));
             let alice = UserName::parse("alice").unwrap();
@@ -1227,15 +1238,7 @@ mod tests {
         let (mut f, settings) = fixture(SessionMode::GracePeriod);
         f.connect(&settings);
         // A connection whose spawn was SIGKILLed: its row stays, its process is gone.
-        let row = f.row().unwrap();
-        f.sessions
-            .state()
-            .set_grace_until("alice", "", None)
-            .unwrap();
-        f.sessions
-            .state()
-            .add_connection(&row, &pid(777), 10_000, "shell")
-            .unwrap();
+        f.open_connection(777);
         assert_eq!(f.tick(), Tick::Sleep(KEEPER_TICK));
         assert_eq!(f.row().unwrap().grace_until, None, "pid 777 is alive");
         f.sessions.host.dead.insert(777);
@@ -1275,11 +1278,8 @@ mod tests {
     fn lifetime_ends_a_session_even_with_connections() {
         let (mut f, settings) = fixture(SessionMode::GracePeriod);
         f.connect(&settings);
+        f.open_connection(778);
         let row = f.row().unwrap();
-        f.sessions
-            .state()
-            .add_connection(&row, &pid(778), 10_000, "shell")
-            .unwrap();
         f.sessions.host.now = row.expires_at.unwrap();
         assert_eq!(f.tick(), Tick::Stop);
         assert_eq!(f.sessions.engine.removes, ["podspawn-alice"]);
@@ -1345,15 +1345,7 @@ mod tests {
     fn cleanup_leaves_live_sessions_alone() {
         let (mut f, settings) = fixture(SessionMode::GracePeriod);
         f.connect(&settings);
-        let row = f.row().unwrap();
-        f.sessions
-            .state()
-            .set_grace_until("alice", "", None)
-            .unwrap();
-        f.sessions
-            .state()
-            .add_connection(&row, &pid(900), 10_000, "shell")
-            .unwrap();
+        f.open_connection(900);
         assert_eq!(f.sessions.cleanup().unwrap(), Sweep::default());
         assert_eq!(f.sessions.engine.running.len(), 1);
         assert!(f.row().is_some());

@@ -137,14 +137,8 @@ fn cleanup_removes_orphans_and_drops_rows_without_containers() {
     env.podspawn(&["cleanup"])
         .assert_success()
         .assert_stdout("cleanup pass complete: grace_expired=0 lifetime_expired=0 orphans_removed=1 rows_dropped=1 networks_removed=0\n");
-    let removed: Vec<String> = env
-        .docker_calls()
-        .into_iter()
-        .filter(|call| call.subcommand() == "rm")
-        .map(|call| call.argv[2].clone())
-        .collect();
     assert_eq!(
-        removed,
+        env.removed_containers(),
         [
             format!("podspawn-{}", user.name),
             "podspawn-ghost".to_string()
@@ -173,12 +167,11 @@ fn cleanup_expires_sessions_whose_keeper_is_gone() {
         .assert_success();
     kill_keepers(&env);
     std::thread::sleep(Duration::from_millis(1500));
-    let rms_before = env
-        .docker_calls()
-        .iter()
-        .filter(|call| call.subcommand() == "rm")
-        .count();
-    assert_eq!(rms_before, 0, "the keeper was not stopped in time");
+    assert_eq!(
+        env.removed_containers(),
+        Vec::<String>::new(),
+        "the keeper was not stopped in time"
+    );
     env.podspawn(&["cleanup"])
         .assert_success()
         .assert_stdout("cleanup pass complete: grace_expired=1 lifetime_expired=0 orphans_removed=0 rows_dropped=0 networks_removed=0\n");

@@ -422,10 +422,9 @@ fn after_the_grace_period_the_container_is_really_gone() {
     );
 }
 
-#[test]
-fn a_killed_spawn_does_not_pin_the_container() {
-    let env = real_env_or_skip!("2s");
-    let mut spawn = env
+/// Runs `sleep 300` through spawn and waits until it runs in the container.
+fn start_sleeper(env: &RealEnv) -> std::process::Child {
+    let spawn = env
         .spawn(Some("sleep 300"))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -442,6 +441,13 @@ fn a_killed_spawn_does_not_pin_the_container() {
         "the command never started\n{}",
         env.log()
     );
+    spawn
+}
+
+#[test]
+fn a_killed_spawn_does_not_pin_the_container() {
+    let env = real_env_or_skip!("2s");
+    let mut spawn = start_sleeper(&env);
     spawn.kill().unwrap();
     spawn.wait().unwrap();
     let killed = Instant::now();
@@ -460,23 +466,7 @@ fn a_killed_spawn_does_not_pin_the_container() {
 #[test]
 fn a_terminated_connection_leaves_no_process_in_the_container() {
     let env = real_env_or_skip!("60s");
-    let mut spawn = env
-        .spawn(Some("sleep 300"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = env.wait_until(Duration::from_secs(30), || {
-        env.user_processes()
-            .iter()
-            .any(|line| line.contains("sleep 300"))
-    });
-    assert!(
-        started.is_some(),
-        "the command never started\n{}",
-        env.log()
-    );
+    let mut spawn = start_sleeper(&env);
     unsafe { libc::kill(spawn.id() as i32, libc::SIGTERM) };
     let status = spawn.wait().unwrap();
     assert_eq!(status.code(), Some(128 + libc::SIGTERM));

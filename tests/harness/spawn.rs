@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{Call, Input, Rule, SpawnUser, TestEnv};
+use crate::support::{Call, Input, Rule, Running, SpawnUser, TestEnv};
 
 const IMAGE: &str = "podspawn-test:latest";
 
@@ -358,16 +358,9 @@ fn process_exists(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-fn rm_calls(env: &TestEnv) -> usize {
-    env.docker_calls()
-        .iter()
-        .filter(|call| call.subcommand() == "rm")
-        .count()
-}
-
-#[test]
-fn a_kill_9_of_spawn_cannot_pin_the_container() {
-    let (env, user) = lifecycle_env("  grace_period: 2s\n");
+/// A connection whose command (`None`: the login shell) runs in the container until
+/// spawn's stdin closes; returns spawn and the fake's process in the container.
+fn held_connection(env: &TestEnv, user: &SpawnUser, command: Option<&str>) -> (Running, i32) {
     env.scenario(&[
         run_rule(),
         Rule::docker(&["exec", "**"])
@@ -375,12 +368,22 @@ fn a_kill_9_of_spawn_cannot_pin_the_container() {
             .wait_for_stdin(),
         rm_rule(),
     ]);
-    let running = env
-        .spawn(&user)
-        .var("SSH_ORIGINAL_COMMAND", "sleep 300")
-        .input(Input::OpenPipe)
-        .start();
-    let inside = container_process(&env);
+    let mut spawn = env.spawn(user).input(Input::OpenPipe);
+    if let Some(command) = command {
+        spawn = spawn.var("SSH_ORIGINAL_COMMAND", command);
+    }
+    let running = spawn.start();
+    (running, container_process(env))
+}
+
+fn rm_calls(env: &TestEnv) -> usize {
+    env.removed_containers().len()
+}
+
+#[test]
+fn a_kill_9_of_spawn_cannot_pin_the_container() {
+    let (env, user) = lifecycle_env("  grace_period: 2s\n");
+    let (running, inside) = held_connection(&env, &user, Some("sleep 300"));
     running.signal(libc::SIGKILL);
     let killed = Instant::now();
     let run = running.finish(Duration::from_secs(5));
@@ -483,19 +486,7 @@ fn persistent_containers_stay() {
 #[test]
 fn a_sigterm_ends_the_connection_and_its_process_in_the_container() {
     let (env, user) = lifecycle_env("  grace_period: 60s\n");
-    env.scenario(&[
-        run_rule(),
-        Rule::docker(&["exec", "**"])
-            .container_process()
-            .wait_for_stdin(),
-        rm_rule(),
-    ]);
-    let running = env
-        .spawn(&user)
-        .var("SSH_ORIGINAL_COMMAND", "sleep 300")
-        .input(Input::OpenPipe)
-        .start();
-    let inside = container_process(&env);
+    let (running, inside) = held_connection(&env, &user, Some("sleep 300"));
     assert!(process_exists(inside));
     running.signal(libc::SIGTERM);
     running
@@ -511,15 +502,7 @@ fn a_sigterm_ends_the_connection_and_its_process_in_the_container() {
 #[test]
 fn a_hangup_ends_the_connection_and_its_process_in_the_container() {
     let (env, user) = lifecycle_env("  grace_period: 60s\n");
-    env.scenario(&[
-        run_rule(),
-        Rule::docker(&["exec", "**"])
-            .container_process()
-            .wait_for_stdin(),
-        rm_rule(),
-    ]);
-    let running = env.spawn(&user).input(Input::OpenPipe).start();
-    let inside = container_process(&env);
+    let (running, inside) = held_connection(&env, &user, None);
     running.signal(libc::SIGHUP);
     running
         .finish(Duration::from_secs(10))
@@ -533,21 +516,9 @@ fn a_hangup_ends_the_connection_and_its_process_in_the_container() {
 #[test]
 fn a_client_that_vanishes_without_a_terminal_is_noticed() {
     let (env, user) = lifecycle_env("  grace_period: 60s\n");
-    env.scenario(&[
-        run_rule(),
-        Rule::docker(&["exec", "**"])
-            .container_process()
-            .wait_for_stdin(),
-        rm_rule(),
-    ]);
     // Like sshd after its client was SIGKILLed: no signal at all, only the reading
     // end of spawn's stdout goes away.
-    let mut running = env
-        .spawn(&user)
-        .var("SSH_ORIGINAL_COMMAND", "sleep 300")
-        .input(Input::OpenPipe)
-        .start();
-    let inside = container_process(&env);
+    let (mut running, inside) = held_connection(&env, &user, Some("sleep 300"));
     drop(running.child.stdout.take());
     let started = Instant::now();
     while running.child.try_wait().unwrap().is_none() {

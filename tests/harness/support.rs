@@ -270,6 +270,15 @@ impl TestEnv {
             .collect()
     }
 
+    /// The containers named by `docker rm` calls so far, in order.
+    pub fn removed_containers(&self) -> Vec<String> {
+        self.docker_calls()
+            .into_iter()
+            .filter(|call| call.subcommand() == "rm")
+            .filter_map(|call| call.argv.last().cloned())
+            .collect()
+    }
+
     /// Waits up to `timeout` for `condition`; false if it never held.
     pub fn wait_for(
         &self,

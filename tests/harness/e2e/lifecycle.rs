@@ -4,6 +4,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use super::{Account, Server};
 use crate::real_engine::Terminal;
 
 #[test]
@@ -54,21 +55,7 @@ fn a_client_killed_without_a_terminal_leaves_nothing_behind() {
     client.kill().unwrap();
     client.wait().unwrap();
     // sshd sends no signal here: spawn notices that its stdout's reader is gone.
-    let cleared = server.wait_until(Duration::from_secs(10), || {
-        server.user_processes(user).is_empty()
-    });
-    assert!(
-        cleared.is_some(),
-        "left behind: {:?}\n{}",
-        server.user_processes(user),
-        server.podspawn_log()
-    );
-    let gone = server.wait_until(Duration::from_secs(15), || !server.container_exists(user));
-    assert!(
-        gone.is_some(),
-        "the container outlived its killed client\n{}",
-        server.podspawn_log()
-    );
+    assert_nothing_left(&server, user, "its killed client");
 }
 
 #[test]
@@ -92,6 +79,12 @@ fn a_terminal_session_dropped_by_sshd_leaves_nothing_behind() {
     // The client dies; sshd hangs up the terminal (SIGHUP to spawn).
     terminal.child.kill().unwrap();
     terminal.child.wait().unwrap();
+    assert_nothing_left(&server, user, "its dropped session");
+}
+
+/// No process of `user` is left in the container, and the container goes once the
+/// grace period ends.
+fn assert_nothing_left(server: &Server, user: &Account, after: &str) {
     let cleared = server.wait_until(Duration::from_secs(10), || {
         server.user_processes(user).is_empty()
     });
@@ -104,7 +97,7 @@ fn a_terminal_session_dropped_by_sshd_leaves_nothing_behind() {
     let gone = server.wait_until(Duration::from_secs(15), || !server.container_exists(user));
     assert!(
         gone.is_some(),
-        "the container outlived its dropped session\n{}",
+        "the container outlived {after}\n{}",
         server.podspawn_log()
     );
 }
