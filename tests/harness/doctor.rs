@@ -96,7 +96,11 @@ fn doctor_on_a_server_set_up_by_server_setup_finds_nothing_wrong() {
     env.scenario(&healthy_engine());
     // podspawn installed as it should be: root:docker 2755.
     let binary = env.path("bin/podspawn");
-    fs::copy(crate::support::PODSPAWN, &binary).unwrap();
+    crate::support::copy_executable(
+        std::path::Path::new(crate::support::PODSPAWN),
+        &binary,
+        0o755,
+    );
     let docker_gid = fs::read_to_string("/etc/group")
         .unwrap()
         .lines()

@@ -314,8 +314,27 @@ impl Drop for TestEnv {
 /// A copy (not a link: the repository may not be readable by other users) of the
 /// fake docker at `path`.
 fn install_fake(path: &Path) {
-    fs::copy(testdata("fake-docker"), path).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    copy_executable(&testdata("fake-docker"), path, 0o755);
+}
+
+/// Copies a program that will be run, with `mode`. The copy is made by `cp`, not by
+/// this process: a file this (multi-threaded) process had open for writing would be
+/// inherited, still open, by whatever another test thread forks at that moment, and
+/// running it would then fail with "text file busy".
+pub fn copy_executable(from: &Path, to: &Path, mode: u32) {
+    let status = Command::new("cp")
+        .arg("--")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp runs");
+    assert!(
+        status.success(),
+        "cp {} {} failed",
+        from.display(),
+        to.display()
+    );
+    fs::set_permissions(to, fs::Permissions::from_mode(mode)).unwrap();
 }
 
 /// One rule of the fake docker's scenario (see testdata/fake-docker).
@@ -756,8 +775,7 @@ pub fn binary_for_others() -> PathBuf {
             fs::create_dir_all(&dir).unwrap();
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
             let temporary = dir.join(format!("podspawn.{}", std::process::id()));
-            fs::copy(PODSPAWN, &temporary).unwrap();
-            fs::set_permissions(&temporary, fs::Permissions::from_mode(0o755)).unwrap();
+            copy_executable(Path::new(PODSPAWN), &temporary, 0o755);
             fs::rename(&temporary, &target).unwrap();
         }
         target

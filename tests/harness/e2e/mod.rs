@@ -153,7 +153,7 @@ impl Server {
     fn install(&self, grace: &str, use_pam: bool) {
         let docker = docker_gid();
         let binary = self.root.join("bin/podspawn");
-        fs::copy(PODSPAWN, &binary).unwrap();
+        crate::support::copy_executable(Path::new(PODSPAWN), &binary, 0o755);
         std::os::unix::fs::chown(&binary, Some(0), Some(docker)).unwrap();
         fs::set_permissions(&binary, fs::Permissions::from_mode(0o2755)).unwrap();
         let config = format!(
