@@ -16,8 +16,8 @@ use crate::keys::store::KeyStore;
 use crate::keys::{SpawnCommand, UserName};
 
 /// The authorized_keys lines for `args.user`, or nothing.
-pub fn run(config: &ServerConfig, config_path: Option<&std::path::Path>, args: &AuthKeysArgs) {
-    let lines = authorized_lines(config, config_path, args);
+pub fn run(config: &ServerConfig, args: &AuthKeysArgs) {
+    let lines = authorized_lines(config, args);
     if !lines.is_empty() {
         // One write: sshd reads the keys whole or not at all.
         let mut stdout = std::io::stdout().lock();
@@ -30,11 +30,7 @@ pub fn run(config: &ServerConfig, config_path: Option<&std::path::Path>, args: &
     }
 }
 
-fn authorized_lines(
-    config: &ServerConfig,
-    config_path: Option<&std::path::Path>,
-    args: &AuthKeysArgs,
-) -> String {
+fn authorized_lines(config: &ServerConfig, args: &AuthKeysArgs) -> String {
     let user = match UserName::parse(&args.user) {
         Ok(user) => user,
         Err(err) => {
@@ -72,7 +68,7 @@ fn authorized_lines(
     }
     let spawn = match std::env::current_exe()
         .map_err(|err| format!("cannot find the podspawn binary: {err}"))
-        .and_then(|path| SpawnCommand::new(&path, config_path))
+        .and_then(|path| SpawnCommand::new(&path, config.moved()))
     {
         Ok(spawn) => spawn,
         Err(err) => {

@@ -358,74 +358,153 @@ impl<'de> Deserialize<'de> for Cpus {
     }
 }
 
-/// The config file to read, and what was ignored on the way.
+/// Finds and reads the server config; `ignored` says what override was not used (to
+/// be logged once logging is set up).
 ///
 /// `--config PATH`, else `PODSPAWN_CONFIG`, names another file. A process running with
 /// a borrowed (setgid) group runs in its caller's environment and with its caller's
-/// arguments, so there either is honoured only for a file that only root could have
-/// written: the file and every directory above it owned by root and not writable by
-/// group or others (sshd's rule for its own commands).
-pub fn locate(borrowed_group: bool, flag: Option<&Path>) -> Located {
-    let default = || PathBuf::from(DEFAULT_PATH);
-    let (wanted, source) = match (
-        flag,
-        std::env::var_os(PATH_VARIABLE).filter(|path| !path.is_empty()),
-    ) {
-        (Some(path), _) => (path.to_path_buf(), "--config"),
-        (None, Some(path)) => (PathBuf::from(path), PATH_VARIABLE),
-        (None, None) => {
-            return Located {
-                path: default(),
-                ignored: None,
-            };
-        }
+/// arguments, so it trusts neither as given:
+///
+/// - `PODSPAWN_CONFIG` is ignored (sshd's forced command passes `--config`);
+/// - the file it reads, named by `--config` or the default, must be one only root
+///   could have written — the file and every directory above it owned by root and
+///   not writable by group or others (sshd's rule for its own commands) — and it is
+///   checked on the very descriptor it is read from, so a symlink swapped between a
+///   check and a read cannot win;
+/// - an override that is missing, or holds nothing but comments, is refused rather
+///   than meaning "all defaults" (it would drop the admin's engine, limits and log).
+pub fn load(borrowed_group: bool, flag: Option<&Path>) -> Loaded {
+    let from_env = std::env::var_os(PATH_VARIABLE).filter(|path| !path.is_empty());
+    let (path, overridden, ignored) = match (flag, from_env) {
+        (Some(path), _) => (path.to_path_buf(), true, None),
+        (None, Some(path)) if borrowed_group => (
+            PathBuf::from(DEFAULT_PATH),
+            false,
+            Some(format!(
+                "ignored {PATH_VARIABLE}={}: under the setgid group only --config is honoured",
+                Path::new(&path).display()
+            )),
+        ),
+        (None, Some(path)) => (PathBuf::from(path), true, None),
+        (None, None) => (PathBuf::from(DEFAULT_PATH), false, None),
     };
-    if !borrowed_group {
-        return Located {
-            path: wanted,
-            ignored: None,
-        };
-    }
-    match only_root_can_write(&wanted) {
-        Ok(()) => Located {
-            path: wanted,
-            ignored: None,
-        },
-        Err(reason) => Located {
-            path: default(),
-            ignored: Some(format!("ignored {source} {}: {reason}", wanted.display())),
-        },
-    }
+    let result = if borrowed_group {
+        load_trusted(&path, overridden)
+    } else {
+        load_path(&path)
+    };
+    Loaded { result, ignored }
 }
 
-/// Where the config is, and why `--config` or `PODSPAWN_CONFIG` was not used (to be
-/// logged).
-pub struct Located {
-    pub path: PathBuf,
+/// The outcome of `load`.
+pub struct Loaded {
+    pub result: Result<ServerConfig, ConfigError>,
+    /// An override that was ignored, and why.
     pub ignored: Option<String>,
 }
 
-impl Located {
-    /// The path, if it is not the default: what processes podspawn starts (the keeper)
-    /// or has sshd start (the forced command) must be told.
+impl ServerConfig {
+    /// The file this config came from, if it is not the default: what processes
+    /// podspawn starts (the keeper) or has sshd start (the forced command) must be told.
     pub fn moved(&self) -> Option<&Path> {
-        (self.path.as_os_str() != DEFAULT_PATH).then_some(self.path.as_path())
+        (self.source.as_os_str() != DEFAULT_PATH).then_some(self.source.as_path())
     }
 }
 
-fn only_root_can_write(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let canonical = std::fs::canonicalize(path).map_err(|err| err.to_string())?;
-    for step in canonical.ancestors() {
-        let meta = std::fs::metadata(step).map_err(|err| format!("{}: {err}", step.display()))?;
-        if meta.uid() != 0 {
-            return Err(format!("{} is not owned by root", step.display()));
-        }
-        if meta.mode() & 0o022 != 0 {
-            return Err(format!("{} is writable by group or others", step.display()));
-        }
+/// Reads the config at `path`; a file that does not exist means every default.
+pub fn load_path(path: &Path) -> Result<ServerConfig, ConfigError> {
+    match std::fs::read(path) {
+        Ok(bytes) => from_bytes(path, &bytes),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(ServerConfig {
+            source: path.to_path_buf(),
+            ..ServerConfig::default()
+        }),
+        Err(source) => Err(ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
-    Ok(())
+}
+
+/// Under a borrowed group: reads `path` only if root alone could have written it,
+/// checking the open descriptor itself (see `load`).
+fn load_trusted(path: &Path, overridden: bool) -> Result<ServerConfig, ConfigError> {
+    let untrusted = |reason: String| ConfigError::Untrusted {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let canonical = match std::fs::canonicalize(path) {
+        Ok(canonical) => canonical,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !overridden => {
+            return load_path(path);
+        }
+        Err(err) => return Err(untrusted(err.to_string())),
+    };
+    let bytes = read_root_only(&canonical).map_err(untrusted)?;
+    let config = from_bytes(&canonical, &bytes)?;
+    if overridden && !has_content(&String::from_utf8_lossy(&bytes)) {
+        return Err(untrusted(
+            "it holds no settings; an override must say what it overrides".to_string(),
+        ));
+    }
+    Ok(config)
+}
+
+/// The bytes of `canonical` (a path without symlinks), read from a descriptor whose
+/// file, and every directory above it, only root can write. The path is opened first
+/// and the checks are made on what was opened: the file by `fstat`, the directories
+/// on the path, and then the path must still name the opened file.
+fn read_root_only(canonical: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let only_root = |what: &Path, meta: &std::fs::Metadata| {
+        if meta.uid() != 0 {
+            Err(format!("{} is not owned by root", what.display()))
+        } else if meta.mode() & 0o022 != 0 {
+            Err(format!("{} is writable by group or others", what.display()))
+        } else {
+            Ok(())
+        }
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        // A FIFO must not hang the login; it is refused below as not a file.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(canonical)
+        .map_err(|err| format!("{}: {err}", canonical.display()))?;
+    let opened = file.metadata().map_err(|err| err.to_string())?;
+    if !opened.is_file() {
+        return Err(format!("{} is not a regular file", canonical.display()));
+    }
+    only_root(canonical, &opened)?;
+    for dir in canonical.ancestors().skip(1) {
+        let meta =
+            std::fs::symlink_metadata(dir).map_err(|err| format!("{}: {err}", dir.display()))?;
+        only_root(dir, &meta)?;
+    }
+    let named = std::fs::symlink_metadata(canonical).map_err(|err| err.to_string())?;
+    if (named.dev(), named.ino()) != (opened.dev(), opened.ino()) {
+        return Err(format!("{} changed while it was read", canonical.display()));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|err| format!("{}: {err}", canonical.display()))?;
+    Ok(bytes)
+}
+
+fn from_bytes(path: &Path, bytes: &[u8]) -> Result<ServerConfig, ConfigError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        line: None,
+        message: "file is not valid UTF-8".to_string(),
+    })?;
+    let mut config = parse(text).map_err(|(line, message)| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        line,
+        message,
+    })?;
+    config.source = path.to_path_buf();
+    Ok(config)
 }
 
 /// The config `server-setup` writes when there is none: every key, commented out,
@@ -478,6 +557,9 @@ pub enum ConfigError {
         line: Option<usize>,
         message: String,
     },
+    /// Under a borrowed group, a file that someone other than root could have written
+    /// (or an override that cannot be used).
+    Untrusted { path: PathBuf, reason: String },
 }
 
 impl fmt::Display for ConfigError {
@@ -496,55 +578,32 @@ impl fmt::Display for ConfigError {
                 line: None,
                 message,
             } => write!(f, "config {}: {message}", path.display()),
+            ConfigError::Untrusted { path, reason } => write!(
+                f,
+                "refusing config {}: {reason} (podspawn reads only a config that only root can write)",
+                path.display()
+            ),
         }
     }
 }
 
 impl std::error::Error for ConfigError {}
 
-/// Reads the config at `path`; a file that does not exist means every default.
-pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
-    let text = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(ServerConfig {
-                source: path.to_path_buf(),
-                ..ServerConfig::default()
-            });
-        }
-        Err(source) => {
-            return Err(ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
-    };
-    let text = String::from_utf8(text).map_err(|_| ConfigError::Invalid {
-        path: path.to_path_buf(),
-        line: None,
-        message: "file is not valid UTF-8".to_string(),
-    })?;
-    let mut config = parse(&text).map_err(|(line, message)| ConfigError::Invalid {
-        path: path.to_path_buf(),
-        line,
-        message,
-    })?;
-    config.source = path.to_path_buf();
-    Ok(config)
-}
-
 /// Parses config text; an error comes back as (line, message naming the key).
 fn parse(text: &str) -> Result<ServerConfig, (Option<usize>, String)> {
     // A file of nothing but comments is an empty document, which serde_yaml would
     // refuse for a struct; it means "all defaults".
-    let has_content = text
-        .lines()
-        .map(str::trim)
-        .any(|line| !line.is_empty() && !line.starts_with('#') && line != "---");
-    if !has_content {
+    if !has_content(text) {
         return Ok(ServerConfig::default());
     }
     serde_yaml::from_str(text).map_err(|err| describe(text, &err))
+}
+
+/// Whether `text` holds anything but blank lines, comments and a document marker.
+fn has_content(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .any(|line| !line.is_empty() && !line.starts_with('#') && line != "---")
 }
 
 /// Turns a serde_yaml error into (line, "key.path: problem"). serde_yaml reports the
@@ -848,22 +907,65 @@ log:
     }
 
     #[test]
+    fn only_a_file_only_root_can_write_is_read_under_a_borrowed_group() {
+        // /etc/passwd: root's, in root's /etc, on every machine.
+        let bytes = read_root_only(Path::new("/etc/passwd")).unwrap();
+        assert!(bytes.starts_with(b"root:"));
+
+        let dir = std::env::temp_dir().join(format!("podspawn-trust-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let open_dir = dir.join("open");
+        std::fs::create_dir_all(&open_dir).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let file = open_dir.join("config.yaml");
+        std::fs::write(&file, "session:\n  mode: persistent\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let reason = read_root_only(&file).unwrap_err();
+        assert!(reason.contains(&open_dir.display().to_string()), "{reason}");
+
+        // A link of anyone's is followed once, to a file that is then checked itself:
+        // pointed at a root file, that file is what is read (and it is no config).
+        let link = open_dir.join("link.yaml");
+        std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
+        match load_trusted(&link, true) {
+            Err(ConfigError::Invalid { path, .. }) => assert_eq!(path, Path::new("/etc/passwd")),
+            other => panic!("{:?}", other.map(|config| config.source)),
+        }
+        assert!(matches!(
+            load_trusted(&file, true),
+            Err(ConfigError::Untrusted { .. })
+        ));
+        // A missing override is refused; a missing default means every default.
+        let missing = dir.join("missing.yaml");
+        assert!(matches!(
+            load_trusted(&missing, true),
+            Err(ConfigError::Untrusted { .. })
+        ));
+        assert_eq!(load_trusted(&missing, false).unwrap().source, missing);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn load_names_the_file_and_missing_file_is_defaults() {
         let dir = std::env::temp_dir().join(format!("podspawn-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let missing = dir.join("absent.yaml");
-        assert_eq!(load(&missing).unwrap().source, missing);
+        assert_eq!(load_path(&missing).unwrap().source, missing);
 
         let bad = dir.join("bad.yaml");
         std::fs::write(&bad, "session:\n  grace_period: soon\n").unwrap();
-        let message = load(&bad).unwrap_err().to_string();
+        let message = load_path(&bad).unwrap_err().to_string();
         assert!(message.contains(&bad.display().to_string()), "{message}");
         assert!(message.contains("line 2"), "{message}");
         assert!(message.contains("session.grace_period"), "{message}");
 
         let not_a_file = dir.join("a-directory");
         std::fs::create_dir_all(&not_a_file).unwrap();
-        assert!(matches!(load(&not_a_file), Err(ConfigError::Read { .. })));
+        assert!(matches!(
+            load_path(&not_a_file),
+            Err(ConfigError::Read { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

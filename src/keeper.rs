@@ -21,18 +21,14 @@ use crate::session::{SessionError, Sessions, Tick};
 /// After an engine failure, how long to wait before trying again.
 const RETRY: Duration = Duration::from_secs(5);
 
-pub fn run(
-    config: &ServerConfig,
-    args: &KeeperArgs,
-    config_path: Option<&Path>,
-) -> Result<(), Error> {
+pub fn run(config: &ServerConfig, args: &KeeperArgs) -> Result<(), Error> {
     let user = UserName::parse(&args.user)?;
     let project = args.project.clone();
     let db_path = config.state.db_path.as_path();
     let engine = DockerEngine::new(Docker::new(&config.docker), unsafe { libc::getuid() });
     let mut sessions = Sessions::open(
         engine,
-        SystemHost::new(config_path.map(Path::to_path_buf)),
+        SystemHost::new(config.moved().map(Path::to_path_buf)),
         db_path,
         config.state.lock_dir.as_path(),
     )

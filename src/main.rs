@@ -58,73 +58,75 @@ fn main() -> ExitCode {
     } else {
         drop_borrowed_group();
     }
-    let located = config::locate(privilege::has_borrowed_group(), parsed.config.as_deref());
+    let load = || config::load(privilege::has_borrowed_group(), parsed.config.as_deref());
     match command {
         Command::Help(text) => print_out(text),
         Command::Version => print_out(&format!("{}\n", cli::version_line())),
         Command::AuthKeys(args) => {
-            run_auth_keys(&located, &args);
+            run_auth_keys(load(), &args);
             ExitCode::SUCCESS
         }
-        Command::Spawn(args) => run_spawn(&located, &args),
-        Command::Keeper(args) => run_keeper(&located, &args),
-        Command::AddUser(args) => admin(&located, |config| users::add_user(config, &args)),
-        Command::RemoveUser(args) => admin(&located, |config| users::remove_user(config, &args)),
-        Command::List(args) => admin(&located, |config| list::run(config, &args)),
-        Command::Cleanup(args) => admin(&located, |config| cleanup::run(config, &args)),
-        Command::ServerSetup(args) => admin(&located, |config| {
-            server_setup::run(config, &located, &args)
-        }),
-        Command::Doctor(args) => admin(&located, |config| doctor::run(config, &args)),
-        Command::VerifyImage(args) => admin(&located, |config| verify_image::run(config, &args)),
+        Command::Spawn(args) => run_spawn(load(), &args),
+        Command::Keeper(args) => run_keeper(load(), &args),
+        Command::AddUser(args) => admin(load(), |config| users::add_user(config, &args)),
+        Command::RemoveUser(args) => admin(load(), |config| users::remove_user(config, &args)),
+        Command::List(args) => admin(load(), |config| list::run(config, &args)),
+        Command::Cleanup(args) => admin(load(), |config| cleanup::run(config, &args)),
+        Command::ServerSetup(args) => admin(load(), |config| server_setup::run(config, &args)),
+        Command::Doctor(args) => admin(load(), |config| doctor::run(config, &args)),
+        Command::VerifyImage(args) => admin(load(), |config| verify_image::run(config, &args)),
     }
 }
 
 /// auth-keys has no failure: whatever goes wrong, sshd gets no keys and falls through
 /// to its own authentication, and the reason goes to the service log.
-fn run_auth_keys(located: &config::Located, args: &cli::AuthKeysArgs) {
+fn run_auth_keys(loaded: config::Loaded, args: &cli::AuthKeysArgs) {
     std::panic::set_hook(Box::new(|info| {
         log::error!("auth-keys failed: {info}");
         std::process::exit(0);
     }));
-    let Some(config) = service_config(located, "auth-keys") else {
+    let Some(config) = service_config(loaded, "auth-keys") else {
         return;
     };
-    auth_keys::run(&config, located.moved(), args);
+    auth_keys::run(&config, args);
 }
 
 /// spawn: the command's exit code, or 125 and one line for the user.
-fn run_spawn(located: &config::Located, args: &cli::SpawnArgs) -> ExitCode {
+fn run_spawn(loaded: config::Loaded, args: &cli::SpawnArgs) -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         log::error!("spawn failed: {info}");
         eprintln!("podspawn: internal error; tell your admin");
         std::process::exit(i32::from(error::EXIT_SPAWN_FAILURE));
     }));
-    let result = config::load(&located.path)
+    let ignored = loaded.ignored;
+    let result = loaded
+        .result
         .map_err(spawn::SpawnError::Config)
         .and_then(|config| {
             logging::init_service(&config.log, "spawn");
-            if let Some(ignored) = &located.ignored {
+            if let Some(ignored) = &ignored {
                 log::warn!("{ignored}");
             }
-            spawn::run(&config, args, located.moved())
+            spawn::run(&config, args)
         });
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(err) => {
-            // A config error happens before the configured log exists: syslog then.
-            logging::init_service(&config::LogConfig::default(), "spawn");
+            if matches!(err, spawn::SpawnError::Config(_)) {
+                // The configured log is not known: syslog then.
+                logging::init_service(&config::LogConfig::default(), "spawn");
+            }
             log::error!("{err}");
             fail(&Error::Spawn(err))
         }
     }
 }
 
-fn run_keeper(located: &config::Located, args: &cli::KeeperArgs) -> ExitCode {
-    let Some(config) = service_config(located, "keeper") else {
+fn run_keeper(loaded: config::Loaded, args: &cli::KeeperArgs) -> ExitCode {
+    let Some(config) = service_config(loaded, "keeper") else {
         return ExitCode::from(error::EXIT_FAILURE);
     };
-    match keeper::run(&config, args, located.moved()) {
+    match keeper::run(&config, args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             log::error!("keeper of {}: {err}", args.user);
@@ -135,37 +137,34 @@ fn run_keeper(located: &config::Located, args: &cli::KeeperArgs) -> ExitCode {
 
 /// The config for a command that logs to the service log, with logging set up; on
 /// a broken config, the reason goes to syslog and there is no config.
-fn service_config(
-    located: &config::Located,
-    command: &'static str,
-) -> Option<config::ServerConfig> {
-    match config::load(&located.path) {
+fn service_config(loaded: config::Loaded, command: &'static str) -> Option<config::ServerConfig> {
+    let config = match loaded.result {
         Ok(config) => {
             logging::init_service(&config.log, command);
-            if let Some(ignored) = &located.ignored {
-                log::warn!("{ignored}");
-            }
             Some(config)
         }
         Err(err) => {
+            // The configured log is not known: syslog then.
             logging::init_service(&config::LogConfig::default(), command);
             log::error!("{err}");
             None
         }
+    };
+    if let Some(ignored) = &loaded.ignored {
+        log::warn!("{ignored}");
     }
+    config
 }
 
 /// Runs an admin command with the server config and stderr logging.
 fn admin(
-    located: &config::Located,
+    loaded: config::Loaded,
     run: impl FnOnce(&config::ServerConfig) -> Result<(), Error>,
 ) -> ExitCode {
-    let result = config::load(&located.path)
-        .map_err(Error::from)
-        .and_then(|config| {
-            logging::init_admin(config.log.level.0);
-            run(&config)
-        });
+    let result = loaded.result.map_err(Error::from).and_then(|config| {
+        logging::init_admin(config.log.level.0);
+        run(&config)
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&err),

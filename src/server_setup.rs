@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use crate::accounts;
 use crate::cli::ServerSetupArgs;
-use crate::config::{COMMENTED_DEFAULT, Located, ServerConfig};
+use crate::config::{COMMENTED_DEFAULT, ServerConfig};
 use crate::error::Error;
 use crate::keys::SpawnCommand;
 use crate::privilege;
@@ -35,7 +35,7 @@ struct Dir {
     mode: u32,
 }
 
-pub fn run(config: &ServerConfig, located: &Located, args: &ServerSetupArgs) -> Result<(), Error> {
+pub fn run(config: &ServerConfig, args: &ServerSetupArgs) -> Result<(), Error> {
     if !args.dry_run && !privilege::is_root() {
         return Err(Error::NotPermitted(
             "server-setup must run as root (--dry-run shows what it would do)".to_string(),
@@ -45,7 +45,7 @@ pub fn run(config: &ServerConfig, located: &Located, args: &ServerSetupArgs) -> 
     let original =
         fs::read_to_string(sshd_path).map_err(|err| io_refusal(sshd_path, "read", err))?;
     let wanted = Wanted {
-        command: auth_keys_command(located)?,
+        command: auth_keys_command(config)?,
         group: config.auth.group.0.clone(),
     };
     refuse_foreign_commands_in_includes(sshd_path, &original)?;
@@ -86,10 +86,10 @@ pub fn run(config: &ServerConfig, located: &Located, args: &ServerSetupArgs) -> 
         if !config.state.db_path.as_path().exists() {
             println!("would create {}", config.state.db_path.as_path().display());
         }
-        if !located.path.exists() {
+        if !config.source.exists() {
             println!(
                 "would write a commented default config to {}",
-                located.path.display()
+                config.source.display()
             );
         }
         return Ok(());
@@ -127,11 +127,11 @@ pub fn run(config: &ServerConfig, located: &Located, args: &ServerSetupArgs) -> 
         }
     }
     changed |= create_database(config, docker_gid)?;
-    if !located.path.exists() {
-        write_default_config(&located.path)?;
+    if !config.source.exists() {
+        write_default_config(&config.source)?;
         println!(
             "wrote a commented default config to {}",
-            located.path.display()
+            config.source.display()
         );
         changed = true;
     }
@@ -144,10 +144,10 @@ pub fn run(config: &ServerConfig, located: &Located, args: &ServerSetupArgs) -> 
 }
 
 /// What sshd should run: this binary, naming the config when it is not the default.
-fn auth_keys_command(located: &Located) -> Result<String, Error> {
+fn auth_keys_command(config: &ServerConfig) -> Result<String, Error> {
     let binary = std::env::current_exe()
         .map_err(|err| Error::Refused(format!("cannot find the podspawn binary: {err}")))?;
-    let prefix = SpawnCommand::new(&binary, located.moved()).map_err(Error::Refused)?;
+    let prefix = SpawnCommand::new(&binary, config.moved()).map_err(Error::Refused)?;
     Ok(format!("{} auth-keys %u %t %k", prefix.as_str()))
 }
 

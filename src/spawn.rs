@@ -100,11 +100,7 @@ pub fn settings(config: &ServerConfig) -> Settings {
 }
 
 /// Runs the connection; returns the exit code of the command in the container.
-pub fn run(
-    config: &ServerConfig,
-    args: &SpawnArgs,
-    config_path: Option<&std::path::Path>,
-) -> Result<i32, SpawnError> {
+pub fn run(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
     let user = UserName::parse(&args.user).map_err(SpawnError::Name)?;
     let caller = accounts::caller().map_err(|err| SpawnError::Account(err.to_string()))?;
     if caller.uid == 0 {
@@ -180,7 +176,7 @@ pub fn run(
     let engine = DockerEngine::new(Docker::new(&config.docker), caller.uid);
     let mut sessions = Sessions::open(
         engine,
-        SystemHost::new(config_path.map(std::path::Path::to_path_buf)),
+        SystemHost::new(config.moved().map(std::path::Path::to_path_buf)),
         config.state.db_path.as_path(),
         config.state.lock_dir.as_path(),
     )?;

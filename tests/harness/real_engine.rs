@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::{ED25519, PODSPAWN, testdata};
+use crate::support::{ED25519, PODSPAWN, copy_executable, testdata};
 
 /// Why the real-engine layer cannot run here, if it cannot.
 pub fn unavailable() -> Option<String> {
@@ -187,7 +187,7 @@ impl RealEnv {
         let docker = docker_gid();
         std::os::unix::fs::chown(self.root.join("state"), Some(0), Some(docker)).unwrap();
         let binary = self.root.join("bin/podspawn");
-        fs::copy(PODSPAWN, &binary).unwrap();
+        copy_executable(std::path::Path::new(PODSPAWN), &binary, 0o755);
         std::os::unix::fs::chown(&binary, Some(0), Some(docker)).unwrap();
         fs::set_permissions(&binary, fs::Permissions::from_mode(0o2755)).unwrap();
         fs::write(
@@ -216,18 +216,30 @@ impl RealEnv {
         .unwrap();
     }
 
-    /// `podspawn spawn` as the user, as sshd would run it.
+    /// `podspawn --config CONFIG spawn` as the user, as sshd's forced command runs it.
     fn spawn(&self, command: Option<&str>) -> Command {
-        let mut spawn = Command::new(self.root.join("bin/podspawn"));
-        spawn
-            .args(["spawn", "--user", &self.user])
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("PODSPAWN_CONFIG", self.root.join("config.yaml"))
-            .current_dir("/");
+        let config = self.root.join("config.yaml");
+        let mut spawn = self.as_user(&[
+            "--config",
+            config.to_str().unwrap(),
+            "spawn",
+            "--user",
+            &self.user,
+        ]);
         if let Some(command) = command {
             spawn.env("SSH_ORIGINAL_COMMAND", command);
         }
+        spawn
+    }
+
+    /// The installed podspawn with `args`, run as the user with a bare environment.
+    fn as_user(&self, args: &[&str]) -> Command {
+        let mut spawn = Command::new(self.root.join("bin/podspawn"));
+        spawn
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .current_dir("/");
         let (uid, gid) = (self.uid, self.gid);
         unsafe {
             spawn.pre_exec(move || {
@@ -727,4 +739,170 @@ fn verify_image_reports_what_the_real_images_have() {
     ] {
         assert!(report.contains(line), "{line:?} missing from:\n{report}");
     }
+}
+
+/// A directory of the account's own under the test's root, for files it controls.
+fn own_dir(env: &RealEnv) -> PathBuf {
+    let own = env.root.join("own");
+    fs::create_dir_all(&own).unwrap();
+    std::os::unix::fs::chown(&own, Some(env.uid), Some(env.gid)).unwrap();
+    fs::set_permissions(&own, fs::Permissions::from_mode(0o755)).unwrap();
+    own
+}
+
+/// Writes `path` as the account's own file.
+fn write_owned(env: &RealEnv, path: &std::path::Path, text: &str, mode: u32) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).unwrap();
+        std::os::unix::fs::chown(parent, Some(env.uid), Some(env.gid)).unwrap();
+    }
+    fs::write(path, text).unwrap();
+    std::os::unix::fs::chown(path, Some(env.uid), Some(env.gid)).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Points `argv[1]` at `argv[2]` and `argv[3]` in turn, forever, each flip one rename.
+const FLIP_LINK: &str = r#"import os, sys
+link, targets = sys.argv[1], sys.argv[2:]
+i = 0
+while True:
+    os.symlink(targets[i % 2], link + ".new")
+    os.rename(link + ".new", link)
+    i += 1
+"#;
+
+/// The setgid binary checks a config it is pointed at and then reads it; a symlink of
+/// the caller's that keeps flipping between a root-owned file and the caller's own
+/// config must never get the caller's config read. If it were, its `docker.binary`
+/// (a program of the caller's) would run with the docker group: root on the host.
+#[test]
+fn a_flipping_config_symlink_never_runs_the_callers_program() {
+    let env = real_env_or_skip!("60s");
+    let own = own_dir(&env);
+    let marker = own.join("ran-with-the-docker-group");
+    // Everything a spawn needs, all in the caller's tree, so that a podspawn which
+    // read this config would go as far as running the caller's "docker".
+    write_owned(
+        &env,
+        &own.join("evil-docker"),
+        &format!("#!/bin/sh\n: > {}\nexit 1\n", marker.display()),
+        0o755,
+    );
+    write_owned(
+        &env,
+        &own.join("keys").join(&env.user),
+        &format!("{ED25519}\n"),
+        0o644,
+    );
+    fs::set_permissions(own.join("keys"), fs::Permissions::from_mode(0o755)).unwrap();
+    let evil = own.join("evil.yaml");
+    write_owned(
+        &env,
+        &evil,
+        &format!(
+            "auth:\n  key_dir: {own}/keys\ndocker:\n  binary: {own}/evil-docker\n\
+             state:\n  db_path: {own}/state.db\n  lock_dir: {own}/locks\n  agent_dir: {own}/agents\n",
+            own = own.display()
+        ),
+        0o644,
+    );
+    let link = own.join("config.yaml");
+    // The caller flips the link as fast as it can, each flip one atomic rename.
+    let mut flipper = {
+        let mut command = Command::new("python3");
+        command
+            .args([
+                "-c",
+                FLIP_LINK,
+                link.to_str().unwrap(),
+                "/etc/passwd",
+                evil.to_str().unwrap(),
+            ])
+            .stdin(Stdio::null());
+        let (uid, gid) = (env.uid, env.gid);
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command.spawn().expect("python3 runs")
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || link.exists()).is_some(),
+        "the flipper never made its link"
+    );
+    const ATTEMPTS: usize = 2000;
+    let link_text = link.to_str().unwrap().to_string();
+    let mut attempts = 0;
+    let mut outcomes = std::collections::BTreeMap::new();
+    for how in ["--config", "PODSPAWN_CONFIG"] {
+        for _ in 0..ATTEMPTS {
+            let mut spawn = match how {
+                "--config" => env.as_user(&["--config", &link_text, "spawn", "--user", &env.user]),
+                _ => {
+                    let mut spawn = env.as_user(&["spawn", "--user", &env.user]);
+                    spawn.env("PODSPAWN_CONFIG", &link_text);
+                    spawn
+                }
+            };
+            let output = spawn
+                .env("SSH_ORIGINAL_COMMAND", "true")
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            attempts += 1;
+            *outcomes
+                .entry((how, output.status.code()))
+                .or_insert(0usize) += 1;
+            if marker.exists() {
+                break;
+            }
+        }
+    }
+    let _ = flipper.kill();
+    let _ = flipper.wait();
+    eprintln!("{attempts} attempts against a flipping config link: {outcomes:?}");
+    assert!(
+        !marker.exists(),
+        "the caller's program ran with the docker group after {attempts} attempts: {outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.keys().map(|(_, code)| *code).collect::<Vec<_>>(),
+        [Some(125), Some(125)],
+        "every attempt is refused with spawn's own exit code: {outcomes:?}"
+    );
+}
+
+/// Under the setgid group, an override with nothing in it would silently mean "every
+/// default": another engine, no limits, no log. It is refused instead.
+#[test]
+fn an_override_without_settings_is_refused_under_the_setgid_group() {
+    let env = real_env_or_skip!("60s");
+    let empty = env.root.join("empty.yaml");
+    fs::write(&empty, "# nothing but a comment\n---\n").unwrap();
+    fs::set_permissions(&empty, fs::Permissions::from_mode(0o644)).unwrap();
+    let output = env
+        .as_user(&[
+            "--config",
+            empty.to_str().unwrap(),
+            "spawn",
+            "--user",
+            &env.user,
+        ])
+        .env("SSH_ORIGINAL_COMMAND", "true")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(125), "{}", env.explain(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "podspawn: the podspawn configuration of this server is broken; tell your admin\n"
+    );
+    assert!(!env.container_exists());
 }
