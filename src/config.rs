@@ -138,6 +138,9 @@ pub struct SessionConfig {
     pub grace_period: ConfigDuration,
     pub max_lifetime: ConfigDuration,
     pub mode: SessionMode,
+    /// The longest anyone waits for a user's lock (held while that user's container
+    /// is created or destroyed) before giving up with a clear line.
+    pub lock_timeout: ConfigDuration,
 }
 
 impl Default for SessionConfig {
@@ -146,6 +149,7 @@ impl Default for SessionConfig {
             grace_period: ConfigDuration(Duration::from_secs(60)),
             max_lifetime: ConfigDuration(Duration::from_secs(8 * 3600)),
             mode: SessionMode::GracePeriod,
+            lock_timeout: ConfigDuration(Duration::from_secs(30)),
         }
     }
 }
@@ -533,6 +537,7 @@ pub const COMMENTED_DEFAULT: &str = "\
 #  grace_period: 60s
 #  max_lifetime: 8h
 #  mode: grace-period                 # grace-period | destroy-on-disconnect | persistent
+#  lock_timeout: 30s                  # a login gives up waiting for its user's lock after this
 #state:
 #  db_path: /var/lib/podspawn/state.db
 #  lock_dir: /var/lib/podspawn/locks

@@ -103,7 +103,7 @@ pub fn admin_sessions(
         engine,
         SystemHost::new(None),
         config.state.db_path.as_path(),
-        config.state.lock_dir.as_path(),
+        crate::lock::Locks::configured(config),
     )
 }
 

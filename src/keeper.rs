@@ -9,6 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::accounts;
 use crate::cli::KeeperArgs;
 use crate::config::ServerConfig;
 use crate::docker::Docker;
@@ -23,6 +24,15 @@ const RETRY: Duration = Duration::from_secs(5);
 
 pub fn run(config: &ServerConfig, args: &KeeperArgs) -> Result<(), Error> {
     let user = UserName::parse(&args.user)?;
+    // The keeper keeps the borrowed group and takes the user's lock: only the user
+    // (or root) may run it, or anyone could sit on someone else's lock.
+    let caller = accounts::caller().map_err(|err| Error::NotPermitted(err.to_string()))?;
+    if caller.uid != 0 && caller.name != user.as_str() {
+        return Err(Error::NotPermitted(format!(
+            "keeper --user {user} was run by {}",
+            caller.name
+        )));
+    }
     let project = args.project.clone();
     let db_path = config.state.db_path.as_path();
     let engine = DockerEngine::new(Docker::new(&config.docker), unsafe { libc::getuid() });
@@ -30,7 +40,7 @@ pub fn run(config: &ServerConfig, args: &KeeperArgs) -> Result<(), Error> {
         engine,
         SystemHost::new(config.moved().map(Path::to_path_buf)),
         db_path,
-        config.state.lock_dir.as_path(),
+        crate::lock::Locks::configured(config),
     )
     .map_err(Error::Session)?;
     let database = file_identity(db_path);
@@ -46,6 +56,13 @@ pub fn run(config: &ServerConfig, args: &KeeperArgs) -> Result<(), Error> {
         match sessions.keeper_tick(&user, &project, &me) {
             Ok(Tick::Stop) => return Ok(()),
             Ok(Tick::Sleep(pause)) => std::thread::sleep(pause),
+            Err(SessionError::Lock(err)) if err.timed_out() => {
+                log::warn!(
+                    "keeper of {user}: {err}; trying again in {}s",
+                    RETRY.as_secs()
+                );
+                std::thread::sleep(RETRY);
+            }
             Err(SessionError::Docker(err)) => {
                 log::error!(
                     "keeper of {user}: {err}; trying again in {}s",

@@ -10,6 +10,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::keys::UserName;
 
@@ -23,6 +24,13 @@ pub struct LockError {
     pub source: io::Error,
 }
 
+impl LockError {
+    /// Another process held the lock for longer than the wait allowed.
+    pub fn timed_out(&self) -> bool {
+        self.source.kind() == io::ErrorKind::TimedOut
+    }
+}
+
 impl std::fmt::Display for LockError {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         write!(f, "cannot lock {}: {}", self.path.display(), self.source)
@@ -31,14 +39,52 @@ impl std::fmt::Display for LockError {
 
 impl std::error::Error for LockError {}
 
+/// Where the user locks are, and how long anyone waits for one.
+#[derive(Debug, Clone)]
+pub struct Locks {
+    dir: PathBuf,
+    /// A holder that never lets go (a stopped process, a hung engine call) must not
+    /// pile up every later login of that user behind it.
+    patience: Duration,
+}
+
+impl Locks {
+    /// The locks as the server config places and times them.
+    pub fn configured(config: &crate::config::ServerConfig) -> Locks {
+        Locks::new(
+            config.state.lock_dir.as_path(),
+            config.session.lock_timeout.0,
+        )
+    }
+
+    pub fn new(dir: &Path, patience: Duration) -> Locks {
+        Locks {
+            dir: dir.to_path_buf(),
+            patience,
+        }
+    }
+
+    /// Waits for `user`'s lock, at most the configured patience.
+    pub fn acquire(&self, user: &UserName) -> Result<UserLock, LockError> {
+        UserLock::acquire(&self.dir, user, self.patience)
+    }
+}
+
 /// A held user lock; released when dropped.
 #[derive(Debug)]
 pub struct UserLock {
     _file: File,
 }
 
+/// The longest pause between two tries for a held lock.
+const MAX_PAUSE: Duration = Duration::from_millis(25);
+
 impl UserLock {
-    pub fn acquire(lock_dir: &Path, user: &UserName) -> Result<UserLock, LockError> {
+    pub fn acquire(
+        lock_dir: &Path,
+        user: &UserName,
+        patience: Duration,
+    ) -> Result<UserLock, LockError> {
         let path = lock_dir.join(format!("{user}.lock"));
         let error = |source| LockError {
             path: path.clone(),
@@ -67,14 +113,32 @@ impl UserLock {
         // Whoever creates the file sets its mode explicitly (the umask may be tighter);
         // a file someone else created is theirs to keep.
         let _ = file.set_permissions(fs::Permissions::from_mode(LOCK_FILE_MODE));
+        // flock has no timeout of its own: try without blocking, and pause a little
+        // longer each time, up to the deadline.
+        let deadline = Instant::now() + patience;
+        let mut pause = Duration::from_millis(1);
         loop {
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
                 return Ok(UserLock { _file: file });
             }
             let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(error(err));
+            match err.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => {}
+                Some(libc::EINTR) => continue,
+                _ => return Err(error(err)),
             }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(error(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "held by another process for more than {}s",
+                        patience.as_secs()
+                    ),
+                )));
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(MAX_PAUSE);
         }
     }
 }
@@ -96,7 +160,7 @@ mod tests {
             for _ in 0..8 {
                 let (dir, alice, inside, most) = (&dir, &alice, inside.clone(), most.clone());
                 scope.spawn(move || {
-                    let _lock = UserLock::acquire(dir, alice).unwrap();
+                    let _lock = UserLock::acquire(dir, alice, Duration::from_secs(10)).unwrap();
                     let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
                     most.fetch_max(now, Ordering::SeqCst);
                     std::thread::sleep(std::time::Duration::from_millis(5));
@@ -111,6 +175,30 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(mode, LOCK_FILE_MODE);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_lock_held_too_long_is_given_up_on_time() {
+        let dir = std::env::temp_dir().join(format!("podspawn-lock-held-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let alice = UserLock::acquire(&dir, &UserName::parse("alice").unwrap(), Duration::ZERO);
+        let held = alice.unwrap();
+        let started = Instant::now();
+        let err = UserLock::acquire(
+            &dir,
+            &UserName::parse("alice").unwrap(),
+            Duration::from_millis(300),
+        )
+        .unwrap_err();
+        let waited = started.elapsed();
+        assert!(err.timed_out(), "{err}");
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+        drop(held);
+        UserLock::acquire(&dir, &UserName::parse("alice").unwrap(), Duration::ZERO).unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -25,7 +25,7 @@ use crate::container::{self, ContainerSpec, ExecSpec, Identity};
 use crate::docker::{ContainerState, DockerError, ManagedContainer};
 use crate::exec::write_stderr;
 use crate::keys::UserName;
-use crate::lock::{LockError, UserLock};
+use crate::lock::{LockError, Locks, UserLock};
 use crate::network::{Pool, UserNetwork};
 use crate::process::ProcessId;
 use crate::router::{Program, Routed};
@@ -110,6 +110,10 @@ impl SessionError {
             SessionError::Docker(err) => err.user_message(),
             SessionError::ContainerDied { .. } => {
                 "your container stopped as soon as it started; tell your admin".to_string()
+            }
+            SessionError::Lock(err) if err.timed_out() => {
+                "your session is busy (another of your connections holds it); try again shortly"
+                    .to_string()
             }
             SessionError::State(_) | SessionError::Lock(_) | SessionError::Exec(_) => {
                 "podspawn could not keep track of your session; tell your admin".to_string()
@@ -274,16 +278,16 @@ pub struct Sessions<E: Engine, H: Host> {
     pub engine: E,
     pub host: H,
     state: State,
-    lock_dir: PathBuf,
+    locks: Locks,
 }
 
 impl<E: Engine, H: Host> Sessions<E, H> {
-    pub fn open(engine: E, host: H, db_path: &Path, lock_dir: &Path) -> Result<Self, SessionError> {
+    pub fn open(engine: E, host: H, db_path: &Path, locks: Locks) -> Result<Self, SessionError> {
         Ok(Sessions {
             engine,
             host,
             state: State::open(db_path)?,
-            lock_dir: lock_dir.to_path_buf(),
+            locks,
         })
     }
 
@@ -295,11 +299,24 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         // Names in rows were validated when they were written.
         let user = UserName::parse(user).map_err(|err| {
             SessionError::Lock(LockError {
-                path: self.lock_dir.clone(),
+                path: PathBuf::from(user),
                 source: std::io::Error::other(err.to_string()),
             })
         })?;
-        Ok(UserLock::acquire(&self.lock_dir, &user)?)
+        Ok(self.locks.acquire(&user)?)
+    }
+
+    /// The user's lock for a pass over everyone (cleanup): a user whose lock stays
+    /// held is skipped this time (`None`), not a reason to stop the whole pass.
+    fn lock_or_skip(&self, user: &str) -> Result<Option<UserLock>, SessionError> {
+        match self.lock(user) {
+            Ok(lock) => Ok(Some(lock)),
+            Err(SessionError::Lock(err)) if err.timed_out() => {
+                log::warn!("skipping {user} this pass: {err}");
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// Runs one connection from attach to release; returns the exit code to pass on.
@@ -328,8 +345,7 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                     match self.engine.state(&attached.session.container) {
                         Ok(ContainerState::Running) => {
                             write_stderr(&held_stderr);
-                            self.release(&attached)?;
-                            return Ok(1);
+                            return Ok(self.finish(&attached, 1));
                         }
                         Ok(_) => {}
                         Err(err) => {
@@ -357,8 +373,7 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                 }
                 ExecEnd::Exited { code, held_stderr } => {
                     write_stderr(&held_stderr);
-                    self.release(&attached)?;
-                    return Ok(code);
+                    return Ok(self.finish(&attached, code));
                 }
                 ExecEnd::Disconnected { signal } => {
                     log::info!(
@@ -366,11 +381,24 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                         attached.session.user,
                         attached.session.container
                     );
-                    self.release(&attached)?;
-                    return Ok(128 + signal);
+                    return Ok(self.finish(&attached, 128 + signal));
                 }
             }
         }
+    }
+
+    /// Releases a connection whose command ran, and passes on its exit code: the
+    /// command's result is the user's, whatever podspawn's bookkeeping runs into
+    /// afterwards (a connection row left behind is pruned once this process is gone).
+    fn finish(&mut self, attached: &Attached, code: i32) -> i32 {
+        if let Err(err) = self.release(attached) {
+            log::error!(
+                "releasing the connection of {} to {}: {err}",
+                attached.session.user,
+                attached.session.container
+            );
+        }
+        code
     }
 
     fn exec_spec(&self, request: &ConnectRequest, attached: &Attached) -> ExecSpec {
@@ -701,7 +729,11 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         // Containers that had a row when their user's lock was held: never orphans.
         let mut owned = std::collections::BTreeSet::new();
         for row in self.state.sessions()? {
-            let _lock = self.lock(&row.user)?;
+            let Some(_lock) = self.lock_or_skip(&row.user)? else {
+                // Not ours to judge now: not an orphan either.
+                owned.insert(row.container.clone());
+                continue;
+            };
             let Some(session) = self.state.session(&row.user, &row.project)? else {
                 continue;
             };
@@ -743,7 +775,10 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         {
             let owner = UserName::parse(&container.user).ok();
             let _lock = match &owner {
-                Some(user) => Some(self.lock(user.as_str())?),
+                Some(user) => match self.lock_or_skip(user.as_str())? {
+                    Some(lock) => Some(lock),
+                    None => continue,
+                },
                 None => None,
             };
             let has_row = match &owner {
@@ -1062,7 +1097,7 @@ mod tests {
             FakeEngine::default(),
             FakeHost::default(),
             &db.path(),
-            &db.dir.join("locks"),
+            Locks::new(&db.dir.join("locks"), Duration::from_secs(10)),
         )
         .unwrap();
         let settings = Settings {

@@ -178,7 +178,7 @@ pub fn run(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
         engine,
         SystemHost::new(config.moved().map(std::path::Path::to_path_buf)),
         config.state.db_path.as_path(),
-        config.state.lock_dir.as_path(),
+        crate::lock::Locks::configured(config),
     )?;
     let code = sessions.connect(&request, &settings)?;
     log::info!("{user} disconnects: exit {code}");

@@ -773,3 +773,58 @@ fn add_user_makes_the_network_of_a_user_with_an_account() {
         run.stderr()
     );
 }
+
+#[test]
+fn a_keeper_for_another_user_is_refused() {
+    let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    env.write_key_file("alice", &format!("{}\n", crate::support::ED25519));
+    // Run by anyone, it would keep the borrowed group and sit on alice's lock.
+    let mut keeper = env.invoke(&["keeper", "--user", "alice"]);
+    if crate::support::is_root() {
+        keeper = keeper.run_as(user.uid, user.gid);
+    }
+    let run = keeper.run();
+    run.assert_code(1).assert_stdout("");
+    let log = std::fs::read_to_string(env.log_path()).unwrap_or_default();
+    assert!(
+        log.contains(&format!("keeper --user alice was run by {}", user.name)),
+        "{log}"
+    );
+    assert!(
+        !env.path("state/state.db").exists() && !env.path("state/locks").exists(),
+        "the refused keeper touched the state"
+    );
+    assert!(env.docker_calls().is_empty());
+}
+
+#[test]
+fn a_lock_held_too_long_ends_the_login_with_one_line_in_time() {
+    let (env, user) = lifecycle_env("  grace_period: 60s\n  lock_timeout: 1s\n");
+    env.scenario(&[run_rule(), Rule::docker(&["exec", "**"]), rm_rule()]);
+    // Someone holds the user's lock and never lets go (a stopped process).
+    let locks = env.path("state/locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    let path = locks.join(format!("{}.lock", user.name));
+    let holder = std::fs::File::create(&path).unwrap();
+    if crate::support::is_root() {
+        std::os::unix::fs::chown(&locks, Some(user.uid), Some(user.gid)).unwrap();
+        std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid)).unwrap();
+    }
+    use std::os::fd::AsRawFd;
+    assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let started = Instant::now();
+    let run = env.spawn(&user).var("SSH_ORIGINAL_COMMAND", "true").run();
+    let waited = started.elapsed();
+    run.assert_one_line_error(125, "your session is busy");
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(5),
+        "gave up after {waited:?}"
+    );
+    assert!(env.docker_calls().is_empty());
+    // Once the holder lets go, logins work again.
+    drop(holder);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .run()
+        .assert_success();
+}
