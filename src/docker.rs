@@ -527,7 +527,9 @@ pub fn run_args(spec: &ContainerSpec) -> Vec<String> {
     if let Some(agent_dir) = &spec.agent_dir {
         args.extend([
             "--mount".into(),
-            format!("type=bind,source={agent_dir},target={AGENT_MOUNT}"),
+            // Read-only: connecting to a socket there still works, and the container
+            // cannot fill the filesystem that holds the state database.
+            format!("type=bind,source={agent_dir},target={AGENT_MOUNT},readonly"),
         ]);
     }
     args.extend(strings(&["--entrypoint", "/bin/sh"]));
@@ -643,7 +645,7 @@ mod tests {
             "run --detach --rm --init --name podspawn-alice --hostname podspawn-alice",
             "--label podspawn.managed=true --label podspawn.user=alice --label podspawn.project= --label podspawn.session=0123abcd",
             "--cpus 1.5 --memory 536870912 --pids-limit 256 --network podspawn-alice --ip 10.214.62.146",
-            "--mount type=bind,source=/var/lib/podspawn/agents/alice,target=/run/ssh-agent",
+            "--mount type=bind,source=/var/lib/podspawn/agents/alice,target=/run/ssh-agent,readonly",
             "--cap-drop ALL --security-opt no-new-privileges",
             "--tmpfs /home/alice:rw,exec,nosuid,nodev,uid=1001,gid=1001,mode=0700",
             "--entrypoint /bin/sh debian:bookworm -c",

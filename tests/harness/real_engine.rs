@@ -906,3 +906,28 @@ fn an_override_without_settings_is_refused_under_the_setgid_group() {
     );
     assert!(!env.container_exists());
 }
+
+/// The agent directory is mounted into every container of the user; written from
+/// inside, it would fill the filesystem that holds the state database.
+#[test]
+fn the_agent_directory_is_read_only_inside() {
+    let env = real_env_or_skip!("60s");
+    let output = env.run(
+        "test -d /run/ssh-agent && echo mounted; \
+         dd if=/dev/zero of=/run/ssh-agent/fill bs=1k count=1 2>&1; echo dd=$?",
+    );
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(text.starts_with("mounted\n"), "{}", env.explain(&output));
+    assert!(
+        text.contains("Read-only file system"),
+        "{}",
+        env.explain(&output)
+    );
+    assert!(text.ends_with("dd=1\n"), "{}", env.explain(&output));
+    let agents = env.root.join("state/agents").join(&env.user);
+    assert_eq!(
+        fs::read_dir(&agents).unwrap().count(),
+        0,
+        "{agents:?} was written"
+    );
+}
