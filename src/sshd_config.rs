@@ -41,14 +41,23 @@ impl Wanted {
         ]
     }
 
-    /// What podspawn's users may not do: reach the host (or its docker socket)
-    /// through Unix-socket forwarding, a tunnel device, ~/.ssh/rc, or a port they
-    /// open on the host with -R. (PermitUserEnvironment is not allowed in a Match
-    /// block; their home is root's, so they have no ~/.ssh/environment anyway.)
+    /// What podspawn's users may not do. Log in any other way than with the keys
+    /// podspawn prints (each forced into `podspawn spawn`): not by password or
+    /// keyboard-interactive, not by a key or `cert-authority` line in their own
+    /// ~/.ssh/authorized_keys, not by a certificate of a CA the host trusts — any of
+    /// those would give a shell on the host. And reach the host (or its docker
+    /// socket) through Unix-socket forwarding, a tunnel device, ~/.ssh/rc, or a
+    /// port they open on the host with -R. (PermitUserEnvironment is not allowed in
+    /// a Match block; their home is root's, so they have no ~/.ssh/environment.)
     fn match_lines(&self) -> Vec<String> {
         vec![
             MATCH_BEGIN.to_string(),
             format!("Match Group {}", self.group),
+            "    AuthenticationMethods publickey".to_string(),
+            "    AuthorizedKeysFile none".to_string(),
+            "    TrustedUserCAKeys none".to_string(),
+            "    PasswordAuthentication no".to_string(),
+            "    KbdInteractiveAuthentication no".to_string(),
             "    AllowStreamLocalForwarding no".to_string(),
             "    AllowTcpForwarding local".to_string(),
             "    PermitTunnel no".to_string(),
@@ -329,8 +338,15 @@ mod tests {
             lines[1].starts_with("# This is the sshd"),
             "the header comment stays first:\n{edited}"
         );
-        let tail: Vec<&str> = lines.iter().rev().take(8).rev().copied().collect();
-        assert_eq!(tail, wanted().match_lines(), "{edited}");
+        let block = wanted().match_lines();
+        let tail: Vec<&str> = lines
+            .iter()
+            .rev()
+            .take(block.len())
+            .rev()
+            .copied()
+            .collect();
+        assert_eq!(tail, block, "{edited}");
         // Everything the admin had is still there, in order.
         let original: Vec<&str> = DEBIAN.lines().filter(|l| !l.trim().is_empty()).collect();
         let kept: Vec<&str> = edited.lines().filter(|l| original.contains(l)).collect();
@@ -344,6 +360,38 @@ mod tests {
         // Also after an admin added lines after podspawn's block.
         let appended = format!("{once}PermitRootLogin no\n");
         assert_eq!(edit(&appended, &wanted()).unwrap(), appended);
+    }
+
+    #[test]
+    fn the_contrib_snippet_holds_every_line_server_setup_writes() {
+        let snippet = include_str!("../contrib/sshd_config.snippet");
+        let wanted = wanted();
+        for line in wanted.global_lines().iter().chain(&wanted.match_lines()) {
+            if !line.starts_with("# podspawn:") {
+                assert!(snippet.lines().any(|l| l == line), "{line:?} missing");
+            }
+        }
+    }
+
+    #[test]
+    fn an_older_match_block_is_rewritten_to_the_current_one() {
+        // What server-setup wrote before podspawn's users were kept to its keys.
+        let older = format!(
+            "Port 22\n\n{MATCH_BEGIN}\nMatch Group podspawn\n    AllowStreamLocalForwarding no\n\
+             AllowTcpForwarding local\n    PermitTunnel no\n    PermitUserRC no\nMatch all\n{MATCH_END}\n"
+        );
+        let edited = edit(&older, &wanted()).unwrap();
+        for line in [
+            "    AuthenticationMethods publickey",
+            "    AuthorizedKeysFile none",
+            "    TrustedUserCAKeys none",
+            "    PasswordAuthentication no",
+            "    KbdInteractiveAuthentication no",
+        ] {
+            assert_eq!(edited.matches(line).count(), 1, "{line}:\n{edited}");
+        }
+        assert_eq!(edited.matches("Match Group podspawn").count(), 1);
+        assert_eq!(edit(&edited, &wanted()).unwrap(), edited);
     }
 
     #[test]

@@ -20,7 +20,8 @@ pub fn add_user(config: &ServerConfig, args: &AddUserArgs) -> Result<(), Error> 
     privilege::require_admin("add-user", store.dir())?;
     // Every key is read and checked before anything changes.
     let keys = import::collect(&args.sources, &config.auth.github_url)?;
-    let created = ensure_account(config, &store, &user)?;
+    let account = ensure_account(config, &store, &user)?;
+    let created = account == Account::Created;
     let uid = accounts::uid_of(user.as_str());
     let result = uid
         .map_or(Ok(()), |uid| {
@@ -58,36 +59,59 @@ pub fn add_user(config: &ServerConfig, args: &AddUserArgs) -> Result<(), Error> 
         }
         None => log::warn!("{user} has no Unix account yet; create one before they log in"),
     }
+    if account == Account::ExistingInGroup {
+        println!(
+            "{user} is an existing account: from now on it logs in over SSH only with podspawn's \
+             keys, into its container (its password and its own ~/.ssh/authorized_keys no longer \
+             let it in)"
+        );
+    }
     println!("added {} key(s) for {user}", outcome.added);
     Ok(())
 }
 
+/// What `ensure_account` found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Account {
+    /// Made now, for this registration.
+    Created,
+    /// There already, and (now) in podspawn's group: sshd's Match block holds it to
+    /// podspawn's keys.
+    ExistingInGroup,
+    /// Not in podspawn's group (no group yet, not root), or no account at all.
+    Other,
+}
+
 /// Makes sure `user` has a Unix account in podspawn's group: creates it when it is
 /// missing (and `auth.create_accounts` is on), recording that podspawn made it.
-/// Returns whether it was created now.
-fn ensure_account(config: &ServerConfig, store: &KeyStore, user: &UserName) -> Result<bool, Error> {
+fn ensure_account(
+    config: &ServerConfig,
+    store: &KeyStore,
+    user: &UserName,
+) -> Result<Account, Error> {
     let group = config.auth.group.0.as_str();
     let group_exists = accounts::group_members(group).ok().flatten();
     match accounts::by_name(user.as_str()).map_err(|err| Error::Refused(err.to_string()))? {
         Some(account) if account.uid == 0 => Err(Error::Refused(format!(
             "{user} has uid 0: a root account cannot be a podspawn user"
         ))),
-        Some(_) => {
-            match group_exists {
-                Some(members)
-                    if !members.iter().any(|member| member == user.as_str())
-                        && privilege::is_root() =>
-                {
-                    system::add_to_group(user.as_str(), group)
-                        .map_err(|err| Error::Refused(err.to_string()))?;
-                    log::info!("added the account {user} to group {group}");
-                }
-                None => log::warn!("group {group} does not exist; run podspawn server-setup"),
-                _ => {}
+        Some(_) => match group_exists {
+            Some(members) if members.iter().any(|member| member == user.as_str()) => {
+                Ok(Account::ExistingInGroup)
             }
-            Ok(false)
-        }
-        None if !config.auth.create_accounts => Ok(false),
+            Some(_) if privilege::is_root() => {
+                system::add_to_group(user.as_str(), group)
+                    .map_err(|err| Error::Refused(err.to_string()))?;
+                log::info!("added the account {user} to group {group}");
+                Ok(Account::ExistingInGroup)
+            }
+            Some(_) => Ok(Account::Other),
+            None => {
+                log::warn!("group {group} does not exist; run podspawn server-setup");
+                Ok(Account::Other)
+            }
+        },
+        None if !config.auth.create_accounts => Ok(Account::Other),
         None => {
             if !privilege::is_root() {
                 return Err(Error::NotPermitted(format!(
@@ -108,7 +132,7 @@ fn ensure_account(config: &ServerConfig, store: &KeyStore, user: &UserName) -> R
             log::info!(
                 "created the Unix account {user} (key login only, shell /bin/sh, group {group})"
             );
-            Ok(true)
+            Ok(Account::Created)
         }
     }
 }

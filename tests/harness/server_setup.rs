@@ -138,6 +138,11 @@ fn a_first_run_adds_podspawns_lines_and_makes_the_directories() {
         "    PasswordAuthentication yes"
     );
     for line in [
+        "    AuthenticationMethods publickey",
+        "    AuthorizedKeysFile none",
+        "    TrustedUserCAKeys none",
+        "    PasswordAuthentication no",
+        "    KbdInteractiveAuthentication no",
         "    AllowStreamLocalForwarding no",
         "    AllowTcpForwarding local",
         "    PermitTunnel no",

@@ -180,7 +180,7 @@ impl Server {
         ));
         let sshd_config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {root}/ssh_host_ed25519_key\n\
-             PidFile {root}/sshd.pid\nUsePAM {pam}\nPasswordAuthentication no\n\
+             PidFile {root}/sshd.pid\nUsePAM {pam}\nPasswordAuthentication yes\n\
              KbdInteractiveAuthentication no\nAuthorizedKeysFile .ssh/authorized_keys\n\
              Subsystem sftp internal-sftp\nAcceptEnv LANG LC_*\nX11Forwarding yes\n\
              AllowAgentForwarding yes\nAllowTcpForwarding yes\nLogLevel VERBOSE\n",
@@ -233,7 +233,13 @@ impl Server {
     /// `podspawn add-user NAME --key-file KEY.pub`, as an admin would: it creates
     /// the Unix account too.
     fn register(&self, name: &str) -> Account {
-        let key = self.client_key(name);
+        self.add_user(name).0
+    }
+
+    /// `add-user` of a new key for `name`: the account (with that key) and what
+    /// add-user printed.
+    pub fn add_user(&self, name: &str) -> (Account, Output) {
+        let key = self.client_key(&format!("{name}-podspawn"));
         let output = self.podspawn(&[
             "add-user",
             name,
@@ -245,16 +251,22 @@ impl Server {
             "add-user: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        Account {
+        let account = Account {
             name: name.to_string(),
             uid: Server::account_ids(name),
             key,
-        }
+        };
+        (account, output)
+    }
+
+    /// The name of a further account of this server (removed with it).
+    pub fn account_name(&self, suffix: &str) -> String {
+        format!("pse{}{suffix}", self.group.trim_start_matches("psg"))
     }
 
     /// An ordinary account with a home that authorizes its key in
     /// ~/.ssh/authorized_keys, as any user of the host would.
-    fn plain_account(&self, name: &str) -> Account {
+    pub fn plain_account(&self, name: &str) -> Account {
         let args = ["--shell", "/bin/sh", "--user-group", "--create-home", name];
         let created = (0..5).any(|attempt| {
             std::thread::sleep(Duration::from_millis(200 * attempt));
@@ -411,6 +423,63 @@ impl Server {
         ssh
     }
 
+    /// Gives `account` a password (sshd's password authentication checks it).
+    pub fn set_password(&self, account: &Account, password: &str) {
+        let mut chpasswd = Command::new("chpasswd")
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        chpasswd
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{}:{password}\n", account.name).as_bytes())
+            .unwrap();
+        assert!(chpasswd.wait().unwrap().success(), "chpasswd failed");
+    }
+
+    /// `ssh` logging in as `name` by password only (given by an askpass program),
+    /// running `command` with stdin closed.
+    pub fn run_with_password(&self, name: &str, password: &str, command: &str) -> Output {
+        let askpass = self.root.join("client").join(format!("askpass-{name}"));
+        fs::write(&askpass, format!("#!/bin/sh\necho '{password}'\n")).unwrap();
+        fs::set_permissions(&askpass, fs::Permissions::from_mode(0o700)).unwrap();
+        Command::new("ssh")
+            .args([
+                "-F",
+                "none",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "PreferredAuthentications=password,keyboard-interactive",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+                "-o",
+                "IdentityAgent=none",
+                "-p",
+                &self.port.to_string(),
+            ])
+            .arg(format!("{name}@127.0.0.1"))
+            .arg("--")
+            .arg(command)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", self.root.join("client"))
+            .env("SSH_ASKPASS", &askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("DISPLAY", ":0")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
     /// Runs a remote command with stdin closed.
     pub fn run(&self, account: &Account, command: &str) -> Output {
         self.ssh(account, &[], Some(command))
@@ -478,7 +547,8 @@ impl Drop for Server {
         }
         std::thread::sleep(Duration::from_millis(200));
         for name in &accounts {
-            if name == &self.plain.name {
+            // Accounts with a home of their own (made by `plain_account`) go with it.
+            if Path::new(&format!("/home/{name}")).is_dir() {
                 run_quietly("userdel", &["--remove", name]);
             } else {
                 run_quietly("userdel", &[name]);

@@ -234,3 +234,66 @@ fn admin_commands_refuse_a_user() {
             .any(|line| line.starts_with("mallory:"))
     );
 }
+
+/// An account that existed before podspawn (a password, its own authorized_keys)
+/// logs in, once registered, only with podspawn's keys and only into its container:
+/// its password or its own key would give it a shell on the host, where nothing of
+/// podspawn's restrictions applies.
+#[test]
+fn a_registered_existing_account_gets_only_its_container() {
+    let server = crate::server_or_skip!("60s", 0);
+    let name = server.account_name("legacy");
+    let own_key = server.plain_account(&name);
+    let password = "Legacy-pw-4711";
+    server.set_password(&own_key, password);
+    let host = String::from_utf8(Command::new("hostname").output().unwrap().stdout).unwrap();
+    // Before: both of its own ways in reach the host (so the test can tell).
+    let before = server.run(&own_key, "hostname");
+    assert_eq!(
+        String::from_utf8_lossy(&before.stdout),
+        host,
+        "{}",
+        server.explain(&before)
+    );
+    let before = server.run_with_password(&name, password, "hostname");
+    assert_eq!(
+        String::from_utf8_lossy(&before.stdout),
+        host,
+        "{}",
+        server.explain(&before)
+    );
+
+    let (registered, added) = server.add_user(&name);
+    let said = String::from_utf8_lossy(&added.stdout).to_string();
+    assert!(
+        said.contains("only with podspawn's keys, into its container"),
+        "add-user did not say what changes for {name}:\n{said}"
+    );
+
+    for (how, output) in [
+        ("its own key", server.run(&own_key, "hostname")),
+        (
+            "its password",
+            server.run_with_password(&name, password, "hostname"),
+        ),
+    ] {
+        assert_eq!(
+            output.status.code(),
+            Some(255),
+            "{how}: {}",
+            server.explain(&output)
+        );
+        assert!(
+            output.stdout.is_empty(),
+            "{how}: {}",
+            server.explain(&output)
+        );
+    }
+    let inside = server.run(&registered, "hostname");
+    assert_eq!(
+        String::from_utf8_lossy(&inside.stdout),
+        format!("{}\n", registered.container()),
+        "{}",
+        server.explain(&inside)
+    );
+}
