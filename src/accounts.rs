@@ -20,6 +20,8 @@ pub struct Account {
     pub gid: u32,
     /// The name of the primary group (the gid as text when it has no name).
     pub group: String,
+    /// The home directory sshd changes into before running anything.
+    pub home: String,
 }
 
 #[derive(Debug)]
@@ -33,16 +35,30 @@ impl fmt::Display for LookupError {
 
 impl std::error::Error for LookupError {}
 
-/// One line of /etc/passwd: (name, uid, gid).
-fn passwd_entries(text: &str) -> impl Iterator<Item = (&str, u32, u32)> {
+/// One line of /etc/passwd.
+struct Entry<'a> {
+    name: &'a str,
+    uid: u32,
+    gid: u32,
+    home: &'a str,
+}
+
+fn passwd_entries(text: &str) -> impl Iterator<Item = Entry<'_>> {
     text.lines().filter_map(|line| {
         let mut fields = line.split(':');
         let name = fields.next()?;
         let _password = fields.next()?;
         let uid = fields.next()?.parse().ok()?;
         let gid = fields.next()?.parse().ok()?;
+        let _gecos = fields.next();
+        let home = fields.next().unwrap_or("");
         // NIS "+"/"-" lines are not accounts of their own.
-        (!name.is_empty() && !name.starts_with(['+', '-'])).then_some((name, uid, gid))
+        (!name.is_empty() && !name.starts_with(['+', '-'])).then_some(Entry {
+            name,
+            uid,
+            gid,
+            home,
+        })
     })
 }
 
@@ -50,12 +66,13 @@ fn read(path: &str) -> Result<String, LookupError> {
     fs::read_to_string(path).map_err(|err| LookupError(format!("cannot read {path}: {err}")))
 }
 
-fn account(name: &str, uid: u32, gid: u32) -> Result<Account, LookupError> {
+fn account(entry: Entry) -> Result<Account, LookupError> {
     Ok(Account {
-        name: name.to_string(),
-        uid,
-        gid,
-        group: group_name(gid)?.unwrap_or_else(|| gid.to_string()),
+        name: entry.name.to_string(),
+        uid: entry.uid,
+        gid: entry.gid,
+        group: group_name(entry.gid)?.unwrap_or_else(|| entry.gid.to_string()),
+        home: entry.home.to_string(),
     })
 }
 
@@ -67,26 +84,26 @@ pub fn caller() -> Result<Account, LookupError> {
 
 pub fn by_uid(uid: u32) -> Result<Option<Account>, LookupError> {
     let text = read(PASSWD)?;
-    match passwd_entries(&text).find(|(_, entry_uid, _)| *entry_uid == uid) {
-        Some((name, uid, gid)) => account(name, uid, gid).map(Some),
-        None => Ok(None),
-    }
+    passwd_entries(&text)
+        .find(|entry| entry.uid == uid)
+        .map(account)
+        .transpose()
 }
 
 pub fn by_name(name: &str) -> Result<Option<Account>, LookupError> {
     let text = read(PASSWD)?;
-    match passwd_entries(&text).find(|(entry_name, _, _)| *entry_name == name) {
-        Some((name, uid, gid)) => account(name, uid, gid).map(Some),
-        None => Ok(None),
-    }
+    passwd_entries(&text)
+        .find(|entry| entry.name == name)
+        .map(account)
+        .transpose()
 }
 
 /// The uid of account `name`, if it exists.
 pub fn uid_of(name: &str) -> Option<u32> {
     let text = read(PASSWD).ok()?;
     passwd_entries(&text)
-        .find(|(entry_name, _, _)| *entry_name == name)
-        .map(|(_, uid, _)| uid)
+        .find(|entry| entry.name == name)
+        .map(|entry| entry.uid)
 }
 
 /// The name of group `gid`, if it has one.
@@ -134,8 +151,13 @@ mod tests {
     #[test]
     fn passwd_lines_parse_and_odd_ones_are_skipped() {
         let text = "root:x:0:0:root:/root:/bin/bash\n+nis::::::\nbroken\nalice:*:1001:1002::/h:/bin/sh\n:x:5:5::/:/bin/sh\n";
-        let entries: Vec<_> = passwd_entries(text).collect();
-        assert_eq!(entries, [("root", 0, 0), ("alice", 1001, 1002)]);
+        let entries: Vec<_> = passwd_entries(text)
+            .map(|entry| (entry.name, entry.uid, entry.gid, entry.home))
+            .collect();
+        assert_eq!(
+            entries,
+            [("root", 0, 0, "/root"), ("alice", 1001, 1002, "/h")]
+        );
     }
 
     #[test]

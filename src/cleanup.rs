@@ -18,9 +18,7 @@ use crate::privilege;
 use crate::session::{SessionError, Sessions, Sweep};
 
 pub fn run(config: &ServerConfig, args: &CleanupArgs) -> Result<(), Error> {
-    let db_path = config.state.db_path.as_path();
-    let state_dir = db_path.parent().unwrap_or(db_path);
-    privilege::require_admin("cleanup", state_dir)?;
+    privilege::require_admin("cleanup", config.state_dir())?;
     let mut sessions = admin_sessions(config)?;
     let Some(interval) = args.daemon_interval else {
         let sweep = pass(config, &mut sessions)?;

@@ -44,7 +44,8 @@ pub struct AuthConfig {
     /// The group of podspawn's users; sshd's `Match Group` block restricts it.
     pub group: GroupName,
     /// The host home of accounts `add-user` creates: one empty root-owned directory
-    /// (they never run anything on the host, but sshd wants a home to chdir to).
+    /// (they never run anything on the host, but sshd changes into it before the
+    /// forced command), outside the state directory they cannot enter.
     pub home_dir: AbsolutePath,
     /// Whether `add-user` creates a missing Unix account (and `remove-user` deletes
     /// the ones it created). Off: accounts are managed elsewhere.
@@ -57,7 +58,7 @@ impl Default for AuthConfig {
             key_dir: AbsolutePath::from("/etc/podspawn/keys"),
             github_url: "https://github.com".to_string(),
             group: GroupName("podspawn".to_string()),
-            home_dir: AbsolutePath::from("/var/lib/podspawn/home"),
+            home_dir: AbsolutePath::from("/var/lib/podspawn-home"),
             create_accounts: true,
         }
     }
@@ -408,6 +409,26 @@ pub struct Loaded {
 }
 
 impl ServerConfig {
+    /// The directory of the state database, shared by root and the docker group.
+    pub fn state_dir(&self) -> &Path {
+        let db = self.state.db_path.as_path();
+        db.parent().unwrap_or(db)
+    }
+
+    /// The directory of podspawn's, private to root and the docker group, that holds
+    /// `auth.home_dir`, if one does: sshd could not enter that home for podspawn's
+    /// users and would say so on every session's stderr.
+    pub fn private_dir_holding_home(&self) -> Option<&Path> {
+        let home = self.auth.home_dir.as_path();
+        [
+            self.state_dir(),
+            self.state.lock_dir.as_path(),
+            self.state.agent_dir.as_path(),
+        ]
+        .into_iter()
+        .find(|dir| home.starts_with(dir))
+    }
+
     /// The file this config came from, if it is not the default: what processes
     /// podspawn starts (the keeper) or has sshd start (the forced command) must be told.
     pub fn moved(&self) -> Option<&Path> {
@@ -521,7 +542,7 @@ pub const COMMENTED_DEFAULT: &str = "\
 #  key_dir: /etc/podspawn/keys        # one file per user: <key_dir>/<user>
 #  github_url: https://github.com     # add-user --github fetches <github_url>/LOGIN.keys
 #  group: podspawn                    # podspawn's users; sshd's Match Group block
-#  home_dir: /var/lib/podspawn/home   # the (empty, root's) host home of created accounts
+#  home_dir: /var/lib/podspawn-home   # the (empty, root's) host home of created accounts
 #  create_accounts: true              # add-user makes missing Unix accounts
 #docker:
 #  binary: docker                     # or podman, or an absolute path
@@ -807,6 +828,23 @@ log:
             config.log.audit_log,
             Some(AbsolutePath::from("/var/log/podspawn-audit.jsonl"))
         );
+    }
+
+    #[test]
+    fn the_default_home_is_outside_the_directories_users_cannot_enter() {
+        let config = ServerConfig::default();
+        assert_eq!(config.private_dir_holding_home(), None);
+        let inside = parse("auth:\n  home_dir: /var/lib/podspawn/home\n").unwrap();
+        assert_eq!(
+            inside.private_dir_holding_home(),
+            Some(Path::new("/var/lib/podspawn"))
+        );
+        // A sibling whose name merely starts the same is outside.
+        let beside = parse(
+            "auth:\n  home_dir: /var/lib/podspawn-home\nstate:\n  lock_dir: /var/lib/podspawn-h\n",
+        )
+        .unwrap();
+        assert_eq!(beside.private_dir_holding_home(), None);
     }
 
     #[test]

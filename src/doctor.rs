@@ -48,8 +48,11 @@ impl Report {
 pub fn run(config: &ServerConfig, args: &DoctorArgs) -> Result<(), Error> {
     let mut report = Report { bad: 0 };
     check_sshd(&mut report, &args.sshd_config);
+    check_sshd_for_users(&mut report, &args.sshd_config, config);
     check_binary(&mut report);
     check_directories(&mut report, config);
+    check_homes(&mut report, config);
+    check_proc(&mut report);
     check_engine(&mut report, config);
     check_database(&mut report, config);
     check_docker_members(&mut report, config);
@@ -151,17 +154,12 @@ fn check_binary(report: &mut Report) {
 
 fn check_directories(report: &mut Report, config: &ServerConfig) {
     let docker = crate::accounts::group_id("docker").ok().flatten();
-    let state_dir = config
-        .state
-        .db_path
-        .as_path()
-        .parent()
-        .unwrap_or(Path::new("/"));
-    let wanted: [(&Path, Option<u32>, u32); 4] = [
+    let wanted: [(&Path, Option<u32>, u32); 5] = [
         (config.auth.key_dir.as_path(), Some(0), 0o755),
-        (state_dir, docker, 0o2770),
+        (config.state_dir(), docker, 0o2770),
         (config.state.lock_dir.as_path(), docker, 0o2770),
         (config.state.agent_dir.as_path(), docker, 0o2770),
+        (config.auth.home_dir.as_path(), Some(0), 0o755),
     ];
     for (path, group, mode) in wanted {
         match fs::metadata(path) {
@@ -193,6 +191,170 @@ fn check_directories(report: &mut Report, config: &ServerConfig) {
             ),
         }
     }
+}
+
+/// What sshd must apply to podspawn's users, as `sshd -T` prints it: the login is
+/// podspawn's key (forced into spawn) and nothing else, and nothing reaches the
+/// host. An earlier `Match` block of the admin's can override podspawn's, so the
+/// effective settings are asked of sshd for one registered user.
+const EFFECTIVE_FOR_USERS: &[(&str, &str)] = &[
+    ("authenticationmethods", "publickey"),
+    ("authorizedkeysfile", "none"),
+    ("trustedusercakeys", "none"),
+    ("passwordauthentication", "no"),
+    ("kbdinteractiveauthentication", "no"),
+    ("allowstreamlocalforwarding", "no"),
+    ("permittunnel", "no"),
+    ("permituserrc", "no"),
+];
+
+fn check_sshd_for_users(report: &mut Report, path: &Path, config: &ServerConfig) {
+    let store = KeyStore::new(config.auth.key_dir.as_path());
+    let group = config.auth.group.0.as_str();
+    let members = crate::accounts::group_members(group)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let Some(user) = store
+        .users()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|user| members.iter().any(|member| member == user.as_str()))
+    else {
+        report.line(
+            Mark::Info,
+            &format!("no registered user in group {group} yet to check sshd's settings for"),
+            None,
+        );
+        return;
+    };
+    let settings = match system::sshd_settings_for(path, user.as_str()) {
+        Ok(settings) => settings,
+        Err(err) => {
+            report.line(
+                Mark::Bad,
+                &format!("sshd -T for {user} fails: {}", err.detail),
+                Some(format!("fix {}", path.display())),
+            );
+            return;
+        }
+    };
+    let wrong: Vec<String> = EFFECTIVE_FOR_USERS
+        .iter()
+        .filter(|(key, value)| settings.get(*key).map(String::as_str) != Some(*value))
+        .map(|(key, value)| {
+            let found = settings.get(*key).map_or("(unset)", String::as_str);
+            format!("{key} is {found}, not {value}")
+        })
+        .collect();
+    if wrong.is_empty() {
+        report.line(
+            Mark::Good,
+            &format!("sshd holds podspawn's users (checked for {user}) to podspawn's keys"),
+            None,
+        );
+    } else {
+        report.line(
+            Mark::Bad,
+            &format!(
+                "for podspawn's users (checked for {user}), sshd has {}: they may log in or \
+                 reach the host another way",
+                wrong.join(", ")
+            ),
+            Some(format!(
+                "sudo podspawn server-setup; if it stays, an earlier Match block in {} sets \
+                 these for them",
+                path.display()
+            )),
+        );
+    }
+}
+
+/// sshd changes into the home before it runs the forced command; where it cannot,
+/// every session's stderr starts with "Could not chdir to home directory".
+fn check_homes(report: &mut Report, config: &ServerConfig) {
+    let home = config.auth.home_dir.as_path();
+    if let Some(private) = config.private_dir_holding_home() {
+        report.line(
+            Mark::Bad,
+            &format!(
+                "auth.home_dir {} is inside {}, which podspawn's users cannot enter",
+                home.display(),
+                private.display()
+            ),
+            Some(
+                "set auth.home_dir outside it (the default is /var/lib/podspawn-home), then \
+                 sudo podspawn server-setup"
+                    .into(),
+            ),
+        );
+    }
+    match crate::server_setup::homes_to_move(config) {
+        Ok(moves) if moves.is_empty() => {}
+        Ok(moves) => {
+            let listed: Vec<String> = moves
+                .iter()
+                .map(|(user, old)| format!("{user} ({old})"))
+                .collect();
+            report.line(
+                Mark::Bad,
+                &format!(
+                    "accounts podspawn created whose home is not {}: {}",
+                    home.display(),
+                    listed.join(", ")
+                ),
+                Some("sudo podspawn server-setup (when they have no session)".into()),
+            );
+        }
+        Err(err) => report.line(Mark::Bad, &err.to_string(), None),
+    }
+}
+
+/// With /proc mounted `hidepid`, the keeper cannot see the spawn processes of its
+/// own user (they are setgid, so not dumpable) and takes live connections for dead.
+fn check_proc(report: &mut Report) {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let docker = crate::accounts::group_id("docker").ok().flatten();
+    match hidden_processes(&mounts, docker) {
+        None => report.line(Mark::Good, "/proc shows every process to podspawn", None),
+        Some(options) => report.line(
+            Mark::Bad,
+            &format!(
+                "/proc is mounted with {options}: keepers would take live connections for \
+                 dead and end their sessions"
+            ),
+            Some(
+                "let the docker group see all processes: mount -o remount,gid=docker /proc \
+                 (and add gid=docker to /proc's options in /etc/fstab)"
+                    .into(),
+            ),
+        ),
+    }
+}
+
+/// The `/proc` mount's hiding options, if they hide processes from the docker group.
+fn hidden_processes(mounts: &str, docker_gid: Option<u32>) -> Option<String> {
+    let options = mounts.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.len() >= 4 && fields[1] == "/proc" && fields[2] == "proc").then(|| fields[3])
+    })?;
+    let option = |name: &str| {
+        options
+            .split(',')
+            .find_map(|option| option.strip_prefix(name)?.strip_prefix('='))
+    };
+    let hidepid = option("hidepid")?;
+    if matches!(hidepid, "0" | "off") {
+        return None;
+    }
+    let exempt = option("gid").and_then(|gid| gid.parse::<u32>().ok());
+    if exempt.is_some() && exempt == docker_gid {
+        return None;
+    }
+    Some(match option("gid") {
+        Some(gid) => format!("hidepid={hidepid},gid={gid}"),
+        None => format!("hidepid={hidepid}"),
+    })
 }
 
 fn check_engine(report: &mut Report, config: &ServerConfig) {
@@ -295,5 +457,45 @@ fn check_cleanup(report: &mut Report) {
             "no cleanup timer or cron job (optional: each session's keeper does the work)",
             Some("see contrib/systemd/ or contrib/cron.d/podspawn".into()),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hidden_processes_are_found_unless_the_docker_group_is_exempt() {
+        let mounts = |options: &str| {
+            format!(
+                "sysfs /sys sysfs rw 0 0\nproc /proc proc {options} 0 0\nproc /other proc rw 0 0\n"
+            )
+        };
+        assert_eq!(
+            hidden_processes(&mounts("rw,nosuid,relatime"), Some(999)),
+            None
+        );
+        assert_eq!(hidden_processes(&mounts("rw,hidepid=0"), Some(999)), None);
+        assert_eq!(hidden_processes(&mounts("rw,hidepid=off"), Some(999)), None);
+        for hidden in [
+            "hidepid=2",
+            "hidepid=invisible",
+            "hidepid=1",
+            "hidepid=noaccess",
+            "hidepid=ptraceable",
+        ] {
+            assert_eq!(
+                hidden_processes(&mounts(&format!("rw,{hidden}")), Some(999)).as_deref(),
+                Some(hidden)
+            );
+        }
+        assert_eq!(
+            hidden_processes(&mounts("rw,hidepid=invisible,gid=999"), Some(999)),
+            None
+        );
+        assert_eq!(
+            hidden_processes(&mounts("rw,hidepid=2,gid=4"), Some(999)).as_deref(),
+            Some("hidepid=2,gid=4")
+        );
     }
 }

@@ -28,7 +28,7 @@ struct Line {
 
 pub fn run(config: &ServerConfig, args: &ListArgs) -> Result<(), Error> {
     let db_path = config.state.db_path.as_path();
-    let state_dir = db_path.parent().unwrap_or(db_path);
+    let state_dir = config.state_dir();
     privilege::require_admin("list", state_dir)?;
     // No database yet means no sessions; a reader does not create one.
     let (rows, state) = if db_path.exists() {

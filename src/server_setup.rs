@@ -21,7 +21,8 @@ use crate::accounts;
 use crate::cli::ServerSetupArgs;
 use crate::config::{COMMENTED_DEFAULT, ServerConfig};
 use crate::error::Error;
-use crate::keys::SpawnCommand;
+use crate::keys::store::KeyStore;
+use crate::keys::{SpawnCommand, UserName};
 use crate::privilege;
 use crate::sshd_config::{self, Wanted};
 use crate::state::{DB_FILE_MODE, State};
@@ -49,6 +50,15 @@ pub fn run(config: &ServerConfig, args: &ServerSetupArgs) -> Result<(), Error> {
         group: config.auth.group.0.clone(),
     };
     refuse_foreign_commands_in_includes(sshd_path, &original)?;
+    if let Some(private) = config.private_dir_holding_home() {
+        return Err(Error::Refused(format!(
+            "auth.home_dir {} is inside {}, which podspawn's users cannot enter: sshd would \
+             print \"Could not chdir to home directory\" on every session; choose a directory \
+             outside it",
+            config.auth.home_dir.as_path().display(),
+            private.display()
+        )));
+    }
     if !args.dry_run
         && system::ensure_privsep_dir()
             .map_err(|err| io_refusal(Path::new("/run/sshd"), "create", err))?
@@ -85,6 +95,12 @@ pub fn run(config: &ServerConfig, args: &ServerSetupArgs) -> Result<(), Error> {
         }
         if !config.state.db_path.as_path().exists() {
             println!("would create {}", config.state.db_path.as_path().display());
+        }
+        for (user, home) in homes_to_move(config)? {
+            println!(
+                "would move the home of {user} from {home} to {}",
+                config.auth.home_dir.as_path().display()
+            );
         }
         if !config.source.exists() {
             println!(
@@ -127,6 +143,7 @@ pub fn run(config: &ServerConfig, args: &ServerSetupArgs) -> Result<(), Error> {
         }
     }
     changed |= create_database(config, docker_gid)?;
+    changed |= move_homes(config)?;
     if !config.source.exists() {
         write_default_config(&config.source)?;
         println!(
@@ -285,12 +302,7 @@ fn directories(config: &ServerConfig, docker_gid: u32) -> Vec<Dir> {
         group: None,
         mode: 0o755,
     };
-    let state_dir = config
-        .state
-        .db_path
-        .as_path()
-        .parent()
-        .unwrap_or(Path::new("/var/lib/podspawn"));
+    let state_dir = config.state_dir();
     let mut dirs = vec![
         root_only(config.auth.key_dir.as_path()),
         shared(state_dir),
@@ -351,6 +363,46 @@ fn dir_change(dir: &Dir) -> Result<Option<String>, Error> {
             }
         }
     }
+}
+
+/// Accounts podspawn created whose home is not `auth.home_dir` (made by an older
+/// podspawn inside the state directory, or before the admin moved it): (user, home).
+pub fn homes_to_move(config: &ServerConfig) -> Result<Vec<(UserName, String)>, Error> {
+    let store = KeyStore::new(config.auth.key_dir.as_path());
+    let wanted = config.auth.home_dir.as_path();
+    let mut found = Vec::new();
+    for user in store.created_accounts()? {
+        let account =
+            accounts::by_name(user.as_str()).map_err(|err| Error::Refused(err.to_string()))?;
+        if let Some(account) = account
+            && Path::new(&account.home) != wanted
+        {
+            found.push((user, account.home));
+        }
+    }
+    Ok(found)
+}
+
+/// Moves created accounts' homes to `auth.home_dir`; true if any moved. usermod
+/// refuses while the account runs a process (a session's keeper): that one is
+/// said, and moves on a later run.
+fn move_homes(config: &ServerConfig) -> Result<bool, Error> {
+    let home = config.auth.home_dir.as_path();
+    let mut moved = false;
+    for (user, old) in homes_to_move(config)? {
+        match system::set_home(user.as_str(), home) {
+            Ok(()) => {
+                println!("moved the home of {user} from {old} to {}", home.display());
+                moved = true;
+            }
+            Err(err) => println!(
+                "could not move the home of {user} from {old} now ({}); run server-setup \
+                 again when {user} has no session",
+                err.detail
+            ),
+        }
+    }
+    Ok(moved)
 }
 
 fn make_dir(dir: &Dir) -> Result<(), Error> {

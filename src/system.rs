@@ -102,6 +102,24 @@ pub fn sshd_setting(config: &Path, keyword: &str) -> Result<Option<String>, Tool
     }))
 }
 
+/// What sshd would apply to a connection of `user` from the loopback, from
+/// `sshd -T -C`: keyword (lower-case) to value.
+pub fn sshd_settings_for(
+    config: &Path,
+    user: &str,
+) -> Result<std::collections::BTreeMap<String, String>, ToolError> {
+    let connection = format!("user={user},host=localhost,addr=127.0.0.1");
+    let dump = run(
+        &sshd(),
+        &["-T", "-f", &config.display().to_string(), "-C", &connection],
+    )?;
+    Ok(dump
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect())
+}
+
 /// Reloads the running sshd: systemd's `reload` where systemd runs, else SIGHUP to
 /// the pid in sshd's pid file. Returns what it did, for the admin.
 pub fn reload_sshd(config: &Path) -> Result<String, ToolError> {
@@ -165,6 +183,13 @@ pub fn useradd(user: &str, home: &Path, group: &str) -> Result<(), ToolError> {
 /// Adds an existing account to a group.
 pub fn add_to_group(user: &str, group: &str) -> Result<(), ToolError> {
     run(&tool("usermod"), &["--append", "--groups", group, user]).map(|_| ())
+}
+
+/// Changes an account's home directory (the directory itself is not moved: it is
+/// podspawn's shared, empty one).
+pub fn set_home(user: &str, home: &Path) -> Result<(), ToolError> {
+    let home = home.display().to_string();
+    run(&tool("usermod"), &["--home", &home, user]).map(|_| ())
 }
 
 /// Deletes an account (its shared home stays: it is not the account's).

@@ -252,6 +252,26 @@ fn an_sshd_config_sshd_already_rejects_is_not_touched() {
 }
 
 #[test]
+fn a_home_inside_the_state_directory_is_refused_and_nothing_changes() {
+    let Some(setup) = Setup::new() else { return };
+    let original = setup.sshd_config();
+    let config = fs::read_to_string(setup.env.config_path()).unwrap();
+    let home = setup.env.path("state/home");
+    setup.env.write_config_text(&config.replacen(
+        &format!("home_dir: {}", setup.env.path("home-shared").display()),
+        &format!("home_dir: {}", home.display()),
+        1,
+    ));
+    setup.env.scenario(&[setup.sshd_accepts()]);
+    setup
+        .setup(&["--no-reload"])
+        .assert_one_line_error(1, &format!("auth.home_dir {} is inside", home.display()))
+        .assert_stderr_contains("Could not chdir to home directory");
+    assert_eq!(setup.sshd_config(), original);
+    assert!(!home.exists() && !setup.env.path("state/state.db").exists());
+}
+
+#[test]
 fn a_config_sshd_rejects_after_the_edit_is_restored_byte_for_byte() {
     let Some(setup) = Setup::new() else { return };
     // CRLF, no final newline: the restore must give back exactly these bytes.

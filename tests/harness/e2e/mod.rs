@@ -13,6 +13,7 @@ mod forwarding;
 mod lifecycle;
 mod privilege;
 mod sessions;
+mod setup;
 mod transfer;
 
 use std::ffi::CString;
