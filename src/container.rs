@@ -9,6 +9,7 @@
 //! busybox has, so minimal images work too. Every value reaches them as a positional
 //! argument, never spliced into the script text.
 
+use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
 use crate::keys::UserName;
@@ -163,14 +164,45 @@ while [ ! -e /run/podspawn-ready ] && [ "$n" -lt 250 ]; do
 done
 exec "$@""#;
 
+/// A command that is not UTF-8, passed as octal escapes (`\0NNN`) of every byte that
+/// is not printable ASCII or is a backslash, and turned back into its bytes inside.
+/// The engine's API is JSON, which would replace such bytes with U+FFFD: a latin-1
+/// file name in `scp -t` would become another name. The `x` keeps the command's
+/// trailing newlines from `$(…)`.
+const BYTES_SCRIPT: &str = r#"command=$(printf '%b' "$1"; echo x)
+exec /bin/sh -c "${command%x}""#;
+
 /// What runs in the container for a routed connection.
 pub fn program_argv(program: &Program, shell: &str) -> Vec<String> {
     let strings = |items: &[&str]| items.iter().map(|item| item.to_string()).collect();
     match program {
         Program::Shell => strings(&["/bin/sh", "-c", SHELL_SCRIPT, "podspawn-shell", shell]),
         Program::Sftp => strings(&["/bin/sh", "-c", SFTP_SCRIPT, "podspawn-sftp"]),
-        Program::Command(command) => strings(&["/bin/sh", "-c", command]),
+        Program::Command(command) => match command.to_str() {
+            Some(command) => strings(&["/bin/sh", "-c", command]),
+            None => strings(&[
+                "/bin/sh",
+                "-c",
+                BYTES_SCRIPT,
+                "podspawn-command",
+                &octal_escaped(command.as_bytes()),
+            ]),
+        },
     }
+}
+
+/// `bytes` with every byte that is not printable ASCII, or is a backslash, written
+/// as `\0NNN` (what `printf '%b'` reads back).
+fn octal_escaped(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len());
+    for &byte in bytes {
+        if (byte.is_ascii_graphic() || byte == b' ') && byte != b'\\' {
+            text.push(char::from(byte));
+        } else {
+            text.push_str(&format!("\\0{byte:03o}"));
+        }
+    }
+    text
 }
 
 /// `argv`, made to wait for a brand-new container's setup first.
@@ -316,6 +348,27 @@ mod tests {
         assert_eq!(shell.last().unwrap(), "/bin/zsh");
         let sftp = program_argv(&Program::Sftp, "/bin/bash");
         assert!(sftp[2].contains("/usr/lib/openssh/sftp-server"));
+    }
+
+    #[test]
+    fn a_command_that_is_not_utf8_runs_as_its_very_bytes() {
+        use std::os::unix::ffi::OsStringExt;
+        let command = b"printf '%s|' caf\xe9 'back\\slash' \"$(printf 'x\\ty')\"\n\n";
+        let argv = program_argv(
+            &Program::Command(std::ffi::OsString::from_vec(command.to_vec())),
+            "/bin/sh",
+        );
+        assert!(argv.iter().all(|arg| arg.is_ascii()), "{argv:?}");
+        let output = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+        assert_eq!(
+            output.stdout,
+            b"caf\xe9|back\\slash|x\ty|",
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // UTF-8 commands are passed as they are.
+        let plain = program_argv(&Program::Command("echo é".into()), "/bin/sh");
+        assert_eq!(plain, ["/bin/sh", "-c", "echo é"]);
     }
 
     #[test]

@@ -1,11 +1,16 @@
 //! What a connection runs in its container, decided from `SSH_ORIGINAL_COMMAND` and
 //! whether sshd allocated a terminal. Pure: no processes, no environment.
 //!
+//! The command is bytes, as sshd passes it: a file name in `scp -t` or `rsync` need
+//! not be UTF-8, and such a command is still a command, never a login shell.
+//!
 //! | `SSH_ORIGINAL_COMMAND`                         | runs                        |
 //! | ---------------------------------------------- | --------------------------- |
 //! | unset or empty                                 | login shell (PTY if given)  |
 //! | `internal-sftp`, or a path ending `sftp-server` | the image's sftp-server     |
 //! | anything else (scp, rsync, commands)           | `sh -c "<command>"`         |
+
+use std::ffi::{OsStr, OsString};
 
 /// What to run for one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,14 +28,15 @@ pub enum Program {
     /// The SFTP server, found in the image at its usual paths.
     Sftp,
     /// `sh -c <command>`, exactly as the client sent it.
-    Command(String),
+    Command(OsString),
 }
 
-pub fn route(original_command: Option<&str>, tty: bool) -> Routed {
+pub fn route(original_command: Option<&OsStr>, tty: bool) -> Routed {
     let program = match original_command {
-        None | Some("") => Program::Shell,
-        Some(command) if is_sftp(command) => Program::Sftp,
-        Some(command) => Program::Command(command.to_string()),
+        None => Program::Shell,
+        Some(command) if command.is_empty() => Program::Shell,
+        Some(command) if command.to_str().is_some_and(is_sftp) => Program::Sftp,
+        Some(command) => Program::Command(command.to_os_string()),
     };
     let tty = tty && program != Program::Sftp;
     Routed { program, tty }
@@ -53,11 +59,26 @@ mod tests {
     use super::*;
 
     fn program(command: Option<&str>) -> Program {
-        route(command, false).program
+        route(command.map(OsStr::new), false).program
     }
 
     fn command(text: &str) -> Program {
-        Program::Command(text.to_string())
+        Program::Command(text.into())
+    }
+
+    #[test]
+    fn a_command_that_is_not_utf8_is_a_command_byte_for_byte() {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = OsStr::from_bytes(b"scp -t 'caf\xe9.txt'");
+        assert_eq!(
+            route(Some(bytes), false).program,
+            Program::Command(bytes.to_os_string())
+        );
+        let sftp_looking = OsStr::from_bytes(b"internal-sftp \xff");
+        assert_eq!(
+            route(Some(sftp_looking), true).program,
+            Program::Command(sftp_looking.to_os_string())
+        );
     }
 
     #[test]
@@ -70,7 +91,7 @@ mod tests {
             }
         );
         assert_eq!(
-            route(Some(""), true),
+            route(Some(OsStr::new("")), true),
             Routed {
                 program: Program::Shell,
                 tty: true
@@ -104,7 +125,7 @@ mod tests {
     #[test]
     fn sftp_never_gets_a_terminal() {
         assert_eq!(
-            route(Some("internal-sftp"), true),
+            route(Some(OsStr::new("internal-sftp")), true),
             Routed {
                 program: Program::Sftp,
                 tty: false
@@ -148,14 +169,14 @@ mod tests {
     #[test]
     fn commands_keep_the_terminal_they_asked_for() {
         assert_eq!(
-            route(Some("top"), true),
+            route(Some(OsStr::new("top")), true),
             Routed {
                 program: command("top"),
                 tty: true
             }
         );
         assert_eq!(
-            route(Some("ls"), false),
+            route(Some(OsStr::new("ls")), false),
             Routed {
                 program: command("ls"),
                 tty: false

@@ -5,6 +5,7 @@
 //! Its stdout and stderr are the user's session: podspawn's own failures end in one
 //! line on stderr that the user can act on, exit 125; the details go to the log.
 
+use std::ffi::OsStr;
 use std::fmt;
 
 use crate::accounts;
@@ -119,7 +120,7 @@ pub fn run(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
     }
 
     let tty = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
-    let original_command = std::env::var("SSH_ORIGINAL_COMMAND").ok();
+    let original_command = std::env::var_os("SSH_ORIGINAL_COMMAND");
     let routed = router::route(original_command.as_deref(), tty);
     let settings = settings(config);
     let identity = Identity::new(
@@ -171,7 +172,9 @@ pub fn run(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
     };
     log::info!(
         "{user} connects: {}",
-        original_command.as_deref().unwrap_or("(shell)")
+        original_command
+            .as_deref()
+            .map_or("(shell)".into(), OsStr::to_string_lossy)
     );
     let engine = DockerEngine::new(Docker::new(&config.docker), caller.uid);
     let mut sessions = Sessions::open(
@@ -186,15 +189,24 @@ pub fn run(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
 }
 
 /// The session environment handed into the container: terminal type (only with a
-/// terminal), locale, and where the connection comes from.
+/// terminal), locale, and where the connection comes from. A value that is not
+/// UTF-8 (a client may send any `LANG`) names no locale and cannot cross the
+/// engine's JSON API unchanged: it is left out, and the log says so.
 fn passed_env(tty: bool) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(name, _)| {
-            (PASSED_ENV.contains(&name.as_str()) && (name != "TERM" || tty))
-                || name.starts_with("LC_")
-        })
-        .filter(|(name, value)| !name.contains('=') && !value.contains('\0'))
-        .collect();
+    let mut env = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let wanted = (PASSED_ENV.contains(&name) && (name != "TERM" || tty))
+            || (name.starts_with("LC_")
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        if !wanted {
+            continue;
+        }
+        match value.into_string() {
+            Ok(value) => env.push((name.to_string(), value)),
+            Err(value) => log::warn!("not passing {name}={value:?}: it is not UTF-8"),
+        }
+    }
     env.sort();
     env
 }

@@ -931,3 +931,27 @@ fn the_agent_directory_is_read_only_inside() {
         "{agents:?} was written"
     );
 }
+
+/// A command that is not UTF-8 (a latin-1 file name in `scp -t`) reaches the
+/// container as the bytes it is; a locale that is not UTF-8 is left out.
+#[test]
+fn bytes_that_are_not_utf8_reach_the_container_as_they_are() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = real_env_or_skip!("60s");
+    let output = env
+        .spawn(None)
+        .env(
+            "SSH_ORIGINAL_COMMAND",
+            std::ffi::OsStr::from_bytes(b"printf '%s|' caf\xe9 \"$LANG\" | od -An -c | tr -s ' '"),
+        )
+        .env("LANG", std::ffi::OsStr::from_bytes(b"x\xff"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        " c a f 351 | |\n",
+        "{}",
+        env.explain(&output)
+    );
+}

@@ -828,3 +828,44 @@ fn a_lock_held_too_long_ends_the_login_with_one_line_in_time() {
         .run()
         .assert_success();
 }
+
+#[test]
+fn bytes_that_are_not_utf8_are_passed_on_not_panicked_on_or_rerouted() {
+    let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    env.scenario(&[
+        run_rule(),
+        Rule::docker(&["exec", "**"]).stdout("ran\n"),
+        rm_rule(),
+    ]);
+    // A latin-1 file name in an scp command, and a locale a client made up.
+    let run = env
+        .spawn(&user)
+        .var_bytes("SSH_ORIGINAL_COMMAND", b"scp -t caf\xe9.txt")
+        .var_bytes("LANG", b"de_DE.\xff")
+        .var_bytes("LC_CTYPE", b"\xfe")
+        .run();
+    run.assert_success()
+        .assert_stdout("ran\n")
+        .assert_stderr("");
+    let calls = env.docker_calls();
+    let exec = calls
+        .iter()
+        .find(|call| call.subcommand() == "exec")
+        .unwrap();
+    // The command, as a command (a non-UTF-8 one used to become a login shell), its
+    // bytes escaped so that the engine's JSON API cannot change them.
+    let argv = &exec.argv;
+    assert_eq!(argv.last().unwrap(), "scp -t caf\\0351.txt", "{argv:?}");
+    assert_eq!(argv[argv.len() - 2], "podspawn-command", "{argv:?}");
+    assert!(!argv.iter().any(|arg| arg == "podspawn-shell"), "{argv:?}");
+    // A locale that is not UTF-8 names none: left out, and logged.
+    let envs = exec.flags("--env");
+    assert!(
+        !envs
+            .iter()
+            .any(|pair| pair.starts_with("LANG=") || pair.starts_with("LC_CTYPE=")),
+        "{envs:?}"
+    );
+    let log = std::fs::read_to_string(env.log_path()).unwrap();
+    assert!(log.contains("not passing LANG="), "{log}");
+}

@@ -585,6 +585,14 @@ impl Invocation<'_> {
         self
     }
 
+    /// A variable whose value is any bytes (not only UTF-8).
+    pub fn var_bytes(mut self, key: &str, value: &[u8]) -> Self {
+        use std::os::unix::ffi::OsStrExt;
+        self.vars
+            .insert(key.to_string(), std::ffi::OsStr::from_bytes(value).into());
+        self
+    }
+
     pub fn stdin(mut self, bytes: &[u8]) -> Self {
         self.input = Input::Bytes(bytes.to_vec());
         self
