@@ -91,6 +91,7 @@ impl<'de> Deserialize<'de> for GroupName {
 #[serde(default, deny_unknown_fields)]
 pub struct DockerConfig {
     /// The docker-compatible CLI: a name looked up on PATH, or an absolute path.
+    #[serde(deserialize_with = "program_name")]
     pub binary: String,
     /// The engine to talk to (`DOCKER_HOST`); unset means the CLI's default.
     pub host: Option<String>,
@@ -112,6 +113,7 @@ impl Default for DockerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Defaults {
+    #[serde(deserialize_with = "image_name")]
     pub image: String,
     /// The login shell inside containers (`/bin/sh` where the image lacks it).
     pub shell: AbsolutePath,
@@ -204,6 +206,36 @@ pub struct LogConfig {
     pub level: LogLevel,
     /// The JSON-lines audit log; unset means none.
     pub audit_log: Option<AbsolutePath>,
+}
+
+/// `docker.binary`: a bare name (looked up on podspawn's fixed PATH) or an absolute
+/// path; a relative path would mean something else in every caller's directory.
+fn program_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    let plain = !text.is_empty() && !text.chars().any(|c| c.is_whitespace() || c.is_control());
+    let bare = !text.contains('/') && !text.starts_with('-');
+    if plain && (bare || text.starts_with('/')) {
+        Ok(text)
+    } else {
+        Err(de::Error::custom(format!(
+            "invalid program {text:?} (expected a name such as docker, or an absolute path)"
+        )))
+    }
+}
+
+/// An image reference as docker takes it; one starting with `-` would be read as an
+/// option of `docker run`.
+fn image_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.is_empty()
+        || text.starts_with('-')
+        || text.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(de::Error::custom(format!(
+            "invalid image {text:?} (expected e.g. ubuntu:24.04)"
+        )));
+    }
+    Ok(text)
 }
 
 /// `log.level`: one of `off`, `error`, `warn`, `info` (default), `debug`, `trace`.
@@ -883,6 +915,31 @@ log:
             ("defaults:\n  cpus: -1\n", "defaults.cpus", "-1"),
             ("session:\n  mode: forever\n", "session.mode", "forever"),
             ("log:\n  level: loud\n", "log.level", "loud"),
+            (
+                "defaults:\n  image: --privileged\n",
+                "defaults.image",
+                "invalid image \"--privileged\"",
+            ),
+            (
+                "defaults:\n  image: \"a b\"\n",
+                "defaults.image",
+                "invalid image",
+            ),
+            (
+                "docker:\n  binary: bin/docker\n",
+                "docker.binary",
+                "invalid program \"bin/docker\"",
+            ),
+            (
+                "docker:\n  binary: -docker\n",
+                "docker.binary",
+                "invalid program",
+            ),
+            (
+                "docker:\n  binary: \"\"\n",
+                "docker.binary",
+                "invalid program",
+            ),
             ("state:\n  db_path: state.db\n", "state.db_path", "state.db"),
             (
                 "state:\n  agent_dir: /a,b\n",

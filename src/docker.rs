@@ -43,6 +43,14 @@ pub enum ContainerState {
     Missing,
 }
 
+/// The labels podspawn puts on a container, as found on one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Labels {
+    pub managed: bool,
+    pub user: String,
+    pub project: String,
+}
+
 /// A container that carries `podspawn.managed=true`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManagedContainer {
@@ -330,6 +338,23 @@ impl Docker {
         }
     }
 
+    /// podspawn's labels on container `name`; `None` when there is no such container.
+    pub fn labels(&self, name: &str) -> Result<Option<Labels>, DockerError> {
+        let format = format!(
+            "{{{{index .Config.Labels \"{LABEL_MANAGED}\"}}}}\t{{{{index .Config.Labels \"{LABEL_USER}\"}}}}\t{{{{index .Config.Labels \"{LABEL_PROJECT}\"}}}}"
+        );
+        let args = strings(&["inspect", "--type", "container", "--format", &format, name]);
+        let (status, stdout, stderr) = self.run(&args)?;
+        if !status.success() {
+            return if is_missing(&stderr) {
+                Ok(None)
+            } else {
+                Err(self.failed(&args, status, stderr))
+            };
+        }
+        Ok(Some(parse_labels(&stdout)))
+    }
+
     /// Every container podspawn made, running or not.
     pub fn list_managed(&self) -> Result<Vec<ManagedContainer>, DockerError> {
         let format = format!(
@@ -582,6 +607,20 @@ pub fn exec_args(spec: &ExecSpec) -> Vec<String> {
     args
 }
 
+/// The labels from `labels`'s format; a label that is not there reads `<no value>`.
+fn parse_labels(stdout: &str) -> Labels {
+    let line = stdout.lines().next().unwrap_or("");
+    let mut fields = line.split('\t').map(|field| match field {
+        "<no value>" => "",
+        field => field,
+    });
+    Labels {
+        managed: fields.next() == Some("true"),
+        user: fields.next().unwrap_or("").to_string(),
+        project: fields.next().unwrap_or("").to_string(),
+    }
+}
+
 fn parse_managed(stdout: &str) -> Vec<ManagedContainer> {
     stdout
         .lines()
@@ -762,6 +801,26 @@ mod tests {
                     session: "def".into(),
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn labels_parse_and_absent_ones_are_empty() {
+        assert_eq!(
+            parse_labels("true\talice\tapi\n"),
+            Labels {
+                managed: true,
+                user: "alice".into(),
+                project: "api".into()
+            }
+        );
+        assert_eq!(
+            parse_labels("<no value>\t<no value>\t<no value>\n"),
+            Labels {
+                managed: false,
+                user: String::new(),
+                project: String::new()
+            }
         );
     }
 

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::container::{CONNECTION_MARKER, ContainerSpec, ExecSpec};
-use crate::docker::{ContainerState, Docker, DockerError, FIXED_PATH, ManagedContainer};
+use crate::docker::{ContainerState, Docker, DockerError, FIXED_PATH, Labels, ManagedContainer};
 use crate::exec::{self, Ended};
 use crate::keys::UserName;
 use crate::network::UserNetwork;
@@ -42,6 +42,10 @@ impl Engine for DockerEngine {
 
     fn state(&mut self, container: &str) -> Result<ContainerState, DockerError> {
         self.docker.state(container)
+    }
+
+    fn labels(&mut self, container: &str) -> Result<Option<Labels>, DockerError> {
+        self.docker.labels(container)
     }
 
     fn list_managed(&mut self) -> Result<Vec<ManagedContainer>, DockerError> {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use crate::config::SessionMode;
 use crate::container::{self, ContainerSpec, ExecSpec, Identity};
-use crate::docker::{ContainerState, DockerError, ManagedContainer};
+use crate::docker::{ContainerState, DockerError, Labels, ManagedContainer};
 use crate::exec::write_stderr;
 use crate::keys::UserName;
 use crate::lock::{LockError, Locks, UserLock};
@@ -56,6 +56,8 @@ pub trait Engine {
     /// Removes the container; one that is already gone is not an error.
     fn remove(&mut self, container: &str) -> Result<(), DockerError>;
     fn state(&mut self, container: &str) -> Result<ContainerState, DockerError>;
+    /// podspawn's labels on a container; `None` when it does not exist.
+    fn labels(&mut self, container: &str) -> Result<Option<Labels>, DockerError>;
     /// Every container podspawn made (by its labels), running or not.
     fn list_managed(&mut self) -> Result<Vec<ManagedContainer>, DockerError>;
     /// Creates a user's network; one that exists already is fine.
@@ -101,6 +103,11 @@ pub enum SessionError {
     ContainerDied {
         container: String,
     },
+    /// A container of the session's name that podspawn did not make for this
+    /// session is in the way: not podspawn's to remove.
+    Foreign {
+        container: String,
+    },
 }
 
 impl SessionError {
@@ -111,6 +118,9 @@ impl SessionError {
             SessionError::ContainerDied { .. } => {
                 "your container stopped as soon as it started; tell your admin".to_string()
             }
+            SessionError::Foreign { container } => format!(
+                "a container named {container} that podspawn did not make is in the way; tell your admin"
+            ),
             SessionError::Lock(err) if err.timed_out() => {
                 "your session is busy (another of your connections holds it); try again shortly"
                     .to_string()
@@ -135,6 +145,11 @@ impl fmt::Display for SessionError {
                     "container {container} was not running right after it was created"
                 )
             }
+            SessionError::Foreign { container } => write!(
+                f,
+                "container {container} exists without podspawn's labels for this session; \
+                 not removing it"
+            ),
         }
     }
 }
@@ -157,6 +172,11 @@ impl From<LockError> for SessionError {
     fn from(err: LockError) -> Self {
         SessionError::Lock(err)
     }
+}
+
+/// Whether a container's labels say podspawn made it for this user's session.
+fn is_ours(labels: &Labels, user: &Identity, project: &str) -> bool {
+    labels.managed && labels.user == user.name.as_str() && labels.project == project
 }
 
 /// What to do for a new connection, given the session's row (if any).
@@ -495,9 +515,19 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                 Ok(()) => break,
                 Err(DockerError::NameInUse { .. }) if repairs < 2 => {
                     // A container of ours with no row (the state was lost, or a crash
-                    // came between create and insert): it belongs to nobody now.
-                    log::warn!("removing {name}, which has no session row");
-                    self.engine.remove(&name)?;
+                    // came between create and insert) belongs to nobody now; anything
+                    // else of that name is someone else's, and stays.
+                    match self.engine.labels(&name)? {
+                        Some(labels) if !is_ours(&labels, user, &request.project) => {
+                            return Err(SessionError::Foreign { container: name });
+                        }
+                        Some(_) => {
+                            log::warn!("removing {name}, which has no session row");
+                            self.engine.remove(&name)?;
+                        }
+                        // Gone meanwhile: just create it again.
+                        None => {}
+                    }
                 }
                 Err(DockerError::NetworkMissing { .. }) if repairs < 2 => {
                     // add-user makes it; a first login after the engine lost it, or
@@ -924,6 +954,8 @@ mod tests {
         networks: BTreeSet<String>,
         /// name -> (cidr, user)
         subnets: BTreeMap<String, (String, String)>,
+        /// Running containers that are not podspawn's (no labels).
+        foreign: BTreeSet<String>,
     }
 
     impl Engine for FakeEngine {
@@ -933,7 +965,7 @@ mod tests {
                     network: spec.network.name.clone(),
                 });
             }
-            if self.running.contains_key(&spec.name) {
+            if self.running.contains_key(&spec.name) || self.foreign.contains(&spec.name) {
                 return Err(DockerError::NameInUse {
                     name: spec.name.clone(),
                 });
@@ -955,6 +987,22 @@ mod tests {
                 ContainerState::Running
             } else {
                 ContainerState::Missing
+            })
+        }
+
+        fn labels(&mut self, container: &str) -> Result<Option<Labels>, DockerError> {
+            Ok(if self.foreign.contains(container) {
+                Some(Labels {
+                    managed: false,
+                    user: String::new(),
+                    project: String::new(),
+                })
+            } else {
+                self.running.contains_key(container).then(|| Labels {
+                    managed: true,
+                    user: container.trim_start_matches("podspawn-").to_string(),
+                    project: String::new(),
+                })
             })
         }
 
@@ -1248,6 +1296,26 @@ mod tests {
         assert_eq!(f.connect(&settings), 0);
         assert_eq!(f.sessions.engine.removes, ["podspawn-alice"]);
         assert_eq!(f.sessions.engine.running["podspawn-alice"], "session1");
+    }
+
+    #[test]
+    fn a_container_of_the_name_that_is_not_podspawns_is_left_alone() {
+        let (mut f, settings) = fixture(SessionMode::GracePeriod);
+        f.sessions.engine.foreign.insert("podspawn-alice".into());
+        let err = f
+            .sessions
+            .connect(&request(Program::Command("true".into())), &settings)
+            .unwrap_err();
+        assert!(
+            matches!(err, SessionError::Foreign { ref container } if container == "podspawn-alice")
+        );
+        assert!(
+            err.user_message().contains("podspawn-alice"),
+            "{}",
+            err.user_message()
+        );
+        assert!(f.sessions.engine.removes.is_empty());
+        assert!(f.row().is_none());
     }
 
     #[test]

@@ -955,3 +955,38 @@ fn bytes_that_are_not_utf8_reach_the_container_as_they_are() {
         env.explain(&output)
     );
 }
+
+/// A container of the session's name that podspawn did not make is not podspawn's
+/// to remove: the login ends with one line naming it, and the container stays.
+#[test]
+fn a_foreign_container_of_the_sessions_name_is_left_alone() {
+    let env = real_env_or_skip!("60s");
+    let started = Command::new("docker")
+        .args([
+            "run",
+            "--detach",
+            "--rm",
+            "--name",
+            &env.container(),
+            "--entrypoint",
+            "/bin/sh",
+        ])
+        .args([image(), "-c", "sleep 120"])
+        .output()
+        .unwrap();
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let output = env.run("true");
+    assert_eq!(output.status.code(), Some(125), "{}", env.explain(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        format!(
+            "podspawn: a container named {} that podspawn did not make is in the way; tell your admin\n",
+            env.container()
+        )
+    );
+    assert!(env.container_exists(), "the foreign container was removed");
+}

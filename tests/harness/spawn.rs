@@ -869,3 +869,65 @@ fn bytes_that_are_not_utf8_are_passed_on_not_panicked_on_or_rerouted() {
     let log = std::fs::read_to_string(env.log_path()).unwrap();
     assert!(log.contains("not passing LANG="), "{log}");
 }
+
+/// docker's answer to a `run` whose name is taken.
+fn name_in_use(name: &str) -> Rule {
+    Rule::docker(&["run", "**"])
+        .stderr(&format!(
+            "docker: Error response from daemon: Conflict. The container name \"/{name}\" is already in use by container \"0123abcd\".\n"
+        ))
+        .exit(125)
+        .times(1)
+}
+
+fn labels_rule(name: &str, answer: &str) -> Rule {
+    Rule::docker(&[
+        "inspect",
+        "--type",
+        "container",
+        "--format",
+        "*podspawn.managed*",
+        name,
+    ])
+    .stdout(answer)
+}
+
+#[test]
+fn a_container_in_the_way_is_removed_only_if_it_is_podspawns() {
+    let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    let name = format!("podspawn-{}", user.name);
+    // Someone else's container of that name: no labels. It stays; one line says why.
+    env.scenario(&[
+        name_in_use(&name),
+        labels_rule(&name, "<no value>\t<no value>\t<no value>\n"),
+    ]);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .run()
+        .assert_one_line_error(
+            125,
+            &format!("a container named {name} that podspawn did not make"),
+        );
+    assert_eq!(subcommands(&env.docker_calls()), ["run", "inspect"]);
+    no_unexpected_calls(&env);
+
+    // podspawn's own, left without a row: removed, and the login goes on.
+    let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    env.scenario(&[
+        name_in_use(&name),
+        labels_rule(&name, &format!("true\t{}\t\n", user.name)),
+        rm_rule(),
+        run_rule(),
+        Rule::docker(&["exec", "**"]),
+    ]);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .run()
+        .assert_success();
+    assert_eq!(
+        subcommands(&env.docker_calls()),
+        ["run", "inspect", "rm", "run", "exec"]
+    );
+    assert_eq!(env.removed_containers(), [name]);
+    no_unexpected_calls(&env);
+}
