@@ -303,3 +303,52 @@ fn concurrent_additions_lose_nothing() {
     }
     assert_eq!(text.lines().count(), 3, "{text}");
 }
+
+/// Adding an existing account to podspawn's group goes through `usermod`, which the
+/// harness fakes like docker: no harness test changes the host's accounts (one once
+/// left the host's `nobody` in a group).
+#[test]
+fn an_existing_account_joins_the_group_through_usermod_and_is_told_what_changes() {
+    if !is_root() {
+        eprintln!("add-user test skipped: not root (only root adds accounts to groups)");
+        return;
+    }
+    let env = TestEnv::new();
+    // nobody's own primary group: a real group it is not listed in.
+    let group = fs::read_to_string("/etc/group")
+        .unwrap()
+        .lines()
+        .find(|line| line.split(':').nth(2) == Some(&NOBODY.to_string()))
+        .and_then(|line| line.split(':').next().map(str::to_string))
+        .expect("a group with nobody's gid");
+    env.set_group(&group);
+    env.scenario(&[
+        crate::support::Rule::program("usermod", &["--append", "--groups", &group, "nobody"]),
+        crate::support::Rule::docker(&["network", "create", "**"]),
+    ]);
+    let group_line = || {
+        fs::read_to_string("/etc/group")
+            .unwrap()
+            .lines()
+            .find(|line| line.starts_with(&format!("{group}:")))
+            .map(str::to_string)
+    };
+    let before = group_line();
+    let run = env.podspawn(&["add-user", "nobody", "--key", ED25519]);
+    run.assert_success();
+    assert!(
+        run.stdout().starts_with(
+            "nobody is an existing account: from now on it logs in over SSH only with podspawn's keys, into its container"
+        ),
+        "{}",
+        run.stdout()
+    );
+    let usermod: Vec<_> = env
+        .calls()
+        .into_iter()
+        .filter(|call| call.program == "usermod")
+        .collect();
+    assert_eq!(usermod.len(), 1, "{usermod:?}");
+    assert!(env.calls().iter().all(|call| call.expected));
+    assert_eq!(group_line(), before, "the host's group {group} changed");
+}

@@ -83,12 +83,7 @@ fn doctor_on_a_server_set_up_by_server_setup_finds_nothing_wrong() {
     let env = TestEnv::new();
     env.fake_program("sshd");
     let group = format!("pstd{}", std::process::id());
-    let config = fs::read_to_string(env.config_path()).unwrap();
-    env.write_config_text(&config.replacen(
-        "docker:\n",
-        &format!("  group: {group}\ndocker:\n"),
-        1,
-    ));
+    env.set_group(&group);
     let config = fs::read_to_string(env.config_path()).unwrap();
     env.write_config_text(&format!("{config}defaults:\n  image: test-image\n"));
     let sshd_config = env.path("sshd_config");

@@ -39,13 +39,7 @@ impl Setup {
             SSHD_CONFIG.replace("SITE_INCLUDE", &include),
         )
         .unwrap();
-        // The group of this test, in the config's auth section.
-        let config = fs::read_to_string(env.config_path()).unwrap();
-        env.write_config_text(&config.replacen(
-            "docker:\n",
-            &format!("  group: {group}\ndocker:\n"),
-            1,
-        ));
+        env.set_group(&group);
         Some(Setup { env, group })
     }
 

@@ -39,6 +39,10 @@ pub const ED25519_OTHER: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIM6ChpQjGRPmIDcxl+jhYV0I5egsFIH0sMe5WArnLVSD";
 pub const ECDSA: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBGuk26OGgTnkw95Znl3hknkkHyj4X77sbUjxYLz2Phtq/XkXcQPwy4gGu5WaQGgh53C3+5zMNCVIZKkoqehc7Js= bob@desk";
 
+/// The group the test config names unless a test names another: none of the host's,
+/// so that nothing adds a host account to a real group.
+pub const NO_GROUP: &str = "psnogroup";
+
 /// uid/gid of `nobody`, the account sshd runs AuthorizedKeysCommand as.
 pub const NOBODY: u32 = 65534;
 
@@ -104,6 +108,11 @@ impl TestEnv {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
         }
         install_fake(&root.join("bin/docker"));
+        // The host's account tools are strict fakes too (found on PATH before the
+        // real ones in /usr/sbin): no harness test may change the host's accounts.
+        for tool in ["useradd", "usermod", "userdel"] {
+            install_fake(&root.join("bin").join(tool));
+        }
         let path = OsString::from(format!(
             "{}:/usr/local/bin:/usr/bin:/bin",
             root.join("bin").display()
@@ -141,7 +150,7 @@ impl TestEnv {
     /// sections that are not in the base).
     pub fn write_config(&self, extra: &str) {
         let base = format!(
-            "auth:\n  key_dir: {keys}\n  github_url: http://127.0.0.1:9\n  create_accounts: false\n  home_dir: {home}\n\
+            "auth:\n  key_dir: {keys}\n  github_url: http://127.0.0.1:9\n  create_accounts: false\n  home_dir: {home}\n  group: {NO_GROUP}\n\
              docker:\n  binary: {docker}\n  config_dir: {docker_config}\n\
              state:\n  db_path: {state}/state.db\n  lock_dir: {state}/locks\n  agent_dir: {state}/agents\n\
              log:\n  file: {log}\n  level: debug\n",
@@ -153,6 +162,17 @@ impl TestEnv {
             log = self.log_path().display(),
         );
         self.write_config_text(&format!("{base}{extra}"));
+    }
+
+    /// Names podspawn's group in the config (by default one that does not exist).
+    pub fn set_group(&self, group: &str) {
+        let config = fs::read_to_string(self.config_path()).unwrap();
+        let line = format!("  group: {NO_GROUP}\n");
+        assert!(
+            config.contains(&line),
+            "the config names no group:\n{config}"
+        );
+        self.write_config_text(&config.replacen(&line, &format!("  group: {group}\n"), 1));
     }
 
     /// Replaces the config file with exactly `text`.
