@@ -63,9 +63,13 @@ impl Relay {
             // `upstream` comes from the caller's environment, and a setgid install
             // runs with the docker group: connect only with the caller's own group,
             // or SSH_AUTH_SOCK=/var/run/docker.sock would hand the container the
-            // engine. Filesystem ids are per thread; this thread (and those it
-            // starts) keep the real gid for every connect.
-            unsafe { libc::setfsgid(libc::getgid()) };
+            // engine — and the agent, asking the peer's credentials, must see the
+            // caller's group too. This thread (and those it starts) gives the
+            // docker group up for good; the rest of spawn keeps it.
+            if let Err(err) = crate::privilege::drop_borrowed_group_in_this_thread() {
+                log::error!("no agent relay: cannot drop the setgid group: {err}");
+                return;
+            }
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
                 match UnixStream::connect(&upstream) {

@@ -12,6 +12,7 @@ use crate::container::{CONNECTION_MARKER, ContainerSpec, ExecSpec};
 use crate::docker::{ContainerState, Docker, DockerError, FIXED_PATH, Labels, ManagedContainer};
 use crate::exec::{self, Ended};
 use crate::keys::UserName;
+use crate::keys::store::KeyStore;
 use crate::network::UserNetwork;
 use crate::process::{self, ProcessId};
 use crate::session::{Engine, ExecEnd, Host, SessionError};
@@ -105,7 +106,7 @@ pub fn admin_sessions(
     let engine = DockerEngine::new(Docker::new(&config.docker), 0);
     crate::session::Sessions::open(
         engine,
-        SystemHost::new(None),
+        SystemHost::new(config),
         config.state.db_path.as_path(),
         crate::lock::Locks::configured(config),
     )
@@ -115,11 +116,15 @@ pub struct SystemHost {
     /// The server config this process read, when not the default, for the keeper to
     /// read the same.
     config_path: Option<PathBuf>,
+    keys: KeyStore,
 }
 
 impl SystemHost {
-    pub fn new(config_path: Option<PathBuf>) -> SystemHost {
-        SystemHost { config_path }
+    pub fn new(config: &crate::config::ServerConfig) -> SystemHost {
+        SystemHost {
+            config_path: config.moved().map(PathBuf::from),
+            keys: KeyStore::new(config.auth.key_dir.as_path()),
+        }
     }
 }
 
@@ -175,6 +180,16 @@ impl Host for SystemHost {
 
     fn uid_of(&self, user: &str) -> Option<u32> {
         crate::accounts::uid_of(user)
+    }
+
+    fn is_registered(&self, user: &UserName) -> bool {
+        match self.keys.is_registered(user) {
+            Ok(registered) => registered,
+            Err(err) => {
+                log::error!("cannot tell whether {user} is registered: {err}");
+                false
+            }
+        }
     }
 
     fn new_session_id(&mut self) -> String {

@@ -16,6 +16,7 @@ use crate::docker::Docker;
 use crate::engine::{DockerEngine, SystemHost};
 use crate::error::Error;
 use crate::keys::UserName;
+use crate::keys::store::KeyStore;
 use crate::process;
 use crate::session::{SessionError, Sessions, Tick};
 
@@ -33,12 +34,27 @@ pub fn run(config: &ServerConfig, args: &KeeperArgs) -> Result<(), Error> {
             caller.name
         )));
     }
+    // Nor does it touch the state for anyone who is not a podspawn user.
+    let store = KeyStore::new(config.auth.key_dir.as_path());
+    if !store.is_registered(&user)? {
+        return Err(Error::NotPermitted(format!("{user} is not registered")));
+    }
+    if crate::privilege::has_borrowed_group() {
+        crate::privilege::check_shared_dirs(config).map_err(Error::Refused)?;
+    }
+    // Projects come with add-project; until then a session is the default one.
+    if !args.project.is_empty() {
+        return Err(Error::Refused(format!(
+            "keeper --project {:?}: there are no projects yet",
+            args.project
+        )));
+    }
     let project = args.project.clone();
     let db_path = config.state.db_path.as_path();
     let engine = DockerEngine::new(Docker::new(&config.docker), unsafe { libc::getuid() });
     let mut sessions = Sessions::open(
         engine,
-        SystemHost::new(config.moved().map(Path::to_path_buf)),
+        SystemHost::new(config),
         db_path,
         crate::lock::Locks::configured(config),
     )

@@ -74,6 +74,14 @@ impl Locks {
 #[derive(Debug)]
 pub struct UserLock {
     _file: File,
+    user: UserName,
+}
+
+impl UserLock {
+    /// Whose lock this is.
+    pub fn user(&self) -> &UserName {
+        &self.user
+    }
 }
 
 /// The longest pause between two tries for a held lock.
@@ -119,7 +127,10 @@ impl UserLock {
         let mut pause = Duration::from_millis(1);
         loop {
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return Ok(UserLock { _file: file });
+                return Ok(UserLock {
+                    _file: file,
+                    user: user.clone(),
+                });
             }
             let err = io::Error::last_os_error();
             match err.raw_os_error() {

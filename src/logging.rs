@@ -25,6 +25,29 @@ const LOG_FILE_MODE: u32 = 0o660;
 const SYSLOG_SOCKET: &str = "/dev/log";
 const SYSLOG_FACILITY_AUTH: u8 = 4;
 
+/// The longest message a service log line holds; the rest is cut (a user's command
+/// is in some lines, and must not fill the admin's disk).
+const MAX_MESSAGE: usize = 2048;
+
+/// One line per record whatever the message holds: control characters (a user's
+/// command may carry terminal escapes for the admin's terminal) are written as
+/// escapes, and a long message is cut.
+fn one_safe_line(message: &str) -> String {
+    let mut line = String::with_capacity(message.len().min(MAX_MESSAGE) + 16);
+    for c in message.chars() {
+        if line.len() >= MAX_MESSAGE {
+            line.push_str("…(cut)");
+            break;
+        }
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    line
+}
+
 /// Admin commands: `LEVEL message` on stderr.
 pub fn init_admin(level: LevelFilter) {
     let mut builder = env_logger::Builder::new();
@@ -109,8 +132,7 @@ impl Log for ServiceLogger {
         };
         let sink = sink.get_or_insert_with(|| self.open());
         let pid = std::process::id();
-        // One line per record, whatever the message holds.
-        let message = record.args().to_string().replace(['\n', '\r'], " ");
+        let message = one_safe_line(&record.args().to_string());
         match sink {
             Sink::File(file) => {
                 let line = format!(
@@ -185,6 +207,21 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_is_one_line_without_control_characters_and_bounded() {
+        assert_eq!(
+            one_safe_line("a\nb\r\x1b[2Jc\td"),
+            "a\\nb\\r\\u{1b}[2Jc\\td"
+        );
+        assert_eq!(one_safe_line("é ok"), "é ok");
+        let long = one_safe_line(&"x".repeat(10_000));
+        assert!(
+            long.len() < MAX_MESSAGE + 16 && long.ends_with("…(cut)"),
+            "{}",
+            long.len()
+        );
+    }
     use std::time::Duration;
 
     #[test]

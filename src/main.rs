@@ -182,12 +182,11 @@ fn print_out(text: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Drops the group a setgid install lends, for good: effective and saved (a plain
+/// `setgid` as a non-root caller keeps it in the saved gid, to be taken back).
 fn drop_borrowed_group() {
-    if privilege::has_borrowed_group() {
-        let real = unsafe { libc::getgid() };
-        if unsafe { libc::setgid(real) } != 0 {
-            eprintln!("podspawn: cannot drop the setgid group; refusing to go on");
-            std::process::exit(i32::from(error::EXIT_FAILURE));
-        }
+    if let Err(err) = privilege::drop_borrowed_group() {
+        eprintln!("podspawn: cannot drop the setgid group ({err}); refusing to go on");
+        std::process::exit(i32::from(error::EXIT_FAILURE));
     }
 }

@@ -91,6 +91,9 @@ pub trait Host {
     fn new_session_id(&mut self) -> String;
     /// The uid of a host account, if it exists.
     fn uid_of(&self, user: &str) -> Option<u32>;
+    /// Whether the user still has keys with podspawn (asked under their lock, so a
+    /// `remove-user` that ran meanwhile is seen).
+    fn is_registered(&self, user: &UserName) -> bool;
 }
 
 #[derive(Debug)]
@@ -108,6 +111,8 @@ pub enum SessionError {
     Foreign {
         container: String,
     },
+    /// The user was removed while this connection was on its way in.
+    NotRegistered(UserName),
 }
 
 impl SessionError {
@@ -121,6 +126,9 @@ impl SessionError {
             SessionError::Foreign { container } => format!(
                 "a container named {container} that podspawn did not make is in the way; tell your admin"
             ),
+            SessionError::NotRegistered(_) => {
+                "you are not registered with podspawn on this server; tell your admin".to_string()
+            }
             SessionError::Lock(err) if err.timed_out() => {
                 "your session is busy (another of your connections holds it); try again shortly"
                     .to_string()
@@ -150,6 +158,9 @@ impl fmt::Display for SessionError {
                 "container {container} exists without podspawn's labels for this session; \
                  not removing it"
             ),
+            SessionError::NotRegistered(user) => {
+                write!(f, "{user} was removed while connecting")
+            }
         }
     }
 }
@@ -450,6 +461,9 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         let user = request.user.name.as_str();
         let project = request.project.as_str();
         let _lock = self.lock(user)?;
+        if !self.host.is_registered(&request.user.name) {
+            return Err(SessionError::NotRegistered(request.user.name.clone()));
+        }
         let now = self.host.now();
         let existing = self.state.session(user, project)?;
         let (session, created) = match plan_connect(existing.as_ref(), now) {
@@ -831,15 +845,19 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         Ok(sweep)
     }
 
-    /// Destroys every session of `user`; returns how many.
-    pub fn destroy_user(&mut self, user: &UserName) -> Result<usize, SessionError> {
-        let _lock = self.lock(user.as_str())?;
-        let sessions: Vec<SessionRow> = self
+    /// The sessions of the user whose lock is held.
+    pub fn sessions_of(&self, held: &UserLock) -> Result<Vec<SessionRow>, SessionError> {
+        Ok(self
             .state
             .sessions()?
             .into_iter()
-            .filter(|session| session.user == user.as_str())
-            .collect();
+            .filter(|session| session.user == held.user().as_str())
+            .collect())
+    }
+
+    /// Destroys every session of the user whose lock is held; returns how many.
+    pub fn destroy_user(&mut self, held: &UserLock) -> Result<usize, SessionError> {
+        let sessions = self.sessions_of(held)?;
         for session in &sessions {
             self.destroy(session, Decision::Destroy(DestroyReason::Removed))?;
         }
@@ -1086,6 +1104,8 @@ mod tests {
         sessions: usize,
         /// Host accounts besides alice (uid 1001).
         accounts: BTreeMap<String, u32>,
+        /// Users whose keys were removed.
+        removed: BTreeSet<String>,
     }
 
     impl Default for FakeHost {
@@ -1098,6 +1118,7 @@ mod tests {
                 next_pid: 5000,
                 sessions: 0,
                 accounts: [("alice".to_string(), 1001)].into(),
+                removed: BTreeSet::new(),
             }
         }
     }
@@ -1131,6 +1152,9 @@ mod tests {
         }
         fn uid_of(&self, user: &str) -> Option<u32> {
             self.accounts.get(user).copied()
+        }
+        fn is_registered(&self, user: &UserName) -> bool {
+            !self.removed.contains(user.as_str())
         }
     }
 
@@ -1319,6 +1343,19 @@ mod tests {
     }
 
     #[test]
+    fn a_user_removed_while_connecting_gets_no_container() {
+        let (mut f, settings) = fixture(SessionMode::GracePeriod);
+        f.sessions.host.removed.insert("alice".into());
+        let err = f
+            .sessions
+            .connect(&request(Program::Command("true".into())), &settings)
+            .unwrap_err();
+        assert!(matches!(err, SessionError::NotRegistered(_)), "{err}");
+        assert_eq!(f.sessions.engine.creates, 0);
+        assert!(f.row().is_none());
+    }
+
+    #[test]
     fn grace_reconnect_gets_the_same_container_and_expiry_destroys_it() {
         let (mut f, settings) = fixture(SessionMode::GracePeriod);
         f.connect(&settings);
@@ -1485,8 +1522,9 @@ mod tests {
         let (mut f, settings) = fixture(SessionMode::Persistent);
         f.connect(&settings);
         let alice = UserName::parse("alice").unwrap();
-        assert_eq!(f.sessions.destroy_user(&alice).unwrap(), 1);
-        assert_eq!(f.sessions.destroy_user(&alice).unwrap(), 0);
+        let held = f.sessions.locks.acquire(&alice).unwrap();
+        assert_eq!(f.sessions.destroy_user(&held).unwrap(), 1);
+        assert_eq!(f.sessions.destroy_user(&held).unwrap(), 0);
         assert!(f.sessions.engine.running.is_empty());
     }
 }

@@ -17,6 +17,7 @@ use crate::docker::Docker;
 use crate::engine::{DockerEngine, SystemHost};
 use crate::keys::store::{KeyStore, StoreError};
 use crate::keys::{NameError, UserName};
+use crate::privilege;
 use crate::router::{self, Program};
 use crate::session::{ConnectRequest, SessionError, Sessions, Settings};
 
@@ -37,6 +38,8 @@ pub enum SpawnError {
     Root,
     NotRegistered(UserName),
     Keys(StoreError),
+    /// The state directories are missing or not root's: `server-setup` was not run.
+    NotSetUp(String),
     Session(SessionError),
 }
 
@@ -56,6 +59,9 @@ impl SpawnError {
             SpawnError::NotRegistered(_) | SpawnError::Keys(_) => {
                 "you are not registered with podspawn on this server; tell your admin".to_string()
             }
+            SpawnError::NotSetUp(_) => {
+                "podspawn is not set up on this server; tell your admin".to_string()
+            }
             SpawnError::Session(err) => err.user_message(),
         }
     }
@@ -73,6 +79,7 @@ impl fmt::Display for SpawnError {
             SpawnError::Root => write!(f, "spawn refuses to run as root"),
             SpawnError::NotRegistered(user) => write!(f, "{user} has no keys registered"),
             SpawnError::Keys(err) => err.fmt(f),
+            SpawnError::NotSetUp(reason) => f.write_str(reason),
             SpawnError::Session(err) => err.fmt(f),
         }
     }
@@ -114,9 +121,11 @@ pub fn run(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
         });
     }
     let store = KeyStore::new(config.auth.key_dir.as_path());
-    match store.read(&user).map_err(SpawnError::Keys)? {
-        Some(file) if !file.keys.is_empty() => {}
-        _ => return Err(SpawnError::NotRegistered(user)),
+    if !store.is_registered(&user).map_err(SpawnError::Keys)? {
+        return Err(SpawnError::NotRegistered(user));
+    }
+    if privilege::has_borrowed_group() {
+        privilege::check_shared_dirs(config).map_err(SpawnError::NotSetUp)?;
     }
 
     let tty = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
@@ -179,7 +188,7 @@ pub fn run(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
     let engine = DockerEngine::new(Docker::new(&config.docker), caller.uid);
     let mut sessions = Sessions::open(
         engine,
-        SystemHost::new(config.moved().map(std::path::Path::to_path_buf)),
+        SystemHost::new(config),
         config.state.db_path.as_path(),
         crate::lock::Locks::configured(config),
     )?;

@@ -11,7 +11,9 @@ use crate::engine::admin_sessions;
 use crate::error::Error;
 use crate::keys::store::{KeyStore, StoreError};
 use crate::keys::{UserName, import};
+use crate::lock::Locks;
 use crate::privilege;
+use crate::session::SessionError;
 use crate::system;
 
 pub fn add_user(config: &ServerConfig, args: &AddUserArgs) -> Result<(), Error> {
@@ -161,38 +163,52 @@ fn refuse_network_collision(
     Ok(())
 }
 
-/// Deletes the user's keys; with `--force`, destroys their sessions first. Without
+/// Deletes the user's keys; with `--force`, destroys their sessions too. Without
 /// it, a user with sessions is refused: their containers would live on unowned.
+///
+/// The keys go first: from then on no new connection gets in (spawn asks again under
+/// the user's lock), so none can slip a new container in behind the destruction.
 pub fn remove_user(config: &ServerConfig, args: &RemoveUserArgs) -> Result<(), Error> {
     let user = UserName::parse(&args.name)?;
     let store = KeyStore::new(config.auth.key_dir.as_path());
     privilege::require_admin("remove-user", store.dir())?;
-    let db_path = config.state.db_path.as_path();
-    let mut destroyed = 0;
-    if db_path.exists() {
-        let mut sessions = admin_sessions(config)?;
-        let count = sessions
-            .state()
-            .sessions()
-            .map_err(crate::session::SessionError::from)?
-            .iter()
-            .filter(|session| session.user == user.as_str())
-            .count();
-        if count > 0 && !args.force {
-            return Err(Error::NotPermitted(format!(
-                "{user} has {count} session(s); use --force to destroy them and remove {user}"
-            )));
-        }
-        if count > 0 {
-            destroyed = sessions.destroy_user(&user)?;
-        }
+    // Under the user's lock from here on: a connection is either all the way in (its
+    // session is counted and destroyed) or finds the keys gone.
+    let held = Locks::configured(config)
+        .acquire(&user)
+        .map_err(SessionError::from)?;
+    let mut sessions = if config.state.db_path.as_path().exists() {
+        Some(admin_sessions(config)?)
+    } else {
+        None
+    };
+    let count = match &sessions {
+        Some(sessions) => sessions.sessions_of(&held)?.len(),
+        None => 0,
+    };
+    if count > 0 && !args.force {
+        return Err(Error::NotPermitted(format!(
+            "{user} has {count} session(s); use --force to destroy them and remove {user}"
+        )));
     }
     match store.remove(&user) {
         Ok(()) => {}
-        // The keys were gone already; the sessions were what was left to remove.
-        Err(StoreError::NotRegistered { .. }) if destroyed > 0 => {}
+        // The keys were gone already; the sessions are what is left to remove.
+        Err(StoreError::NotRegistered { .. }) if count > 0 => {}
         Err(err) => return Err(err.into()),
     }
+    let destroyed = match sessions.as_mut() {
+        Some(sessions) if count > 0 => sessions.destroy_user(&held).map_err(|err| {
+            Error::Refused(format!(
+                "{user}'s keys are removed (no new login gets in), but not their sessions: \
+                 {err}; run remove-user --force again"
+            ))
+        })?,
+        _ => 0,
+    };
+    // The keepers of those sessions now see them gone and exit: they must get the
+    // lock to see it, before the account below can be deleted.
+    drop(held);
     let network = crate::network::network_name(&user);
     if let Err(err) = Docker::new(&config.docker).remove_network(&network) {
         log::warn!("network {network} not removed: {err}");

@@ -132,6 +132,11 @@ impl KeyStore {
         Ok(Some(parse_key_file(&text)))
     }
 
+    /// Whether `user` has at least one usable key: what makes a podspawn user.
+    pub fn is_registered(&self, user: &UserName) -> Result<bool, StoreError> {
+        Ok(self.read(user)?.is_some_and(|file| !file.keys.is_empty()))
+    }
+
     /// Adds the keys the user does not have yet, keeping every line already there.
     pub fn add(&self, user: &UserName, keys: &[PublicKey]) -> Result<AddOutcome, StoreError> {
         self.create_dir()?;
@@ -312,10 +317,12 @@ fn read_trusted(path: &Path) -> Result<Option<String>, StoreError> {
 }
 
 /// Refuses a file or directory that someone other than root or the caller could have
-/// written: such a file could hold anybody's keys.
+/// written: such a file could hold anybody's keys. Under a borrowed (setgid) group the
+/// caller is the SSH user, whose own files prove nothing: only root's count then.
 fn check_owner_and_mode(path: &Path, meta: &fs::Metadata) -> Result<(), StoreError> {
     let caller = unsafe { libc::geteuid() };
-    if meta.uid() != 0 && meta.uid() != caller {
+    let caller_counts = !crate::privilege::has_borrowed_group();
+    if meta.uid() != 0 && !(caller_counts && meta.uid() == caller) {
         return Err(StoreError::Unsafe {
             path: path.to_path_buf(),
             reason: format!("it is owned by uid {}, not root", meta.uid()),

@@ -178,14 +178,18 @@ impl RealEnv {
             ("bin", 0o755),
             ("keys", 0o755),
             ("state", 0o2770),
+            ("state/locks", 0o2770),
+            ("state/agents", 0o2770),
         ];
+        let docker = docker_gid();
         for (dir, mode) in dirs {
             let path = self.root.join(dir);
             fs::create_dir_all(&path).unwrap();
             fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            if dir.starts_with("state") {
+                std::os::unix::fs::chown(&path, Some(0), Some(docker)).unwrap();
+            }
         }
-        let docker = docker_gid();
-        std::os::unix::fs::chown(self.root.join("state"), Some(0), Some(docker)).unwrap();
         let binary = self.root.join("bin/podspawn");
         copy_executable(std::path::Path::new(PODSPAWN), &binary, 0o755);
         std::os::unix::fs::chown(&binary, Some(0), Some(docker)).unwrap();
@@ -989,4 +993,67 @@ fn a_foreign_container_of_the_sessions_name_is_left_alone() {
         )
     );
     assert!(env.container_exists(), "the foreign container was removed");
+}
+
+/// spawn never makes the shared directories itself (a directory the first caller
+/// made would be the caller's): without them, one line, and nothing created.
+#[test]
+fn spawn_refuses_a_server_whose_state_directories_are_missing() {
+    let env = real_env_or_skip!("60s");
+    fs::remove_dir(env.root.join("state/agents")).unwrap();
+    let output = env.run("true");
+    assert_eq!(output.status.code(), Some(125), "{}", env.explain(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "podspawn: podspawn is not set up on this server; tell your admin\n"
+    );
+    assert!(!env.root.join("state/agents").exists());
+    assert!(!env.root.join("state/state.db").exists());
+    assert!(!env.container_exists());
+}
+
+/// The agent relay reaches the caller's agent as the caller: an agent that asks its
+/// peer's credentials must not see the docker group.
+#[test]
+fn the_agent_relay_reaches_the_agent_without_the_docker_group() {
+    use std::os::fd::AsRawFd;
+    let env = real_env_or_skip!("60s");
+    let own = own_dir(&env);
+    let socket = own.join("agent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).unwrap();
+    let peer = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut credentials = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let mut length = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        let result = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&mut credentials as *mut libc::ucred).cast(),
+                &mut length,
+            )
+        };
+        assert_eq!(result, 0);
+        (credentials.uid, credentials.gid)
+    });
+    let output = env
+        .spawn(Some("ssh-add -l; true"))
+        .env("SSH_AUTH_SOCK", &socket)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", env.explain(&output));
+    let (uid, gid) = peer.join().unwrap();
+    assert_eq!(
+        (uid, gid),
+        (env.uid, env.gid),
+        "the agent saw gid {gid} (docker is {})",
+        docker_gid()
+    );
 }

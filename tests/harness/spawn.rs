@@ -794,6 +794,19 @@ fn a_keeper_for_another_user_is_refused() {
         !env.path("state/state.db").exists() && !env.path("state/locks").exists(),
         "the refused keeper touched the state"
     );
+    // Nor may an account podspawn does not know run its own.
+    std::fs::remove_file(env.key_file(&user.name)).unwrap();
+    let mut keeper = env.invoke(&["keeper", "--user", &user.name]);
+    if crate::support::is_root() {
+        keeper = keeper.run_as(user.uid, user.gid);
+    }
+    keeper.run().assert_code(1);
+    let log = std::fs::read_to_string(env.log_path()).unwrap_or_default();
+    assert!(
+        log.contains(&format!("{} is not registered", user.name)),
+        "{log}"
+    );
+    assert!(!env.path("state/state.db").exists());
     assert!(env.docker_calls().is_empty());
 }
 
@@ -930,4 +943,34 @@ fn a_container_in_the_way_is_removed_only_if_it_is_podspawns() {
     );
     assert_eq!(env.removed_containers(), [name]);
     no_unexpected_calls(&env);
+}
+
+/// A connection on its way in while its user is removed: either its session is
+/// counted and destroyed, or it finds the keys gone. Never a container that outlives
+/// the removal.
+#[test]
+fn remove_user_during_a_cold_start_leaves_no_session_behind() {
+    let (env, user) = lifecycle_env("  mode: persistent\n");
+    let network = format!("podspawn-{}", user.name);
+    env.scenario(&[
+        run_rule().sleep(2.0),
+        Rule::docker(&["exec", "**"]),
+        rm_rule(),
+        Rule::docker(&["network", "rm", &network]),
+    ]);
+    let connecting = env.spawn(&user).var("SSH_ORIGINAL_COMMAND", "true").start();
+    // The spawn holds the user's lock while docker creates the container.
+    assert!(env.wait_for(Duration::from_secs(10), || !env.docker_calls().is_empty()));
+    env.podspawn(&["remove-user", "--force", &user.name])
+        .assert_success()
+        .assert_stdout(&format!(
+            "removed user {} (1 session(s) destroyed)\n",
+            user.name
+        ));
+    connecting.finish(Duration::from_secs(30));
+    assert_eq!(
+        env.removed_containers(),
+        [format!("podspawn-{}", user.name)]
+    );
+    assert!(!env.key_file(&user.name).exists());
 }
