@@ -11,12 +11,12 @@
 use std::fmt;
 
 use crate::cli::UsageError;
+use crate::cmd::spawn::SpawnError;
 use crate::config::ConfigError;
 use crate::keys::NameError;
 use crate::keys::import::ImportError;
 use crate::keys::store::StoreError;
 use crate::session::SessionError;
-use crate::spawn::SpawnError;
 
 #[derive(Debug)]
 pub enum Error {

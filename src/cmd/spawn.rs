@@ -10,16 +10,88 @@ use std::fmt;
 
 use crate::accounts;
 use crate::agent;
-use crate::cli::SpawnArgs;
+use lexopt::prelude::*;
+
+use super::{Command, Context, Outcome};
+use crate::cli::{Args, UsageError};
 use crate::config::{ConfigError, ServerConfig};
 use crate::container::Identity;
 use crate::docker::Docker;
 use crate::engine::{DockerEngine, SystemHost};
+use crate::error::Error;
 use crate::keys::store::{KeyStore, StoreError};
 use crate::keys::{NameError, UserName};
 use crate::privilege;
 use crate::router::{self, Program};
 use crate::session::{ConnectRequest, SessionError, Sessions, Settings};
+
+pub const COMMAND: Command = Command {
+    name: "spawn",
+    usage: USAGE,
+    listed: true,
+    keeps_group: true,
+    run,
+};
+
+const USAGE: &str = "\
+Usage: podspawn spawn --user NAME
+
+The forced command in every key line auth-keys prints: sshd runs it as NAME after
+NAME's key matched. It puts the session in NAME's container, creating it or
+joining the one NAME already has, and exits with the command's exit code.
+
+What runs depends on SSH_ORIGINAL_COMMAND: nothing means a login shell (with a
+terminal if the client asked for one), the sftp subsystem means the image's
+sftp-server, anything else runs as `sh -c COMMAND` (scp, rsync, any command).
+
+When NAME's last connection ends, the container is kept for session.grace_period
+and then destroyed (session.mode can say otherwise), by a `podspawn keeper`
+process that spawn starts for it; max_lifetime ends it in any case.
+
+podspawn's own failures exit 125 with one line on stderr; details go to log.file
+or syslog.
+";
+
+/// `spawn --user NAME`: sshd's forced command.
+#[derive(Debug, PartialEq, Eq)]
+struct SpawnArgs {
+    user: String,
+}
+
+/// `None`: help.
+fn parse(args: &mut Args) -> Result<Option<SpawnArgs>, UsageError> {
+    const NAME: &str = "spawn";
+    let mut user = None;
+    while let Some(arg) = args.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(None),
+            Long("user") => user = Some(args.value()?),
+            other => return Err(Args::unexpected(NAME, &other)),
+        }
+    }
+    let user = user.ok_or_else(|| args.error("missing --user NAME".to_string()))?;
+    Ok(Some(SpawnArgs { user }))
+}
+
+/// The command's exit code, or 125 and one line for the user.
+fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {
+    let Some(args) = parse(args)? else {
+        return Ok(Outcome::Print(USAGE.into()));
+    };
+    std::panic::set_hook(Box::new(|info| {
+        log::error!("spawn failed: {info}");
+        eprintln!("podspawn: internal error; tell your admin");
+        std::process::exit(i32::from(crate::error::EXIT_SPAWN_FAILURE));
+    }));
+    let config = super::service_config(context, "spawn").map_err(SpawnError::Config)?;
+    match connect(&config, &args) {
+        Ok(code) => Ok(Outcome::Exit(code.clamp(0, 255) as u8)),
+        Err(err) => {
+            log::error!("{err}");
+            Err(err.into())
+        }
+    }
+}
 
 /// Environment the program in the container gets from the SSH session (sshd sets
 /// these, or accepts them from the client with AcceptEnv).
@@ -108,7 +180,7 @@ pub fn settings(config: &ServerConfig) -> Settings {
 }
 
 /// Runs the connection; returns the exit code of the command in the container.
-pub fn run(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
+fn connect(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
     let user = UserName::parse(&args.user).map_err(SpawnError::Name)?;
     let caller = accounts::caller().map_err(|err| SpawnError::Account(err.to_string()))?;
     if caller.uid == 0 {
@@ -218,4 +290,26 @@ fn passed_env(tty: bool) -> Vec<(String, String)> {
     }
     env.sort();
     env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spawn_needs_its_user() {
+        let parse_words = |words: &[&str]| parse(&mut Args::of("spawn", words));
+        assert_eq!(
+            parse_words(&["--user", "alice"]),
+            Ok(Some(SpawnArgs {
+                user: "alice".into()
+            }))
+        );
+        let err = parse_words(&["--user"]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("spawn: missing argument for option '--user'"),
+            "{err}"
+        );
+        assert!(parse_words(&[]).is_err());
+    }
 }

@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::cli::ListArgs;
+use lexopt::prelude::*;
+
+use super::{Command, Context, Outcome};
+use crate::cli::{Args, UsageError};
 use crate::config::ServerConfig;
 use crate::docker::Docker;
 use crate::error::Error;
@@ -13,6 +16,54 @@ use crate::privilege;
 use crate::process;
 use crate::session::SessionError;
 use crate::state::{SessionRow, State};
+
+pub const COMMAND: Command = Command {
+    name: "list",
+    usage: USAGE,
+    listed: true,
+    keeps_group: false,
+    run,
+};
+
+const USAGE: &str = "\
+Usage: podspawn list [--json]
+
+Shows every session: USER PROJECT CONTAINER STATUS CONNS AGE LIFETIME LEFT.
+CONNS counts live connections only. STATUS is running, grace_period (no
+connections; destroyed when the grace period ends), or missing/stopped when the
+engine no longer has the container (the next spawn or cleanup reconciles it).
+
+Options:
+  --json             one JSON array of objects instead of the table
+  -h, --help         print this help
+";
+
+/// `list [--json]`.
+#[derive(Debug, PartialEq, Eq)]
+struct ListArgs {
+    json: bool,
+}
+
+/// `None`: help.
+fn parse(args: &mut Args) -> Result<Option<ListArgs>, UsageError> {
+    const NAME: &str = "list";
+    let mut json = false;
+    while let Some(arg) = args.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(None),
+            Long("json") => json = true,
+            other => return Err(Args::unexpected(NAME, &other)),
+        }
+    }
+    Ok(Some(ListArgs { json }))
+}
+
+fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {
+    let Some(args) = parse(args)? else {
+        return Ok(Outcome::Print(USAGE.into()));
+    };
+    super::admin(context, |config| list(config, &args))
+}
 
 /// One row of the listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +77,7 @@ struct Line {
     lifetime_left_secs: Option<i64>,
 }
 
-pub fn run(config: &ServerConfig, args: &ListArgs) -> Result<(), Error> {
+fn list(config: &ServerConfig, args: &ListArgs) -> Result<(), Error> {
     let db_path = config.state.db_path.as_path();
     let state_dir = config.state_dir();
     privilege::require_admin("list", state_dir)?;

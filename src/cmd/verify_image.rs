@@ -3,11 +3,65 @@
 //! UTF-8 locale — and what podspawn itself needs (/bin/sh, grep, cat, sleep), with the
 //! Debian/Ubuntu package that supplies each missing one.
 
-use crate::cli::VerifyImageArgs;
+use lexopt::prelude::*;
+
+use super::{Command, Context, Outcome};
+use crate::cli::{Args, UsageError};
 use crate::config::ServerConfig;
 use crate::docker::Docker;
 use crate::error::Error;
 use crate::session::SessionError;
+
+pub const COMMAND: Command = Command {
+    name: "verify-image",
+    usage: USAGE,
+    listed: true,
+    keeps_group: false,
+    run,
+};
+
+const USAGE: &str = "\
+Usage: podspawn verify-image IMAGE
+
+Runs IMAGE once (no network, no capabilities) and reports what podspawn's users
+will find: a shell, sftp-server (and its path), scp, rsync, git and a UTF-8
+locale, and what podspawn itself needs (/bin/sh, grep, cat, sleep), naming the
+Debian/Ubuntu package for each missing one. Exits 1 when something is missing.
+
+Options:
+  -h, --help          print this help
+";
+
+/// `verify-image IMAGE`.
+#[derive(Debug, PartialEq, Eq)]
+struct VerifyImageArgs {
+    image: String,
+}
+
+/// `None`: help.
+fn parse(args: &mut Args) -> Result<Option<VerifyImageArgs>, UsageError> {
+    const NAME: &str = "verify-image";
+    let mut image = None;
+    while let Some(arg) = args.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(None),
+            Value(value) if image.is_none() => image = Some(args.text(value)?),
+            other => return Err(Args::unexpected(NAME, &other)),
+        }
+    }
+    let image = image.ok_or_else(|| args.error("missing IMAGE".to_string()))?;
+    if image.starts_with('-') || image.chars().any(char::is_whitespace) {
+        return Err(args.error(format!("{image:?} is not an image name")));
+    }
+    Ok(Some(VerifyImageArgs { image }))
+}
+
+fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {
+    let Some(args) = parse(args)? else {
+        return Ok(Outcome::Print(USAGE.into()));
+    };
+    super::admin(context, |config| verify(config, &args))
+}
 
 /// Prints one `name=value` line per item; an empty value means missing. The
 /// configured shell arrives as $1. POSIX sh and busybox only.
@@ -50,7 +104,7 @@ const ITEMS: &[(&str, &str, &str, bool)] = &[
     ("sleep", "keeping the container alive", "coreutils", true),
 ];
 
-pub fn run(config: &ServerConfig, args: &VerifyImageArgs) -> Result<(), Error> {
+fn verify(config: &ServerConfig, args: &VerifyImageArgs) -> Result<(), Error> {
     let docker = Docker::new(&config.docker);
     let shell = config.defaults.shell.as_path().display().to_string();
     let (status, stdout, stderr) = docker

@@ -10,7 +10,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::accounts;
-use crate::cli::KeeperArgs;
+use lexopt::prelude::*;
+
+use super::{Command, Context, Outcome};
+use crate::cli::{Args, UsageError};
 use crate::config::ServerConfig;
 use crate::docker::Docker;
 use crate::engine::{DockerEngine, SystemHost};
@@ -20,10 +23,63 @@ use crate::keys::store::KeyStore;
 use crate::process;
 use crate::session::{SessionError, Sessions, Tick};
 
+pub const COMMAND: Command = Command {
+    name: "keeper",
+    usage: USAGE,
+    listed: false,
+    keeps_group: true,
+    run,
+};
+
+const USAGE: &str = "\
+Usage: podspawn keeper --user NAME [--project NAME]
+
+Started by spawn, one per session, detached from every connection: it ends the
+session's container when its grace period or max lifetime is over. Not for
+running by hand.
+";
+
+/// `keeper --user NAME [--project NAME]`: started by spawn, not by people.
+#[derive(Debug, PartialEq, Eq)]
+struct KeeperArgs {
+    user: String,
+    /// Empty for the user's default environment.
+    project: String,
+}
+
+/// `None`: help.
+fn parse(args: &mut Args) -> Result<Option<KeeperArgs>, UsageError> {
+    const NAME: &str = "keeper";
+    let mut user = None;
+    let mut project = String::new();
+    while let Some(arg) = args.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(None),
+            Long("user") => user = Some(args.value()?),
+            Long("project") => project = args.value()?,
+            other => return Err(Args::unexpected(NAME, &other)),
+        }
+    }
+    let user = user.ok_or_else(|| args.error("missing --user NAME".to_string()))?;
+    Ok(Some(KeeperArgs { user, project }))
+}
+
+fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {
+    let Some(args) = parse(args)? else {
+        return Ok(Outcome::Print(USAGE.into()));
+    };
+    let config = super::service_config(context, "keeper")?;
+    if let Err(err) = keep(&config, &args) {
+        log::error!("keeper of {}: {err}", args.user);
+        return Err(err);
+    }
+    Ok(Outcome::Done)
+}
+
 /// After an engine failure, how long to wait before trying again.
 const RETRY: Duration = Duration::from_secs(5);
 
-pub fn run(config: &ServerConfig, args: &KeeperArgs) -> Result<(), Error> {
+fn keep(config: &ServerConfig, args: &KeeperArgs) -> Result<(), Error> {
     let user = UserName::parse(&args.user)?;
     // The keeper keeps the borrowed group and takes the user's lock: only the user
     // (or root) may run it, or anyone could sit on someone else's lock.

@@ -1,22 +1,83 @@
-//! `add-user` and `remove-user`: registering and unregistering a user.
-//!
-//! Both run as root (or as a caller who can write the key directory) and check every
-//! input before anything is written.
+//! `podspawn add-user NAME`: register a user's SSH keys, creating their Unix account
+//! when it is missing. Runs as root (or as a caller who can write the key directory)
+//! and checks every key before anything is written.
 
+use lexopt::prelude::*;
+use std::path::PathBuf;
+
+use super::{Command, Context, Outcome};
 use crate::accounts;
-use crate::cli::{AddUserArgs, RemoveUserArgs};
+use crate::cli::{Args, UsageError};
 use crate::config::ServerConfig;
 use crate::docker::Docker;
-use crate::engine::admin_sessions;
 use crate::error::Error;
-use crate::keys::store::{KeyStore, StoreError};
+use crate::keys::import::KeySource;
+use crate::keys::store::KeyStore;
 use crate::keys::{UserName, import};
-use crate::lock::Locks;
 use crate::privilege;
-use crate::session::SessionError;
 use crate::system;
 
-pub fn add_user(config: &ServerConfig, args: &AddUserArgs) -> Result<(), Error> {
+pub const COMMAND: Command = Command {
+    name: "add-user",
+    usage: USAGE,
+    listed: true,
+    keeps_group: false,
+    run,
+};
+
+const USAGE: &str = "\
+Usage: podspawn add-user NAME [--key KEY]... [--key-file PATH]... [--github LOGIN]...
+
+Registers SSH public keys for NAME in the key store (auth.key_dir/NAME). Keys
+already registered are not added twice. Every key is checked before anything is
+written: one bad key and nothing changes.
+
+Options:
+  --key KEY          a public key line, e.g. \"ssh-ed25519 AAAA... sarah@laptop\"
+  --key-file PATH    a .pub or authorized_keys-style file (one key per line)
+  --github LOGIN     the public keys of GitHub user LOGIN (fetched once with curl;
+                     authentication never touches the network)
+  -h, --help         print this help
+
+Key lines must be bare keys: podspawn adds its own authorized_keys options.
+";
+
+#[derive(Debug, PartialEq, Eq)]
+struct AddUserArgs {
+    name: String,
+    sources: Vec<KeySource>,
+}
+
+/// `None`: help.
+fn parse(args: &mut Args) -> Result<Option<AddUserArgs>, UsageError> {
+    const NAME: &str = "add-user";
+    let mut name = None;
+    let mut sources = Vec::new();
+    while let Some(arg) = args.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(None),
+            Long("key") => sources.push(KeySource::Literal(args.value()?)),
+            Long("key-file") => sources.push(KeySource::File(PathBuf::from(args.value_os()?))),
+            Long("github") => sources.push(KeySource::GitHub(args.value()?)),
+            Value(value) if name.is_none() => name = Some(args.text(value)?),
+            other => return Err(Args::unexpected(NAME, &other)),
+        }
+    }
+    let name = name.ok_or_else(|| args.error("missing NAME".to_string()))?;
+    if sources.is_empty() {
+        return Err(args.error("give at least one --key, --key-file or --github".to_string()));
+    }
+    Ok(Some(AddUserArgs { name, sources }))
+}
+
+fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {
+    let Some(args) = parse(args)? else {
+        return Ok(Outcome::Print(USAGE.into()));
+    };
+    super::admin(context, |config| add_user(config, &args))
+}
+
+fn add_user(config: &ServerConfig, args: &AddUserArgs) -> Result<(), Error> {
     let user = UserName::parse(&args.name)?;
     let store = KeyStore::new(config.auth.key_dir.as_path());
     privilege::require_admin("add-user", store.dir())?;
@@ -163,91 +224,46 @@ fn refuse_network_collision(
     Ok(())
 }
 
-/// Deletes the user's keys; with `--force`, destroys their sessions too. Without
-/// it, a user with sessions is refused: their containers would live on unowned.
-///
-/// The keys go first: from then on no new connection gets in (spawn asks again under
-/// the user's lock), so none can slip a new container in behind the destruction.
-pub fn remove_user(config: &ServerConfig, args: &RemoveUserArgs) -> Result<(), Error> {
-    let user = UserName::parse(&args.name)?;
-    let store = KeyStore::new(config.auth.key_dir.as_path());
-    privilege::require_admin("remove-user", store.dir())?;
-    // Under the user's lock from here on: a connection is either all the way in (its
-    // session is counted and destroyed) or finds the keys gone.
-    let held = Locks::configured(config)
-        .acquire(&user)
-        .map_err(SessionError::from)?;
-    let mut sessions = if config.state.db_path.as_path().exists() {
-        Some(admin_sessions(config)?)
-    } else {
-        None
-    };
-    let count = match &sessions {
-        Some(sessions) => sessions.sessions_of(&held)?.len(),
-        None => 0,
-    };
-    if count > 0 && !args.force {
-        return Err(Error::NotPermitted(format!(
-            "{user} has {count} session(s); use --force to destroy them and remove {user}"
-        )));
-    }
-    match store.remove(&user) {
-        Ok(()) => {}
-        // The keys were gone already; the sessions are what is left to remove.
-        Err(StoreError::NotRegistered { .. }) if count > 0 => {}
-        Err(err) => return Err(err.into()),
-    }
-    let destroyed = match sessions.as_mut() {
-        Some(sessions) if count > 0 => sessions.destroy_user(&held).map_err(|err| {
-            Error::Refused(format!(
-                "{user}'s keys are removed (no new login gets in), but not their sessions: \
-                 {err}; run remove-user --force again"
-            ))
-        })?,
-        _ => 0,
-    };
-    // The keepers of those sessions now see them gone and exit: they must get the
-    // lock to see it, before the account below can be deleted.
-    drop(held);
-    let network = crate::network::network_name(&user);
-    if let Err(err) = Docker::new(&config.docker).remove_network(&network) {
-        log::warn!("network {network} not removed: {err}");
-    }
-    if store.created_accounts()?.contains(&user) {
-        delete_account(&store, &user)?;
-    }
-    let agent_dir = config.state.agent_dir.as_path().join(user.as_str());
-    if agent_dir.exists()
-        && let Err(err) = std::fs::remove_dir_all(&agent_dir)
-    {
-        log::warn!("cannot remove {}: {err}", agent_dir.display());
-    }
-    println!("removed user {user} ({destroyed} session(s) destroyed)");
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Deletes an account podspawn created. Its last processes (a keeper noticing that
-/// its session is gone) may take a moment to exit; userdel refuses until then.
-fn delete_account(store: &KeyStore, user: &UserName) -> Result<(), Error> {
-    let mut last = None;
-    for _ in 0..30 {
-        if accounts::uid_of(user.as_str()).is_none() {
-            // Deleted by hand already.
-            store.set_created_account(user, false)?;
-            return Ok(());
-        }
-        match system::userdel(user.as_str()) {
-            Ok(()) => {
-                store.set_created_account(user, false)?;
-                log::info!("deleted the Unix account {user}, which podspawn had created");
-                return Ok(());
-            }
-            Err(err) => last = Some(err),
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
+    fn parse_words(words: &[&str]) -> Result<Option<AddUserArgs>, UsageError> {
+        parse(&mut Args::of("add-user", words))
     }
-    Err(Error::Refused(format!(
-        "{user}'s keys are removed, but not the account: {}",
-        last.expect("userdel was tried")
-    )))
+
+    #[test]
+    fn add_user_collects_sources_in_order() {
+        assert_eq!(
+            parse_words(&[
+                "sarah",
+                "--github",
+                "sarahcodes",
+                "--key=ssh-ed25519 AAAA x",
+                "--key-file",
+                "/tmp/k.pub",
+            ]),
+            Ok(Some(AddUserArgs {
+                name: "sarah".into(),
+                sources: vec![
+                    KeySource::GitHub("sarahcodes".into()),
+                    KeySource::Literal("ssh-ed25519 AAAA x".into()),
+                    KeySource::File("/tmp/k.pub".into()),
+                ],
+            }))
+        );
+    }
+
+    #[test]
+    fn add_user_needs_a_name_and_a_key_source() {
+        let message = |words: &[&str]| parse_words(words).unwrap_err().to_string();
+        assert!(message(&["--key", "k"]).contains("missing NAME"));
+        assert!(message(&["alice"]).contains("--key"));
+        assert!(message(&["alice", "--key"]).contains("--key"));
+        assert!(message(&["alice", "bob", "--key", "k"]).contains("unexpected argument"));
+        assert_eq!(
+            message(&["alice", "--kye", "x"]),
+            "add-user: unknown option '--kye'; see 'podspawn add-user --help'"
+        );
+    }
 }

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::cli::CleanupArgs;
+use lexopt::prelude::*;
+
+use super::{Command, Context, Outcome};
+use crate::cli::{Args, UsageError};
 use crate::config::ServerConfig;
 use crate::docker::Docker;
 use crate::engine::{DockerEngine, SystemHost, admin_sessions};
@@ -17,7 +20,71 @@ use crate::keys::store::KeyStore;
 use crate::privilege;
 use crate::session::{SessionError, Sessions, Sweep};
 
-pub fn run(config: &ServerConfig, args: &CleanupArgs) -> Result<(), Error> {
+pub const COMMAND: Command = Command {
+    name: "cleanup",
+    usage: USAGE,
+    listed: true,
+    keeps_group: false,
+    run,
+};
+
+const USAGE: &str = "\
+Usage: podspawn cleanup [--daemon [--interval DURATION]]
+
+One pass: destroys sessions whose grace period or max lifetime is over, drops
+sessions whose container is gone, and removes podspawn's containers that no
+session owns. Prints one summary line. Safe to run while users connect, and never
+needed for correctness: each session's keeper does the same for its own session.
+
+Options:
+  --daemon           repeat forever (for a systemd service); stops on SIGTERM
+  --interval D       time between passes with --daemon (default 60s)
+  -h, --help         print this help
+";
+
+/// `cleanup [--daemon [--interval DURATION]]`.
+#[derive(Debug, PartialEq, Eq)]
+struct CleanupArgs {
+    /// With `--daemon`: the time between passes.
+    daemon_interval: Option<Duration>,
+}
+
+/// `None`: help.
+fn parse(args: &mut Args) -> Result<Option<CleanupArgs>, UsageError> {
+    const NAME: &str = "cleanup";
+    let mut daemon = false;
+    let mut interval = None;
+    while let Some(arg) = args.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(None),
+            Long("daemon") => daemon = true,
+            Long("interval") => {
+                let value = args.value()?;
+                let parsed = crate::config::ConfigDuration::parse(&value)
+                    .map_err(|err| args.error(format!("--interval: {err}")))?;
+                if parsed.is_zero() {
+                    return Err(args.error("--interval must be more than 0s".to_string()));
+                }
+                interval = Some(parsed);
+            }
+            other => return Err(Args::unexpected(NAME, &other)),
+        }
+    }
+    if interval.is_some() && !daemon {
+        return Err(args.error("--interval goes with --daemon".to_string()));
+    }
+    let daemon_interval = daemon.then(|| interval.unwrap_or(Duration::from_secs(60)));
+    Ok(Some(CleanupArgs { daemon_interval }))
+}
+
+fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {
+    let Some(args) = parse(args)? else {
+        return Ok(Outcome::Print(USAGE.into()));
+    };
+    super::admin(context, |config| cleanup(config, &args))
+}
+
+fn cleanup(config: &ServerConfig, args: &CleanupArgs) -> Result<(), Error> {
     privilege::require_admin("cleanup", config.state_dir())?;
     let mut sessions = admin_sessions(config)?;
     let Some(interval) = args.daemon_interval else {

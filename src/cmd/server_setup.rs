@@ -18,7 +18,10 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::accounts;
-use crate::cli::ServerSetupArgs;
+use lexopt::prelude::*;
+
+use super::{Command, Context, Outcome};
+use crate::cli::{Args, UsageError};
 use crate::config::{COMMENTED_DEFAULT, ServerConfig};
 use crate::error::Error;
 use crate::keys::store::KeyStore;
@@ -28,6 +31,71 @@ use crate::sshd_config::{self, Wanted};
 use crate::state::{DB_FILE_MODE, State};
 use crate::system;
 
+pub const COMMAND: Command = Command {
+    name: "server-setup",
+    usage: USAGE,
+    listed: true,
+    keeps_group: false,
+    run,
+};
+
+const USAGE: &str = "\
+Usage: podspawn server-setup [--sshd-config PATH] [--dry-run] [--no-reload]
+
+Makes this host a podspawn server. It checks sshd_config with `sshd -t` first and
+refuses if sshd already has another AuthorizedKeysCommand; backs the file up to
+PATH.podspawn.bak; adds podspawn's lines (AuthorizedKeysCommand, AcceptEnv
+PODSPAWN_PROJECT LANG LC_*) before any Include or Match, and at the end a Match
+Group block that stops podspawn's users from reaching the host (Unix-socket,
+tunnel and remote forwarding, ~/.ssh/rc); checks again with `sshd -t`, restoring
+the original if sshd refuses; and reloads sshd (open sessions stay). Then it
+creates the podspawn group, the key, state, lock and agent directories with their
+owners and modes, the state database and a commented default config.
+
+Running it again changes nothing and says so.
+
+Options:
+  --sshd-config PATH  edit this file instead of /etc/ssh/sshd_config
+  --dry-run           print what would change, change nothing
+  --no-reload         do not reload sshd afterwards
+  -h, --help          print this help
+";
+
+/// `server-setup [--sshd-config PATH] [--dry-run] [--no-reload]`.
+#[derive(Debug, PartialEq, Eq)]
+struct ServerSetupArgs {
+    sshd_config: PathBuf,
+    dry_run: bool,
+    no_reload: bool,
+}
+
+/// `None`: help.
+fn parse(args: &mut Args) -> Result<Option<ServerSetupArgs>, UsageError> {
+    const NAME: &str = "server-setup";
+    let mut parsed = ServerSetupArgs {
+        sshd_config: PathBuf::from("/etc/ssh/sshd_config"),
+        dry_run: false,
+        no_reload: false,
+    };
+    while let Some(arg) = args.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(None),
+            Long("sshd-config") => parsed.sshd_config = PathBuf::from(args.value_os()?),
+            Long("dry-run") => parsed.dry_run = true,
+            Long("no-reload") => parsed.no_reload = true,
+            other => return Err(Args::unexpected(NAME, &other)),
+        }
+    }
+    Ok(Some(parsed))
+}
+
+fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {
+    let Some(args) = parse(args)? else {
+        return Ok(Outcome::Print(USAGE.into()));
+    };
+    super::admin(context, |config| setup(config, &args))
+}
+
 /// A directory podspawn needs, with its owner group and mode.
 struct Dir {
     path: PathBuf,
@@ -36,7 +104,7 @@ struct Dir {
     mode: u32,
 }
 
-pub fn run(config: &ServerConfig, args: &ServerSetupArgs) -> Result<(), Error> {
+fn setup(config: &ServerConfig, args: &ServerSetupArgs) -> Result<(), Error> {
     if !args.dry_run && !privilege::is_root() {
         return Err(Error::NotPermitted(
             "server-setup must run as root (--dry-run shows what it would do)".to_string(),

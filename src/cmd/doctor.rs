@@ -6,7 +6,11 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::cli::DoctorArgs;
+use lexopt::prelude::*;
+use std::path::PathBuf;
+
+use super::{Command, Context, Outcome};
+use crate::cli::{Args, UsageError};
 use crate::config::ServerConfig;
 use crate::docker::Docker;
 use crate::error::Error;
@@ -14,6 +18,56 @@ use crate::keys::store::KeyStore;
 use crate::sshd_config;
 use crate::state::State;
 use crate::system;
+
+pub const COMMAND: Command = Command {
+    name: "doctor",
+    usage: USAGE,
+    listed: true,
+    keeps_group: false,
+    run,
+};
+
+const USAGE: &str = "\
+Usage: podspawn doctor [--sshd-config PATH]
+
+Checks this host: sshd_config has podspawn's AuthorizedKeysCommand and sshd -t
+accepts it; the binary is root:docker 2755; the key, state, lock and agent
+directories have their owners and modes; the engine answers and has the default
+image; the state database is intact; no podspawn user is in the docker group;
+a cleanup timer or cron job is there (optional). Each problem comes with its fix.
+Exits 1 when anything is wrong.
+
+Options:
+  --sshd-config PATH  check this file instead of /etc/ssh/sshd_config
+  -h, --help          print this help
+";
+
+/// `doctor [--sshd-config PATH]`.
+#[derive(Debug, PartialEq, Eq)]
+struct DoctorArgs {
+    sshd_config: PathBuf,
+}
+
+/// `None`: help.
+fn parse(args: &mut Args) -> Result<Option<DoctorArgs>, UsageError> {
+    const NAME: &str = "doctor";
+    let mut sshd_config = PathBuf::from("/etc/ssh/sshd_config");
+    while let Some(arg) = args.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(None),
+            Long("sshd-config") => sshd_config = PathBuf::from(args.value_os()?),
+            other => return Err(Args::unexpected(NAME, &other)),
+        }
+    }
+    Ok(Some(DoctorArgs { sshd_config }))
+}
+
+fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {
+    let Some(args) = parse(args)? else {
+        return Ok(Outcome::Print(USAGE.into()));
+    };
+    super::admin(context, |config| doctor(config, &args))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mark {
@@ -45,7 +99,7 @@ impl Report {
     }
 }
 
-pub fn run(config: &ServerConfig, args: &DoctorArgs) -> Result<(), Error> {
+fn doctor(config: &ServerConfig, args: &DoctorArgs) -> Result<(), Error> {
     let mut report = Report { bad: 0 };
     check_sshd(&mut report, &args.sshd_config);
     check_sshd_for_users(&mut report, &args.sshd_config, config);
@@ -289,7 +343,7 @@ fn check_homes(report: &mut Report, config: &ServerConfig) {
             ),
         );
     }
-    match crate::server_setup::homes_to_move(config) {
+    match super::server_setup::homes_to_move(config) {
         Ok(moves) if moves.is_empty() => {}
         Ok(moves) => {
             let listed: Vec<String> = moves

@@ -1,0 +1,178 @@
+//! The subcommands. Each module owns its usage text, its argument parsing and its
+//! `run`; `ALL` lists them. Adding a subcommand is one new module and one line here.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+
+use crate::cli::Args;
+use crate::config::{self, ServerConfig};
+use crate::error::Error;
+use crate::logging;
+use crate::privilege;
+
+mod add_user;
+mod auth_keys;
+mod cleanup;
+mod doctor;
+mod help;
+mod keeper;
+mod list;
+mod remove_user;
+pub mod server_setup;
+pub mod spawn;
+mod verify_image;
+mod version;
+
+/// Every subcommand, in the order `podspawn --help` lists them.
+pub const ALL: &[Command] = &[
+    server_setup::COMMAND,
+    add_user::COMMAND,
+    remove_user::COMMAND,
+    list::COMMAND,
+    cleanup::COMMAND,
+    doctor::COMMAND,
+    verify_image::COMMAND,
+    auth_keys::COMMAND,
+    spawn::COMMAND,
+    version::COMMAND,
+    help::COMMAND,
+    keeper::COMMAND,
+];
+
+/// One subcommand.
+pub struct Command {
+    pub name: &'static str,
+    pub usage: &'static str,
+    /// Named in `podspawn --help` and found by `help NAME` (the keeper is spawn's).
+    pub listed: bool,
+    /// Keeps a group a setgid install lends: spawn and its keeper need the docker
+    /// socket. Every other subcommand drops it before anything else.
+    pub keeps_group: bool,
+    pub run: fn(&mut Args, &Context) -> Result<Outcome, Error>,
+}
+
+/// The subcommand called `name`.
+pub fn find(name: &str) -> Option<&'static Command> {
+    ALL.iter().find(|command| command.name == name)
+}
+
+/// The names `podspawn --help` lists.
+pub fn listed() -> impl Iterator<Item = &'static str> {
+    ALL.iter()
+        .filter(|command| command.listed)
+        .map(|command| command.name)
+}
+
+/// What every subcommand gets besides its own arguments.
+pub struct Context {
+    /// `--config PATH`, before the subcommand.
+    pub config: Option<PathBuf>,
+}
+
+impl Context {
+    /// The server config, read as the privilege model allows (see `config::load`).
+    pub fn load_config(&self) -> config::Loaded {
+        config::load(privilege::has_borrowed_group(), self.config.as_deref())
+    }
+}
+
+/// How a subcommand that did not fail ended.
+pub enum Outcome {
+    Done,
+    /// Text for stdout (help, version).
+    Print(Cow<'static, str>),
+    /// An exit code of its own (spawn passes on its command's).
+    Exit(u8),
+}
+
+/// Runs an admin command with the server config and stderr logging.
+pub fn admin(
+    context: &Context,
+    run: impl FnOnce(&ServerConfig) -> Result<(), Error>,
+) -> Result<Outcome, Error> {
+    let config = context.load_config().result?;
+    logging::init_admin(config.log.level.0);
+    run(&config)?;
+    Ok(Outcome::Done)
+}
+
+/// The config for a command that logs to the service log (never the terminal), with
+/// logging set up; a broken config is logged (to syslog: the configured log is not
+/// known) and returned.
+pub fn service_config(
+    context: &Context,
+    command: &'static str,
+) -> Result<ServerConfig, config::ConfigError> {
+    let loaded = context.load_config();
+    let logged = match &loaded.result {
+        Ok(config) => &config.log,
+        Err(_) => &config::LogConfig::default(),
+    };
+    logging::init_service(logged, command);
+    if let Some(ignored) = &loaded.ignored {
+        log::warn!("{ignored}");
+    }
+    if let Err(err) = &loaded.result {
+        log::error!("{err}");
+    }
+    loaded.result
+}
+
+/// The overview `podspawn --help` prints.
+pub const OVERVIEW: &str = "\
+podspawn — SSH in, get a container; exit, it's gone.
+
+Usage: podspawn [--config PATH] <command> [options]
+
+Admin commands (run as root):
+  server-setup        configure sshd and create podspawn's group, dirs and state
+  add-user NAME       register NAME's SSH keys (--key, --key-file, --github)
+  remove-user NAME    delete NAME's keys (--force: destroy their sessions too)
+  list                show sessions and their live connections (--json)
+  cleanup             expire sessions and remove orphans now (--daemon to repeat)
+  doctor              check this host's set-up and say how to fix what is wrong
+  verify-image IMAGE  check an image for a shell, sftp-server, scp, rsync, git, UTF-8
+
+Called by sshd:
+  auth-keys USER [TYPE KEY]
+                      print USER's keys for AuthorizedKeysCommand
+  spawn --user NAME   run the SSH session in NAME's container (the forced command)
+
+Other:
+  version             print the version
+  help [COMMAND]      print this help, or a command's
+
+The server config is /etc/podspawn/config.yaml; --config PATH (or PODSPAWN_CONFIG)
+names another. Each command takes --help.
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_command_is_in_the_overview_once_and_has_its_help() {
+        for command in ALL {
+            let runs_help = |words: &[&str]| {
+                let mut args = Args::of(command.name, words);
+                match (command.run)(&mut args, &Context { config: None }) {
+                    Ok(Outcome::Print(text)) => text.into_owned(),
+                    _ => panic!("{} {words:?} printed no help", command.name),
+                }
+            };
+            assert_eq!(runs_help(&["--help"]), command.usage);
+            let listed_line = format!("\n  {} ", command.name);
+            assert_eq!(
+                OVERVIEW.matches(&listed_line).count(),
+                usize::from(command.listed),
+                "{}",
+                command.name
+            );
+        }
+        let names: Vec<&str> = ALL.iter().map(|command| command.name).collect();
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "a name is listed twice");
+    }
+}
