@@ -17,6 +17,7 @@ use std::process::{Command, Stdio};
 
 use crate::config::DockerConfig;
 use crate::container::{self, AGENT_MOUNT, ContainerSpec, ExecSpec};
+use crate::keys::UserName;
 use crate::network::UserNetwork;
 
 pub const LABEL_MANAGED: &str = "podspawn.managed";
@@ -51,6 +52,14 @@ pub struct Labels {
     pub project: String,
 }
 
+/// A network that carries `podspawn.managed=true`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedNetwork {
+    pub name: String,
+    /// Its `podspawn.user` label.
+    pub user: String,
+}
+
 /// A container that carries `podspawn.managed=true`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManagedContainer {
@@ -81,6 +90,8 @@ pub enum DockerError {
         status: String,
         stderr: String,
     },
+    /// Watching a running exec failed (a system call of podspawn's own).
+    Supervise(io::Error),
 }
 
 impl DockerError {
@@ -96,7 +107,8 @@ impl DockerError {
             DockerError::NameInUse { .. }
             | DockerError::NetworkMissing { .. }
             | DockerError::NetworkOverlap { .. }
-            | DockerError::Failed { .. } => {
+            | DockerError::Failed { .. }
+            | DockerError::Supervise(_) => {
                 "could not start your container; tell your admin".to_string()
             }
         }
@@ -130,6 +142,7 @@ impl fmt::Display for DockerError {
                 status,
                 stderr,
             } => write!(f, "`{}` failed ({status}): {stderr}", shown(argv)),
+            DockerError::Supervise(err) => write!(f, "cannot watch the session's exec: {err}"),
         }
     }
 }
@@ -188,7 +201,7 @@ impl Docker {
     }
 
     /// A docker command with podspawn's environment and nothing of the caller's.
-    pub fn command(&self, args: &[String]) -> Command {
+    fn command(&self, args: &[String]) -> Command {
         let mut command = Command::new(&self.binary);
         command
             .args(args)
@@ -282,8 +295,12 @@ impl Docker {
     }
 
     /// `docker network create` for a user's network; one that exists is fine.
-    pub fn create_network(&self, network: &UserNetwork, user: &str) -> Result<(), DockerError> {
-        let args = network_create_args(network, user);
+    pub fn create_network(
+        &self,
+        network: &UserNetwork,
+        user: &UserName,
+    ) -> Result<(), DockerError> {
+        let args = network_create_args(network, user.as_str());
         let (status, _, stderr) = self.run(&args)?;
         if status.success() || stderr.contains("already exists") {
             return Ok(());
@@ -376,8 +393,8 @@ impl Docker {
         Ok(parse_managed(&stdout))
     }
 
-    /// Every network podspawn made: (name, user label).
-    pub fn list_managed_networks(&self) -> Result<Vec<(String, String)>, DockerError> {
+    /// Every network podspawn made.
+    pub fn list_managed_networks(&self) -> Result<Vec<ManagedNetwork>, DockerError> {
         let args = vec![
             "network".to_string(),
             "ls".to_string(),
@@ -393,7 +410,10 @@ impl Docker {
         Ok(stdout
             .lines()
             .filter_map(|line| line.split_once('\t'))
-            .map(|(name, user)| (name.to_string(), user.to_string()))
+            .map(|(name, user)| ManagedNetwork {
+                name: name.to_string(),
+                user: user.to_string(),
+            })
             .collect())
     }
 
@@ -469,12 +489,12 @@ impl Docker {
         Ok((status.code().unwrap_or(-1), stdout, stderr))
     }
 
-    /// podspawn's networks with the given subnet: (name, user label).
-    pub fn managed_networks_in(&self, cidr: &str) -> Result<Vec<(String, String)>, DockerError> {
+    /// podspawn's networks with the given subnet.
+    pub fn managed_networks_on(&self, cidr: &str) -> Result<Vec<ManagedNetwork>, DockerError> {
         let names: Vec<String> = self
             .list_managed_networks()?
             .into_iter()
-            .map(|(name, _)| name)
+            .map(|network| network.name)
             .collect();
         if names.is_empty() {
             return Ok(Vec::new());
@@ -498,7 +518,10 @@ impl Docker {
                 let mut fields = line.split('\t');
                 let (name, subnet, user) =
                     (fields.next()?, fields.next()?, fields.next().unwrap_or(""));
-                (subnet == cidr).then(|| (name.to_string(), user.to_string()))
+                (subnet == cidr).then(|| ManagedNetwork {
+                    name: name.to_string(),
+                    user: user.to_string(),
+                })
             })
             .collect())
     }

@@ -1,25 +1,101 @@
-//! The real world behind `session`'s traits: docker for containers, `exec` for
-//! running a connection, `process` for liveness and for ending what a lost connection
-//! left running, and the keeper started as a detached process.
+//! The one interface to the container engine: every change podspawn makes there is an
+//! `Effect` passed to `Engine::apply`, every question a method, and a connection's
+//! exec is run here. `DockerEngine` is the real one, over the `docker` module's CLI
+//! calls; the session layer's tests use a fake. Nothing outside this module and
+//! `docker` runs the CLI.
 
+use std::fmt;
 use std::io;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use crate::config::DockerConfig;
 use crate::container::{CONNECTION_MARKER, ContainerSpec, ExecSpec};
-use crate::docker::{ContainerState, Docker, DockerError, FIXED_PATH, Labels, ManagedContainer};
+use crate::docker::{
+    ContainerState, Docker, DockerError, Labels, ManagedContainer, ManagedNetwork,
+};
 use crate::exec::{self, Ended};
 use crate::keys::UserName;
-use crate::keys::store::KeyStore;
 use crate::network::UserNetwork;
-use crate::process::{self, ProcessId};
-use crate::session::{Engine, ExecEnd, Host, SessionError};
+use crate::process;
+use crate::session::Passed;
 
 /// How long a lost connection's processes get after SIGHUP before SIGKILL.
 const HANGUP_PATIENCE: Duration = Duration::from_secs(2);
 
+/// A change podspawn makes in the engine. Everything podspawn creates there carries
+/// its labels (`docker` puts them on), so it can always be found again.
+#[derive(Debug, Clone, Copy)]
+pub enum Effect<'a> {
+    CreateContainer(&'a ContainerSpec),
+    /// Removing what is already gone is not an error.
+    RemoveContainer(&'a str),
+    /// Creating what exists already is not an error.
+    CreateNetwork {
+        network: &'a UserNetwork,
+        user: &'a UserName,
+    },
+    /// Removing what is already gone is not an error.
+    RemoveNetwork(&'a str),
+}
+
+impl fmt::Display for Effect<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Effect::CreateContainer(spec) => {
+                write!(f, "create container {} (image {})", spec.name, spec.image)
+            }
+            Effect::RemoveContainer(name) => write!(f, "remove container {name}"),
+            Effect::CreateNetwork { network, user } => {
+                write!(f, "create network {} for {user}", network.name)
+            }
+            Effect::RemoveNetwork(name) => write!(f, "remove network {name}"),
+        }
+    }
+}
+
+/// How a connection's exec ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEnd {
+    /// The program exited with `code`; `held_stderr` is a first stderr line that may be
+    /// docker saying the container is gone, not yet shown to the user.
+    Exited { code: i32, held_stderr: Vec<u8> },
+    /// The client went away; what ran for it in the container has been ended.
+    Disconnected { signal: i32 },
+}
+
+/// What a probe run of an image printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// The container engine, as podspawn uses it.
+pub trait Engine {
+    /// Makes one change. Only `session::Effects`, the one place that also says why,
+    /// can call it: it alone makes a `Passed`.
+    fn apply(&mut self, effect: &Effect, passed: Passed) -> Result<(), DockerError>;
+    fn state(&mut self, container: &str) -> Result<ContainerState, DockerError>;
+    /// podspawn's labels on a container; `None` when it does not exist.
+    fn labels(&mut self, container: &str) -> Result<Option<Labels>, DockerError>;
+    /// Every container podspawn made (by its labels), running or not.
+    fn containers(&mut self) -> Result<Vec<ManagedContainer>, DockerError>;
+    /// Every network podspawn made.
+    fn networks(&mut self) -> Result<Vec<ManagedNetwork>, DockerError>;
+    /// podspawn's networks on subnet `cidr`.
+    fn networks_on(&mut self, cidr: &str) -> Result<Vec<ManagedNetwork>, DockerError>;
+    /// The engine's version, if it answers.
+    fn version(&mut self) -> Result<String, DockerError>;
+    /// Whether the engine has `image` (without pulling it).
+    fn has_image(&mut self, image: &str) -> Result<bool, DockerError>;
+    /// Runs `script` once in `image` and removes it (no network, no capabilities).
+    fn probe(&mut self, image: &str, script: &str, args: &[&str]) -> Result<Probe, DockerError>;
+    /// Runs one connection's exec to its end, with this process's stdio.
+    fn exec(&mut self, spec: &ExecSpec) -> Result<ExecEnd, DockerError>;
+}
+
+/// The real engine: the docker CLI as the config names it.
 pub struct DockerEngine {
     docker: Docker,
     /// The uid the connection's processes run under, in the container and here.
@@ -27,18 +103,23 @@ pub struct DockerEngine {
 }
 
 impl DockerEngine {
-    pub fn new(docker: Docker, uid: u32) -> DockerEngine {
-        DockerEngine { docker, uid }
+    /// The engine for this process: its connections' processes run as the caller.
+    pub fn new(config: &DockerConfig) -> DockerEngine {
+        DockerEngine {
+            docker: Docker::new(config),
+            uid: unsafe { libc::getuid() },
+        }
     }
 }
 
 impl Engine for DockerEngine {
-    fn create(&mut self, spec: &ContainerSpec) -> Result<(), DockerError> {
-        self.docker.create(spec)
-    }
-
-    fn remove(&mut self, container: &str) -> Result<(), DockerError> {
-        self.docker.remove(container)
+    fn apply(&mut self, effect: &Effect, _: Passed) -> Result<(), DockerError> {
+        match *effect {
+            Effect::CreateContainer(spec) => self.docker.create(spec),
+            Effect::RemoveContainer(name) => self.docker.remove(name),
+            Effect::CreateNetwork { network, user } => self.docker.create_network(network, user),
+            Effect::RemoveNetwork(name) => self.docker.remove_network(name),
+        }
     }
 
     fn state(&mut self, container: &str) -> Result<ContainerState, DockerError> {
@@ -49,28 +130,41 @@ impl Engine for DockerEngine {
         self.docker.labels(container)
     }
 
-    fn list_managed(&mut self) -> Result<Vec<ManagedContainer>, DockerError> {
+    fn containers(&mut self) -> Result<Vec<ManagedContainer>, DockerError> {
         self.docker.list_managed()
     }
 
-    fn create_network(&mut self, network: &UserNetwork, user: &str) -> Result<(), DockerError> {
-        self.docker.create_network(network, user)
+    fn networks(&mut self) -> Result<Vec<ManagedNetwork>, DockerError> {
+        self.docker.list_managed_networks()
     }
 
-    fn networks_in(&mut self, cidr: &str) -> Result<Vec<(String, String)>, DockerError> {
-        self.docker.managed_networks_in(cidr)
+    fn networks_on(&mut self, cidr: &str) -> Result<Vec<ManagedNetwork>, DockerError> {
+        self.docker.managed_networks_on(cidr)
     }
 
-    fn remove_network(&mut self, name: &str) -> Result<(), DockerError> {
-        self.docker.remove_network(name)
+    fn version(&mut self) -> Result<String, DockerError> {
+        self.docker.server_version()
     }
 
-    fn exec(&mut self, spec: &ExecSpec) -> Result<ExecEnd, SessionError> {
+    fn has_image(&mut self, image: &str) -> Result<bool, DockerError> {
+        self.docker.image_exists(image)
+    }
+
+    fn probe(&mut self, image: &str, script: &str, args: &[&str]) -> Result<Probe, DockerError> {
+        let (status, stdout, stderr) = self.docker.probe(image, script, args)?;
+        Ok(Probe {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+
+    fn exec(&mut self, spec: &ExecSpec) -> Result<ExecEnd, DockerError> {
         let ended = exec::supervise(self.docker.exec_command(spec)).map_err(|err| {
             if err.kind() == io::ErrorKind::NotFound {
-                SessionError::Docker(self.docker.not_installed(err))
+                self.docker.not_installed(err)
             } else {
-                SessionError::Exec(err)
+                DockerError::Supervise(err)
             }
         })?;
         match ended {
@@ -96,114 +190,5 @@ impl Engine for DockerEngine {
                 Ok(ExecEnd::Disconnected { signal })
             }
         }
-    }
-}
-
-/// The sessions, as an admin command (root, no connection of its own) works on them.
-pub fn admin_sessions(
-    config: &crate::config::ServerConfig,
-) -> Result<crate::session::Sessions<DockerEngine, SystemHost>, SessionError> {
-    let engine = DockerEngine::new(Docker::new(&config.docker), 0);
-    crate::session::Sessions::open(
-        engine,
-        SystemHost::new(config),
-        config.state.db_path.as_path(),
-        crate::lock::Locks::configured(config),
-    )
-}
-
-pub struct SystemHost {
-    /// The server config this process read, when not the default, for the keeper to
-    /// read the same.
-    config_path: Option<PathBuf>,
-    keys: KeyStore,
-}
-
-impl SystemHost {
-    pub fn new(config: &crate::config::ServerConfig) -> SystemHost {
-        SystemHost {
-            config_path: config.moved().map(PathBuf::from),
-            keys: KeyStore::new(config.auth.key_dir.as_path()),
-        }
-    }
-}
-
-impl Host for SystemHost {
-    fn now(&self) -> i64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|since| since.as_secs() as i64)
-            .unwrap_or(0)
-    }
-
-    fn this_process(&self) -> ProcessId {
-        process::current()
-    }
-
-    fn is_alive(&self, process: &ProcessId) -> bool {
-        process::is_alive(process)
-    }
-
-    /// The keeper is this same binary, `podspawn keeper`, in a session of its own with
-    /// no stdio: nothing ties it to the SSH connection, so neither a hang-up nor sshd
-    /// waiting for open descriptors reaches it.
-    fn start_keeper(&mut self, user: &UserName, project: &str) -> Result<ProcessId, String> {
-        let mut command = Command::new("/proc/self/exe");
-        command.arg0("podspawn");
-        if let Some(path) = &self.config_path {
-            command.arg("--config").arg(path);
-        }
-        command.args(["keeper", "--user", user.as_str()]);
-        if !project.is_empty() {
-            command.args(["--project", project]);
-        }
-        command
-            .env_clear()
-            .env("PATH", FIXED_PATH)
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        unsafe {
-            command.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command
-            .spawn()
-            .map_err(|err| format!("cannot start podspawn keeper: {err}"))?;
-        process::identify(child.id() as i32).ok_or_else(|| "the keeper exited at once".to_string())
-    }
-
-    fn uid_of(&self, user: &str) -> Option<u32> {
-        crate::accounts::uid_of(user)
-    }
-
-    fn is_registered(&self, user: &UserName) -> bool {
-        match self.keys.is_registered(user) {
-            Ok(registered) => registered,
-            Err(err) => {
-                log::error!("cannot tell whether {user} is registered: {err}");
-                false
-            }
-        }
-    }
-
-    fn new_session_id(&mut self) -> String {
-        let mut bytes = [0u8; 8];
-        let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-        if filled != bytes.len() as isize {
-            // getrandom cannot fail for 8 bytes after boot; if it did, time and pid
-            // still make the id unique on this host.
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|since| since.as_nanos() as u64)
-                .unwrap_or(0);
-            bytes = (nanos ^ u64::from(std::process::id()) << 32).to_be_bytes();
-        }
-        bytes.iter().map(|byte| format!("{byte:02x}")).collect()
     }
 }

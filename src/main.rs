@@ -13,6 +13,7 @@ mod docker;
 mod engine;
 mod error;
 mod exec;
+mod host;
 mod keys;
 mod lock;
 mod logging;

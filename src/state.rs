@@ -19,6 +19,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::config::SessionMode;
+use crate::keys::UserName;
 use crate::process::ProcessId;
 
 /// How long a query waits for another process's lock before giving up.
@@ -65,12 +66,17 @@ const MIGRATIONS: &[&str] = &[
         program TEXT NOT NULL
     );
     CREATE INDEX connections_by_session ON connections (user, project);",
+    // 2: times in milliseconds, so that no deadline ends early by a rounded second.
+    "UPDATE sessions SET created_at = created_at * 1000, expires_at = expires_at * 1000,
+        grace_until = grace_until * 1000;
+    UPDATE connections SET started_at = started_at * 1000;",
 ];
 
-/// One session: a container and how long it may live.
+/// One session: a container and how long it may live. Times are milliseconds since
+/// the epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRow {
-    pub user: String,
+    pub user: UserName,
     pub project: String,
     pub container: String,
     pub session_id: String,
@@ -90,7 +96,7 @@ pub struct SessionRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionRow {
     pub id: i64,
-    pub user: String,
+    pub user: UserName,
     pub project: String,
     pub session_id: String,
     pub process: ProcessId,
@@ -219,12 +225,16 @@ impl State {
         Ok(())
     }
 
-    pub fn session(&self, user: &str, project: &str) -> Result<Option<SessionRow>, StateError> {
+    pub fn session(
+        &self,
+        user: &UserName,
+        project: &str,
+    ) -> Result<Option<SessionRow>, StateError> {
         Ok(self
             .connection
             .query_row(
                 "SELECT * FROM sessions WHERE user = ?1 AND project = ?2",
-                params![user, project],
+                params![user.as_str(), project],
                 session_from_row,
             )
             .optional()?)
@@ -246,7 +256,7 @@ impl State {
                 created_at, expires_at, grace_until, keeper_pid, keeper_start, keeper_boot)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
-                session.user,
+                session.user.as_str(),
                 session.project,
                 session.container,
                 session.session_id,
@@ -265,34 +275,34 @@ impl State {
     }
 
     /// Removes a session and every connection row it had.
-    pub fn delete_session(&self, user: &str, project: &str) -> Result<(), StateError> {
+    pub fn delete_session(&self, user: &UserName, project: &str) -> Result<(), StateError> {
         self.connection.execute(
             "DELETE FROM connections WHERE user = ?1 AND project = ?2",
-            params![user, project],
+            params![user.as_str(), project],
         )?;
         self.connection.execute(
             "DELETE FROM sessions WHERE user = ?1 AND project = ?2",
-            params![user, project],
+            params![user.as_str(), project],
         )?;
         Ok(())
     }
 
     pub fn set_grace_until(
         &self,
-        user: &str,
+        user: &UserName,
         project: &str,
         until: Option<i64>,
     ) -> Result<(), StateError> {
         self.connection.execute(
             "UPDATE sessions SET grace_until = ?3 WHERE user = ?1 AND project = ?2",
-            params![user, project, until],
+            params![user.as_str(), project, until],
         )?;
         Ok(())
     }
 
     pub fn set_keeper(
         &self,
-        user: &str,
+        user: &UserName,
         project: &str,
         keeper: &ProcessId,
     ) -> Result<(), StateError> {
@@ -300,7 +310,7 @@ impl State {
             "UPDATE sessions SET keeper_pid = ?3, keeper_start = ?4, keeper_boot = ?5
              WHERE user = ?1 AND project = ?2",
             params![
-                user,
+                user.as_str(),
                 project,
                 keeper.pid,
                 keeper.start_ticks as i64,
@@ -322,7 +332,7 @@ impl State {
             "INSERT INTO connections (user, project, session_id, pid, pid_start, pid_boot, started_at, program)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
-                session.user,
+                session.user.as_str(),
                 session.project,
                 session.session_id,
                 process.pid,
@@ -342,15 +352,19 @@ impl State {
     }
 
     /// The connection rows of one session (live or not: see `process::is_alive`).
-    pub fn connections(&self, user: &str, project: &str) -> Result<Vec<ConnectionRow>, StateError> {
+    pub fn connections(
+        &self,
+        user: &UserName,
+        project: &str,
+    ) -> Result<Vec<ConnectionRow>, StateError> {
         let mut statement = self.connection.prepare(
             "SELECT id, user, project, session_id, pid, pid_start, pid_boot, started_at, program
              FROM connections WHERE user = ?1 AND project = ?2 ORDER BY id",
         )?;
-        let rows = statement.query_map(params![user, project], |row| {
+        let rows = statement.query_map(params![user.as_str(), project], |row| {
             Ok(ConnectionRow {
                 id: row.get(0)?,
-                user: row.get(1)?,
+                user: user_from(row, 1)?,
                 project: row.get(2)?,
                 session_id: row.get(3)?,
                 process: ProcessId {
@@ -391,6 +405,19 @@ fn mode_from_name(name: &str) -> SessionMode {
     }
 }
 
+/// A user name from a row, parsed once here: a row whose name is not one is an
+/// error, never a string re-validated later.
+fn user_from(row: &Row, column: usize) -> rusqlite::Result<UserName> {
+    let text: String = row.get(column)?;
+    UserName::parse(&text).map_err(|err| {
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            rusqlite::types::Type::Text,
+            Box::new(err),
+        )
+    })
+}
+
 fn session_from_row(row: &Row) -> rusqlite::Result<SessionRow> {
     let keeper_pid: Option<i32> = row.get("keeper_pid")?;
     let keeper_start: Option<i64> = row.get("keeper_start")?;
@@ -404,7 +431,7 @@ fn session_from_row(row: &Row) -> rusqlite::Result<SessionRow> {
         _ => None,
     };
     Ok(SessionRow {
-        user: row.get("user")?,
+        user: user_from(row, row.as_ref().column_index("user")?)?,
         project: row.get("project")?,
         container: row.get("container")?,
         session_id: row.get("session_id")?,
@@ -474,15 +501,15 @@ pub(crate) mod tests {
 
     pub fn session(user: &str) -> SessionRow {
         SessionRow {
-            user: user.into(),
+            user: UserName::parse(user).unwrap(),
             project: String::new(),
             container: format!("podspawn-{user}"),
             session_id: "s1".into(),
             image: "img".into(),
             mode: SessionMode::GracePeriod,
             grace_secs: 60,
-            created_at: 1000,
-            expires_at: Some(1000 + 8 * 3600),
+            created_at: 1_000_000,
+            expires_at: Some(1_000_000 + 8 * 3_600_000),
             grace_until: None,
             keeper: None,
         }
@@ -525,6 +552,42 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn times_in_seconds_from_schema_1_become_milliseconds() {
+        let temp = TempDb::new("millis");
+        {
+            let connection = Connection::open(temp.path()).unwrap();
+            connection.execute_batch(MIGRATIONS[0]).unwrap();
+            connection
+                .execute_batch(
+                    "INSERT INTO sessions VALUES ('alice', '', 'podspawn-alice', 's1', 'img',
+                        'grace-period', 60, 1000, 29800, 1060, NULL, NULL, NULL);
+                     PRAGMA user_version = 1;",
+                )
+                .unwrap();
+        }
+        let state = State::open(&temp.path()).unwrap();
+        let row = state.sessions().unwrap().remove(0);
+        assert_eq!(
+            (row.created_at, row.expires_at, row.grace_until),
+            (1_000_000, Some(29_800_000), Some(1_060_000))
+        );
+    }
+
+    #[test]
+    fn a_row_whose_user_is_no_user_name_is_an_error_not_a_string() {
+        let temp = TempDb::new("badname");
+        let state = State::open(&temp.path()).unwrap();
+        state
+            .connection
+            .execute(
+                "INSERT INTO sessions VALUES ('../x', '', 'c', 's', 'i', 'grace-period', 60, 1, NULL, NULL, NULL, NULL, NULL)",
+                [],
+            )
+            .unwrap();
+        assert!(state.sessions().is_err());
+    }
+
+    #[test]
     fn a_newer_schema_is_refused() {
         let temp = TempDb::new("newer");
         let state = State::open(&temp.path()).unwrap();
@@ -545,7 +608,7 @@ pub(crate) mod tests {
         alice.keeper = Some(process(7));
         state.insert_session(&alice).unwrap();
         state.insert_session(&session("bob")).unwrap();
-        assert_eq!(state.session("alice", "").unwrap(), Some(alice.clone()));
+        assert_eq!(state.session(&alice.user, "").unwrap(), Some(alice.clone()));
         assert_eq!(state.sessions().unwrap().len(), 2);
 
         let first = state
@@ -554,24 +617,29 @@ pub(crate) mod tests {
         state
             .add_connection(&alice, &process(11), 1002, "sftp")
             .unwrap();
-        let connections = state.connections("alice", "").unwrap();
+        let connections = state.connections(&alice.user, "").unwrap();
         assert_eq!(connections.len(), 2);
         assert_eq!(connections[0].process, process(10));
         state.remove_connection(first).unwrap();
-        assert_eq!(state.connections("alice", "").unwrap().len(), 1);
+        assert_eq!(state.connections(&alice.user, "").unwrap().len(), 1);
 
-        state.set_grace_until("alice", "", Some(2000)).unwrap();
-        state.set_keeper("alice", "", &process(8)).unwrap();
-        let updated = state.session("alice", "").unwrap().unwrap();
+        state.set_grace_until(&alice.user, "", Some(2000)).unwrap();
+        state.set_keeper(&alice.user, "", &process(8)).unwrap();
+        let updated = state.session(&alice.user, "").unwrap().unwrap();
         assert_eq!(
             (updated.grace_until, updated.keeper),
             (Some(2000), Some(process(8)))
         );
 
-        state.delete_session("alice", "").unwrap();
-        assert_eq!(state.session("alice", "").unwrap(), None);
-        assert!(state.connections("alice", "").unwrap().is_empty());
-        assert!(state.session("bob", "").unwrap().is_some());
+        state.delete_session(&alice.user, "").unwrap();
+        assert_eq!(state.session(&alice.user, "").unwrap(), None);
+        assert!(state.connections(&alice.user, "").unwrap().is_empty());
+        assert!(
+            state
+                .session(&UserName::parse("bob").unwrap(), "")
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]

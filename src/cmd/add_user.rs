@@ -9,12 +9,12 @@ use super::{Command, Context, Outcome};
 use crate::accounts;
 use crate::cli::{Args, UsageError};
 use crate::config::ServerConfig;
-use crate::docker::Docker;
 use crate::error::Error;
 use crate::keys::import::KeySource;
 use crate::keys::store::KeyStore;
 use crate::keys::{UserName, import};
 use crate::privilege;
+use crate::session;
 use crate::system;
 
 pub const COMMAND: Command = Command {
@@ -113,7 +113,9 @@ fn add_user(config: &ServerConfig, args: &AddUserArgs) -> Result<(), Error> {
         // if the engine is away, the first login makes it.
         Some(uid) => {
             let network = config.network.pool.for_user(user.as_str(), uid);
-            if let Err(err) = Docker::new(&config.docker).create_network(&network, user.as_str()) {
+            if let Err(err) =
+                session::add_user_network(&mut super::effects(config), &user, &network)
+            {
                 log::warn!(
                     "network {} not created now ({err}); the first login will",
                     network.name

@@ -12,13 +12,13 @@ use lexopt::prelude::*;
 use super::{Command, Context, Outcome};
 use crate::cli::{Args, UsageError};
 use crate::config::ServerConfig;
-use crate::docker::Docker;
-use crate::engine::{DockerEngine, SystemHost, admin_sessions};
+use crate::engine::DockerEngine;
 use crate::error::Error;
+use crate::host::SystemHost;
 use crate::keys::UserName;
 use crate::keys::store::KeyStore;
 use crate::privilege;
-use crate::session::{SessionError, Sessions, Sweep};
+use crate::session::{Sessions, Sweep};
 
 pub const COMMAND: Command = Command {
     name: "cleanup",
@@ -86,7 +86,7 @@ fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {
 
 fn cleanup(config: &ServerConfig, args: &CleanupArgs) -> Result<(), Error> {
     privilege::require_admin("cleanup", config.state_dir())?;
-    let mut sessions = admin_sessions(config)?;
+    let mut sessions = super::sessions(config)?;
     let Some(interval) = args.daemon_interval else {
         let sweep = pass(config, &mut sessions)?;
         println!("cleanup pass complete: {}", summary(&sweep));
@@ -123,30 +123,12 @@ fn pass(
     sessions: &mut Sessions<DockerEngine, SystemHost>,
 ) -> Result<Sweep, Error> {
     let mut sweep = sessions.cleanup()?;
-    let docker = Docker::new(&config.docker);
     let store = KeyStore::new(config.auth.key_dir.as_path());
-    let with_sessions: Vec<String> = sessions
-        .state()
-        .sessions()
-        .map_err(SessionError::from)?
-        .into_iter()
-        .map(|session| session.user)
-        .collect();
-    for (network, user) in docker.list_managed_networks().map_err(SessionError::from)? {
-        let registered = UserName::parse(&user)
+    sweep.networks_removed = sessions.remove_unused_networks(|user| {
+        UserName::parse(user)
             .ok()
-            .is_some_and(|user| matches!(store.read(&user), Ok(Some(_))));
-        if registered || with_sessions.contains(&user) {
-            continue;
-        }
-        match docker.remove_network(&network) {
-            Ok(()) => {
-                log::info!("removed network {network} of unregistered user {user:?}");
-                sweep.networks_removed += 1;
-            }
-            Err(err) => log::warn!("network {network} not removed: {err}"),
-        }
-    }
+            .is_some_and(|user| matches!(store.read(&user), Ok(Some(_))))
+    })?;
     Ok(sweep)
 }
 

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use super::{Command, Context, Outcome};
 use crate::cli::{Args, UsageError};
 use crate::config::ServerConfig;
-use crate::docker::Docker;
+use crate::engine::Engine;
 use crate::error::Error;
 use crate::keys::store::KeyStore;
 use crate::sshd_config;
@@ -412,8 +412,9 @@ fn hidden_processes(mounts: &str, docker_gid: Option<u32>) -> Option<String> {
 }
 
 fn check_engine(report: &mut Report, config: &ServerConfig) {
-    let docker = Docker::new(&config.docker);
-    match docker.server_version() {
+    let mut effects = super::effects(config);
+    let engine = effects.engine();
+    match engine.version() {
         Ok(version) => report.line(
             Mark::Good,
             &format!("the container engine answers (version {version})"),
@@ -429,7 +430,7 @@ fn check_engine(report: &mut Report, config: &ServerConfig) {
         }
     }
     let image = &config.defaults.image;
-    match docker.image_exists(image) {
+    match engine.has_image(image) {
         Ok(true) => report.line(
             Mark::Good,
             &format!("the default image {image} is here"),

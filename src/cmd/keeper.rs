@@ -15,13 +15,11 @@ use lexopt::prelude::*;
 use super::{Command, Context, Outcome};
 use crate::cli::{Args, UsageError};
 use crate::config::ServerConfig;
-use crate::docker::Docker;
-use crate::engine::{DockerEngine, SystemHost};
 use crate::error::Error;
 use crate::keys::UserName;
 use crate::keys::store::KeyStore;
 use crate::process;
-use crate::session::{SessionError, Sessions, Tick};
+use crate::session::{SessionError, Tick};
 
 pub const COMMAND: Command = Command {
     name: "keeper",
@@ -107,14 +105,7 @@ fn keep(config: &ServerConfig, args: &KeeperArgs) -> Result<(), Error> {
     }
     let project = args.project.clone();
     let db_path = config.state.db_path.as_path();
-    let engine = DockerEngine::new(Docker::new(&config.docker), unsafe { libc::getuid() });
-    let mut sessions = Sessions::open(
-        engine,
-        SystemHost::new(config),
-        db_path,
-        crate::lock::Locks::configured(config),
-    )
-    .map_err(Error::Session)?;
+    let mut sessions = super::sessions(config)?;
     let database = file_identity(db_path);
     let me = process::current();
     log::debug!("keeper of {user} {project:?} started");

@@ -2,20 +2,16 @@
 //! (the tutorial's columns) or as JSON. Read-only: it prunes nothing and destroys
 //! nothing; a connection counts only while its spawn process lives.
 
-use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use lexopt::prelude::*;
 
 use super::{Command, Context, Outcome};
 use crate::cli::{Args, UsageError};
 use crate::config::ServerConfig;
-use crate::docker::Docker;
+use crate::docker::ContainerState;
 use crate::error::Error;
+use crate::host::Millis;
 use crate::privilege;
-use crate::process;
-use crate::session::SessionError;
-use crate::state::{SessionRow, State};
+use crate::session::Listed;
 
 pub const COMMAND: Command = Command {
     name: "list",
@@ -65,88 +61,56 @@ fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {
     super::admin(context, |config| list(config, &args))
 }
 
-/// One row of the listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One row of the listing; `--json` prints these as they are.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 struct Line {
     user: String,
     project: String,
     container: String,
     status: &'static str,
     connections: usize,
+    #[serde(rename = "age_seconds")]
     age_secs: i64,
+    #[serde(rename = "lifetime_left_seconds")]
     lifetime_left_secs: Option<i64>,
 }
 
 fn list(config: &ServerConfig, args: &ListArgs) -> Result<(), Error> {
-    let db_path = config.state.db_path.as_path();
-    let state_dir = config.state_dir();
-    privilege::require_admin("list", state_dir)?;
+    privilege::require_admin("list", config.state_dir())?;
     // No database yet means no sessions; a reader does not create one.
-    let (rows, state) = if db_path.exists() {
-        let state = State::open(db_path).map_err(SessionError::from)?;
-        (state.sessions().map_err(SessionError::from)?, Some(state))
+    let listed = if config.state.db_path.as_path().exists() {
+        super::sessions(config)?.overview()?
     } else {
-        (Vec::new(), None)
+        Vec::new()
     };
-    // One look at the engine, to tell a session whose container is gone.
-    let running: Option<BTreeMap<String, bool>> = if rows.is_empty() {
-        Some(BTreeMap::new())
-    } else {
-        match Docker::new(&config.docker).list_managed() {
-            Ok(containers) => Some(
-                containers
-                    .into_iter()
-                    .map(|c| (c.name, c.running))
-                    .collect(),
-            ),
-            Err(err) => {
-                log::warn!("cannot ask the engine ({err}); statuses are from the state database");
-                None
-            }
-        }
-    };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|since| since.as_secs() as i64)
-        .unwrap_or(0);
-    let mut lines = Vec::new();
-    for (row, state) in rows.iter().zip(std::iter::repeat(state.as_ref()).flatten()) {
-        let connections = state
-            .connections(&row.user, &row.project)
-            .map_err(SessionError::from)?
-            .iter()
-            .filter(|connection| process::is_alive(&connection.process))
-            .count();
-        lines.push(line(row, connections, running.as_ref(), now));
-    }
+    let now = crate::host::now_millis();
+    let lines: Vec<Line> = listed.iter().map(|listed| line(listed, now)).collect();
     if args.json {
-        println!("{}", to_json(&lines));
+        let json = serde_json::to_string(&lines).expect("the listing is plain data");
+        println!("{json}");
     } else {
         print!("{}", to_table(&lines));
     }
     Ok(())
 }
 
-fn line(
-    row: &SessionRow,
-    connections: usize,
-    running: Option<&BTreeMap<String, bool>>,
-    now: i64,
-) -> Line {
-    let status = match running.map(|running| running.get(&row.container)) {
-        Some(None) => "missing",
-        Some(Some(false)) => "stopped",
+fn line(listed: &Listed, now: Millis) -> Line {
+    let row = &listed.session;
+    let status = match listed.running {
+        Some(ContainerState::Missing) => "missing",
+        Some(ContainerState::NotRunning) => "stopped",
         _ if row.grace_until.is_some() => "grace_period",
         _ => "running",
     };
+    let seconds = |millis: Millis| millis.max(0) / 1000;
     Line {
-        user: row.user.clone(),
+        user: row.user.to_string(),
         project: row.project.clone(),
         container: row.container.clone(),
         status,
-        connections,
-        age_secs: (now - row.created_at).max(0),
-        lifetime_left_secs: row.expires_at.map(|end| (end - now).max(0)),
+        connections: listed.live_connections,
+        age_secs: seconds(now - row.created_at),
+        lifetime_left_secs: row.expires_at.map(|end| seconds(end - now)),
     }
 }
 
@@ -204,39 +168,6 @@ fn to_table(lines: &[Line]) -> String {
     out
 }
 
-fn to_json(lines: &[Line]) -> String {
-    let items: Vec<String> = lines
-        .iter()
-        .map(|line| {
-            format!(
-                "{{\"user\":{},\"project\":{},\"container\":{},\"status\":{},\"connections\":{},\"age_seconds\":{},\"lifetime_left_seconds\":{}}}",
-                json_string(&line.user),
-                json_string(&line.project),
-                json_string(&line.container),
-                json_string(line.status),
-                line.connections,
-                line.age_secs,
-                line.lifetime_left_secs.map_or("null".to_string(), |secs| secs.to_string()),
-            )
-        })
-        .collect();
-    format!("[{}]", items.join(","))
-}
-
-fn json_string(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// `45s`, `10m`, `7h50m`, `2d3h`: the two largest units, like the tutorial shows.
 fn short_duration(secs: i64) -> String {
     let (days, hours, minutes, seconds) = (
@@ -258,6 +189,7 @@ fn short_duration(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::SessionRow;
     use crate::state::tests::session;
 
     #[test]
@@ -270,28 +202,38 @@ mod tests {
         assert_eq!(short_duration(86400 + 59), "1d");
     }
 
+    fn listed(row: SessionRow, connections: usize, running: Option<ContainerState>) -> Listed {
+        Listed {
+            session: row,
+            live_connections: connections,
+            running,
+        }
+    }
+
     #[test]
     fn status_comes_from_the_engine_and_the_grace_period() {
-        let now = 1000 + 600;
         let row = session("sarah");
-        let engine: BTreeMap<String, bool> = [("podspawn-sarah".to_string(), true)].into();
-        assert_eq!(line(&row, 1, Some(&engine), now).status, "running");
+        let now = row.created_at + 600_000;
+        let status = |row: &SessionRow, running| line(&listed(row.clone(), 0, running), now).status;
+        assert_eq!(status(&row, Some(ContainerState::Running)), "running");
         let waiting = SessionRow {
-            grace_until: Some(now + 10),
+            grace_until: Some(now + 10_000),
             ..row.clone()
         };
-        assert_eq!(line(&waiting, 0, Some(&engine), now).status, "grace_period");
-        assert_eq!(line(&row, 0, Some(&BTreeMap::new()), now).status, "missing");
-        let stopped: BTreeMap<String, bool> = [("podspawn-sarah".to_string(), false)].into();
-        assert_eq!(line(&row, 0, Some(&stopped), now).status, "stopped");
-        assert_eq!(line(&row, 0, None, now).status, "running");
+        assert_eq!(
+            status(&waiting, Some(ContainerState::Running)),
+            "grace_period"
+        );
+        assert_eq!(status(&row, Some(ContainerState::Missing)), "missing");
+        assert_eq!(status(&row, Some(ContainerState::NotRunning)), "stopped");
+        assert_eq!(status(&row, None), "running");
     }
 
     #[test]
     fn the_table_has_the_tutorial_columns() {
         let row = session("sarah");
-        let now = row.created_at + 600;
-        let table = to_table(&[line(&row, 1, None, now)]);
+        let now = row.created_at + 600_000;
+        let table = to_table(&[line(&listed(row, 1, None), now)]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(
             lines[0],
@@ -307,13 +249,14 @@ mod tests {
     fn json_is_one_array_of_objects() {
         let row = SessionRow {
             expires_at: None,
-            ..session("sa\"rah")
+            container: "podspawn-\"sa\\rah\n".into(),
+            ..session("sarah")
         };
-        let json = to_json(&[line(&row, 2, None, row.created_at + 5)]);
+        let now = row.created_at + 5_000;
+        let json = serde_json::to_string(&[line(&listed(row, 2, None), now)]).unwrap();
         assert_eq!(
             json,
-            "[{\"user\":\"sa\\\"rah\",\"project\":\"\",\"container\":\"podspawn-sa\\\"rah\",\"status\":\"running\",\"connections\":2,\"age_seconds\":5,\"lifetime_left_seconds\":null}]"
+            "[{\"user\":\"sarah\",\"project\":\"\",\"container\":\"podspawn-\\\"sa\\\\rah\\n\",\"status\":\"running\",\"connections\":2,\"age_seconds\":5,\"lifetime_left_seconds\":null}]"
         );
-        assert_eq!(to_json(&[]), "[]");
     }
 }

@@ -6,9 +6,13 @@ use std::path::PathBuf;
 
 use crate::cli::Args;
 use crate::config::{self, ServerConfig};
+use crate::engine::DockerEngine;
 use crate::error::Error;
+use crate::host::SystemHost;
+use crate::lock::Locks;
 use crate::logging;
 use crate::privilege;
+use crate::session::{Effects, SessionError, Sessions};
 
 mod add_user;
 mod auth_keys;
@@ -83,6 +87,23 @@ pub enum Outcome {
     Print(Cow<'static, str>),
     /// An exit code of its own (spawn passes on its command's).
     Exit(u8),
+}
+
+/// The sessions, as this process (a connection, its keeper, or an admin) works on
+/// them.
+pub fn sessions(config: &ServerConfig) -> Result<Sessions<DockerEngine, SystemHost>, SessionError> {
+    Sessions::open(
+        DockerEngine::new(&config.docker),
+        SystemHost::new(config),
+        config.state.db_path.as_path(),
+        Locks::configured(config),
+    )
+}
+
+/// The engine, for a command that needs no sessions (every change still passes
+/// through the session layer's `Effects`).
+pub fn effects(config: &ServerConfig) -> Effects<DockerEngine> {
+    Effects::new(DockerEngine::new(&config.docker))
 }
 
 /// Runs an admin command with the server config and stderr logging.

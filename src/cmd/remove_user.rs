@@ -8,14 +8,12 @@ use super::{Command, Context, Outcome};
 use crate::accounts;
 use crate::cli::{Args, UsageError};
 use crate::config::ServerConfig;
-use crate::docker::Docker;
-use crate::engine::admin_sessions;
 use crate::error::Error;
 use crate::keys::UserName;
 use crate::keys::store::{KeyStore, StoreError};
 use crate::lock::Locks;
 use crate::privilege;
-use crate::session::SessionError;
+use crate::session::{self, SessionError};
 use crate::system;
 
 pub const COMMAND: Command = Command {
@@ -83,8 +81,9 @@ fn remove_user(config: &ServerConfig, args: &RemoveUserArgs) -> Result<(), Error
     let held = Locks::configured(config)
         .acquire(&user)
         .map_err(SessionError::from)?;
+    // No database yet means no sessions; a removal does not create one.
     let mut sessions = if config.state.db_path.as_path().exists() {
-        Some(admin_sessions(config)?)
+        Some(super::sessions(config)?)
     } else {
         None
     };
@@ -103,21 +102,24 @@ fn remove_user(config: &ServerConfig, args: &RemoveUserArgs) -> Result<(), Error
         Err(StoreError::NotRegistered { .. }) if count > 0 => {}
         Err(err) => return Err(err.into()),
     }
-    let destroyed = match sessions.as_mut() {
-        Some(sessions) if count > 0 => sessions.destroy_user(&held).map_err(|err| {
+    let (destroyed, network) = match sessions.as_mut() {
+        Some(sessions) => sessions.remove_user(&held).map_err(|err| {
             Error::Refused(format!(
                 "{user}'s keys are removed (no new login gets in), but not their sessions: \
                  {err}; run remove-user --force again"
             ))
         })?,
-        _ => 0,
+        None => (
+            0,
+            session::remove_user_network(&mut super::effects(config), &user),
+        ),
     };
     // The keepers of those sessions now see them gone and exit: they must get the
     // lock to see it, before the account below can be deleted.
     drop(held);
-    let network = crate::network::network_name(&user);
-    if let Err(err) = Docker::new(&config.docker).remove_network(&network) {
-        log::warn!("network {network} not removed: {err}");
+    if network.is_err() {
+        // Said by the session layer already; `cleanup` removes it later.
+        log::warn!("{user}'s network stays until the next cleanup");
     }
     if store.created_accounts()?.contains(&user) {
         delete_account(&store, &user)?;

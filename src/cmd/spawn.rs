@@ -16,14 +16,12 @@ use super::{Command, Context, Outcome};
 use crate::cli::{Args, UsageError};
 use crate::config::{ConfigError, ServerConfig};
 use crate::container::Identity;
-use crate::docker::Docker;
-use crate::engine::{DockerEngine, SystemHost};
 use crate::error::Error;
 use crate::keys::store::{KeyStore, StoreError};
 use crate::keys::{NameError, UserName};
 use crate::privilege;
 use crate::router::{self, Program};
-use crate::session::{ConnectRequest, SessionError, Sessions, Settings};
+use crate::session::{ConnectRequest, SessionError, Settings};
 
 pub const COMMAND: Command = Command {
     name: "spawn",
@@ -257,13 +255,7 @@ fn connect(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
             .as_deref()
             .map_or("(shell)".into(), OsStr::to_string_lossy)
     );
-    let engine = DockerEngine::new(Docker::new(&config.docker), caller.uid);
-    let mut sessions = Sessions::open(
-        engine,
-        SystemHost::new(config),
-        config.state.db_path.as_path(),
-        crate::lock::Locks::configured(config),
-    )?;
+    let mut sessions = super::sessions(config)?;
     let code = sessions.connect(&request, &settings)?;
     log::info!("{user} disconnects: exit {code}");
     Ok(code)

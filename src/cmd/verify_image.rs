@@ -8,7 +8,7 @@ use lexopt::prelude::*;
 use super::{Command, Context, Outcome};
 use crate::cli::{Args, UsageError};
 use crate::config::ServerConfig;
-use crate::docker::Docker;
+use crate::engine::{Engine, Probe};
 use crate::error::Error;
 use crate::session::SessionError;
 
@@ -105,9 +105,13 @@ const ITEMS: &[(&str, &str, &str, bool)] = &[
 ];
 
 fn verify(config: &ServerConfig, args: &VerifyImageArgs) -> Result<(), Error> {
-    let docker = Docker::new(&config.docker);
     let shell = config.defaults.shell.as_path().display().to_string();
-    let (status, stdout, stderr) = docker
+    let Probe {
+        status,
+        stdout,
+        stderr,
+    } = super::effects(config)
+        .engine()
         .probe(&args.image, PROBE, &[&shell])
         .map_err(SessionError::from)?;
     println!("verify-image {}", args.image);

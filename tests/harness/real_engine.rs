@@ -407,7 +407,9 @@ fn two_connections_share_one_container() {
         env.explain(&first)
     );
     assert_eq!(
-        env.log().matches("created podspawn-").count(),
+        env.log()
+            .matches(" INFO create container podspawn-")
+            .count(),
         1,
         "{}",
         env.log()

@@ -455,13 +455,23 @@ fn after_grace_the_container_is_destroyed_and_the_next_login_gets_a_new_one() {
 }
 
 #[test]
-fn destroy_on_disconnect_removes_the_container_before_spawn_exits() {
+fn destroy_on_disconnect_removes_the_container_right_after_spawn_exits() {
     let (env, user) = lifecycle_env("  mode: destroy-on-disconnect\n");
     env.scenario(&[run_rule(), Rule::docker(&["exec", "**"]), rm_rule()]);
     env.spawn(&user)
         .var("SSH_ORIGINAL_COMMAND", "true")
         .run()
         .assert_success();
+    // The exit code reached the user without waiting for docker rm...
+    assert_eq!(subcommands(&env.docker_calls())[..2], ["run", "exec"]);
+    // ...which the session's keeper runs within a few seconds.
+    let started = Instant::now();
+    assert!(
+        env.wait_for(Duration::from_secs(5), || rm_calls(&env) == 1),
+        "{:?}",
+        env.docker_calls()
+    );
+    eprintln!("removed {:?} after spawn exited", started.elapsed());
     assert_eq!(subcommands(&env.docker_calls()), ["run", "exec", "rm"]);
 }
 

@@ -214,7 +214,10 @@ fn one_multiplexed_connection_carries_sftp_and_several_commands_into_one_contain
         "sftp's upload is in the same container"
     );
     assert_eq!(
-        server.podspawn_log().matches("created podspawn-").count(),
+        server
+            .podspawn_log()
+            .matches(" INFO create container podspawn-")
+            .count(),
         1,
         "{}",
         server.podspawn_log()

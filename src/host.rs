@@ -1,0 +1,134 @@
+//! This host as the session lifecycle needs it: the time, processes and their
+//! liveness, the keeper started as a detached process, and who is registered.
+//! `SystemHost` is the real one; the session layer's tests use a fake.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::ServerConfig;
+use crate::docker::FIXED_PATH;
+use crate::keys::UserName;
+use crate::keys::store::KeyStore;
+use crate::process::{self, ProcessId};
+
+/// Milliseconds since the epoch: what every time in the state is.
+pub type Millis = i64;
+
+pub trait Host {
+    fn now(&self) -> Millis;
+    /// This process (the connection being made).
+    fn this_process(&self) -> ProcessId;
+    fn is_alive(&self, process: &ProcessId) -> bool;
+    /// Starts the keeper of a session, detached from this connection.
+    fn start_keeper(&mut self, user: &UserName, project: &str) -> Result<ProcessId, String>;
+    fn new_session_id(&mut self) -> String;
+    /// The uid of a host account, if it exists.
+    fn uid_of(&self, user: &str) -> Option<u32>;
+    /// Whether the user has keys with podspawn (asked under their lock, so a
+    /// `remove-user` that ran meanwhile is seen).
+    fn is_registered(&self, user: &UserName) -> bool;
+}
+
+pub struct SystemHost {
+    /// The server config this process read, when not the default, for the keeper to
+    /// read the same.
+    config_path: Option<PathBuf>,
+    keys: KeyStore,
+}
+
+impl SystemHost {
+    pub fn new(config: &ServerConfig) -> SystemHost {
+        SystemHost {
+            config_path: config.moved().map(PathBuf::from),
+            keys: KeyStore::new(config.auth.key_dir.as_path()),
+        }
+    }
+}
+
+/// The time now, in milliseconds since the epoch.
+pub fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+impl Host for SystemHost {
+    fn now(&self) -> Millis {
+        now_millis()
+    }
+
+    fn this_process(&self) -> ProcessId {
+        process::current()
+    }
+
+    fn is_alive(&self, process: &ProcessId) -> bool {
+        process::is_alive(process)
+    }
+
+    /// The keeper is this same binary, `podspawn keeper`, in a session of its own with
+    /// no stdio: nothing ties it to the SSH connection, so neither a hang-up nor sshd
+    /// waiting for open descriptors reaches it.
+    fn start_keeper(&mut self, user: &UserName, project: &str) -> Result<ProcessId, String> {
+        let mut command = Command::new("/proc/self/exe");
+        command.arg0("podspawn");
+        if let Some(path) = &self.config_path {
+            command.arg("--config").arg(path);
+        }
+        command.args(["keeper", "--user", user.as_str()]);
+        if !project.is_empty() {
+            command.args(["--project", project]);
+        }
+        command
+            .env_clear()
+            .env("PATH", FIXED_PATH)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .map_err(|err| format!("cannot start podspawn keeper: {err}"))?;
+        process::identify(child.id() as i32).ok_or_else(|| "the keeper exited at once".to_string())
+    }
+
+    fn new_session_id(&mut self) -> String {
+        let mut bytes = [0u8; 8];
+        let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        if filled != bytes.len() as isize {
+            // getrandom cannot fail for 8 bytes after boot; if it did, time and pid
+            // still make the id unique on this host.
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|since| since.as_nanos() as u64)
+                .unwrap_or(0);
+            bytes = (nanos ^ u64::from(std::process::id()) << 32).to_be_bytes();
+        }
+        bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
+    fn uid_of(&self, user: &str) -> Option<u32> {
+        crate::accounts::uid_of(user)
+    }
+
+    fn is_registered(&self, user: &UserName) -> bool {
+        match self.keys.is_registered(user) {
+            Ok(registered) => registered,
+            Err(err) => {
+                log::error!("cannot tell whether {user} is registered: {err}");
+                false
+            }
+        }
+    }
+}

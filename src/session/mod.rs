@@ -1,0 +1,833 @@
+//! The session lifecycle: when a container is created, shared, kept and destroyed —
+//! and every other change podspawn makes in the engine (a user's network, a stale
+//! one, an orphan). Commands ask this layer; none changes the engine itself.
+//!
+//! A session is one container (a user's default environment or one project) with the
+//! connections into it. Every decision happens under the user's lock (`lock`), from
+//! the rows in `state` and the liveness of the processes they name:
+//!
+//! - connect: reattach to the session's container, or create it (replacing one that
+//!   must not be joined), record the connection, run the exec, release;
+//! - release: when the last live connection ends, `grace-period` starts the grace
+//!   period, `persistent` keeps it, and destroying is left to the keeper, so the
+//!   user's exit code never waits for `docker rm`;
+//! - the keeper, one detached process per session, wakes at least every second to
+//!   prune dead connections (a `kill -9`ed spawn), start or cancel the grace period,
+//!   and destroy the container when its time is up — with no cron and no daemon.
+//!
+//! What to do is decided by the pure functions of `plan`; `Sessions` asks the state,
+//! the host (`host::Host`) and the engine, and carries the decisions out, every
+//! engine change through `Effects`, the one place they pass.
+
+mod effects;
+mod plan;
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+pub use effects::{Effects, Passed};
+pub use plan::Reason;
+use plan::{AfterExec, ConnectPlan, Decision, Healing, NameHolder, Repair};
+
+use crate::config::SessionMode;
+use crate::container::{self, ContainerSpec, ExecSpec, Identity};
+use crate::docker::{ContainerState, DockerError};
+use crate::engine::{Effect, Engine};
+use crate::exec::write_stderr;
+use crate::host::{Host, Millis};
+use crate::keys::UserName;
+use crate::lock::{LockError, Locks, UserLock};
+use crate::network::{Pool, UserNetwork};
+use crate::process::ProcessId;
+use crate::router::{Program, Routed};
+use crate::state::{SessionRow, State, StateError};
+
+/// How long a persistent container's main process sleeps: ten years.
+const PERSISTENT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86400);
+
+/// What a new container gets, from the server config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub image: String,
+    pub shell: String,
+    pub cpus: f64,
+    pub memory_bytes: u64,
+    pub pids_limit: u32,
+    pub grace: Duration,
+    pub lifetime: Duration,
+    pub mode: SessionMode,
+    pub pool: Pool,
+}
+
+#[derive(Debug)]
+pub enum SessionError {
+    Docker(DockerError),
+    State(StateError),
+    Lock(LockError),
+    /// A container podspawn just created was not running when the exec tried it.
+    ContainerDied {
+        container: String,
+    },
+    /// A container of the session's name that podspawn did not make for this
+    /// session is in the way: not podspawn's to remove.
+    Foreign {
+        container: String,
+    },
+    /// The user was removed while this connection was on its way in.
+    NotRegistered(UserName),
+}
+
+impl SessionError {
+    /// The one line an SSH user sees; details go to the log.
+    pub fn user_message(&self) -> String {
+        match self {
+            SessionError::Docker(err) => err.user_message(),
+            SessionError::ContainerDied { .. } => {
+                "your container stopped as soon as it started; tell your admin".to_string()
+            }
+            SessionError::Foreign { container } => format!(
+                "a container named {container} that podspawn did not make is in the way; tell your admin"
+            ),
+            SessionError::NotRegistered(_) => {
+                "you are not registered with podspawn on this server; tell your admin".to_string()
+            }
+            SessionError::Lock(err) if err.timed_out() => {
+                "your session is busy (another of your connections holds it); try again shortly"
+                    .to_string()
+            }
+            SessionError::State(_) | SessionError::Lock(_) => {
+                "podspawn could not keep track of your session; tell your admin".to_string()
+            }
+        }
+    }
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            SessionError::Docker(err) => err.fmt(f),
+            SessionError::State(err) => err.fmt(f),
+            SessionError::Lock(err) => err.fmt(f),
+            SessionError::ContainerDied { container } => write!(
+                f,
+                "container {container} was not running right after it was created"
+            ),
+            SessionError::Foreign { container } => write!(
+                f,
+                "container {container} exists without podspawn's labels for this session; \
+                 not removing it"
+            ),
+            SessionError::NotRegistered(user) => {
+                write!(f, "{user} was removed while connecting")
+            }
+        }
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+impl From<DockerError> for SessionError {
+    fn from(err: DockerError) -> Self {
+        SessionError::Docker(err)
+    }
+}
+
+impl From<StateError> for SessionError {
+    fn from(err: StateError) -> Self {
+        SessionError::State(err)
+    }
+}
+
+impl From<LockError> for SessionError {
+    fn from(err: LockError) -> Self {
+        SessionError::Lock(err)
+    }
+}
+
+/// A connection as spawn asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectRequest {
+    pub user: Identity,
+    pub project: String,
+    pub routed: Routed,
+    /// Environment for the program, after podspawn's own (TERM, LANG, …).
+    pub env: Vec<(String, String)>,
+    /// The user's agent directory on the host, mounted into a new container.
+    pub agent_dir: Option<String>,
+}
+
+/// A recorded connection into a session.
+struct Attached {
+    session: SessionRow,
+    connection: i64,
+    /// The container was created for this connection.
+    created: bool,
+}
+
+/// What one cleanup pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sweep {
+    pub grace_expired: usize,
+    pub lifetime_expired: usize,
+    pub orphans_removed: usize,
+    pub rows_dropped: usize,
+    /// Networks of users who are no longer registered.
+    pub networks_removed: usize,
+}
+
+/// What a keeper does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tick {
+    Sleep(Duration),
+    /// The session is gone, or belongs to another keeper: exit.
+    Stop,
+}
+
+/// A session as `list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub session: SessionRow,
+    pub live_connections: usize,
+    /// What the engine says of its container; `None` when the engine did not answer.
+    pub running: Option<ContainerState>,
+}
+
+pub struct Sessions<E: Engine, H: Host> {
+    effects: Effects<E>,
+    pub host: H,
+    state: State,
+    locks: Locks,
+}
+
+impl<E: Engine, H: Host> Sessions<E, H> {
+    pub fn open(engine: E, host: H, db_path: &Path, locks: Locks) -> Result<Self, SessionError> {
+        Ok(Sessions {
+            effects: Effects::new(engine),
+            host,
+            state: State::open(db_path)?,
+            locks,
+        })
+    }
+
+    /// The engine, for the questions this layer's callers may ask it themselves.
+    #[cfg(test)]
+    fn engine(&mut self) -> &mut E {
+        self.effects.engine()
+    }
+
+    fn lock(&self, user: &UserName) -> Result<UserLock, SessionError> {
+        Ok(self.locks.acquire(user)?)
+    }
+
+    /// The user's lock for a pass over everyone (cleanup): a user whose lock stays
+    /// held is skipped this time (`None`), not a reason to stop the whole pass.
+    fn lock_or_skip(&self, user: &UserName) -> Result<Option<UserLock>, SessionError> {
+        match self.lock(user) {
+            Ok(lock) => Ok(Some(lock)),
+            Err(SessionError::Lock(err)) if err.timed_out() => {
+                log::warn!("skipping {user} this pass: {err}");
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Runs one connection from attach to release; returns the exit code to pass on.
+    pub fn connect(
+        &mut self,
+        request: &ConnectRequest,
+        settings: &Settings,
+    ) -> Result<i32, SessionError> {
+        loop {
+            let attached = self.attach(request, settings)?;
+            let spec = self.exec_spec(request, &attached);
+            let end = match self.effects.engine().exec(&spec) {
+                Ok(end) => end,
+                Err(err) => {
+                    let _ = self.release(&attached);
+                    return Err(err.into());
+                }
+            };
+            let held_stderr = match &end {
+                crate::engine::ExecEnd::Exited { held_stderr, .. } => held_stderr.clone(),
+                crate::engine::ExecEnd::Disconnected { signal } => {
+                    log::info!(
+                        "connection of {} to {} dropped (signal {signal})",
+                        attached.session.user,
+                        attached.session.container
+                    );
+                    Vec::new()
+                }
+            };
+            match plan::after_exec(&end) {
+                AfterExec::Finished { code } => {
+                    write_stderr(&held_stderr);
+                    return Ok(self.finish(&attached, code));
+                }
+                // Exit 1 is also what docker returns when the container is gone; only
+                // then did docker print what was held back. Ask once.
+                AfterExec::AskEngine => {
+                    let state = match self.effects.engine().state(&attached.session.container) {
+                        Ok(state) => state,
+                        Err(err) => {
+                            write_stderr(&held_stderr);
+                            let _ = self.release(&attached);
+                            return Err(err.into());
+                        }
+                    };
+                    match plan::heal(state, attached.created) {
+                        Healing::CommandsOwn => {
+                            write_stderr(&held_stderr);
+                            return Ok(self.finish(&attached, 1));
+                        }
+                        Healing::Recreate | Healing::GiveUp => {
+                            log::warn!(
+                                "container {} of {} is gone ({})",
+                                attached.session.container,
+                                attached.session.user,
+                                String::from_utf8_lossy(&held_stderr).trim()
+                            );
+                            self.forget(&attached)?;
+                            if plan::heal(state, attached.created) == Healing::GiveUp {
+                                return Err(SessionError::ContainerDied {
+                                    container: attached.session.container,
+                                });
+                            }
+                            // The command never ran: start over with a new container.
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Releases a connection whose command ran, and passes on its exit code: the
+    /// command's result is the user's, whatever podspawn's bookkeeping runs into
+    /// afterwards (a connection row left behind is pruned once this process is gone).
+    fn finish(&mut self, attached: &Attached, code: i32) -> i32 {
+        if let Err(err) = self.release(attached) {
+            log::error!(
+                "releasing the connection of {} to {}: {err}",
+                attached.session.user,
+                attached.session.container
+            );
+        }
+        code
+    }
+
+    fn exec_spec(&self, request: &ConnectRequest, attached: &Attached) -> ExecSpec {
+        let mut argv = container::program_argv(&request.routed.program, &request.user.shell);
+        if attached.created {
+            argv = container::after_setup(argv);
+        }
+        let mut env = request.env.clone();
+        env.push((
+            container::CONNECTION_MARKER.to_string(),
+            format!("{}-{}", attached.session.session_id, attached.connection),
+        ));
+        ExecSpec {
+            container: attached.session.container.clone(),
+            user: request.user.clone(),
+            tty: request.routed.tty,
+            env,
+            argv,
+        }
+    }
+
+    /// Under the user's lock: find or make the session's container and record this
+    /// connection in it.
+    fn attach(
+        &mut self,
+        request: &ConnectRequest,
+        settings: &Settings,
+    ) -> Result<Attached, SessionError> {
+        let user = &request.user.name;
+        let project = request.project.as_str();
+        let _lock = self.lock(user)?;
+        if !self.host.is_registered(user) {
+            return Err(SessionError::NotRegistered(user.clone()));
+        }
+        let now = self.host.now();
+        let existing = self.state.session(user, project)?;
+        let live = match &existing {
+            Some(session) => self.live_connections(session)?,
+            None => 0,
+        };
+        let (session, created) = match plan::plan_connect(existing.as_ref(), live, now) {
+            ConnectPlan::Reattach => {
+                let session = existing.expect("reattach has a session");
+                if session.grace_until.is_some() {
+                    self.state.set_grace_until(user, project, None)?;
+                }
+                self.ensure_keeper(&session)?;
+                (session, false)
+            }
+            ConnectPlan::Replace => {
+                let old = existing.expect("replace has a session");
+                let reason = match plan::decide(&old, live, now) {
+                    Decision::Destroy(reason) => reason,
+                    _ => Reason::GraceExpired,
+                };
+                self.destroy(&old, reason)?;
+                (self.create(request, settings, now)?, true)
+            }
+            ConnectPlan::Create => (self.create(request, settings, now)?, true),
+        };
+        let program = match &request.routed.program {
+            Program::Shell => "shell",
+            Program::Sftp => "sftp",
+            Program::Command(_) => "command",
+        };
+        let connection =
+            self.state
+                .add_connection(&session, &self.host.this_process(), now, program)?;
+        Ok(Attached {
+            session,
+            connection,
+            created,
+        })
+    }
+
+    /// Makes the session's container (repairing what is in the way), records it,
+    /// and starts its keeper.
+    fn create(
+        &mut self,
+        request: &ConnectRequest,
+        settings: &Settings,
+        now: Millis,
+    ) -> Result<SessionRow, SessionError> {
+        let user = &request.user;
+        let name = container::container_name(&user.name, &request.project);
+        let persistent = settings.mode == SessionMode::Persistent;
+        let spec = ContainerSpec {
+            name: name.clone(),
+            image: settings.image.clone(),
+            project: request.project.clone(),
+            session_id: self.host.new_session_id(),
+            user: user.clone(),
+            cpus: settings.cpus,
+            memory_bytes: settings.memory_bytes,
+            pids_limit: settings.pids_limit,
+            lifetime: if persistent {
+                PERSISTENT_LIFETIME
+            } else {
+                settings.lifetime
+            },
+            network: settings.pool.for_user(user.name.as_str(), user.uid),
+            agent_dir: request.agent_dir.clone(),
+        };
+        let mut repairs = 0;
+        loop {
+            let err = match self
+                .effects
+                .apply(Effect::CreateContainer(&spec), Reason::FirstConnection)
+            {
+                Ok(()) => break,
+                Err(err) => err,
+            };
+            match plan::repair(&err, repairs) {
+                None => return Err(err.into()),
+                Some(Repair::ClearName) => {
+                    let labels = self.effects.engine().labels(&name)?;
+                    match plan::name_holder(labels.as_ref(), &user.name, &request.project) {
+                        // podspawn's, with no row (the state was lost, or a crash came
+                        // between create and insert): it belongs to nobody now.
+                        NameHolder::Ours => self
+                            .effects
+                            .apply(Effect::RemoveContainer(&name), Reason::Orphan)?,
+                        NameHolder::Foreign => {
+                            return Err(SessionError::Foreign { container: name });
+                        }
+                        NameHolder::Gone => {}
+                    }
+                }
+                // add-user makes it; a first login after the engine lost it, or for a
+                // user added while the engine was down, makes it here.
+                Some(Repair::MakeNetwork) => {
+                    self.make_network(&spec.network, &user.name, settings.pool)?
+                }
+            }
+            repairs += 1;
+        }
+        let session = SessionRow {
+            user: user.name.clone(),
+            project: request.project.clone(),
+            container: name.clone(),
+            session_id: spec.session_id.clone(),
+            image: settings.image.clone(),
+            mode: settings.mode,
+            grace_secs: settings.grace.as_secs() as i64,
+            created_at: now,
+            expires_at: (!persistent).then(|| now + settings.lifetime.as_millis() as i64),
+            grace_until: None,
+            keeper: None,
+        };
+        if let Err(err) = self.state.insert_session(&session) {
+            let _ = self
+                .effects
+                .apply(Effect::RemoveContainer(&name), Reason::Orphan);
+            return Err(err.into());
+        }
+        self.ensure_keeper(&session)?;
+        Ok(session)
+    }
+
+    /// Makes a user's network; a stale network of podspawn's holding its subnet (its
+    /// user gone, or moved to another slot) is removed first.
+    fn make_network(
+        &mut self,
+        network: &UserNetwork,
+        user: &UserName,
+        pool: Pool,
+    ) -> Result<(), SessionError> {
+        let create = Effect::CreateNetwork { network, user };
+        match self.effects.apply(create, Reason::NetworkMissing) {
+            Err(DockerError::NetworkOverlap { .. }) => {}
+            other => return Ok(other?),
+        }
+        let on_subnet = self.effects.engine().networks_on(&network.cidr())?;
+        let host = &self.host;
+        let stale = plan::stale_networks(&on_subnet, network, |owner| {
+            host.uid_of(owner)
+                .map(|uid| pool.for_user(owner, uid).subnet)
+        })
+        .map_err(|owner| {
+            SessionError::Docker(DockerError::NetworkOverlap {
+                network: network.name.clone(),
+                stderr: format!(
+                    "{}'s network {} has the same subnet",
+                    owner.user, owner.name
+                ),
+            })
+        })?;
+        for old in stale {
+            self.effects
+                .apply(Effect::RemoveNetwork(&old.name), Reason::StaleNetwork)?;
+        }
+        Ok(self.effects.apply(create, Reason::NetworkMissing)?)
+    }
+
+    /// Starts the session's keeper unless it runs already (or the session needs none).
+    fn ensure_keeper(&mut self, session: &SessionRow) -> Result<(), SessionError> {
+        if session.mode == SessionMode::Persistent {
+            return Ok(());
+        }
+        if session
+            .keeper
+            .as_ref()
+            .is_some_and(|keeper| self.host.is_alive(keeper))
+        {
+            return Ok(());
+        }
+        match self.host.start_keeper(&session.user, &session.project) {
+            Ok(keeper) => self
+                .state
+                .set_keeper(&session.user, &session.project, &keeper)?,
+            // Without a keeper the next spawn or cleanup still enforces grace and
+            // lifetime; the connection itself can go on.
+            Err(err) => log::error!("cannot start the keeper of {}: {err}", session.container),
+        }
+        Ok(())
+    }
+
+    /// Under the user's lock: drop the connection and, if it was the last, start the
+    /// grace period. Destroying is never done here (see `plan::on_release`).
+    fn release(&mut self, attached: &Attached) -> Result<(), SessionError> {
+        let session = &attached.session;
+        let _lock = self.lock(&session.user)?;
+        self.state.remove_connection(attached.connection)?;
+        let Some(current) = self.state.session(&session.user, &session.project)? else {
+            return Ok(());
+        };
+        if current.session_id != session.session_id {
+            return Ok(());
+        }
+        let live = self.live_connections(&current)?;
+        let now = self.host.now();
+        let decision = plan::on_release(plan::decide(&current, live, now));
+        self.carry_out(&current, decision)?;
+        Ok(())
+    }
+
+    /// Under the user's lock: the exec found the container gone; drop what is left.
+    fn forget(&mut self, attached: &Attached) -> Result<(), SessionError> {
+        let session = &attached.session;
+        let _lock = self.lock(&session.user)?;
+        self.state.remove_connection(attached.connection)?;
+        if let Some(current) = self.state.session(&session.user, &session.project)?
+            && current.session_id == session.session_id
+        {
+            self.destroy(&current, Reason::Gone)?;
+        }
+        Ok(())
+    }
+
+    /// Live connections of a session; rows of dead processes are deleted.
+    fn live_connections(&mut self, session: &SessionRow) -> Result<usize, SessionError> {
+        let mut live = 0;
+        for connection in self.state.connections(&session.user, &session.project)? {
+            if self.host.is_alive(&connection.process) {
+                live += 1;
+            } else {
+                self.state.remove_connection(connection.id)?;
+            }
+        }
+        Ok(live)
+    }
+
+    /// Carries out a decision; true if the session was destroyed.
+    fn carry_out(
+        &mut self,
+        session: &SessionRow,
+        decision: Decision,
+    ) -> Result<bool, SessionError> {
+        match decision {
+            Decision::Keep => {}
+            Decision::StartGrace { until } => {
+                log::info!(
+                    "{} has no connections; grace period until {}",
+                    session.container,
+                    crate::logging::utc_timestamp(
+                        std::time::UNIX_EPOCH + Duration::from_millis(until.max(0) as u64)
+                    )
+                );
+                self.state
+                    .set_grace_until(&session.user, &session.project, Some(until))?;
+            }
+            Decision::CancelGrace => {
+                self.state
+                    .set_grace_until(&session.user, &session.project, None)?;
+            }
+            Decision::Destroy(reason) => {
+                self.destroy(session, reason)?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn destroy(&mut self, session: &SessionRow, reason: Reason) -> Result<(), SessionError> {
+        self.effects
+            .apply(Effect::RemoveContainer(&session.container), reason)?;
+        self.state.delete_session(&session.user, &session.project)?;
+        Ok(())
+    }
+
+    /// One look by a session's keeper.
+    pub fn keeper_tick(
+        &mut self,
+        user: &UserName,
+        project: &str,
+        me: &ProcessId,
+    ) -> Result<Tick, SessionError> {
+        let _lock = self.lock(user)?;
+        let Some(session) = self.state.session(user, project)? else {
+            return Ok(Tick::Stop);
+        };
+        if session.keeper.as_ref() != Some(me) {
+            return Ok(Tick::Stop);
+        }
+        let live = self.live_connections(&session)?;
+        let now = self.host.now();
+        let decision = plan::decide(&session, live, now);
+        if self.carry_out(&session, decision)? {
+            return Ok(Tick::Stop);
+        }
+        Ok(Tick::Sleep(plan::keeper_sleep(&session, decision, now)))
+    }
+
+    /// One cleanup pass over every session and every container and network podspawn
+    /// made: what the keepers would do (in case one is not running), plus
+    /// reconciliation — rows whose container is gone or stopped are dropped,
+    /// containers with no row are removed, and networks of users who are neither
+    /// registered nor have a session. Safe while sessions connect: each decision is
+    /// made under the user's lock, on a fresh look at that user's row.
+    pub fn cleanup(&mut self) -> Result<Sweep, SessionError> {
+        let mut sweep = Sweep::default();
+        let managed = self.effects.engine().containers()?;
+        // Containers that had a row when their user's lock was held: never orphans.
+        let mut owned = std::collections::BTreeSet::new();
+        for row in self.state.sessions()? {
+            let Some(_lock) = self.lock_or_skip(&row.user)? else {
+                // Not ours to judge now: not an orphan either.
+                owned.insert(row.container.clone());
+                continue;
+            };
+            let Some(session) = self.state.session(&row.user, &row.project)? else {
+                continue;
+            };
+            owned.insert(session.container.clone());
+            let listed = managed
+                .iter()
+                .find(|container| container.name == session.container);
+            // The list predates the lock: a container made since then is not in it,
+            // so ask about this one before believing it is gone.
+            let running = match listed {
+                Some(container) => container.running,
+                None => self.effects.engine().state(&session.container)? == ContainerState::Running,
+            };
+            if !running {
+                self.destroy(&session, Reason::Gone)?;
+                sweep.rows_dropped += 1;
+                continue;
+            }
+            let live = self.live_connections(&session)?;
+            let decision = plan::decide(&session, live, self.host.now());
+            self.carry_out(&session, decision)?;
+            match decision {
+                Decision::Destroy(Reason::GraceExpired | Reason::LastDisconnect) => {
+                    sweep.grace_expired += 1
+                }
+                Decision::Destroy(Reason::LifetimeExpired) => sweep.lifetime_expired += 1,
+                _ => {}
+            }
+        }
+        for container in plan::orphans(&managed, &owned) {
+            // Judged under its user's lock, on a fresh look: a connection may have
+            // made it and its row since the list.
+            let owner = UserName::parse(&container.user).ok();
+            let _lock = match &owner {
+                Some(user) => match self.lock_or_skip(user)? {
+                    Some(lock) => Some(lock),
+                    None => continue,
+                },
+                None => None,
+            };
+            let has_row = match &owner {
+                Some(user) => self
+                    .state
+                    .session(user, &container.project)?
+                    .is_some_and(|session| session.container == container.name),
+                None => false,
+            };
+            if !has_row {
+                self.effects
+                    .apply(Effect::RemoveContainer(&container.name), Reason::Orphan)?;
+                sweep.orphans_removed += 1;
+            }
+        }
+        Ok(sweep)
+    }
+
+    /// After `cleanup`: the networks of users who are neither registered nor have a
+    /// session (`is_registered` asks the key store). A network that will not go now
+    /// is logged and tried again next pass.
+    pub fn remove_unused_networks(
+        &mut self,
+        is_registered: impl Fn(&str) -> bool,
+    ) -> Result<usize, SessionError> {
+        let with_sessions: Vec<UserName> = self
+            .state
+            .sessions()?
+            .into_iter()
+            .map(|session| session.user)
+            .collect();
+        let networks = self.effects.engine().networks()?;
+        let mut removed = 0;
+        for network in plan::unused_networks(&networks, is_registered, &with_sessions) {
+            if self
+                .effects
+                .apply(
+                    Effect::RemoveNetwork(&network.name),
+                    Reason::UserUnregistered,
+                )
+                .is_ok()
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The sessions of the user whose lock is held.
+    pub fn sessions_of(&self, held: &UserLock) -> Result<Vec<SessionRow>, SessionError> {
+        Ok(self
+            .state
+            .sessions()?
+            .into_iter()
+            .filter(|session| &session.user == held.user())
+            .collect())
+    }
+
+    /// Destroys every session of the user whose lock is held, then their network;
+    /// returns how many sessions, and whether the network went (if the engine would
+    /// not remove it now, `cleanup` does later: the user is no longer registered).
+    pub fn remove_user(
+        &mut self,
+        held: &UserLock,
+    ) -> Result<(usize, Result<(), DockerError>), SessionError> {
+        let sessions = self.sessions_of(held)?;
+        for session in &sessions {
+            self.destroy(session, Reason::UserRemoved)?;
+        }
+        Ok((
+            sessions.len(),
+            remove_user_network(&mut self.effects, held.user()),
+        ))
+    }
+
+    /// Every session with its live connections and what the engine says of its
+    /// container (one question for all). Reads only: prunes and destroys nothing.
+    pub fn overview(&mut self) -> Result<Vec<Listed>, SessionError> {
+        let rows = self.state.sessions()?;
+        let containers = if rows.is_empty() {
+            Some(Vec::new())
+        } else {
+            match self.effects.engine().containers() {
+                Ok(containers) => Some(containers),
+                Err(err) => {
+                    log::warn!(
+                        "cannot ask the engine ({err}); statuses are from the state database"
+                    );
+                    None
+                }
+            }
+        };
+        let mut listed = Vec::new();
+        for session in rows {
+            let live_connections = self
+                .state
+                .connections(&session.user, &session.project)?
+                .iter()
+                .filter(|connection| self.host.is_alive(&connection.process))
+                .count();
+            let running = containers.as_ref().map(|containers| {
+                match containers.iter().find(|c| c.name == session.container) {
+                    Some(container) if container.running => ContainerState::Running,
+                    Some(_) => ContainerState::NotRunning,
+                    None => ContainerState::Missing,
+                }
+            });
+            listed.push(Listed {
+                session,
+                live_connections,
+                running,
+            });
+        }
+        Ok(listed)
+    }
+}
+
+/// A newly added user's network, made now so a first login needs no extra docker
+/// call (the first login makes it if this cannot).
+pub fn add_user_network<E: Engine>(
+    effects: &mut Effects<E>,
+    user: &UserName,
+    network: &UserNetwork,
+) -> Result<(), DockerError> {
+    effects.apply(Effect::CreateNetwork { network, user }, Reason::UserAdded)
+}
+
+/// A removed user's network (see `Sessions::remove_user`; this is for a host whose
+/// state database does not exist yet, so no session either).
+pub fn remove_user_network<E: Engine>(
+    effects: &mut Effects<E>,
+    user: &UserName,
+) -> Result<(), DockerError> {
+    let network = crate::network::network_name(user);
+    effects.apply(Effect::RemoveNetwork(&network), Reason::UserRemoved)
+}
+
+#[cfg(test)]
+mod tests;

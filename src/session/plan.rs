@@ -1,0 +1,566 @@
+//! The lifecycle's decisions, as pure functions of what the state, the host and the
+//! engine say. `Sessions` asks, then acts; every rule of when a container is made,
+//! kept, healed or destroyed is here and tested here, without processes.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use crate::config::SessionMode;
+use crate::docker::{ContainerState, DockerError, Labels, ManagedContainer, ManagedNetwork};
+use crate::engine::ExecEnd;
+use crate::host::Millis;
+use crate::keys::UserName;
+use crate::network::UserNetwork;
+use crate::state::SessionRow;
+
+/// The longest a keeper sleeps between looks.
+pub const KEEPER_TICK: Duration = Duration::from_secs(1);
+
+/// How often a failed create may be repaired (a name in the way, a missing network)
+/// before the failure is the user's answer.
+pub const MAX_REPAIRS: usize = 2;
+
+/// What to do for a new connection, given the session's row (if any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectPlan {
+    Reattach,
+    Create,
+    /// The row's container must not be joined: past its lifetime or grace period, or
+    /// a destroy-on-disconnect session whose last connection is gone. Destroy it,
+    /// then create.
+    Replace,
+}
+
+pub fn plan_connect(
+    existing: Option<&SessionRow>,
+    live_connections: usize,
+    now: Millis,
+) -> ConnectPlan {
+    match existing {
+        None => ConnectPlan::Create,
+        Some(session) => match decide(session, live_connections, now) {
+            Decision::Destroy(_) => ConnectPlan::Replace,
+            Decision::Keep | Decision::StartGrace { .. } | Decision::CancelGrace => {
+                ConnectPlan::Reattach
+            }
+        },
+    }
+}
+
+/// Why podspawn changed something in the engine: said in the log with every change,
+/// and (later) in the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A connection found no container for its session.
+    FirstConnection,
+    GraceExpired,
+    LifetimeExpired,
+    /// `destroy-on-disconnect`: the last connection ended.
+    LastDisconnect,
+    /// An admin removed the user (`remove-user --force`).
+    UserRemoved,
+    /// A container of podspawn's that no session row owns (found by `cleanup`, or in
+    /// the way of a new one).
+    Orphan,
+    /// The session's container was gone or stopped (removed by hand, the engine
+    /// restarted, the host rebooted): its remains go, and a connection gets a new one.
+    Gone,
+    /// A new user's network, made when they are added so a first login need not.
+    UserAdded,
+    /// A network a container needs was not there.
+    NetworkMissing,
+    /// A network of a user who is gone held the subnet another user needs.
+    StaleNetwork,
+    /// The network of a user who is no longer registered.
+    UserUnregistered,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            Reason::FirstConnection => "first connection",
+            Reason::GraceExpired => "grace period expired",
+            Reason::LifetimeExpired => "max lifetime reached",
+            Reason::LastDisconnect => "last connection ended",
+            Reason::UserRemoved => "user removed",
+            Reason::Orphan => "orphan: no session owns it",
+            Reason::Gone => "container gone or stopped",
+            Reason::UserAdded => "user added",
+            Reason::NetworkMissing => "network missing",
+            Reason::StaleNetwork => "stale network on a needed subnet",
+            Reason::UserUnregistered => "user no longer registered",
+        })
+    }
+}
+
+/// What a session needs now, given how many live connections it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing to change.
+    Keep,
+    StartGrace {
+        until: Millis,
+    },
+    CancelGrace,
+    Destroy(Reason),
+}
+
+pub fn decide(session: &SessionRow, live_connections: usize, now: Millis) -> Decision {
+    if session.expires_at.is_some_and(|end| now >= end) {
+        return Decision::Destroy(Reason::LifetimeExpired);
+    }
+    if live_connections > 0 {
+        return match session.grace_until {
+            Some(_) => Decision::CancelGrace,
+            None => Decision::Keep,
+        };
+    }
+    match session.mode {
+        SessionMode::Persistent => Decision::Keep,
+        SessionMode::DestroyOnDisconnect => Decision::Destroy(Reason::LastDisconnect),
+        SessionMode::GracePeriod => match session.grace_until {
+            None if session.grace_secs <= 0 => Decision::Destroy(Reason::GraceExpired),
+            None => Decision::StartGrace {
+                until: now + session.grace_secs * 1000,
+            },
+            Some(end) if now >= end => Decision::Destroy(Reason::GraceExpired),
+            Some(_) => Decision::Keep,
+        },
+    }
+}
+
+/// What a connection does about a decision when it ends. Destroying a container
+/// takes as long as `docker rm`; the user's exit code must not wait for it, so that
+/// is left to the session's keeper, which looks within `KEEPER_TICK`.
+pub fn on_release(decision: Decision) -> Decision {
+    match decision {
+        Decision::Destroy(_) => Decision::Keep,
+        other => other,
+    }
+}
+
+/// How long a keeper sleeps after a look that kept the session: until the next
+/// deadline, at most `KEEPER_TICK`.
+pub fn keeper_sleep(session: &SessionRow, decision: Decision, now: Millis) -> Duration {
+    let grace = match decision {
+        Decision::StartGrace { until } => Some(until),
+        Decision::CancelGrace => None,
+        _ => session.grace_until,
+    };
+    let next = grace.into_iter().chain(session.expires_at).min();
+    match next {
+        Some(deadline) => {
+            let left = Duration::from_millis(deadline.saturating_sub(now).max(0) as u64);
+            left.min(KEEPER_TICK)
+        }
+        None => KEEPER_TICK,
+    }
+}
+
+/// What the end of a connection's exec means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterExec {
+    /// The command ran: pass `code` on.
+    Finished { code: i32 },
+    /// Exit 1 with docker's "no such container" held back: the command's own exit 1,
+    /// or a container that was gone before it ran. Only the engine can tell.
+    AskEngine,
+}
+
+pub fn after_exec(end: &ExecEnd) -> AfterExec {
+    match end {
+        ExecEnd::Exited {
+            code: 1,
+            held_stderr,
+        } if !held_stderr.is_empty() => AfterExec::AskEngine,
+        ExecEnd::Exited { code, .. } => AfterExec::Finished { code: *code },
+        ExecEnd::Disconnected { signal } => AfterExec::Finished { code: 128 + signal },
+    }
+}
+
+/// The engine's answer about a container whose exec said "gone".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Healing {
+    /// It runs: the exit 1 was the command's own (show what was held back).
+    CommandsOwn,
+    /// It is gone and the command never ran: forget it and make a new one.
+    Recreate,
+    /// It is gone although it was made for this very connection: another would not
+    /// do better.
+    GiveUp,
+}
+
+pub fn heal(state: ContainerState, created_for_this_connection: bool) -> Healing {
+    match (state, created_for_this_connection) {
+        (ContainerState::Running, _) => Healing::CommandsOwn,
+        (_, false) => Healing::Recreate,
+        (_, true) => Healing::GiveUp,
+    }
+}
+
+/// What may repair a failed create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    /// A container has the name: remove it if it is podspawn's and no row owns it.
+    ClearName,
+    /// The user's network is missing: make it.
+    MakeNetwork,
+}
+
+/// The repair for a failed create, or `None` when the failure stands.
+pub fn repair(err: &DockerError, repairs_done: usize) -> Option<Repair> {
+    if repairs_done >= MAX_REPAIRS {
+        return None;
+    }
+    match err {
+        DockerError::NameInUse { .. } => Some(Repair::ClearName),
+        DockerError::NetworkMissing { .. } => Some(Repair::MakeNetwork),
+        _ => None,
+    }
+}
+
+/// Whose is the container that holds a session's name?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameHolder {
+    /// podspawn made it for this user's session (and no row owns it any more).
+    Ours,
+    /// Someone else's: not podspawn's to remove.
+    Foreign,
+    /// Gone meanwhile.
+    Gone,
+}
+
+pub fn name_holder(labels: Option<&Labels>, user: &UserName, project: &str) -> NameHolder {
+    match labels {
+        None => NameHolder::Gone,
+        Some(labels)
+            if labels.managed && labels.user == user.as_str() && labels.project == project =>
+        {
+            NameHolder::Ours
+        }
+        Some(_) => NameHolder::Foreign,
+    }
+}
+
+/// podspawn's networks on `mine`'s subnet other than `mine`: the ones to remove (their
+/// owner is gone, or now has another slot), or `Err(owner)` when an owner still has
+/// this very slot — two live users in one slot is a real collision.
+pub fn stale_networks<'a>(
+    on_subnet: &'a [ManagedNetwork],
+    mine: &UserNetwork,
+    owner_subnet: impl Fn(&str) -> Option<Ipv4Addr>,
+) -> Result<Vec<&'a ManagedNetwork>, &'a ManagedNetwork> {
+    let mut stale = Vec::new();
+    for network in on_subnet.iter().filter(|network| network.name != mine.name) {
+        if owner_subnet(&network.user) == Some(mine.subnet) {
+            return Err(network);
+        }
+        stale.push(network);
+    }
+    Ok(stale)
+}
+
+/// podspawn's containers that no session owns.
+pub fn orphans<'a>(
+    managed: &'a [ManagedContainer],
+    owned: &std::collections::BTreeSet<String>,
+) -> Vec<&'a ManagedContainer> {
+    managed
+        .iter()
+        .filter(|container| !owned.contains(&container.name))
+        .collect()
+}
+
+/// podspawn's networks whose user is neither registered nor has a session (a
+/// registered user's is kept, so that their login needs no extra docker call).
+pub fn unused_networks<'a>(
+    networks: &'a [ManagedNetwork],
+    is_registered: impl Fn(&str) -> bool,
+    with_sessions: &[UserName],
+) -> Vec<&'a ManagedNetwork> {
+    networks
+        .iter()
+        .filter(|network| {
+            !is_registered(&network.user)
+                && !with_sessions
+                    .iter()
+                    .any(|user| user.as_str() == network.user)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::tests::session;
+
+    const NOW: Millis = 5_000_000;
+
+    #[test]
+    fn plans_for_a_new_connection() {
+        assert_eq!(plan_connect(None, 0, NOW), ConnectPlan::Create);
+        let live = SessionRow {
+            created_at: NOW - 1000,
+            expires_at: Some(NOW + 3_600_000),
+            ..session("alice")
+        };
+        assert_eq!(plan_connect(Some(&live), 1, NOW), ConnectPlan::Reattach);
+        assert_eq!(
+            plan_connect(Some(&live), 0, NOW),
+            ConnectPlan::Reattach,
+            "no connection yet: its grace would start"
+        );
+        let in_grace = SessionRow {
+            grace_until: Some(NOW + 10),
+            ..live.clone()
+        };
+        assert_eq!(plan_connect(Some(&in_grace), 0, NOW), ConnectPlan::Reattach);
+        let grace_over = SessionRow {
+            grace_until: Some(NOW),
+            ..live.clone()
+        };
+        assert_eq!(
+            plan_connect(Some(&grace_over), 0, NOW),
+            ConnectPlan::Replace
+        );
+        let too_old = SessionRow {
+            expires_at: Some(NOW - 1),
+            ..live.clone()
+        };
+        assert_eq!(plan_connect(Some(&too_old), 3, NOW), ConnectPlan::Replace);
+        let persistent = SessionRow {
+            expires_at: None,
+            mode: SessionMode::Persistent,
+            ..live.clone()
+        };
+        assert_eq!(
+            plan_connect(Some(&persistent), 0, NOW + 1_000_000_000),
+            ConnectPlan::Reattach
+        );
+        // destroy-on-disconnect whose last connection ended (its keeper has not
+        // removed it yet): never joined again.
+        let ended = SessionRow {
+            mode: SessionMode::DestroyOnDisconnect,
+            ..live.clone()
+        };
+        assert_eq!(plan_connect(Some(&ended), 0, NOW), ConnectPlan::Replace);
+        assert_eq!(plan_connect(Some(&ended), 1, NOW), ConnectPlan::Reattach);
+    }
+
+    #[test]
+    fn decisions_for_each_mode() {
+        let grace = session("alice");
+        let now = grace.created_at + 1000;
+        assert_eq!(decide(&grace, 2, now), Decision::Keep);
+        assert_eq!(
+            decide(&grace, 0, now),
+            Decision::StartGrace {
+                until: now + 60_000
+            }
+        );
+        let waiting = SessionRow {
+            grace_until: Some(now + 30_000),
+            ..grace.clone()
+        };
+        assert_eq!(decide(&waiting, 0, now), Decision::Keep);
+        assert_eq!(decide(&waiting, 1, now), Decision::CancelGrace);
+        // Deadlines are honest to the millisecond: never early.
+        assert_eq!(decide(&waiting, 0, now + 29_999), Decision::Keep);
+        assert_eq!(
+            decide(&waiting, 0, now + 30_000),
+            Decision::Destroy(Reason::GraceExpired)
+        );
+        let no_grace = SessionRow {
+            grace_secs: 0,
+            ..grace.clone()
+        };
+        assert_eq!(
+            decide(&no_grace, 0, now),
+            Decision::Destroy(Reason::GraceExpired)
+        );
+        let at_once = SessionRow {
+            mode: SessionMode::DestroyOnDisconnect,
+            ..grace.clone()
+        };
+        assert_eq!(decide(&at_once, 1, now), Decision::Keep);
+        assert_eq!(
+            decide(&at_once, 0, now),
+            Decision::Destroy(Reason::LastDisconnect)
+        );
+        let kept = SessionRow {
+            mode: SessionMode::Persistent,
+            expires_at: None,
+            ..grace.clone()
+        };
+        assert_eq!(decide(&kept, 0, now + 1_000_000_000), Decision::Keep);
+        let expired = SessionRow {
+            expires_at: Some(now),
+            ..grace
+        };
+        assert_eq!(
+            decide(&expired, 3, now),
+            Decision::Destroy(Reason::LifetimeExpired)
+        );
+    }
+
+    #[test]
+    fn a_connection_leaves_destroying_to_the_keeper() {
+        assert_eq!(
+            on_release(Decision::Destroy(Reason::LastDisconnect)),
+            Decision::Keep
+        );
+        assert_eq!(
+            on_release(Decision::StartGrace { until: 7 }),
+            Decision::StartGrace { until: 7 }
+        );
+    }
+
+    #[test]
+    fn the_keeper_sleeps_until_the_next_deadline_at_most_a_tick() {
+        let row = SessionRow {
+            grace_until: Some(NOW + 300),
+            expires_at: Some(NOW + 10_000),
+            ..session("alice")
+        };
+        assert_eq!(
+            keeper_sleep(&row, Decision::Keep, NOW),
+            Duration::from_millis(300)
+        );
+        assert_eq!(keeper_sleep(&row, Decision::CancelGrace, NOW), KEEPER_TICK);
+        assert_eq!(
+            keeper_sleep(&row, Decision::StartGrace { until: NOW + 20 }, NOW),
+            Duration::from_millis(20)
+        );
+        assert_eq!(
+            keeper_sleep(&row, Decision::Keep, NOW + 400),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn an_exit_1_with_docker_words_held_is_a_question_for_the_engine() {
+        let gone = b"Error response from daemon: No such container: x\n".to_vec();
+        assert_eq!(
+            after_exec(&ExecEnd::Exited {
+                code: 1,
+                held_stderr: gone
+            }),
+            AfterExec::AskEngine
+        );
+        assert_eq!(
+            after_exec(&ExecEnd::Exited {
+                code: 1,
+                held_stderr: Vec::new()
+            }),
+            AfterExec::Finished { code: 1 }
+        );
+        assert_eq!(
+            after_exec(&ExecEnd::Disconnected {
+                signal: libc::SIGHUP
+            }),
+            AfterExec::Finished { code: 129 }
+        );
+        assert_eq!(heal(ContainerState::Running, true), Healing::CommandsOwn);
+        assert_eq!(heal(ContainerState::Missing, false), Healing::Recreate);
+        assert_eq!(heal(ContainerState::NotRunning, false), Healing::Recreate);
+        assert_eq!(heal(ContainerState::Missing, true), Healing::GiveUp);
+    }
+
+    #[test]
+    fn a_failed_create_is_repaired_a_bounded_number_of_times() {
+        let in_use = DockerError::NameInUse {
+            name: "podspawn-alice".into(),
+        };
+        let no_network = DockerError::NetworkMissing {
+            network: "podspawn-alice".into(),
+        };
+        assert_eq!(repair(&in_use, 0), Some(Repair::ClearName));
+        assert_eq!(repair(&no_network, 1), Some(Repair::MakeNetwork));
+        assert_eq!(repair(&no_network, MAX_REPAIRS), None);
+        let other = DockerError::ImageUnavailable {
+            image: "x".into(),
+            stderr: String::new(),
+        };
+        assert_eq!(repair(&other, 0), None);
+    }
+
+    #[test]
+    fn only_podspawns_own_container_of_the_name_is_cleared() {
+        let alice = UserName::parse("alice").unwrap();
+        let labels = |managed, user: &str, project: &str| Labels {
+            managed,
+            user: user.into(),
+            project: project.into(),
+        };
+        assert_eq!(
+            name_holder(Some(&labels(true, "alice", "")), &alice, ""),
+            NameHolder::Ours
+        );
+        for foreign in [
+            labels(false, "", ""),
+            labels(true, "bob", ""),
+            labels(true, "alice", "api"),
+        ] {
+            assert_eq!(name_holder(Some(&foreign), &alice, ""), NameHolder::Foreign);
+        }
+        assert_eq!(name_holder(None, &alice, ""), NameHolder::Gone);
+    }
+
+    #[test]
+    fn a_stale_network_on_the_subnet_goes_and_a_live_owners_stays() {
+        let mine = crate::network::Pool::default().for_user("alice", 1001);
+        let network = |name: &str, user: &str| ManagedNetwork {
+            name: name.into(),
+            user: user.into(),
+        };
+        let found = [
+            network("podspawn-alice", "alice"),
+            network("podspawn-ghost", "ghost"),
+            network("podspawn-moved", "moved"),
+        ];
+        let elsewhere = Ipv4Addr::new(10, 214, 1, 0);
+        let stale = stale_networks(&found, &mine, |owner| match owner {
+            "moved" => Some(elsewhere),
+            _ => None,
+        })
+        .unwrap();
+        let names: Vec<&str> = stale.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["podspawn-ghost", "podspawn-moved"]);
+        let collision = stale_networks(&found, &mine, |owner| {
+            (owner == "ghost").then_some(mine.subnet)
+        })
+        .unwrap_err();
+        assert_eq!(collision.user, "ghost");
+    }
+
+    #[test]
+    fn reconciling_finds_orphans_and_unused_networks() {
+        let container = |name: &str| ManagedContainer {
+            name: name.into(),
+            running: true,
+            user: String::new(),
+            project: String::new(),
+            session: String::new(),
+        };
+        let managed = [container("podspawn-alice"), container("podspawn-bob")];
+        let owned = ["podspawn-alice".to_string()].into();
+        let names: Vec<&str> = orphans(&managed, &owned)
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, ["podspawn-bob"]);
+
+        let network = |user: &str| ManagedNetwork {
+            name: format!("podspawn-{user}"),
+            user: user.into(),
+        };
+        let networks = [network("alice"), network("bob"), network("carol")];
+        let carol = UserName::parse("carol").unwrap();
+        let unused: Vec<&str> = unused_networks(&networks, |user| user == "alice", &[carol])
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect();
+        assert_eq!(unused, ["podspawn-bob"]);
+    }
+}

@@ -1,0 +1,689 @@
+//! The lifecycle against a fake engine and a fake host with a settable clock: the
+//! decisions of `plan`, carried out.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::*;
+use crate::docker::{Labels, ManagedContainer, ManagedNetwork};
+use crate::engine::{ExecEnd, Probe};
+use crate::state::tests::{TempDb, session};
+use plan::KEEPER_TICK;
+
+/// The fake host's clock starts here (milliseconds).
+const NOW: Millis = 10_000_000;
+
+fn alice() -> UserName {
+    UserName::parse("alice").unwrap()
+}
+
+/// An engine that keeps containers in a map and answers execs from a script.
+#[derive(Default)]
+struct FakeEngine {
+    running: BTreeMap<String, String>,
+    creates: usize,
+    removes: Vec<String>,
+    execs: Vec<ExecSpec>,
+    /// What the next execs return; `Exited { code: 0 }` when empty.
+    script: Vec<ExecEnd>,
+    /// Containers that vanish the moment an exec is tried (removed by hand).
+    vanish_on_exec: bool,
+    networks: BTreeSet<String>,
+    /// name -> (cidr, user)
+    subnets: BTreeMap<String, (String, String)>,
+    /// Running containers that are not podspawn's (no labels).
+    foreign: BTreeSet<String>,
+    /// Every change, as `Effect` says it.
+    applied: Vec<String>,
+}
+
+impl Engine for FakeEngine {
+    fn apply(&mut self, effect: &Effect, _: Passed) -> Result<(), DockerError> {
+        self.applied.push(effect.to_string());
+        match *effect {
+            Effect::CreateContainer(spec) => {
+                if !self.networks.contains(&spec.network.name) {
+                    return Err(DockerError::NetworkMissing {
+                        network: spec.network.name.clone(),
+                    });
+                }
+                if self.running.contains_key(&spec.name) || self.foreign.contains(&spec.name) {
+                    return Err(DockerError::NameInUse {
+                        name: spec.name.clone(),
+                    });
+                }
+                self.creates += 1;
+                self.running
+                    .insert(spec.name.clone(), spec.session_id.clone());
+            }
+            Effect::RemoveContainer(name) => {
+                self.removes.push(name.to_string());
+                self.running.remove(name);
+            }
+            Effect::CreateNetwork { network, user } => {
+                if let Some((name, _)) = self
+                    .subnets
+                    .iter()
+                    .find(|(_, (cidr, _))| *cidr == network.cidr())
+                    && *name != network.name
+                {
+                    return Err(DockerError::NetworkOverlap {
+                        network: network.name.clone(),
+                        stderr: String::new(),
+                    });
+                }
+                self.subnets
+                    .insert(network.name.clone(), (network.cidr(), user.to_string()));
+                self.networks.insert(network.name.clone());
+            }
+            Effect::RemoveNetwork(name) => {
+                self.subnets.remove(name);
+                self.networks.remove(name);
+            }
+        }
+        Ok(())
+    }
+
+    fn state(&mut self, container: &str) -> Result<ContainerState, DockerError> {
+        Ok(if self.running.contains_key(container) {
+            ContainerState::Running
+        } else {
+            ContainerState::Missing
+        })
+    }
+
+    fn labels(&mut self, container: &str) -> Result<Option<Labels>, DockerError> {
+        Ok(if self.foreign.contains(container) {
+            Some(Labels {
+                managed: false,
+                user: String::new(),
+                project: String::new(),
+            })
+        } else {
+            self.running.contains_key(container).then(|| Labels {
+                managed: true,
+                user: container.trim_start_matches("podspawn-").to_string(),
+                project: String::new(),
+            })
+        })
+    }
+
+    fn containers(&mut self) -> Result<Vec<ManagedContainer>, DockerError> {
+        Ok(self
+            .running
+            .iter()
+            .map(|(name, session)| ManagedContainer {
+                name: name.clone(),
+                running: true,
+                user: name.trim_start_matches("podspawn-").to_string(),
+                project: String::new(),
+                session: session.clone(),
+            })
+            .collect())
+    }
+
+    fn networks(&mut self) -> Result<Vec<ManagedNetwork>, DockerError> {
+        Ok(self
+            .subnets
+            .iter()
+            .map(|(name, (_, user))| ManagedNetwork {
+                name: name.clone(),
+                user: user.clone(),
+            })
+            .collect())
+    }
+
+    fn networks_on(&mut self, cidr: &str) -> Result<Vec<ManagedNetwork>, DockerError> {
+        Ok(self
+            .subnets
+            .iter()
+            .filter(|(_, (subnet, _))| subnet == cidr)
+            .map(|(name, (_, user))| ManagedNetwork {
+                name: name.clone(),
+                user: user.clone(),
+            })
+            .collect())
+    }
+
+    fn version(&mut self) -> Result<String, DockerError> {
+        Ok("fake".into())
+    }
+
+    fn has_image(&mut self, _: &str) -> Result<bool, DockerError> {
+        Ok(true)
+    }
+
+    fn probe(&mut self, _: &str, _: &str, _: &[&str]) -> Result<Probe, DockerError> {
+        unreachable!("the lifecycle runs no probes")
+    }
+
+    fn exec(&mut self, spec: &ExecSpec) -> Result<ExecEnd, DockerError> {
+        self.execs.push(spec.clone());
+        if self.vanish_on_exec {
+            self.vanish_on_exec = false;
+            self.running.remove(&spec.container);
+        }
+        if !self.running.contains_key(&spec.container) {
+            return Ok(ExecEnd::Exited {
+                code: 1,
+                held_stderr: b"Error response from daemon: No such container: x\n".to_vec(),
+            });
+        }
+        Ok(if self.script.is_empty() {
+            ExecEnd::Exited {
+                code: 0,
+                held_stderr: Vec::new(),
+            }
+        } else {
+            self.script.remove(0)
+        })
+    }
+}
+
+/// A host with a settable clock and processes that live until told otherwise.
+struct FakeHost {
+    now: i64,
+    me: i32,
+    dead: BTreeSet<i32>,
+    keepers: Vec<i32>,
+    next_pid: i32,
+    sessions: usize,
+    /// Host accounts besides alice (uid 1001).
+    accounts: BTreeMap<String, u32>,
+    /// Users whose keys were removed.
+    removed: BTreeSet<String>,
+}
+
+impl Default for FakeHost {
+    fn default() -> Self {
+        FakeHost {
+            now: NOW,
+            me: 100,
+            dead: BTreeSet::new(),
+            keepers: Vec::new(),
+            next_pid: 5000,
+            sessions: 0,
+            accounts: [("alice".to_string(), 1001)].into(),
+            removed: BTreeSet::new(),
+        }
+    }
+}
+
+fn pid(pid: i32) -> ProcessId {
+    ProcessId {
+        pid,
+        start_ticks: 1,
+        boot_id: "boot".into(),
+    }
+}
+
+impl Host for FakeHost {
+    fn now(&self) -> i64 {
+        self.now
+    }
+    fn this_process(&self) -> ProcessId {
+        pid(self.me)
+    }
+    fn is_alive(&self, process: &ProcessId) -> bool {
+        !self.dead.contains(&process.pid)
+    }
+    fn start_keeper(&mut self, _: &UserName, _: &str) -> Result<ProcessId, String> {
+        self.next_pid += 1;
+        self.keepers.push(self.next_pid);
+        Ok(pid(self.next_pid))
+    }
+    fn new_session_id(&mut self) -> String {
+        self.sessions += 1;
+        format!("session{}", self.sessions)
+    }
+    fn uid_of(&self, user: &str) -> Option<u32> {
+        self.accounts.get(user).copied()
+    }
+    fn is_registered(&self, user: &UserName) -> bool {
+        !self.removed.contains(user.as_str())
+    }
+}
+
+struct Fixture {
+    _db: TempDb,
+    sessions: Sessions<FakeEngine, FakeHost>,
+}
+
+fn fixture(mode: SessionMode) -> (Fixture, Settings) {
+    let db = TempDb::new("session");
+    let sessions = Sessions::open(
+        FakeEngine::default(),
+        FakeHost::default(),
+        &db.path(),
+        Locks::new(&db.dir.join("locks"), Duration::from_secs(10)),
+    )
+    .unwrap();
+    let settings = Settings {
+        image: "img".into(),
+        shell: "/bin/bash".into(),
+        cpus: 2.0,
+        memory_bytes: 1 << 30,
+        pids_limit: 100,
+        grace: Duration::from_secs(60),
+        lifetime: Duration::from_secs(3600),
+        mode,
+        pool: Pool::default(),
+    };
+    (Fixture { _db: db, sessions }, settings)
+}
+
+fn request(program: Program) -> ConnectRequest {
+    ConnectRequest {
+        user: Identity::new(
+            UserName::parse("alice").unwrap(),
+            1001,
+            1001,
+            "alice",
+            "/bin/bash",
+        ),
+        project: String::new(),
+        routed: Routed {
+            program,
+            tty: false,
+        },
+        env: vec![("LANG".into(), "C.UTF-8".into())],
+        agent_dir: None,
+    }
+}
+
+impl Fixture {
+    fn connect(&mut self, settings: &Settings) -> i32 {
+        self.sessions
+            .connect(&request(Program::Command("true".into())), settings)
+            .unwrap()
+    }
+
+    fn row(&self) -> Option<SessionRow> {
+        self.sessions.state.session(&alice(), "").unwrap()
+    }
+
+    /// Records a live connection by `process` (as spawn does before its exec), so
+    /// the session holds no grace deadline.
+    fn open_connection(&mut self, process: i32) {
+        let row = self.row().unwrap();
+        let state = &self.sessions.state;
+        state.set_grace_until(&alice(), "", None).unwrap();
+        state
+            .add_connection(&row, &pid(process), NOW, "shell")
+            .unwrap();
+    }
+
+    fn tick(&mut self) -> Tick {
+        let keeper = self.row().and_then(|row| row.keeper).unwrap_or(pid(1));
+        let alice = UserName::parse("alice").unwrap();
+        self.sessions.keeper_tick(&alice, "", &keeper).unwrap()
+    }
+}
+
+#[test]
+fn the_first_connection_creates_and_a_second_reattaches() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    assert_eq!(f.connect(&settings), 0);
+    assert!(
+        f.sessions.engine().networks.contains("podspawn-alice"),
+        "a missing network is made"
+    );
+    let first = f.row().unwrap();
+    assert_eq!(first.container, "podspawn-alice");
+    assert_eq!(first.expires_at, Some(NOW + 3_600_000));
+    assert!(
+        first.grace_until.is_some(),
+        "the only connection ended: grace starts"
+    );
+    f.sessions.host.now += 10_000;
+    assert_eq!(f.connect(&settings), 0);
+    assert_eq!(f.sessions.engine().creates, 1);
+    assert_eq!(f.row().unwrap().session_id, first.session_id);
+    // The first exec waits for the container's setup; the reattach does not.
+    let execs = f.sessions.engine().execs.clone();
+    assert_eq!(execs[0].argv[3], "podspawn-wait");
+    assert_eq!(execs[1].argv[..2], ["/bin/sh", "-c"]);
+    assert_eq!(execs[1].argv[2], "true");
+    let marker = execs[1].env.last().unwrap();
+    assert_eq!(marker.0, "PODSPAWN_CONNECTION");
+    assert!(marker.1.starts_with("session1-"));
+    assert_eq!(f.sessions.host.keepers.len(), 1, "one keeper, still alive");
+}
+
+#[test]
+fn the_exit_code_is_passed_on_and_a_disconnect_is_128_plus_signal() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.sessions.engine().script = vec![
+        ExecEnd::Exited {
+            code: 42,
+            held_stderr: Vec::new(),
+        },
+        ExecEnd::Disconnected {
+            signal: libc::SIGHUP,
+        },
+    ];
+    assert_eq!(f.connect(&settings), 42);
+    assert_eq!(f.connect(&settings), 129);
+    assert!(
+        f.sessions
+            .state
+            .connections(&alice(), "")
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn exit_1_with_a_running_container_is_the_commands_own() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.connect(&settings);
+    f.sessions.engine().script = vec![ExecEnd::Exited {
+        code: 1,
+        held_stderr: b"Error response from daemon: No such container: x\n".to_vec(),
+    }];
+    assert_eq!(f.connect(&settings), 1);
+    assert_eq!(f.sessions.engine().creates, 1);
+}
+
+#[test]
+fn a_container_removed_by_hand_is_healed_on_the_next_connection() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.connect(&settings);
+    f.sessions.engine().vanish_on_exec = true;
+    assert_eq!(f.connect(&settings), 0);
+    assert_eq!(f.sessions.engine().creates, 2);
+    assert_eq!(f.row().unwrap().session_id, "session2");
+    assert_eq!(f.sessions.engine().execs.len(), 3);
+}
+
+#[test]
+fn a_container_without_a_row_is_replaced() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.sessions
+        .engine()
+        .running
+        .insert("podspawn-alice".into(), "lost".into());
+    assert_eq!(f.connect(&settings), 0);
+    assert_eq!(f.sessions.engine().removes, ["podspawn-alice"]);
+    assert_eq!(f.sessions.engine().running["podspawn-alice"], "session1");
+}
+
+#[test]
+fn a_container_of_the_name_that_is_not_podspawns_is_left_alone() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.sessions.engine().foreign.insert("podspawn-alice".into());
+    let err = f
+        .sessions
+        .connect(&request(Program::Command("true".into())), &settings)
+        .unwrap_err();
+    assert!(
+        matches!(err, SessionError::Foreign { ref container } if container == "podspawn-alice")
+    );
+    assert!(
+        err.user_message().contains("podspawn-alice"),
+        "{}",
+        err.user_message()
+    );
+    assert!(f.sessions.engine().removes.is_empty());
+    assert!(f.row().is_none());
+}
+
+#[test]
+fn a_user_removed_while_connecting_gets_no_container() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.sessions.host.removed.insert("alice".into());
+    let err = f
+        .sessions
+        .connect(&request(Program::Command("true".into())), &settings)
+        .unwrap_err();
+    assert!(matches!(err, SessionError::NotRegistered(_)), "{err}");
+    assert_eq!(f.sessions.engine().creates, 0);
+    assert!(f.row().is_none());
+}
+
+#[test]
+fn grace_reconnect_gets_the_same_container_and_expiry_destroys_it() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.connect(&settings);
+    let until = f.row().unwrap().grace_until.unwrap();
+    assert_eq!(until, NOW + 60_000);
+    f.sessions.host.now = until - 1;
+    assert_eq!(f.tick(), Tick::Sleep(Duration::from_millis(1)));
+    f.connect(&settings);
+    assert_eq!(f.sessions.engine().creates, 1, "reconnected in time");
+    let until = f.row().unwrap().grace_until.unwrap();
+    f.sessions.host.now = until - 1;
+    assert_eq!(
+        f.tick(),
+        Tick::Sleep(Duration::from_millis(1)),
+        "never early"
+    );
+    f.sessions.host.now = until;
+    assert_eq!(f.tick(), Tick::Stop);
+    assert_eq!(f.sessions.engine().removes, ["podspawn-alice"]);
+    assert!(f.row().is_none());
+}
+
+#[test]
+fn a_killed_connection_stops_counting() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.connect(&settings);
+    // A connection whose spawn was SIGKILLed: its row stays, its process is gone.
+    f.open_connection(777);
+    assert_eq!(f.tick(), Tick::Sleep(KEEPER_TICK));
+    assert_eq!(f.row().unwrap().grace_until, None, "pid 777 is alive");
+    f.sessions.host.dead.insert(777);
+    f.tick();
+    assert_eq!(f.row().unwrap().grace_until, Some(NOW + 60_000));
+    assert!(
+        f.sessions
+            .state
+            .connections(&alice(), "")
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn destroy_on_disconnect_leaves_the_removal_to_the_keeper_and_persistent_keeps() {
+    let (mut f, settings) = fixture(SessionMode::DestroyOnDisconnect);
+    f.connect(&settings);
+    assert!(
+        f.sessions.engine().removes.is_empty(),
+        "the user's exit code does not wait for docker rm"
+    );
+    // Not joined again meanwhile: a new connection gets a new container.
+    f.connect(&settings);
+    assert_eq!(f.sessions.engine().creates, 2);
+    assert_eq!(f.sessions.engine().removes, ["podspawn-alice"]);
+    // The keeper's next look removes it.
+    assert_eq!(f.tick(), Tick::Stop);
+    assert_eq!(
+        f.sessions.engine().removes,
+        ["podspawn-alice", "podspawn-alice"]
+    );
+    assert!(f.row().is_none());
+
+    let (mut f, settings) = fixture(SessionMode::Persistent);
+    f.connect(&settings);
+    let row = f.row().unwrap();
+    assert_eq!(
+        (row.expires_at, row.grace_until, row.keeper),
+        (None, None, None)
+    );
+    assert!(
+        f.sessions.host.keepers.is_empty(),
+        "persistent sessions need no keeper"
+    );
+    assert!(f.sessions.engine().removes.is_empty());
+}
+
+#[test]
+fn lifetime_ends_a_session_even_with_connections() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.connect(&settings);
+    f.open_connection(778);
+    let row = f.row().unwrap();
+    f.sessions.host.now = row.expires_at.unwrap();
+    assert_eq!(f.tick(), Tick::Stop);
+    assert_eq!(f.sessions.engine().removes, ["podspawn-alice"]);
+    // And a connection arriving after the lifetime gets a fresh container.
+    f.connect(&settings);
+    assert_eq!(f.sessions.engine().creates, 2);
+}
+
+#[test]
+fn a_dead_keeper_is_replaced_and_a_stale_keeper_stops() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.connect(&settings);
+    let old_keeper = f.row().unwrap().keeper.unwrap();
+    f.sessions.host.dead.insert(old_keeper.pid);
+    f.connect(&settings);
+    let new_keeper = f.row().unwrap().keeper.unwrap();
+    assert_ne!(new_keeper, old_keeper);
+    let alice = UserName::parse("alice").unwrap();
+    assert_eq!(
+        f.sessions.keeper_tick(&alice, "", &old_keeper).unwrap(),
+        Tick::Stop
+    );
+}
+
+#[test]
+fn cleanup_expires_what_no_keeper_expired_and_reconciles() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.connect(&settings);
+    // The keeper is dead and the grace period over: cleanup does the keeper's job.
+    let keeper = f.row().unwrap().keeper.unwrap();
+    f.sessions.host.dead.insert(keeper.pid);
+    f.sessions.host.now += 61_000;
+    // A container nobody has a row for, and a row whose container is gone.
+    f.sessions
+        .engine()
+        .running
+        .insert("podspawn-bob".into(), "lost".into());
+    let mut carol = session("carol");
+    carol.created_at = f.sessions.host.now;
+    carol.expires_at = Some(carol.created_at + 100_000);
+    f.sessions.state.insert_session(&carol).unwrap();
+
+    let sweep = f.sessions.cleanup().unwrap();
+    assert_eq!(
+        sweep,
+        Sweep {
+            grace_expired: 1,
+            orphans_removed: 1,
+            rows_dropped: 1,
+            ..Sweep::default()
+        }
+    );
+    assert!(f.sessions.engine().running.is_empty());
+    assert!(f.sessions.state.sessions().unwrap().is_empty());
+    assert_eq!(
+        f.sessions.cleanup().unwrap(),
+        Sweep::default(),
+        "a second pass finds nothing"
+    );
+}
+
+#[test]
+fn cleanup_leaves_live_sessions_alone() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.connect(&settings);
+    f.open_connection(900);
+    assert_eq!(f.sessions.cleanup().unwrap(), Sweep::default());
+    assert_eq!(f.sessions.engine().running.len(), 1);
+    assert!(f.row().is_some());
+}
+
+#[test]
+fn a_stale_network_on_the_users_subnet_is_reclaimed_and_a_live_one_is_not() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    let cidr = settings.pool.for_user("alice", 1001).cidr();
+    // Left by "ghost", whose account is gone (alice got its uid).
+    f.sessions
+        .engine()
+        .subnets
+        .insert("podspawn-ghost".into(), (cidr.clone(), "ghost".into()));
+    assert_eq!(f.connect(&settings), 0);
+    assert!(!f.sessions.engine().subnets.contains_key("podspawn-ghost"));
+    assert_eq!(f.sessions.engine().subnets["podspawn-alice"].0, cidr);
+
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    // "bob" still exists, with a uid in alice's slot: a real collision.
+    f.sessions.host.accounts.insert("bob".into(), 1001 + 4096);
+    f.sessions
+        .engine()
+        .subnets
+        .insert("podspawn-bob".into(), (cidr, "bob".into()));
+    let request = request(Program::Command("true".into()));
+    let err = f.sessions.connect(&request, &settings).unwrap_err();
+    assert!(err.to_string().contains("same subnet"), "{err}");
+    assert!(f.sessions.engine().subnets.contains_key("podspawn-bob"));
+}
+
+#[test]
+fn removing_a_user_destroys_their_sessions_and_network() {
+    let (mut f, settings) = fixture(SessionMode::Persistent);
+    f.connect(&settings);
+    let held = f.sessions.locks.acquire(&alice()).unwrap();
+    let (destroyed, network) = f.sessions.remove_user(&held).unwrap();
+    assert_eq!(destroyed, 1);
+    assert!(network.is_ok());
+    assert!(f.sessions.engine().running.is_empty());
+    assert!(!f.sessions.engine().networks.contains("podspawn-alice"));
+    assert_eq!(f.sessions.remove_user(&held).unwrap().0, 0);
+}
+
+#[test]
+fn every_change_is_one_effect() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.connect(&settings);
+    f.sessions.host.now += 61_000;
+    assert_eq!(f.tick(), Tick::Stop);
+    assert_eq!(
+        f.sessions.engine().applied,
+        [
+            "create container podspawn-alice (image img)",
+            "create network podspawn-alice for alice",
+            "create container podspawn-alice (image img)",
+            "remove container podspawn-alice",
+        ]
+    );
+}
+
+#[test]
+fn networks_of_users_neither_registered_nor_in_session_go() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.connect(&settings);
+    for user in ["bob", "carol"] {
+        f.sessions.engine().subnets.insert(
+            format!("podspawn-{user}"),
+            (format!("10.0.0.{}/28", user.len()), user.into()),
+        );
+        f.sessions
+            .engine()
+            .networks
+            .insert(format!("podspawn-{user}"));
+    }
+    let removed = f
+        .sessions
+        .remove_unused_networks(|user| user == "carol")
+        .unwrap();
+    assert_eq!(removed, 1);
+    let networks = &f.sessions.engine().networks;
+    assert!(networks.contains("podspawn-alice"), "alice has a session");
+    assert!(networks.contains("podspawn-carol"), "carol is registered");
+    assert!(!networks.contains("podspawn-bob"));
+}
+
+#[test]
+fn the_overview_counts_live_connections_and_asks_the_engine_once() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.connect(&settings);
+    f.open_connection(901);
+    f.open_connection(902);
+    f.sessions.host.dead.insert(902);
+    let listed = f.sessions.overview().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].live_connections, 1);
+    assert_eq!(listed[0].running, Some(ContainerState::Running));
+}
