@@ -49,7 +49,9 @@ pub fn exit_code(status: ExitStatus) -> i32 {
 /// Runs `command` with our stdin and stdout, relaying its stderr, until it exits or
 /// the client disconnects.
 pub fn supervise(mut command: Command) -> io::Result<Ended> {
-    let signals = Signals::install()?;
+    let signals = Signals::installed()?;
+    // Anything a previous exec of this process left in the pipe is old news.
+    signals.drain();
     let (stderr_read, stderr_write) = pipe()?;
     command
         .stdin(Stdio::inherit())
@@ -214,6 +216,17 @@ struct Signals {
 }
 
 impl Signals {
+    /// The handlers, installed once per process however many execs it supervises (a
+    /// connection whose container was recreated runs two).
+    fn installed() -> io::Result<&'static Signals> {
+        static INSTALLED: std::sync::OnceLock<Signals> = std::sync::OnceLock::new();
+        if let Some(signals) = INSTALLED.get() {
+            return Ok(signals);
+        }
+        let signals = Signals::install()?;
+        Ok(INSTALLED.get_or_init(|| signals))
+    }
+
     fn install() -> io::Result<Signals> {
         let (read, write) = UnixStream::pair()?;
         read.set_nonblocking(true)?;
