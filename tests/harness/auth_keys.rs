@@ -46,6 +46,8 @@ fn forwarding_is_allowed_only_to_the_users_own_container() {
     // `nobody` (uid 65534) has an account on every machine: slot 65534 % 4096 = 4094
     // of 10.214.0.0/16 is 10.214.255.224/28, the container .226.
     let env = TestEnv::new();
+    // add-user makes the network of a user with an account.
+    env.scenario(&[crate::support::Rule::docker(&["network", "create", "**"])]);
     registered(&env, "nobody", &[ED25519]);
     let exe = fs::canonicalize(PODSPAWN).unwrap();
     env.podspawn(&["auth-keys", "nobody"])
@@ -193,13 +195,7 @@ fn runs_as_nobody_and_an_unreadable_key_file_gives_nothing() {
     registered(&env, "alice", &[ED25519]);
     registered(&env, "bob", &[ECDSA]);
     if !is_root() {
-        eprintln!("not root: cannot run auth-keys as nobody; checking the file modes only");
-        let mode = fs::metadata(env.key_file("alice"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o644, "nobody must be able to read key files");
-        return;
+        return crate::support::skip("auth-keys as nobody", "not root");
     }
     // The log file is root's: as nobody, auth-keys falls back to syslog.
     env.podspawn_as(NOBODY, NOBODY, &["auth-keys", "alice"])

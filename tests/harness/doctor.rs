@@ -77,8 +77,7 @@ fn doctor_reports_an_engine_that_does_not_answer() {
 #[test]
 fn doctor_on_a_server_set_up_by_server_setup_finds_nothing_wrong() {
     if !is_root() {
-        eprintln!("doctor test skipped: not root (server-setup creates a group)");
-        return;
+        return crate::support::skip("doctor test", "not root (server-setup creates a group)");
     }
     let env = TestEnv::new();
     env.fake_program("sshd");
@@ -104,8 +103,7 @@ fn doctor_on_a_server_set_up_by_server_setup_finds_nothing_wrong() {
                 .and_then(|rest| rest.split(':').next()?.parse().ok())
         });
     let Some(docker_gid) = docker_gid else {
-        eprintln!("doctor test skipped: no docker group");
-        return;
+        return crate::support::skip("doctor test", "no docker group");
     };
     std::os::unix::fs::chown(&binary, Some(0), Some(docker_gid)).unwrap();
     fs::set_permissions(&binary, fs::Permissions::from_mode(0o2755)).unwrap();

@@ -7,6 +7,7 @@ use crate::support::TestEnv;
 #[test]
 fn an_unexpected_call_fails_loudly_and_is_recorded() {
     let env = TestEnv::new();
+    env.unexpected_calls_are_the_point();
     let output = Command::new(env.path("bin/docker"))
         .args(["ps", "--all"])
         .env_clear()
@@ -28,6 +29,7 @@ fn an_unexpected_call_fails_loudly_and_is_recorded() {
 #[test]
 fn a_scenario_rule_answers_matching_calls_only() {
     let env = TestEnv::new();
+    env.unexpected_calls_are_the_point();
     std::fs::write(
         env.path("fake-docker/scenario.json"),
         r#"{"rules": [{"argv": ["inspect", "podspawn-*", "**"], "exit": 3, "stdout": "out", "stderr": "err"}]}"#,

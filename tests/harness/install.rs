@@ -212,8 +212,7 @@ fn a_local_directory_works_offline_and_the_script_works_piped() {
 #[test]
 fn without_root_it_installs_to_the_users_own_bin() {
     if !is_root() {
-        eprintln!("install test skipped: not root, so it cannot run as another user");
-        return;
+        return crate::support::skip("install test", "not root, so it cannot run as another user");
     }
     let env = TestEnv::new();
     let dir = release(&env);

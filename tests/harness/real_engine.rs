@@ -116,10 +116,7 @@ macro_rules! real_env_or_skip {
     };
     ($grace:expr, $image:expr) => {
         match unavailable() {
-            Some(reason) => {
-                eprintln!("real-engine test skipped: {reason}");
-                return;
-            }
+            Some(reason) => return $crate::support::skip("real-engine test", &reason),
             None => RealEnv::new($grace, $image),
         }
     };
@@ -713,8 +710,7 @@ fn a_minimal_busybox_image_works_without_bash_or_useradd() {
 #[test]
 fn verify_image_reports_what_the_real_images_have() {
     if let Some(reason) = unavailable() {
-        eprintln!("real-engine test skipped: {reason}");
-        return;
+        return crate::support::skip("real-engine test", &reason);
     }
     let verify = |image: &str| {
         Command::new(PODSPAWN)

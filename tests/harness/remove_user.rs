@@ -1,10 +1,11 @@
 //! remove-user: the keys go, and with them every podspawn login of that user.
 
-use crate::support::{ED25519, NOBODY, TestEnv, is_root};
+use crate::support::{ED25519, NOBODY, Rule, TestEnv, is_root};
 
 #[test]
 fn removing_a_user_deletes_their_keys_and_auth_keys_falls_through() {
     let env = TestEnv::new();
+    env.scenario(&[Rule::docker(&["network", "rm", "podspawn-alice"])]);
     env.podspawn(&["add-user", "alice", "--key", ED25519])
         .assert_success();
     env.podspawn(&["remove-user", "alice"])
@@ -14,6 +15,11 @@ fn removing_a_user_deletes_their_keys_and_auth_keys_falls_through() {
     env.podspawn(&["auth-keys", "alice"])
         .assert_success()
         .assert_stdout("");
+    assert_eq!(
+        env.docker_calls().len(),
+        1,
+        "the network goes with the user"
+    );
 }
 
 #[test]

@@ -20,7 +20,7 @@ struct Setup {
 impl Setup {
     fn new() -> Option<Setup> {
         if !is_root() {
-            eprintln!("server-setup test skipped: not root (it creates a group)");
+            crate::support::skip("server-setup test", "not root (it creates a group)");
             return None;
         }
         let env = TestEnv::new();
@@ -318,8 +318,10 @@ fn a_foreign_authorized_keys_command_is_refused_even_in_an_included_file() {
 fn sshd_is_reloaded_with_sighup_when_there_is_no_systemd() {
     let Some(setup) = Setup::new() else { return };
     if std::path::Path::new("/run/systemd/system").exists() {
-        eprintln!("systemd runs here: the SIGHUP path is not the one taken");
-        return;
+        return crate::support::skip(
+            "sshd's reload by SIGHUP",
+            "systemd runs here, so that path is not the one taken",
+        );
     }
     let mut fake_sshd = Command::new("sleep").arg("60").spawn().unwrap();
     let pid_file = setup.env.path("sshd.pid");

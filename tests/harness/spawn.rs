@@ -28,18 +28,6 @@ fn subcommands(calls: &[Call]) -> Vec<&str> {
     calls.iter().map(Call::subcommand).collect()
 }
 
-fn no_unexpected_calls(env: &TestEnv) {
-    let unexpected: Vec<Call> = env
-        .calls()
-        .into_iter()
-        .filter(|call| !call.expected)
-        .collect();
-    assert!(
-        unexpected.is_empty(),
-        "unexpected docker calls: {unexpected:#?}"
-    );
-}
-
 #[test]
 fn a_cold_start_runs_two_docker_processes_and_a_reattach_one() {
     let (env, user) = lifecycle_env("  grace_period: 60s\n");
@@ -67,7 +55,6 @@ fn a_cold_start_runs_two_docker_processes_and_a_reattach_one() {
         ["exec"],
         "a reattach is one docker process"
     );
-    no_unexpected_calls(&env);
 }
 
 #[test]
@@ -324,7 +311,6 @@ fn twenty_concurrent_first_connections_make_one_container() {
         .filter(|call| call.subcommand() == "exec")
         .count();
     assert_eq!((runs, execs), (1, 20), "{:#?}", subcommands(&calls));
-    no_unexpected_calls(&env);
 }
 
 /// Waits for the fake's "process in the container" of the latest exec.
@@ -578,7 +564,6 @@ fn a_container_removed_by_hand_is_recreated_without_the_user_noticing() {
         subcommands(&env.docker_calls()),
         ["run", "exec", "exec", "inspect", "rm", "run", "exec"]
     );
-    no_unexpected_calls(&env);
 }
 
 #[test]
@@ -676,8 +661,7 @@ fn spawn_refuses_another_users_name_and_unregistered_users() {
 #[test]
 fn spawn_refuses_root() {
     if !crate::support::is_root() {
-        eprintln!("not root: cannot run spawn as root");
-        return;
+        return crate::support::skip("spawn as root", "not root");
     }
     let env = TestEnv::new();
     env.write_key_file("nobody", &format!("{}\n", crate::support::ED25519));
@@ -932,7 +916,6 @@ fn a_container_in_the_way_is_removed_only_if_it_is_podspawns() {
             &format!("a container named {name} that podspawn did not make"),
         );
     assert_eq!(subcommands(&env.docker_calls()), ["run", "inspect"]);
-    no_unexpected_calls(&env);
 
     // podspawn's own, left without a row: removed, and the login goes on.
     let (env, user) = lifecycle_env("  grace_period: 60s\n");
@@ -952,7 +935,6 @@ fn a_container_in_the_way_is_removed_only_if_it_is_podspawns() {
         ["run", "inspect", "rm", "run", "exec"]
     );
     assert_eq!(env.removed_containers(), [name]);
-    no_unexpected_calls(&env);
 }
 
 /// A connection on its way in while its user is removed: either its session is

@@ -51,6 +51,16 @@ pub fn body(key: &str) -> &str {
     key.split(' ').nth(1).expect("key line has a body")
 }
 
+/// Says in one line that a test cannot run here, for the caller to return — except
+/// under CI (`CI=true`), where a test that cannot run fails the run: CI must run every
+/// layer, so a machine that cannot is a failure, never a pass.
+pub fn skip(test: &str, reason: &str) {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} cannot run here ({reason}), and CI=true requires every layer to run");
+    }
+    eprintln!("{test} skipped: {reason}");
+}
+
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
@@ -75,6 +85,8 @@ pub fn testdata(name: &str) -> PathBuf {
 /// One test's private tree; removed on drop unless PODSPAWN_KEEP_TEST_TREES is set.
 pub struct TestEnv {
     pub root: PathBuf,
+    /// Set by the fake's own tests, which make unexpected calls on purpose.
+    unexpected_calls_are_the_point: std::sync::atomic::AtomicBool,
     extra_env: Vec<(String, OsString)>,
     path: OsString,
 }
@@ -119,6 +131,7 @@ impl TestEnv {
         ));
         let env = TestEnv {
             root,
+            unexpected_calls_are_the_point: std::sync::atomic::AtomicBool::new(false),
             extra_env: Vec::new(),
             path,
         };
@@ -194,8 +207,9 @@ impl TestEnv {
 
     /// Writes the fake docker's scenario: its rules, in order.
     pub fn scenario(&self, rules: &[Rule]) {
-        let body: Vec<String> = rules.iter().map(|rule| rule.0.clone()).collect();
-        let text = format!("{{\"rules\": [{}]}}", body.join(", "));
+        let rules: Vec<&serde_json::Map<String, serde_json::Value>> =
+            rules.iter().map(|rule| &rule.0).collect();
+        let text = serde_json::json!({ "rules": rules }).to_string();
         fs::write(self.path("fake-docker/scenario.json"), text).unwrap();
         fs::set_permissions(
             self.path("fake-docker/scenario.json"),
@@ -317,6 +331,12 @@ impl TestEnv {
         }
     }
 
+    /// For the fake's own tests: the unexpected calls they make are what they test.
+    pub fn unexpected_calls_are_the_point(&self) {
+        self.unexpected_calls_are_the_point
+            .store(true, Ordering::SeqCst);
+    }
+
     /// Every call the fake programs recorded, in order.
     pub fn calls(&self) -> Vec<Call> {
         read_calls(&self.root)
@@ -324,9 +344,22 @@ impl TestEnv {
 }
 
 impl Drop for TestEnv {
+    /// Every test's fakes are strict: a call no rule of its scenario expected fails
+    /// the test here, at teardown, whether or not the test thought to ask.
     fn drop(&mut self) {
+        let unexpected: Vec<Call> = self
+            .calls()
+            .into_iter()
+            .filter(|call| !call.expected)
+            .collect();
         if std::env::var_os("PODSPAWN_KEEP_TEST_TREES").is_none() {
             let _ = fs::remove_dir_all(&self.root);
+        }
+        if !unexpected.is_empty()
+            && !self.unexpected_calls_are_the_point.load(Ordering::SeqCst)
+            && !std::thread::panicking()
+        {
+            panic!("calls no rule of the scenario expected: {unexpected:#?}");
         }
     }
 }
@@ -359,7 +392,7 @@ pub fn copy_executable(from: &Path, to: &Path, mode: u32) {
 
 /// One rule of the fake docker's scenario (see testdata/fake-docker).
 #[derive(Debug, Clone)]
-pub struct Rule(String);
+pub struct Rule(serde_json::Map<String, serde_json::Value>);
 
 impl Rule {
     /// A docker call whose argv matches `patterns` (shell wildcards, final "**").
@@ -369,66 +402,48 @@ impl Rule {
 
     /// A call of another faked program (see `TestEnv::fake_program`).
     pub fn program(program: &str, patterns: &[&str]) -> Rule {
-        let items: Vec<String> = patterns.iter().map(|p| json_string(p)).collect();
-        Rule(format!(
-            "{{\"program\": {}, \"argv\": [{}]}}",
-            json_string(program),
-            items.join(", ")
-        ))
+        Rule(serde_json::Map::new())
+            .with("program", program.into())
+            .with("argv", patterns.into())
     }
 
-    fn with(self, key: &str, value: String) -> Rule {
-        let body = self.0.strip_suffix('}').unwrap();
-        Rule(format!("{body}, \"{key}\": {value}}}"))
+    fn with(mut self, key: &str, value: serde_json::Value) -> Rule {
+        self.0.insert(key.to_string(), value);
+        self
     }
 
     pub fn exit(self, code: i32) -> Rule {
-        self.with("exit", code.to_string())
+        self.with("exit", code.into())
     }
 
     pub fn stdout(self, text: &str) -> Rule {
-        self.with("stdout", json_string(text))
+        self.with("stdout", text.into())
     }
 
     pub fn stderr(self, text: &str) -> Rule {
-        self.with("stderr", json_string(text))
+        self.with("stderr", text.into())
     }
 
     pub fn times(self, count: usize) -> Rule {
-        self.with("times", count.to_string())
+        self.with("times", count.into())
     }
 
     pub fn cat(self) -> Rule {
-        self.with("cat", "true".into())
+        self.with("cat", true.into())
     }
 
     pub fn wait_for_stdin(self) -> Rule {
-        self.with("wait", json_string("stdin"))
+        self.with("wait", "stdin".into())
     }
 
     pub fn sleep(self, seconds: f64) -> Rule {
-        self.with("sleep", seconds.to_string())
+        self.with("sleep", seconds.into())
     }
 
     /// Also start a lingering "process in the container" carrying the exec's --env.
     pub fn container_process(self) -> Rule {
-        self.with("container_process", "true".into())
+        self.with("container_process", true.into())
     }
-}
-
-fn json_string(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// The account a spawn test connects as.
@@ -438,8 +453,8 @@ pub struct SpawnUser {
     pub gid: u32,
 }
 
-/// One recorded call of a fake program.
-#[derive(Debug, Clone)]
+/// One recorded call of a fake program (a line of its `calls.jsonl`).
+#[derive(Debug, Clone, serde::Deserialize)]
 pub struct Call {
     pub program: String,
     pub argv: Vec<String>,
@@ -477,100 +492,11 @@ fn read_calls(tree: &Path) -> Vec<Call> {
     let Ok(text) = fs::read_to_string(tree.join("fake-docker/calls.jsonl")) else {
         return Vec::new();
     };
-    text.lines().map(parse_call).collect()
-}
-
-/// Reads the fields the tests need from one JSON line of the fake's log. The fake
-/// writes it with json.dumps, so strings are JSON strings; this is a small reader for
-/// exactly that shape, not a general JSON parser.
-fn parse_call(line: &str) -> Call {
-    let program = json_string_field(line, "program").unwrap_or_default();
-    let argv = json_string_array(line, "argv");
-    let expected = line.contains("\"expected\": true");
-    let pid = line
-        .find("\"pid\": ")
-        .map(|at| &line[at + 7..])
-        .and_then(|rest| rest.split([',', '}']).next())
-        .and_then(|number| number.trim().parse().ok())
-        .unwrap_or(0);
-    Call {
-        program,
-        argv,
-        env: json_string_map(line, "env"),
-        pid,
-        expected,
-    }
-}
-
-fn json_string_map(line: &str, key: &str) -> BTreeMap<String, String> {
-    let mut map = BTreeMap::new();
-    let Some(start) = line.find(&format!("\"{key}\": {{")) else {
-        return map;
-    };
-    let mut rest = &line[start + key.len() + 5..];
-    loop {
-        rest = rest.trim_start_matches([' ', ',']);
-        if !rest.starts_with('"') {
-            return map;
-        }
-        let (name, used) = read_json_string(&rest[1..]);
-        rest = rest[1 + used..].trim_start_matches([':', ' ']);
-        if !rest.starts_with('"') {
-            return map;
-        }
-        let (value, used) = read_json_string(&rest[1..]);
-        rest = &rest[1 + used..];
-        map.insert(name, value);
-    }
-}
-
-fn json_string_field(line: &str, key: &str) -> Option<String> {
-    let start = line.find(&format!("\"{key}\": \""))? + key.len() + 5;
-    Some(read_json_string(&line[start..]).0)
-}
-
-fn json_string_array(line: &str, key: &str) -> Vec<String> {
-    let Some(start) = line.find(&format!("\"{key}\": [")) else {
-        return Vec::new();
-    };
-    let mut rest = &line[start + key.len() + 5..];
-    let mut items = Vec::new();
-    loop {
-        rest = rest.trim_start_matches([' ', ',']);
-        if !rest.starts_with('"') {
-            return items;
-        }
-        let (item, used) = read_json_string(&rest[1..]);
-        items.push(item);
-        rest = &rest[1 + used..];
-    }
-}
-
-/// Reads a JSON string body up to its closing quote; returns it and the bytes used.
-fn read_json_string(text: &str) -> (String, usize) {
-    let mut out = String::new();
-    let mut chars = text.char_indices();
-    while let Some((at, c)) = chars.next() {
-        match c {
-            '"' => return (out, at + 1),
-            '\\' => match chars.next() {
-                Some((_, 'n')) => out.push('\n'),
-                Some((_, 't')) => out.push('\t'),
-                Some((_, 'r')) => out.push('\r'),
-                Some((_, 'u')) => {
-                    let hex: String = (0..4)
-                        .filter_map(|_| chars.next().map(|(_, c)| c))
-                        .collect();
-                    let code = u32::from_str_radix(&hex, 16).unwrap_or(0xfffd);
-                    out.push(char::from_u32(code).unwrap_or('\u{fffd}'));
-                }
-                Some((_, other)) => out.push(other),
-                None => break,
-            },
-            c => out.push(c),
-        }
-    }
-    (out, text.len())
+    text.lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("fake call log: {err}: {line}"))
+        })
+        .collect()
 }
 
 /// What a podspawn run gets as its stdin.

@@ -58,10 +58,7 @@ macro_rules! server_or_skip {
     };
     ($grace:expr, $users:expr, $use_pam:expr) => {
         match $crate::e2e::skip_reason() {
-            Some(reason) => {
-                eprintln!("end-to-end test skipped: {reason}");
-                return;
-            }
+            Some(reason) => return $crate::support::skip("end-to-end test", &reason),
             None => $crate::e2e::Server::start($grace, $users, $use_pam),
         }
     };
