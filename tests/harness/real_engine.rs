@@ -241,18 +241,7 @@ impl RealEnv {
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .current_dir("/");
-        let (uid, gid) = (self.uid, self.gid);
-        unsafe {
-            spawn.pre_exec(move || {
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::support::as_account(&mut spawn, self.uid, self.gid);
         spawn
     }
 
@@ -821,18 +810,7 @@ fn a_flipping_config_symlink_never_runs_the_callers_program() {
                 evil.to_str().unwrap(),
             ])
             .stdin(Stdio::null());
-        let (uid, gid) = (env.uid, env.gid);
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::support::as_account(&mut command, env.uid, env.gid);
         command.spawn().expect("python3 runs")
     };
     assert!(

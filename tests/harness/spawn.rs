@@ -636,11 +636,7 @@ fn a_missing_image_or_docker_binary_is_one_line_and_exit_125() {
 fn spawn_refuses_another_users_name_and_unregistered_users() {
     let (env, user) = lifecycle_env("  grace_period: 60s\n");
     env.write_key_file("alice", &format!("{}\n", crate::support::ED25519));
-    let mut as_alice = env.invoke(&["spawn", "--user", "alice"]);
-    if crate::support::is_root() {
-        as_alice = as_alice.run_as(user.uid, user.gid);
-    }
-    as_alice
+    env.invoke_as(&user, &["spawn", "--user", "alice"])
         .run()
         .assert_code(125)
         .assert_stderr("podspawn: this key is not set up for your account; tell your admin\n");
@@ -773,11 +769,7 @@ fn a_keeper_for_another_user_is_refused() {
     let (env, user) = lifecycle_env("  grace_period: 60s\n");
     env.write_key_file("alice", &format!("{}\n", crate::support::ED25519));
     // Run by anyone, it would keep the borrowed group and sit on alice's lock.
-    let mut keeper = env.invoke(&["keeper", "--user", "alice"]);
-    if crate::support::is_root() {
-        keeper = keeper.run_as(user.uid, user.gid);
-    }
-    let run = keeper.run();
+    let run = env.invoke_as(&user, &["keeper", "--user", "alice"]).run();
     run.assert_code(1).assert_stdout("");
     let log = std::fs::read_to_string(env.log_path()).unwrap_or_default();
     assert!(
@@ -790,11 +782,9 @@ fn a_keeper_for_another_user_is_refused() {
     );
     // Nor may an account podspawn does not know run its own.
     std::fs::remove_file(env.key_file(&user.name)).unwrap();
-    let mut keeper = env.invoke(&["keeper", "--user", &user.name]);
-    if crate::support::is_root() {
-        keeper = keeper.run_as(user.uid, user.gid);
-    }
-    keeper.run().assert_code(1);
+    env.invoke_as(&user, &["keeper", "--user", &user.name])
+        .run()
+        .assert_code(1);
     let log = std::fs::read_to_string(env.log_path()).unwrap_or_default();
     assert!(
         log.contains(&format!("{} is not registered", user.name)),

@@ -288,7 +288,13 @@ impl TestEnv {
 
     /// `podspawn spawn --user NAME`, run as that user.
     pub fn spawn(&self, user: &SpawnUser) -> Invocation<'_> {
-        let invocation = self.invoke(&["spawn", "--user", &user.name]);
+        self.invoke_as(user, &["spawn", "--user", &user.name])
+    }
+
+    /// podspawn run as the spawn tests' account (as root: `nobody`; otherwise the
+    /// caller, who is that account already).
+    pub fn invoke_as(&self, user: &SpawnUser, args: &[&str]) -> Invocation<'_> {
+        let invocation = self.invoke(args);
         if is_root() {
             invocation.run_as(user.uid, user.gid)
         } else {
@@ -361,6 +367,21 @@ impl Drop for TestEnv {
         {
             panic!("calls no rule of the scenario expected: {unexpected:#?}");
         }
+    }
+}
+
+/// Makes `command` run as `uid`/`gid` with no supplementary groups (only as root).
+pub fn as_account(command: &mut Command, uid: u32, gid: u32) {
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
@@ -589,17 +610,7 @@ impl Invocation<'_> {
             }
         }
         if let Some((uid, gid)) = self.ids {
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setgid(gid) != 0
-                        || libc::setuid(uid) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            as_account(&mut command, uid, gid);
         }
         let mut child = command.spawn().expect("podspawn starts");
         if let Input::Bytes(bytes) = &self.input {

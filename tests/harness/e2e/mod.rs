@@ -90,6 +90,28 @@ pub struct Server {
     pub plain: Account,
 }
 
+/// What every client of these tests passes: no config of the machine's, no prompts
+/// about host keys, no noise; then `-o` each of `extra`.
+fn base_options(extra: &[&str]) -> Vec<String> {
+    let mut options: Vec<String> = [
+        "-F",
+        "none",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+    ]
+    .iter()
+    .map(|option| option.to_string())
+    .collect();
+    for option in extra {
+        options.extend(["-o".to_string(), option.to_string()]);
+    }
+    options
+}
+
 fn run_quietly(program: &str, args: &[&str]) -> bool {
     Command::new(program)
         .args(args)
@@ -370,25 +392,10 @@ impl Server {
 
     fn options(&self, account: &Account, agent: Option<&Path>) -> Vec<String> {
         let agent = agent.map_or("none".to_string(), |path| path.display().to_string());
-        [
-            "-F",
-            "none",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "IdentitiesOnly=yes",
-        ]
-        .iter()
-        .map(|option| option.to_string())
-        .chain(["-o".to_string(), format!("IdentityAgent={agent}")])
-        .chain(["-i".to_string(), account.key.display().to_string()])
-        .collect()
+        let mut options = base_options(&["BatchMode=yes", "IdentitiesOnly=yes"]);
+        options.extend(["-o".to_string(), format!("IdentityAgent={agent}")]);
+        options.extend(["-i".to_string(), account.key.display().to_string()]);
+        options
     }
 
     /// `ssh -A` with the local agent at `agent`, running `command`.
@@ -444,26 +451,13 @@ impl Server {
         fs::write(&askpass, format!("#!/bin/sh\necho '{password}'\n")).unwrap();
         fs::set_permissions(&askpass, fs::Permissions::from_mode(0o700)).unwrap();
         Command::new("ssh")
-            .args([
-                "-F",
-                "none",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "LogLevel=ERROR",
-                "-o",
+            .args(base_options(&[
                 "PubkeyAuthentication=no",
-                "-o",
                 "PreferredAuthentications=password,keyboard-interactive",
-                "-o",
                 "NumberOfPasswordPrompts=1",
-                "-o",
                 "IdentityAgent=none",
-                "-p",
-                &self.port.to_string(),
-            ])
+            ]))
+            .args(["-p", &self.port.to_string()])
             .arg(format!("{name}@127.0.0.1"))
             .arg("--")
             .arg(command)
