@@ -89,8 +89,15 @@ pub trait Engine {
     fn version(&mut self) -> Result<String, DockerError>;
     /// Whether the engine has `image` (without pulling it).
     fn has_image(&mut self, image: &str) -> Result<bool, DockerError>;
-    /// Runs `script` once in `image` and removes it (no network, no capabilities).
-    fn probe(&mut self, image: &str, script: &str, args: &[&str]) -> Result<Probe, DockerError>;
+    /// Runs `script` once in `image` and removes it (no network, no capabilities):
+    /// a container, so only `session::Effects` can ask for it.
+    fn probe(
+        &mut self,
+        image: &str,
+        script: &str,
+        args: &[&str],
+        passed: Passed,
+    ) -> Result<Probe, DockerError>;
     /// Runs one connection's exec to its end, with this process's stdio.
     fn exec(&mut self, spec: &ExecSpec) -> Result<ExecEnd, DockerError>;
 }
@@ -150,7 +157,13 @@ impl Engine for DockerEngine {
         self.docker.image_exists(image)
     }
 
-    fn probe(&mut self, image: &str, script: &str, args: &[&str]) -> Result<Probe, DockerError> {
+    fn probe(
+        &mut self,
+        image: &str,
+        script: &str,
+        args: &[&str],
+        _: Passed,
+    ) -> Result<Probe, DockerError> {
         let (status, stdout, stderr) = self.docker.probe(image, script, args)?;
         Ok(Probe {
             status,

@@ -30,7 +30,14 @@ pub trait Host {
     /// Whether the user has keys with podspawn (asked under their lock, so a
     /// `remove-user` that ran meanwhile is seen).
     fn is_registered(&self, user: &UserName) -> bool;
+    /// Asks a session's keeper to look now rather than at its next tick.
+    fn wake(&self, keeper: &ProcessId);
 }
+
+/// The signal that wakes a keeper: its default action is to be ignored, so a keeper
+/// that does not listen yet (it has just started) misses nothing it would not see on
+/// its first look anyway.
+pub const WAKE_SIGNAL: i32 = libc::SIGWINCH;
 
 pub struct SystemHost {
     /// The server config this process read, when not the default, for the keeper to
@@ -120,6 +127,12 @@ impl Host for SystemHost {
 
     fn uid_of(&self, user: &str) -> Option<u32> {
         crate::accounts::uid_of(user)
+    }
+
+    fn wake(&self, keeper: &ProcessId) {
+        // The keeper runs as the caller (or the caller is root); the pid was checked
+        // to be that very process just before.
+        unsafe { libc::kill(keeper.pid, WAKE_SIGNAL) };
     }
 
     fn is_registered(&self, user: &UserName) -> bool {

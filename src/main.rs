@@ -1,7 +1,8 @@
 //! podspawn: SSH in, get a container; exit, it's gone.
 //!
-//! `main` parses the command line, sets up logging, dispatches, and turns an error into
-//! one line and an exit code. Everything else lives in the module named after it.
+//! `main` parses what comes before the subcommand, picks it (`cmd`), sets privileges,
+//! runs it, and turns its outcome or error into output and an exit code. Everything
+//! else lives in the module named after it.
 
 mod accounts;
 mod agent;

@@ -67,8 +67,11 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX connections_by_session ON connections (user, project);",
     // 2: times in milliseconds, so that no deadline ends early by a rounded second.
+    // Keepers of the older podspawn count in seconds: they are let go (each sees it is
+    // no longer its session's keeper and stops) and the next spawn starts new ones.
     "UPDATE sessions SET created_at = created_at * 1000, expires_at = expires_at * 1000,
-        grace_until = grace_until * 1000;
+        grace_until = grace_until * 1000, keeper_pid = NULL, keeper_start = NULL,
+        keeper_boot = NULL;
     UPDATE connections SET started_at = started_at * 1000;",
 ];
 
@@ -380,7 +383,6 @@ impl State {
     }
 
     /// `PRAGMA integrity_check` says "ok".
-    #[allow(dead_code)] // used by `doctor`, a later command
     pub fn is_intact(&self) -> Result<bool, StateError> {
         let answer: String = self
             .connection
@@ -560,7 +562,7 @@ pub(crate) mod tests {
             connection
                 .execute_batch(
                     "INSERT INTO sessions VALUES ('alice', '', 'podspawn-alice', 's1', 'img',
-                        'grace-period', 60, 1000, 29800, 1060, NULL, NULL, NULL);
+                        'grace-period', 60, 1000, 29800, 1060, 77, 88, 'boot');
                      PRAGMA user_version = 1;",
                 )
                 .unwrap();
@@ -570,6 +572,10 @@ pub(crate) mod tests {
         assert_eq!(
             (row.created_at, row.expires_at, row.grace_until),
             (1_000_000, Some(29_800_000), Some(1_060_000))
+        );
+        assert_eq!(
+            row.keeper, None,
+            "the old keeper, counting seconds, is let go"
         );
     }
 

@@ -15,8 +15,6 @@ use crate::config::ServerConfig;
 use crate::engine::DockerEngine;
 use crate::error::Error;
 use crate::host::SystemHost;
-use crate::keys::UserName;
-use crate::keys::store::KeyStore;
 use crate::privilege;
 use crate::session::{Sessions, Sweep};
 
@@ -88,7 +86,7 @@ fn cleanup(config: &ServerConfig, args: &CleanupArgs) -> Result<(), Error> {
     privilege::require_admin("cleanup", config.state_dir())?;
     let mut sessions = super::sessions(config)?;
     let Some(interval) = args.daemon_interval else {
-        let sweep = pass(config, &mut sessions)?;
+        let sweep = pass(&mut sessions)?;
         println!("cleanup pass complete: {}", summary(&sweep));
         return Ok(());
     };
@@ -99,7 +97,7 @@ fn cleanup(config: &ServerConfig, args: &CleanupArgs) -> Result<(), Error> {
     }
     log::info!("cleanup daemon started interval={}s", interval.as_secs());
     while !stop.load(Ordering::SeqCst) {
-        match pass(config, &mut sessions) {
+        match pass(&mut sessions) {
             Ok(sweep) if sweep == Sweep::default() => {
                 log::debug!("cleanup pass complete: nothing to do")
             }
@@ -118,17 +116,9 @@ fn cleanup(config: &ServerConfig, args: &CleanupArgs) -> Result<(), Error> {
 
 /// Sessions first, then the networks of users who are no longer registered (a
 /// network is kept while its user is, so a login needs no extra docker call).
-fn pass(
-    config: &ServerConfig,
-    sessions: &mut Sessions<DockerEngine, SystemHost>,
-) -> Result<Sweep, Error> {
+fn pass(sessions: &mut Sessions<DockerEngine, SystemHost>) -> Result<Sweep, Error> {
     let mut sweep = sessions.cleanup()?;
-    let store = KeyStore::new(config.auth.key_dir.as_path());
-    sweep.networks_removed = sessions.remove_unused_networks(|user| {
-        UserName::parse(user)
-            .ok()
-            .is_some_and(|user| matches!(store.read(&user), Ok(Some(_))))
-    })?;
+    sweep.networks_removed = sessions.remove_unused_networks()?;
     Ok(sweep)
 }
 

@@ -5,7 +5,10 @@
 //! destroys the container when grace or max lifetime is over. This is what makes a
 //! `kill -9`ed spawn harmless with no cron and no daemon.
 
+use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
@@ -105,6 +108,7 @@ fn keep(config: &ServerConfig, args: &KeeperArgs) -> Result<(), Error> {
     }
     let project = args.project.clone();
     let db_path = config.state.db_path.as_path();
+    let alarm = Alarm::listen().map_err(|err| Error::Refused(format!("keeper: {err}")))?;
     let mut sessions = super::sessions(config)?;
     let database = file_identity(db_path);
     let me = process::current();
@@ -118,7 +122,7 @@ fn keep(config: &ServerConfig, args: &KeeperArgs) -> Result<(), Error> {
         }
         match sessions.keeper_tick(&user, &project, &me) {
             Ok(Tick::Stop) => return Ok(()),
-            Ok(Tick::Sleep(pause)) => std::thread::sleep(pause),
+            Ok(Tick::Sleep(pause)) => alarm.sleep(pause),
             Err(SessionError::Lock(err)) if err.timed_out() => {
                 log::warn!(
                     "keeper of {user}: {err}; trying again in {}s",
@@ -135,6 +139,35 @@ fn keep(config: &ServerConfig, args: &KeeperArgs) -> Result<(), Error> {
             }
             Err(err) => return Err(Error::Session(err)),
         }
+    }
+}
+
+/// A sleep that the wake signal ends early: the connection that ended a session's
+/// last connection wakes its keeper to destroy the container now, not at its next
+/// tick, and never makes the user wait for it.
+struct Alarm {
+    read: UnixStream,
+}
+
+impl Alarm {
+    fn listen() -> std::io::Result<Alarm> {
+        let (read, write) = UnixStream::pair()?;
+        read.set_nonblocking(true)?;
+        signal_hook::low_level::pipe::register(crate::host::WAKE_SIGNAL, write)?;
+        Ok(Alarm { read })
+    }
+
+    fn sleep(&self, pause: Duration) {
+        let mut fds = [libc::pollfd {
+            fd: self.read.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let millis = pause.as_millis().min(i32::MAX as u128) as i32;
+        // Woken or not, the next look decides; an interrupted poll is a short sleep.
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, millis) };
+        let mut buffer = [0u8; 64];
+        while matches!((&self.read).read(&mut buffer), Ok(n) if n > 0) {}
     }
 }
 

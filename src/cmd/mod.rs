@@ -1,5 +1,6 @@
 //! The subcommands. Each module owns its usage text, its argument parsing and its
-//! `run`; `ALL` lists them. Adding a subcommand is one new module and one line here.
+//! `run`; `ALL` lists them. Adding a subcommand is one new module and one line in
+//! `ALL` (and, if it is listed, its line in `OVERVIEW`; a test checks both agree).
 
 use std::borrow::Cow;
 use std::path::PathBuf;

@@ -8,7 +8,7 @@ use lexopt::prelude::*;
 use super::{Command, Context, Outcome};
 use crate::cli::{Args, UsageError};
 use crate::config::ServerConfig;
-use crate::engine::{Engine, Probe};
+use crate::engine::Probe;
 use crate::error::Error;
 use crate::session::SessionError;
 
@@ -111,7 +111,6 @@ fn verify(config: &ServerConfig, args: &VerifyImageArgs) -> Result<(), Error> {
         stdout,
         stderr,
     } = super::effects(config)
-        .engine()
         .probe(&args.image, PROBE, &[&shell])
         .map_err(SessionError::from)?;
     println!("verify-image {}", args.image);

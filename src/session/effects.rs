@@ -1,11 +1,12 @@
 //! The one place every change to the engine passes, with the reason for it.
 //!
-//! `Engine::apply` takes a `Passed`, which only this module can make: a change that
-//! did not come through `Effects::apply` does not compile. Every change is logged here
-//! with its reason; the audit log will be written here too.
+//! `Engine::apply` (and `Engine::probe`, which runs a container and removes it) take a
+//! `Passed`, which only this module can make, and `apply` is the session layer's
+//! alone: a change that does not come through here does not compile. Every change is
+//! logged here with its reason; the audit log will be written here too.
 
 use crate::docker::DockerError;
-use crate::engine::{Effect, Engine};
+use crate::engine::{Effect, Engine, Probe};
 
 use super::plan::Reason;
 
@@ -24,8 +25,9 @@ impl<E: Engine> Effects<E> {
         Effects { engine }
     }
 
-    /// Makes one change in the engine, for `reason`.
-    pub fn apply(&mut self, effect: Effect, reason: Reason) -> Result<(), DockerError> {
+    /// Makes one change in the engine, for `reason`. Only the session layer decides
+    /// changes, so only it may call this.
+    pub(super) fn apply(&mut self, effect: Effect, reason: Reason) -> Result<(), DockerError> {
         let passed = Passed {
             _only_effects_makes_this: (),
         };
@@ -37,8 +39,26 @@ impl<E: Engine> Effects<E> {
         result
     }
 
-    /// The engine, for questions (`Engine::apply` needs a `Passed`, which only `apply`
-    /// above can give).
+    /// Runs `script` once in `image` and removes the container (`verify-image`).
+    pub fn probe(
+        &mut self,
+        image: &str,
+        script: &str,
+        args: &[&str],
+    ) -> Result<Probe, DockerError> {
+        let passed = Passed {
+            _only_effects_makes_this: (),
+        };
+        let result = self.engine.probe(image, script, args, passed);
+        match &result {
+            Ok(probe) => log::trace!("probed image {image} (exit {})", probe.status),
+            Err(err) => log::warn!("could not probe image {image}: {err}"),
+        }
+        result
+    }
+
+    /// The engine, for questions (its changes need a `Passed`, which only this module
+    /// can give).
     pub fn engine(&mut self) -> &mut E {
         &mut self.engine
     }

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 pub use effects::{Effects, Passed};
 pub use plan::Reason;
-use plan::{AfterExec, ConnectPlan, Decision, Healing, NameHolder, Repair};
+use plan::{AfterExec, AtRelease, ConnectPlan, Decision, Healing, NameHolder, Repair};
 
 use crate::config::SessionMode;
 use crate::container::{self, ContainerSpec, ExecSpec, Identity};
@@ -245,7 +245,7 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             let end = match self.effects.engine().exec(&spec) {
                 Ok(end) => end,
                 Err(err) => {
-                    let _ = self.release(&attached);
+                    self.release_or_log(&attached);
                     return Err(err.into());
                 }
             };
@@ -272,11 +272,12 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                         Ok(state) => state,
                         Err(err) => {
                             write_stderr(&held_stderr);
-                            let _ = self.release(&attached);
+                            self.release_or_log(&attached);
                             return Err(err.into());
                         }
                     };
-                    match plan::heal(state, attached.created) {
+                    let healing = plan::heal(state, attached.created);
+                    match healing {
                         Healing::CommandsOwn => {
                             write_stderr(&held_stderr);
                             return Ok(self.finish(&attached, 1));
@@ -289,7 +290,7 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                                 String::from_utf8_lossy(&held_stderr).trim()
                             );
                             self.forget(&attached)?;
-                            if plan::heal(state, attached.created) == Healing::GiveUp {
+                            if healing == Healing::GiveUp {
                                 return Err(SessionError::ContainerDied {
                                     container: attached.session.container,
                                 });
@@ -302,10 +303,15 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         }
     }
 
-    /// Releases a connection whose command ran, and passes on its exit code: the
-    /// command's result is the user's, whatever podspawn's bookkeeping runs into
-    /// afterwards (a connection row left behind is pruned once this process is gone).
+    /// Releases a connection, and passes on `code`: the command's result is the
+    /// user's, whatever podspawn's bookkeeping runs into afterwards (a connection row
+    /// left behind is pruned once this process is gone).
     fn finish(&mut self, attached: &Attached, code: i32) -> i32 {
+        self.release_or_log(attached);
+        code
+    }
+
+    fn release_or_log(&mut self, attached: &Attached) {
         if let Err(err) = self.release(attached) {
             log::error!(
                 "releasing the connection of {} to {}: {err}",
@@ -313,7 +319,6 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                 attached.session.container
             );
         }
-        code
     }
 
     fn exec_spec(&self, request: &ConnectRequest, attached: &Attached) -> ExecSpec {
@@ -363,12 +368,8 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                 self.ensure_keeper(&session)?;
                 (session, false)
             }
-            ConnectPlan::Replace => {
+            ConnectPlan::Replace(reason) => {
                 let old = existing.expect("replace has a session");
-                let reason = match plan::decide(&old, live, now) {
-                    Decision::Destroy(reason) => reason,
-                    _ => Reason::GraceExpired,
-                };
                 self.destroy(&old, reason)?;
                 (self.create(request, settings, now)?, true)
             }
@@ -421,7 +422,7 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         loop {
             let err = match self
                 .effects
-                .apply(Effect::CreateContainer(&spec), Reason::FirstConnection)
+                .apply(Effect::CreateContainer(&spec), Reason::NewSession)
             {
                 Ok(()) => break,
                 Err(err) => err,
@@ -532,7 +533,8 @@ impl<E: Engine, H: Host> Sessions<E, H> {
     }
 
     /// Under the user's lock: drop the connection and, if it was the last, start the
-    /// grace period. Destroying is never done here (see `plan::on_release`).
+    /// grace period — or wake the keeper to destroy the container (see
+    /// `plan::at_release`).
     fn release(&mut self, attached: &Attached) -> Result<(), SessionError> {
         let session = &attached.session;
         let _lock = self.lock(&session.user)?;
@@ -545,8 +547,20 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         }
         let live = self.live_connections(&current)?;
         let now = self.host.now();
-        let decision = plan::on_release(plan::decide(&current, live, now));
-        self.carry_out(&current, decision)?;
+        let keeper = current
+            .keeper
+            .as_ref()
+            .filter(|keeper| self.host.is_alive(keeper));
+        match plan::at_release(plan::decide(&current, live, now), keeper.is_some()) {
+            AtRelease::Do(decision) => {
+                self.carry_out(&current, decision)?;
+            }
+            AtRelease::WakeKeeper => {
+                if let Some(keeper) = keeper {
+                    self.host.wake(keeper);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -711,12 +725,8 @@ impl<E: Engine, H: Host> Sessions<E, H> {
     }
 
     /// After `cleanup`: the networks of users who are neither registered nor have a
-    /// session (`is_registered` asks the key store). A network that will not go now
-    /// is logged and tried again next pass.
-    pub fn remove_unused_networks(
-        &mut self,
-        is_registered: impl Fn(&str) -> bool,
-    ) -> Result<usize, SessionError> {
+    /// session. A network that will not go now is logged and tried again next pass.
+    pub fn remove_unused_networks(&mut self) -> Result<usize, SessionError> {
         let with_sessions: Vec<UserName> = self
             .state
             .sessions()?
@@ -724,14 +734,22 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             .map(|session| session.user)
             .collect();
         let networks = self.effects.engine().networks()?;
+        let host = &self.host;
+        let is_registered = |user: &str| {
+            UserName::parse(user)
+                .ok()
+                .is_some_and(|user| host.is_registered(&user))
+        };
+        let unused: Vec<String> = plan::unused_networks(&networks, is_registered, &with_sessions)
+            .into_iter()
+            .map(|network| network.name.clone())
+            .collect();
         let mut removed = 0;
-        for network in plan::unused_networks(&networks, is_registered, &with_sessions) {
+        for network in unused {
+            let removal = Effect::RemoveNetwork(&network);
             if self
                 .effects
-                .apply(
-                    Effect::RemoveNetwork(&network.name),
-                    Reason::UserUnregistered,
-                )
+                .apply(removal, Reason::UserUnregistered)
                 .is_ok()
             {
                 removed += 1;

@@ -27,9 +27,9 @@ pub enum ConnectPlan {
     Reattach,
     Create,
     /// The row's container must not be joined: past its lifetime or grace period, or
-    /// a destroy-on-disconnect session whose last connection is gone. Destroy it,
-    /// then create.
-    Replace,
+    /// a destroy-on-disconnect session whose last connection is gone. Destroy it (for
+    /// this reason), then create.
+    Replace(Reason),
 }
 
 pub fn plan_connect(
@@ -40,7 +40,7 @@ pub fn plan_connect(
     match existing {
         None => ConnectPlan::Create,
         Some(session) => match decide(session, live_connections, now) {
-            Decision::Destroy(_) => ConnectPlan::Replace,
+            Decision::Destroy(reason) => ConnectPlan::Replace(reason),
             Decision::Keep | Decision::StartGrace { .. } | Decision::CancelGrace => {
                 ConnectPlan::Reattach
             }
@@ -52,8 +52,8 @@ pub fn plan_connect(
 /// and (later) in the audit log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
-    /// A connection found no container for its session.
-    FirstConnection,
+    /// A connection found no container it could join.
+    NewSession,
     GraceExpired,
     LifetimeExpired,
     /// `destroy-on-disconnect`: the last connection ended.
@@ -79,7 +79,7 @@ pub enum Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str(match self {
-            Reason::FirstConnection => "first connection",
+            Reason::NewSession => "a connection found none to join",
             Reason::GraceExpired => "grace period expired",
             Reason::LifetimeExpired => "max lifetime reached",
             Reason::LastDisconnect => "last connection ended",
@@ -130,13 +130,21 @@ pub fn decide(session: &SessionRow, live_connections: usize, now: Millis) -> Dec
     }
 }
 
-/// What a connection does about a decision when it ends. Destroying a container
-/// takes as long as `docker rm`; the user's exit code must not wait for it, so that
-/// is left to the session's keeper, which looks within `KEEPER_TICK`.
-pub fn on_release(decision: Decision) -> Decision {
+/// What a connection does when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtRelease {
+    Do(Decision),
+    /// Destroying takes as long as `docker rm`, and the user's exit code must not
+    /// wait for it: the session's keeper is woken to do it now.
+    WakeKeeper,
+}
+
+/// What a connection does about `decision` as it ends; with no live keeper to hand a
+/// destruction to, it does it itself.
+pub fn at_release(decision: Decision, keeper_alive: bool) -> AtRelease {
     match decision {
-        Decision::Destroy(_) => Decision::Keep,
-        other => other,
+        Decision::Destroy(_) if keeper_alive => AtRelease::WakeKeeper,
+        other => AtRelease::Do(other),
     }
 }
 
@@ -322,13 +330,16 @@ mod tests {
         };
         assert_eq!(
             plan_connect(Some(&grace_over), 0, NOW),
-            ConnectPlan::Replace
+            ConnectPlan::Replace(Reason::GraceExpired)
         );
         let too_old = SessionRow {
             expires_at: Some(NOW - 1),
             ..live.clone()
         };
-        assert_eq!(plan_connect(Some(&too_old), 3, NOW), ConnectPlan::Replace);
+        assert_eq!(
+            plan_connect(Some(&too_old), 3, NOW),
+            ConnectPlan::Replace(Reason::LifetimeExpired)
+        );
         let persistent = SessionRow {
             expires_at: None,
             mode: SessionMode::Persistent,
@@ -344,7 +355,10 @@ mod tests {
             mode: SessionMode::DestroyOnDisconnect,
             ..live.clone()
         };
-        assert_eq!(plan_connect(Some(&ended), 0, NOW), ConnectPlan::Replace);
+        assert_eq!(
+            plan_connect(Some(&ended), 0, NOW),
+            ConnectPlan::Replace(Reason::LastDisconnect)
+        );
         assert_eq!(plan_connect(Some(&ended), 1, NOW), ConnectPlan::Reattach);
     }
 
@@ -405,15 +419,12 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_leaves_destroying_to_the_keeper() {
-        assert_eq!(
-            on_release(Decision::Destroy(Reason::LastDisconnect)),
-            Decision::Keep
-        );
-        assert_eq!(
-            on_release(Decision::StartGrace { until: 7 }),
-            Decision::StartGrace { until: 7 }
-        );
+    fn a_connection_leaves_destroying_to_a_live_keeper() {
+        let destroy = Decision::Destroy(Reason::LastDisconnect);
+        assert_eq!(at_release(destroy, true), AtRelease::WakeKeeper);
+        assert_eq!(at_release(destroy, false), AtRelease::Do(destroy));
+        let grace = Decision::StartGrace { until: 7 };
+        assert_eq!(at_release(grace, true), AtRelease::Do(grace));
     }
 
     #[test]

@@ -152,7 +152,7 @@ impl Engine for FakeEngine {
         Ok(true)
     }
 
-    fn probe(&mut self, _: &str, _: &str, _: &[&str]) -> Result<Probe, DockerError> {
+    fn probe(&mut self, _: &str, _: &str, _: &[&str], _: Passed) -> Result<Probe, DockerError> {
         unreachable!("the lifecycle runs no probes")
     }
 
@@ -191,6 +191,8 @@ struct FakeHost {
     accounts: BTreeMap<String, u32>,
     /// Users whose keys were removed.
     removed: BTreeSet<String>,
+    /// Keepers woken, by pid.
+    woken: std::cell::RefCell<Vec<i32>>,
 }
 
 impl Default for FakeHost {
@@ -204,6 +206,7 @@ impl Default for FakeHost {
             sessions: 0,
             accounts: [("alice".to_string(), 1001)].into(),
             removed: BTreeSet::new(),
+            woken: std::cell::RefCell::new(Vec::new()),
         }
     }
 }
@@ -240,6 +243,9 @@ impl Host for FakeHost {
     }
     fn is_registered(&self, user: &UserName) -> bool {
         !self.removed.contains(user.as_str())
+    }
+    fn wake(&self, keeper: &ProcessId) {
+        self.woken.borrow_mut().push(keeper.pid);
     }
 }
 
@@ -484,6 +490,12 @@ fn destroy_on_disconnect_leaves_the_removal_to_the_keeper_and_persistent_keeps()
         f.sessions.engine().removes.is_empty(),
         "the user's exit code does not wait for docker rm"
     );
+    let keeper = f.row().unwrap().keeper.unwrap();
+    assert_eq!(
+        *f.sessions.host.woken.borrow(),
+        [keeper.pid],
+        "the keeper is told at once"
+    );
     // Not joined again meanwhile: a new connection gets a new container.
     f.connect(&settings);
     assert_eq!(f.sessions.engine().creates, 2);
@@ -508,6 +520,17 @@ fn destroy_on_disconnect_leaves_the_removal_to_the_keeper_and_persistent_keeps()
         "persistent sessions need no keeper"
     );
     assert!(f.sessions.engine().removes.is_empty());
+}
+
+#[test]
+fn with_no_keeper_alive_the_connection_destroys_itself() {
+    let (mut f, settings) = fixture(SessionMode::DestroyOnDisconnect);
+    f.sessions.host.dead.insert(5001);
+    f.connect(&settings);
+    assert_eq!(f.sessions.host.keepers, [5001]);
+    assert_eq!(f.sessions.engine().removes, ["podspawn-alice"]);
+    assert!(f.row().is_none());
+    assert!(f.sessions.host.woken.borrow().is_empty());
 }
 
 #[test]
@@ -657,10 +680,9 @@ fn networks_of_users_neither_registered_nor_in_session_go() {
             .networks
             .insert(format!("podspawn-{user}"));
     }
-    let removed = f
-        .sessions
-        .remove_unused_networks(|user| user == "carol")
-        .unwrap();
+    // carol is registered (has keys); bob is not (nor is he in the fake's accounts).
+    f.sessions.host.removed.insert("bob".into());
+    let removed = f.sessions.remove_unused_networks().unwrap();
     assert_eq!(removed, 1);
     let networks = &f.sessions.engine().networks;
     assert!(networks.contains("podspawn-alice"), "alice has a session");
