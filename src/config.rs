@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
+use crate::yaml;
+
 /// Where the server config lives unless `PODSPAWN_CONFIG` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/podspawn/config.yaml";
 
@@ -227,14 +229,7 @@ fn program_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D:
 /// option of `docker run`.
 fn image_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     let text = String::deserialize(deserializer)?;
-    if text.is_empty()
-        || text.starts_with('-')
-        || text.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(de::Error::custom(format!(
-            "invalid image {text:?} (expected e.g. ubuntu:24.04)"
-        )));
-    }
+    crate::container::check_image(&text).map_err(de::Error::custom)?;
     Ok(text)
 }
 
@@ -499,7 +494,7 @@ fn load_trusted(path: &Path, overridden: bool) -> Result<ServerConfig, ConfigErr
     };
     let bytes = read_root_only(&canonical).map_err(untrusted)?;
     let config = from_bytes(&canonical, &bytes)?;
-    if overridden && !has_content(&String::from_utf8_lossy(&bytes)) {
+    if overridden && !yaml::has_content(&String::from_utf8_lossy(&bytes)) {
         return Err(untrusted(
             "it holds no settings; an override must say what it overrides".to_string(),
         ));
@@ -651,80 +646,10 @@ impl std::error::Error for ConfigError {}
 fn parse(text: &str) -> Result<ServerConfig, (Option<usize>, String)> {
     // A file of nothing but comments is an empty document, which serde_yaml would
     // refuse for a struct; it means "all defaults".
-    if !has_content(text) {
+    if !yaml::has_content(text) {
         return Ok(ServerConfig::default());
     }
-    serde_yaml::from_str(text).map_err(|err| describe(text, &err))
-}
-
-/// Whether `text` holds anything but blank lines, comments and a document marker.
-fn has_content(text: &str) -> bool {
-    text.lines()
-        .map(str::trim)
-        .any(|line| !line.is_empty() && !line.starts_with('#') && line != "---")
-}
-
-/// Turns a serde_yaml error into (line, "key.path: problem"). serde_yaml reports the
-/// path of the *mapping* that holds a bad value, and the position of the value; the key
-/// itself is read back from the text at that position, so the admin sees
-/// `session.grace_period`, not just `session`.
-fn describe(text: &str, err: &serde_yaml::Error) -> (Option<usize>, String) {
-    let location = err.location();
-    let line = location.as_ref().map(|location| location.line());
-    let mut message = err.to_string();
-    // " at line L column C" is printed in front by our caller instead.
-    if let Some(at) = message.rfind(" at line ")
-        && message[at..].contains(" column ")
-    {
-        message.truncate(at);
-    }
-    // "expected struct AuthConfig" names our Rust type, not anything in the file.
-    if let Some(at) = message.find("expected struct ") {
-        message.truncate(at);
-        message.push_str("expected a mapping of keys");
-    }
-    let (parent, problem) = match message.split_once(": ") {
-        Some((path, problem)) if is_key_path(path) => (Some(path.to_string()), problem.to_string()),
-        _ => (None, message),
-    };
-    let join = |key: &str| match &parent {
-        Some(parent) => format!("{parent}.{key}"),
-        None => key.to_string(),
-    };
-    if let Some(rest) = problem.strip_prefix("unknown field `")
-        && let Some((field, expected)) = rest.split_once('`')
-    {
-        let expected = expected.trim_start_matches(", ");
-        return (line, format!("{}: unknown key ({expected})", join(field)));
-    }
-    let key = location.and_then(|location| key_at(text, location.line(), location.column()));
-    match key {
-        Some(key) => (line, format!("{}: {problem}", join(&key))),
-        None => match parent {
-            Some(parent) => (line, format!("{parent}: {problem}")),
-            None => (line, problem),
-        },
-    }
-}
-
-fn is_key_path(text: &str) -> bool {
-    !text.is_empty()
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']'))
-}
-
-/// The mapping key at (line, column), both 1-based, where serde_yaml marks an error
-/// in the key's value.
-fn key_at(text: &str, line: usize, column: usize) -> Option<String> {
-    let text_line = text.lines().nth(line.checked_sub(1)?)?;
-    let from: String = text_line.chars().skip(column.saturating_sub(1)).collect();
-    let key: String = from
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-        .collect();
-    let after = from[key.len()..].trim_start();
-    (!key.is_empty() && after.starts_with(':')).then_some(key)
+    yaml::from_str(text)
 }
 
 #[cfg(test)]

@@ -16,6 +16,22 @@ use crate::keys::UserName;
 use crate::network::UserNetwork;
 use crate::router::Program;
 
+/// An image reference as docker takes it, or why not: one starting with `-` would be
+/// read as an option of `docker run`, and whitespace or control characters are no
+/// part of any reference.
+pub fn check_image(text: &str) -> Result<(), String> {
+    if text.is_empty()
+        || text.len() > 255
+        || text.starts_with('-')
+        || text.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "invalid image {text:?} (expected e.g. ubuntu:24.04)"
+        ));
+    }
+    Ok(())
+}
+
 /// The container of a user's default environment (`project` empty) or of a project.
 pub fn container_name(user: &UserName, project: &str) -> String {
     if project.is_empty() {
