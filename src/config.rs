@@ -5,6 +5,7 @@
 //! an error that names the file, the line and the key, so an admin can fix it in one
 //! look. This module only reads; it never creates or edits the file.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
+use crate::project::ProjectName;
 use crate::yaml;
 
 /// Where the server config lives unless `PODSPAWN_CONFIG` says otherwise.
@@ -31,6 +33,9 @@ pub struct ServerConfig {
     pub state: StateConfig,
     pub network: NetworkConfig,
     pub log: LogConfig,
+    /// Projects declared by hand: `update-project NAME` clones and builds them
+    /// (`add-project` keeps its registrations in the state, never in this file).
+    pub projects: BTreeMap<ProjectKey, DeclaredProject>,
     /// The file this was read from (not a key; filled in by `load`).
     #[serde(skip)]
     pub source: PathBuf,
@@ -123,6 +128,8 @@ pub struct Defaults {
     pub memory: ByteSize,
     /// docker's `--pids-limit`: a fork bomb stays inside its container.
     pub pids_limit: u32,
+    /// The longest a project's image build may take.
+    pub build_timeout: ConfigDuration,
 }
 
 impl Default for Defaults {
@@ -133,8 +140,30 @@ impl Default for Defaults {
             cpus: Cpus(2.0),
             memory: ByteSize(2 * 1024 * 1024 * 1024),
             pids_limit: 1024,
+            build_timeout: ConfigDuration(Duration::from_secs(30 * 60)),
         }
     }
+}
+
+/// A project name as a key of `projects:`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ProjectKey(pub ProjectName);
+
+impl<'de> Deserialize<'de> for ProjectKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        ProjectName::parse(&text)
+            .map(ProjectKey)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// A project an admin wrote into the config by hand.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredProject {
+    pub repo: String,
+    pub branch: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,6 +175,22 @@ pub struct SessionConfig {
     /// The longest anyone waits for a user's lock (held while that user's container
     /// is created or destroyed) before giving up with a clear line.
     pub lock_timeout: ConfigDuration,
+    /// How many sessions (the default one, projects, scratch names) a user may have
+    /// at once; each has an address on the user's network, which has 13.
+    #[serde(deserialize_with = "sessions_per_user")]
+    pub max_per_user: u32,
+}
+
+fn sessions_per_user<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let value = u32::deserialize(deserializer)?;
+    if (1..=crate::network::MAX_SLOTS).contains(&value) {
+        Ok(value)
+    } else {
+        Err(de::Error::custom(format!(
+            "{value} is not between 1 and {} (the addresses of a user's network)",
+            crate::network::MAX_SLOTS
+        )))
+    }
 }
 
 impl Default for SessionConfig {
@@ -155,6 +200,7 @@ impl Default for SessionConfig {
             max_lifetime: ConfigDuration(Duration::from_secs(8 * 3600)),
             mode: SessionMode::GracePeriod,
             lock_timeout: ConfigDuration(Duration::from_secs(30)),
+            max_per_user: 5,
         }
     }
 }
@@ -581,11 +627,13 @@ pub const COMMENTED_DEFAULT: &str = "\
 #  cpus: 2
 #  memory: 2g
 #  pids_limit: 1024
+#  build_timeout: 30m                 # a project's image build is ended after this
 #session:
 #  grace_period: 60s
 #  max_lifetime: 8h
 #  mode: grace-period                 # grace-period | destroy-on-disconnect | persistent
 #  lock_timeout: 30s                  # a login gives up waiting for its user's lock after this
+#  max_per_user: 5                    # sessions (default, projects, scratch) per user, 1-13
 #state:
 #  db_path: /var/lib/podspawn/state.db
 #  lock_dir: /var/lib/podspawn/locks

@@ -109,6 +109,8 @@ pub struct ExecSpec {
     pub container: String,
     pub user: Identity,
     pub tty: bool,
+    /// Where the program starts; the user's home when none.
+    pub workdir: Option<String>,
     /// Extra environment, after HOME, USER, LOGNAME and SHELL.
     pub env: Vec<(String, String)>,
     pub argv: Vec<String>,
@@ -159,7 +161,21 @@ pub fn setup_command(spec: &ContainerSpec) -> Vec<String> {
 
 /// The login shell, falling back to /bin/sh when the image does not have the
 /// configured one.
-const SHELL_SCRIPT: &str = r#"[ -x "$1" ] || set -- /bin/sh
+const SHELL_SCRIPT: &str = r#"[ -x "$1" ] || set -- /bin/sh "$2"
+SHELL=$1; export SHELL
+exec "$1" -l"#;
+
+/// A project's `on_start` (as $2), its output on the terminal, then the login shell as
+/// `SHELL_SCRIPT` runs it. If it fails, that is said with its last lines, and the
+/// session still opens.
+const ON_START_SCRIPT: &str = r#"log=${HOME:-/tmp}/.podspawn-on-start
+{ /bin/sh -c "$2"; echo "$?" > "$log.status"; } 2>&1 | tee "$log"
+status=$(cat "$log.status" 2>/dev/null || echo 1)
+if [ "$status" != 0 ]; then
+  echo "podspawn: on_start failed (exit $status); its last lines:" >&2
+  tail -n 5 "$log" >&2
+fi
+[ -x "$1" ] || set -- /bin/sh
 SHELL=$1; export SHELL
 exec "$1" -l"#;
 
@@ -188,11 +204,22 @@ exec "$@""#;
 const BYTES_SCRIPT: &str = r#"command=$(printf '%b' "$1"; echo x)
 exec /bin/sh -c "${command%x}""#;
 
-/// What runs in the container for a routed connection.
-pub fn program_argv(program: &Program, shell: &str) -> Vec<String> {
+/// What runs in the container for a routed connection; `on_start` only ever with a
+/// shell on a terminal.
+pub fn program_argv(program: &Program, shell: &str, on_start: Option<&str>) -> Vec<String> {
     let strings = |items: &[&str]| items.iter().map(|item| item.to_string()).collect();
     match program {
-        Program::Shell => strings(&["/bin/sh", "-c", SHELL_SCRIPT, "podspawn-shell", shell]),
+        Program::Shell => match on_start {
+            Some(on_start) => strings(&[
+                "/bin/sh",
+                "-c",
+                ON_START_SCRIPT,
+                "podspawn-shell",
+                shell,
+                on_start,
+            ]),
+            None => strings(&["/bin/sh", "-c", SHELL_SCRIPT, "podspawn-shell", shell]),
+        },
         Program::Sftp => strings(&["/bin/sh", "-c", SFTP_SCRIPT, "podspawn-sftp"]),
         Program::Command(command) => match command.to_str() {
             Some(command) => strings(&["/bin/sh", "-c", command]),
@@ -356,13 +383,14 @@ mod tests {
         assert_eq!(
             program_argv(
                 &Program::Command("echo 'a b' \"$HOME\"".into()),
-                "/bin/bash"
+                "/bin/bash",
+                None
             ),
             ["/bin/sh", "-c", "echo 'a b' \"$HOME\""]
         );
-        let shell = program_argv(&Program::Shell, "/bin/zsh");
+        let shell = program_argv(&Program::Shell, "/bin/zsh", None);
         assert_eq!(shell.last().unwrap(), "/bin/zsh");
-        let sftp = program_argv(&Program::Sftp, "/bin/bash");
+        let sftp = program_argv(&Program::Sftp, "/bin/bash", None);
         assert!(sftp[2].contains("/usr/lib/openssh/sftp-server"));
     }
 
@@ -373,6 +401,7 @@ mod tests {
         let argv = program_argv(
             &Program::Command(std::ffi::OsString::from_vec(command.to_vec())),
             "/bin/sh",
+            None,
         );
         assert!(argv.iter().all(|arg| arg.is_ascii()), "{argv:?}");
         let output = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
@@ -383,20 +412,20 @@ mod tests {
             String::from_utf8_lossy(&output.stderr)
         );
         // UTF-8 commands are passed as they are.
-        let plain = program_argv(&Program::Command("echo é".into()), "/bin/sh");
+        let plain = program_argv(&Program::Command("echo é".into()), "/bin/sh", None);
         assert_eq!(plain, ["/bin/sh", "-c", "echo é"]);
     }
 
     #[test]
     fn the_shell_falls_back_to_sh_and_sftp_says_what_is_missing() {
         let run = |argv: Vec<String>| Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
-        let mut shell = program_argv(&Program::Shell, "/bin/no-such-shell");
+        let mut shell = program_argv(&Program::Shell, "/bin/no-such-shell", None);
         // Replace `-l` login by `-c 'echo $SHELL'` to see which shell was chosen.
         shell[2] = shell[2].replace("exec \"$1\" -l", "exec \"$1\" -c 'echo $SHELL'");
         assert_eq!(String::from_utf8_lossy(&run(shell).stdout), "/bin/sh\n");
 
         // Every place the script looks moved to where nothing is, whatever this host has.
-        let mut sftp = program_argv(&Program::Sftp, "/bin/sh");
+        let mut sftp = program_argv(&Program::Sftp, "/bin/sh", None);
         sftp[2] = sftp[2]
             .replace(" /usr/", " /nonexistent/usr/")
             .replace("in /usr/", "in /nonexistent/usr/");
@@ -411,6 +440,32 @@ mod tests {
             String::from_utf8_lossy(&output.stderr),
             "podspawn: this image has no sftp-server (Debian/Ubuntu: openssh-sftp-server)\n"
         );
+    }
+
+    #[test]
+    fn on_start_runs_before_the_shell_and_its_failure_is_said_with_its_last_lines() {
+        let home = std::env::temp_dir().join(format!("podspawn-on-start-{}", std::process::id()));
+        std::fs::create_dir_all(&home).unwrap();
+        let run = |on_start: &str| {
+            let mut argv = program_argv(&Program::Shell, "/bin/sh", Some(on_start));
+            // `-l` would wait for a terminal's input: say which shell would run.
+            argv[2] = argv[2].replace("exec \"$1\" -l", "echo \"shell $SHELL\"");
+            Command::new(&argv[0])
+                .args(&argv[1..])
+                .env("HOME", &home)
+                .output()
+                .unwrap()
+        };
+        let ok = run("echo ready");
+        assert_eq!(String::from_utf8_lossy(&ok.stdout), "ready\nshell /bin/sh\n");
+        assert!(ok.stderr.is_empty());
+        let failed = run("for i in 1 2 3 4 5 6 7; do echo line$i; done; exit 3");
+        assert!(String::from_utf8_lossy(&failed.stdout).ends_with("line7\nshell /bin/sh\n"));
+        assert_eq!(
+            String::from_utf8_lossy(&failed.stderr),
+            "podspawn: on_start failed (exit 3); its last lines:\nline3\nline4\nline5\nline6\nline7\n"
+        );
+        std::fs::remove_dir_all(&home).unwrap();
     }
 
     #[test]

@@ -14,6 +14,7 @@
 use std::fmt;
 use std::io;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::config::DockerConfig;
 use crate::container::{self, AGENT_MOUNT, ContainerSpec, ExecSpec};
@@ -50,6 +51,19 @@ pub struct Labels {
     pub managed: bool,
     pub user: String,
     pub project: String,
+}
+
+/// A project image to build.
+#[derive(Debug, Clone)]
+pub struct BuildSpec<'a> {
+    /// `podspawn/<project>:<hash>`.
+    pub tag: &'a str,
+    pub project: &'a str,
+    pub dockerfile: &'a str,
+    /// The repo checkout the Dockerfile copies from.
+    pub context: &'a std::path::Path,
+    /// The longest the build may take.
+    pub timeout: Duration,
 }
 
 /// A network that carries `podspawn.managed=true`.
@@ -92,6 +106,16 @@ pub enum DockerError {
     },
     /// Watching a running exec failed (a system call of podspawn's own).
     Supervise(io::Error),
+    /// `docker build` failed; `last` is the last line it printed.
+    BuildFailed {
+        tag: String,
+        status: String,
+        last: String,
+    },
+    /// `docker build` ran past its deadline and was ended.
+    BuildTimedOut { tag: String, after: Duration },
+    /// An image a container still uses cannot be removed.
+    ImageInUse { image: String },
 }
 
 impl DockerError {
@@ -108,7 +132,10 @@ impl DockerError {
             | DockerError::NetworkMissing { .. }
             | DockerError::NetworkOverlap { .. }
             | DockerError::Failed { .. }
-            | DockerError::Supervise(_) => {
+            | DockerError::Supervise(_)
+            | DockerError::BuildFailed { .. }
+            | DockerError::BuildTimedOut { .. }
+            | DockerError::ImageInUse { .. } => {
                 "could not start your container; tell your admin".to_string()
             }
         }
@@ -143,6 +170,15 @@ impl fmt::Display for DockerError {
                 stderr,
             } => write!(f, "`{}` failed ({status}): {stderr}", shown(argv)),
             DockerError::Supervise(err) => write!(f, "cannot watch the session's exec: {err}"),
+            DockerError::BuildFailed { tag, status, last } => {
+                write!(f, "building {tag} failed ({status}): {last}")
+            }
+            DockerError::BuildTimedOut { tag, after } => {
+                write!(f, "building {tag} took more than {}s; ended", after.as_secs())
+            }
+            DockerError::ImageInUse { image } => {
+                write!(f, "image {image} is still used by a container")
+            }
         }
     }
 }
@@ -489,6 +525,126 @@ impl Docker {
         Ok((status.code().unwrap_or(-1), stdout, stderr))
     }
 
+    /// `docker build` of a project's image: the Dockerfile on stdin, `spec.context` as
+    /// the build context, podspawn's labels on the image. Every line the build prints
+    /// goes to `output`; past `spec.timeout` the build is killed.
+    pub fn build(&self, spec: &BuildSpec, output: &mut dyn FnMut(&str)) -> Result<(), DockerError> {
+        use std::io::{BufRead, Write};
+        let mut args = strings(&["build", "--tag", spec.tag, "--file", "-", "--force-rm"]);
+        for label in [
+            format!("{LABEL_MANAGED}=true"),
+            format!("{LABEL_PROJECT}={}", spec.project),
+        ] {
+            args.extend(["--label".to_string(), label]);
+        }
+        args.push(spec.context.display().to_string());
+        let (read, write) = std::io::pipe().map_err(DockerError::Supervise)?;
+        let mut command = self.command(&args);
+        // The builder whose output is `Step N/M : …` lines (BuildKit prints others).
+        command
+            .env("DOCKER_BUILDKIT", "0")
+            .stdin(Stdio::piped())
+            .stdout(write.try_clone().map_err(DockerError::Supervise)?)
+            .stderr(write);
+        let mut child = command.spawn().map_err(|source| self.not_installed(source))?;
+        // The command holds the write ends; ours go with it, or the reader never ends.
+        drop(command);
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(spec.dockerfile.as_bytes());
+        }
+        let (lines, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(read).split(b'\n') {
+                let Ok(line) = line else { break };
+                if lines
+                    .send(String::from_utf8_lossy(&line).trim_end().to_string())
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + spec.timeout;
+        let mut last = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match received.recv_timeout(left) {
+                Ok(line) => {
+                    if !line.trim().is_empty() {
+                        last.clone_from(&line);
+                    }
+                    output(&line);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(DockerError::BuildTimedOut {
+                        tag: spec.tag.to_string(),
+                        after: spec.timeout,
+                    });
+                }
+            }
+        }
+        let status = child.wait().map_err(DockerError::Supervise)?;
+        if status.success() {
+            return Ok(());
+        }
+        if is_unreachable(&last) {
+            return Err(DockerError::Unreachable {
+                argv: self.argv(&args),
+                stderr: last,
+            });
+        }
+        Err(DockerError::BuildFailed {
+            tag: spec.tag.to_string(),
+            status: status.to_string(),
+            last,
+        })
+    }
+
+    /// `docker image rm`: an image that is gone already is not an error; one a
+    /// container still uses is `ImageInUse`.
+    pub fn remove_image(&self, image: &str) -> Result<(), DockerError> {
+        let args = strings(&["image", "rm", image]);
+        let (status, _, stderr) = self.run(&args)?;
+        if status.success() || stderr.contains("No such image") {
+            Ok(())
+        } else if stderr.contains("is using its referenced image")
+            || stderr.contains("image is being used")
+            || stderr.contains("conflict")
+        {
+            Err(DockerError::ImageInUse {
+                image: image.to_string(),
+            })
+        } else {
+            Err(self.failed(&args, status, stderr))
+        }
+    }
+
+    /// The images podspawn built for `project` (`repository:tag`).
+    pub fn project_images(&self, project: &str) -> Result<Vec<String>, DockerError> {
+        let args = vec![
+            "image".to_string(),
+            "ls".to_string(),
+            "--filter".to_string(),
+            format!("label={LABEL_MANAGED}=true"),
+            "--filter".to_string(),
+            format!("label={LABEL_PROJECT}={project}"),
+            "--format".to_string(),
+            "{{.Repository}}:{{.Tag}}".to_string(),
+        ];
+        let (status, stdout, stderr) = self.run(&args)?;
+        if !status.success() {
+            return Err(self.failed(&args, status, stderr));
+        }
+        Ok(stdout
+            .lines()
+            .filter(|line| !line.contains("<none>"))
+            .map(str::to_string)
+            .collect())
+    }
+
     /// podspawn's networks with the given subnet.
     pub fn managed_networks_on(&self, cidr: &str) -> Result<Vec<ManagedNetwork>, DockerError> {
         let names: Vec<String> = self
@@ -611,7 +767,10 @@ pub fn exec_args(spec: &ExecSpec) -> Vec<String> {
         args.push("--tty".into());
     }
     args.extend(["--user".into(), format!("{}:{}", user.uid, user.gid)]);
-    args.extend(["--workdir".into(), user.home()]);
+    args.extend([
+        "--workdir".into(),
+        spec.workdir.clone().unwrap_or_else(|| user.home()),
+    ]);
     let identity = [
         ("HOME", user.home()),
         ("USER", user.name.to_string()),
@@ -739,6 +898,7 @@ mod tests {
             container: "podspawn-alice".into(),
             user: alice(),
             tty: true,
+            workdir: None,
             env: vec![("TERM".into(), "xterm-256color".into())],
             argv: vec!["/bin/sh".into(), "-c".into(), "echo 'a b'; exit 3".into()],
         };

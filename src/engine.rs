@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::config::DockerConfig;
 use crate::container::{CONNECTION_MARKER, ContainerSpec, ExecSpec};
 use crate::docker::{
-    ContainerState, Docker, DockerError, Labels, ManagedContainer, ManagedNetwork,
+    BuildSpec, ContainerState, Docker, DockerError, Labels, ManagedContainer, ManagedNetwork,
 };
 use crate::exec::{self, Ended};
 use crate::keys::UserName;
@@ -36,6 +36,9 @@ pub enum Effect<'a> {
     },
     /// Removing what is already gone is not an error.
     RemoveNetwork(&'a str),
+    /// Removing what is already gone is not an error; one a container still uses
+    /// stays (`DockerError::ImageInUse`).
+    RemoveImage(&'a str),
 }
 
 impl fmt::Display for Effect<'_> {
@@ -49,6 +52,7 @@ impl fmt::Display for Effect<'_> {
                 write!(f, "create network {} for {user}", network.name)
             }
             Effect::RemoveNetwork(name) => write!(f, "remove network {name}"),
+            Effect::RemoveImage(image) => write!(f, "remove image {image}"),
         }
     }
 }
@@ -98,6 +102,16 @@ pub trait Engine {
         args: &[&str],
         passed: Passed,
     ) -> Result<Probe, DockerError>;
+    /// Builds a project's image, each line of output to `output`: an image, so only
+    /// `session::Effects` can ask for it.
+    fn build(
+        &mut self,
+        spec: &BuildSpec,
+        output: &mut dyn FnMut(&str),
+        passed: Passed,
+    ) -> Result<(), DockerError>;
+    /// The images podspawn built for a project.
+    fn project_images(&mut self, project: &str) -> Result<Vec<String>, DockerError>;
     /// Runs one connection's exec to its end, with this process's stdio.
     fn exec(&mut self, spec: &ExecSpec) -> Result<ExecEnd, DockerError>;
 }
@@ -126,6 +140,7 @@ impl Engine for DockerEngine {
             Effect::RemoveContainer(name) => self.docker.remove(name),
             Effect::CreateNetwork { network, user } => self.docker.create_network(network, user),
             Effect::RemoveNetwork(name) => self.docker.remove_network(name),
+            Effect::RemoveImage(image) => self.docker.remove_image(image),
         }
     }
 
@@ -170,6 +185,19 @@ impl Engine for DockerEngine {
             stdout,
             stderr,
         })
+    }
+
+    fn build(
+        &mut self,
+        spec: &BuildSpec,
+        output: &mut dyn FnMut(&str),
+        _: Passed,
+    ) -> Result<(), DockerError> {
+        self.docker.build(spec, output)
+    }
+
+    fn project_images(&mut self, project: &str) -> Result<Vec<String>, DockerError> {
+        self.docker.project_images(project)
     }
 
     fn exec(&mut self, spec: &ExecSpec) -> Result<ExecEnd, DockerError> {

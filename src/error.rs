@@ -16,6 +16,7 @@ use crate::config::ConfigError;
 use crate::keys::NameError;
 use crate::keys::import::ImportError;
 use crate::keys::store::StoreError;
+use crate::project::ProjectError;
 use crate::session::SessionError;
 
 #[derive(Debug)]
@@ -31,6 +32,7 @@ pub enum Error {
     Refused(String),
     Session(SessionError),
     Spawn(SpawnError),
+    Project(ProjectError),
 }
 
 /// A command line that does not parse.
@@ -52,7 +54,8 @@ impl Error {
             | Error::Import(_)
             | Error::NotPermitted(_)
             | Error::Refused(_)
-            | Error::Session(_) => EXIT_FAILURE,
+            | Error::Session(_)
+            | Error::Project(_) => EXIT_FAILURE,
         }
     }
 
@@ -76,6 +79,7 @@ impl fmt::Display for Error {
             Error::NotPermitted(message) | Error::Refused(message) => f.write_str(message),
             Error::Session(err) => err.fmt(f),
             Error::Spawn(err) => err.fmt(f),
+            Error::Project(err) => err.fmt(f),
         }
     }
 }
@@ -100,4 +104,5 @@ from_error! {
     ImportError => Import,
     SessionError => Session,
     SpawnError => Spawn,
+    ProjectError => Project,
 }

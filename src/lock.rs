@@ -68,6 +68,13 @@ impl Locks {
     pub fn acquire(&self, user: &UserName) -> Result<UserLock, LockError> {
         UserLock::acquire(&self.dir, user, self.patience)
     }
+
+    /// Waits for the lock called `name` (`project.<name>`: a user name never has a
+    /// dot), at most `patience`.
+    pub fn acquire_named(&self, name: &str, patience: Duration) -> Result<NamedLock, LockError> {
+        let file = lock_file(&self.dir, name, patience)?;
+        Ok(NamedLock { _file: file })
+    }
 }
 
 /// A held user lock; released when dropped.
@@ -93,64 +100,72 @@ impl UserLock {
         user: &UserName,
         patience: Duration,
     ) -> Result<UserLock, LockError> {
-        let path = lock_dir.join(format!("{user}.lock"));
-        let error = |source| LockError {
-            path: path.clone(),
-            source,
-        };
-        if !lock_dir.is_dir() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(LOCK_DIR_MODE)
-                .create(lock_dir)
-                .map_err(error)?;
-            // Every user's spawn creates its lock file here: say the mode explicitly,
-            // whatever the umask.
-            fs::set_permissions(lock_dir, fs::Permissions::from_mode(LOCK_DIR_MODE))
-                .map_err(error)?;
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(LOCK_FILE_MODE)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
+        Ok(UserLock {
+            _file: lock_file(lock_dir, user.as_str(), patience)?,
+            user: user.clone(),
+        })
+    }
+}
+
+/// A held lock that is not a user's (a project's build lock); released when dropped.
+#[derive(Debug)]
+pub struct NamedLock {
+    _file: File,
+}
+
+/// Takes the lock `<lock_dir>/<name>.lock`, waiting at most `patience`.
+fn lock_file(lock_dir: &Path, name: &str, patience: Duration) -> Result<File, LockError> {
+    let path = lock_dir.join(format!("{name}.lock"));
+    let error = |source| LockError {
+        path: path.clone(),
+        source,
+    };
+    if !lock_dir.is_dir() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(LOCK_DIR_MODE)
+            .create(lock_dir)
             .map_err(error)?;
-        // Whoever creates the file sets its mode explicitly (the umask may be tighter);
-        // a file someone else created is theirs to keep.
-        let _ = file.set_permissions(fs::Permissions::from_mode(LOCK_FILE_MODE));
-        // flock has no timeout of its own: try without blocking, and pause a little
-        // longer each time, up to the deadline.
-        let deadline = Instant::now() + patience;
-        let mut pause = Duration::from_millis(1);
-        loop {
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return Ok(UserLock {
-                    _file: file,
-                    user: user.clone(),
-                });
-            }
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EWOULDBLOCK) => {}
-                Some(libc::EINTR) => continue,
-                _ => return Err(error(err)),
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(error(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "held by another process for more than {}s",
-                        patience.as_secs()
-                    ),
-                )));
-            }
-            std::thread::sleep(pause.min(deadline - now));
-            pause = (pause * 2).min(MAX_PAUSE);
+        // Every user's spawn creates its lock file here: say the mode explicitly,
+        // whatever the umask.
+        fs::set_permissions(lock_dir, fs::Permissions::from_mode(LOCK_DIR_MODE))
+            .map_err(error)?;
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(LOCK_FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(error)?;
+    // Whoever creates the file sets its mode explicitly (the umask may be tighter);
+    // a file someone else created is theirs to keep.
+    let _ = file.set_permissions(fs::Permissions::from_mode(LOCK_FILE_MODE));
+    // flock has no timeout of its own: try without blocking, and pause a little
+    // longer each time, up to the deadline.
+    let deadline = Instant::now() + patience;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file);
         }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => {}
+            Some(libc::EINTR) => continue,
+            _ => return Err(error(err)),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(error(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("held by another process for more than {}s", patience.as_secs()),
+            )));
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(MAX_PAUSE);
     }
 }
 

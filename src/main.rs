@@ -23,6 +23,7 @@ mod network;
 mod podfile;
 mod privilege;
 mod process;
+mod progress;
 mod project;
 mod router;
 mod session;

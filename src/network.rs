@@ -112,7 +112,17 @@ pub struct UserNetwork {
     pub container: Ipv4Addr,
 }
 
+/// How many sessions (containers) of one user can have an address on their network:
+/// a /28 has 16, less the network, its gateway and broadcast.
+pub const MAX_SLOTS: u32 = 13;
+
 impl UserNetwork {
+    /// The address of the user's container in `slot` (0 is the default session's,
+    /// `container`); `slot` is below `MAX_SLOTS`.
+    pub fn address(&self, slot: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.subnet) + 2 + slot.min(MAX_SLOTS - 1))
+    }
+
     pub fn cidr(&self) -> String {
         format!("{}/{SLOT_PREFIX}", self.subnet)
     }

@@ -2,6 +2,20 @@
 //! and entered with `PODSPAWN_PROJECT`.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::ServerConfig;
+use crate::docker::BuildSpec;
+use crate::engine::Engine;
+use crate::host::Host;
+use crate::keys::UserName;
+use crate::lock::NamedLock;
+use crate::podfile::PodfileError;
+use crate::progress::Progress;
+use crate::session::{ImageBuild, Reason, SessionError, Sessions};
+use crate::state::{ProjectRow, StateError};
+use crate::system::{self, ToolError};
 
 /// A project's name, as `PODSPAWN_PROJECT` carries it and `ssh NAME.pod` spells it: in
 /// container names (`podspawn-<user>-<project>`, also the hostname, at most 63), image
@@ -44,9 +58,430 @@ impl fmt::Display for ProjectName {
     }
 }
 
+/// Where a project's clone is: `<state_dir>/projects/<name>`.
+pub fn clone_dir(config: &ServerConfig, name: &ProjectName) -> PathBuf {
+    projects_dir(config).join(name.as_str())
+}
+
+/// Where the output of a project's last build is kept.
+pub fn build_log(config: &ServerConfig, name: &ProjectName) -> PathBuf {
+    projects_dir(config).join(format!("{name}.build.log"))
+}
+
+/// `<state_dir>/projects`: the clones and build logs (root's, readable by the docker
+/// group, as the state directory is).
+pub fn projects_dir(config: &ServerConfig) -> PathBuf {
+    config.state_dir().join("projects")
+}
+
+/// What one session of a project runs in: its image (and how to build it), where it
+/// starts, its shell, env and `on_start` — read from the Podfile of the registered
+/// checkout, so that a change that needs no build needs only `update-project`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Environment {
+    pub image: String,
+    pub build: ImageBuild,
+    pub workspace: String,
+    pub shell: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub on_start: Option<String>,
+}
+
+/// The environment of `user`'s sessions of the registered `project`.
+pub fn environment(
+    config: &ServerConfig,
+    project: &ProjectRow,
+    user: &UserName,
+) -> Result<Environment, PodfileError> {
+    let found = crate::podfile::find(&clone_dir(config, &project.name))?;
+    let podfile = found.podfile;
+    let mut env = session_env(user, project.name.as_str());
+    for (name, value) in &podfile.env {
+        env.push((name.0.clone(), value.expand(user.as_str(), project.name.as_str())));
+    }
+    Ok(Environment {
+        image: project.image.clone(),
+        build: ImageBuild {
+            project: project.name.to_string(),
+            dockerfile: project.dockerfile.clone(),
+            context: clone_dir(config, &project.name),
+            log: build_log(config, &project.name),
+            timeout: config.defaults.build_timeout.0,
+        },
+        workspace: project.workspace.clone(),
+        shell: podfile
+            .shell
+            .map(|shell| shell.as_path().display().to_string()),
+        env,
+        on_start: podfile.on_start.map(|script| script.0),
+    })
+}
+
+/// What every project or scratch session's programs are told.
+pub fn session_env(user: &UserName, project: &str) -> Vec<(String, String)> {
+    vec![
+        ("PODSPAWN_USER".to_string(), user.to_string()),
+        ("PODSPAWN_PROJECT".to_string(), project.to_string()),
+    ]
+}
+
+/// Why a project could not be added, updated or removed.
+#[derive(Debug)]
+pub enum ProjectError {
+    /// The admin's words do not fit (a name, a repo, a project that is or is not).
+    Refused(String),
+    Git(ToolError),
+    Podfile(PodfileError),
+    Build {
+        step: String,
+        log: PathBuf,
+        cause: String,
+    },
+    Session(SessionError),
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl fmt::Display for ProjectError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            ProjectError::Refused(message) => f.write_str(message),
+            ProjectError::Git(err) => write!(f, "git: {}", err.detail),
+            ProjectError::Podfile(err) => write!(f, "the Podfile is refused: {err}"),
+            ProjectError::Build { step, log, cause } => write!(
+                f,
+                "the build failed at \"{step}\" ({cause}); its output: {}",
+                log.display()
+            ),
+            ProjectError::Session(err) => err.fmt(f),
+            ProjectError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for ProjectError {}
+
+impl From<SessionError> for ProjectError {
+    fn from(err: SessionError) -> Self {
+        ProjectError::Session(err)
+    }
+}
+
+impl From<StateError> for ProjectError {
+    fn from(err: StateError) -> Self {
+        ProjectError::Session(SessionError::State(err))
+    }
+}
+
+/// The repo as `add-project` takes it: `github.com/ORG/REPO`, an https, ssh or
+/// `git@host:path` URL, or a local path (made absolute).
+pub fn normalize_repo(given: &str) -> Result<String, String> {
+    let refuse = || {
+        format!(
+            "{:?} is not a repo (github.com/ORG/REPO, an https or ssh git URL, or a local path)",
+            given.escape_debug().to_string()
+        )
+    };
+    if given.is_empty()
+        || given.starts_with('-')
+        || given.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(refuse());
+    }
+    if given.starts_with("https://") || given.starts_with("ssh://") || given.starts_with("http://") {
+        return Ok(given.to_string());
+    }
+    if let Some(rest) = given.strip_prefix("git@")
+        && let Some((host, path)) = rest.split_once(':')
+        && !host.is_empty()
+        && !path.is_empty()
+    {
+        return Ok(given.to_string());
+    }
+    if given.contains("://") || given.contains("::") {
+        return Err(refuse());
+    }
+    let path = Path::new(given);
+    if path.is_dir() {
+        return std::fs::canonicalize(path)
+            .map(|path| path.display().to_string())
+            .map_err(|err| format!("{given}: {err}"));
+    }
+    // `host.tld/org/repo`: a forge's web address, cloned over https.
+    let parts: Vec<&str> = given.trim_end_matches('/').split('/').collect();
+    if parts.len() >= 3 && parts[0].contains('.') && !given.starts_with('.') {
+        let url = format!("https://{}", given.trim_end_matches('/'));
+        return Ok(if url.ends_with(".git") {
+            url
+        } else {
+            format!("{url}.git")
+        });
+    }
+    Err(refuse())
+}
+
+/// The longest a clone or a fetch may take.
+const GIT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// What a registration did, for the admin.
+pub struct Registered {
+    pub row: ProjectRow,
+    /// The image was built now (not found already built).
+    pub built: bool,
+    /// What the Podfile (a devcontainer.json) said that podspawn does not do.
+    pub warnings: Vec<String>,
+}
+
+/// `add-project`: clones `repo`, reads its Podfile, builds its image and registers
+/// it — all or nothing: on any failure nothing is registered and nothing is left.
+pub fn add<E: Engine, H: Host>(
+    config: &ServerConfig,
+    sessions: &mut Sessions<E, H>,
+    name: &ProjectName,
+    repo: &str,
+    branch: Option<&str>,
+    output: &mut dyn FnMut(&str),
+) -> Result<Registered, ProjectError> {
+    if sessions.project(name)?.is_some() {
+        return Err(ProjectError::Refused(format!(
+            "project {name} is registered already (podspawn update-project {name} updates it)"
+        )));
+    }
+    let dir = projects_dir(config);
+    make_projects_dir(&dir)?;
+    let lock = sessions.lock_project(name, config.defaults.build_timeout.0)?;
+    // A checkout left by an earlier attempt that never registered is no one's.
+    let target = clone_dir(config, name);
+    remove_dir(&target)?;
+    let staging = dir.join(format!(".{name}.new-{}", std::process::id()));
+    remove_dir(&staging)?;
+    let result = (|| {
+        system::git_clone(repo, branch, &staging, GIT_TIMEOUT).map_err(ProjectError::Git)?;
+        let registered = prepare(config, sessions, name, &lock, &staging, repo, branch, output)?;
+        std::fs::rename(&staging, &target).map_err(|source| ProjectError::Io {
+            path: target.clone(),
+            source,
+        })?;
+        if let Err(err) = sessions.register_project(&registered.row) {
+            let _ = std::fs::remove_dir_all(&target);
+            if registered.built {
+                let _ = sessions.remove_old_image(&registered.row.image);
+            }
+            return Err(err.into());
+        }
+        Ok(registered)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+/// `update-project`: brings the checkout to the newest commit of its branch (or, for
+/// a project only declared in the config, makes it), builds when what reaches the
+/// image changed, and registers the update. Running sessions keep their container.
+/// Returns the registration and the image it replaced, if it did.
+pub fn update<E: Engine, H: Host>(
+    config: &ServerConfig,
+    sessions: &mut Sessions<E, H>,
+    name: &ProjectName,
+    output: &mut dyn FnMut(&str),
+) -> Result<(Registered, Option<String>), ProjectError> {
+    let Some(old) = sessions.project(name)? else {
+        let declared = config
+            .projects
+            .iter()
+            .find(|(key, _)| &key.0 == name)
+            .map(|(_, declared)| declared.clone())
+            .ok_or_else(|| ProjectError::Refused(format!("there is no project {name}")))?;
+        let repo = normalize_repo(&declared.repo).map_err(ProjectError::Refused)?;
+        let added = add(config, sessions, name, &repo, declared.branch.as_deref(), output)?;
+        return Ok((added, None));
+    };
+    let lock = sessions.lock_project(name, config.defaults.build_timeout.0)?;
+    let dir = clone_dir(config, name);
+    system::git_update(&dir, &old.branch, GIT_TIMEOUT).map_err(ProjectError::Git)?;
+    let registered = prepare(
+        config,
+        sessions,
+        name,
+        &lock,
+        &dir,
+        &old.repo,
+        Some(&old.branch),
+        output,
+    )?;
+    sessions.register_project(&registered.row)?;
+    let replaced = (registered.row.image != old.image).then_some(old.image);
+    if let Some(image) = &replaced {
+        sessions.remove_old_image(image)?;
+    }
+    Ok((registered, replaced))
+}
+
+/// Reads the Podfile of the checkout in `dir`, builds the image it makes unless it
+/// exists, and says what to register.
+fn prepare<E: Engine, H: Host>(
+    config: &ServerConfig,
+    sessions: &mut Sessions<E, H>,
+    name: &ProjectName,
+    held: &NamedLock,
+    dir: &Path,
+    repo: &str,
+    branch: Option<&str>,
+    output: &mut dyn FnMut(&str),
+) -> Result<Registered, ProjectError> {
+    let (commit, head_branch) = system::git_head(dir).map_err(ProjectError::Git)?;
+    let found = crate::podfile::find(dir).map_err(ProjectError::Podfile)?;
+    let recipe = crate::image::recipe(name, &found.podfile, &config.defaults.image, &commit)
+        .map_err(|err| ProjectError::Podfile(PodfileError {
+            file: found.file.clone(),
+            line: None,
+            message: err,
+        }))?;
+    let dockerfile = recipe.dockerfile();
+    let log = build_log(config, name);
+    let spec = BuildSpec {
+        tag: &recipe.tag,
+        project: name.as_str(),
+        dockerfile: &dockerfile,
+        context: dir,
+        timeout: config.defaults.build_timeout.0,
+    };
+    let mut progress = Progress::new(&dockerfile, &log);
+    let built = sessions.build_project_image(held, &spec, Reason::ProjectChanged, &mut |line| {
+        if let Some(shown) = progress.line(line) {
+            output(&shown);
+        }
+    });
+    if let Some(shown) = progress.finish(built.is_ok()) {
+        output(&shown);
+    }
+    let built = built.map_err(|err| ProjectError::Build {
+        step: progress.step().to_string(),
+        log: log.clone(),
+        cause: err.to_string(),
+    })?;
+    Ok(Registered {
+        row: ProjectRow {
+            name: name.clone(),
+            repo: repo.to_string(),
+            branch: branch.map_or(head_branch, str::to_string),
+            commit,
+            podfile: found.file,
+            image: recipe.tag,
+            dockerfile,
+            workspace: recipe.workspace,
+            updated_at: crate::host::now_millis(),
+        },
+        built,
+        warnings: found.warnings,
+    })
+}
+
+/// `remove-project`: refuses while sessions of it run unless `force`, which ends
+/// them; then forgets it and removes its checkout and images. Returns how many
+/// sessions it ended.
+pub fn remove<E: Engine, H: Host>(
+    config: &ServerConfig,
+    sessions: &mut Sessions<E, H>,
+    name: &ProjectName,
+    force: bool,
+) -> Result<usize, ProjectError> {
+    if sessions.project(name)?.is_none() {
+        let declared = config.projects.keys().any(|key| &key.0 == name);
+        return Err(ProjectError::Refused(if declared {
+            format!("project {name} is only declared in the config; remove it there")
+        } else {
+            format!("there is no project {name}")
+        }));
+    }
+    let running = sessions.project_sessions(name)?;
+    if !running.is_empty() && !force {
+        let users: Vec<String> = running.iter().map(|row| row.user.to_string()).collect();
+        return Err(ProjectError::Refused(format!(
+            "project {name} has {} session(s) ({}); use --force to end them and remove it",
+            running.len(),
+            users.join(", ")
+        )));
+    }
+    let _lock = sessions.lock_project(name, config.defaults.build_timeout.0)?;
+    let destroyed = sessions.remove_project(name)?;
+    remove_dir(&clone_dir(config, name))?;
+    let log = build_log(config, name);
+    if log.exists() {
+        let _ = std::fs::remove_file(&log);
+    }
+    Ok(destroyed)
+}
+
+/// `<state_dir>/projects`, made when missing (root's, group docker, like the state
+/// directory: spawn writes build logs there).
+fn make_projects_dir(dir: &Path) -> Result<(), ProjectError> {
+    use std::os::unix::fs::PermissionsExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let io = |source| ProjectError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir(dir).map_err(io)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2770)).map_err(io)
+}
+
+fn remove_dir(dir: &Path) -> Result<(), ProjectError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ProjectError::Io {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repos_are_normalized_and_odd_ones_refused() {
+        assert_eq!(
+            normalize_repo("github.com/company/node-api").unwrap(),
+            "https://github.com/company/node-api.git"
+        );
+        assert_eq!(
+            normalize_repo("gitlab.example.org/a/b.git").unwrap(),
+            "https://gitlab.example.org/a/b.git"
+        );
+        for kept in [
+            "https://github.com/a/b.git",
+            "ssh://git@host/a/b",
+            "git@github.com:a/b.git",
+        ] {
+            assert_eq!(normalize_repo(kept).unwrap(), kept);
+        }
+        let here = std::env::temp_dir();
+        assert_eq!(
+            normalize_repo(here.to_str().unwrap()).unwrap(),
+            std::fs::canonicalize(&here).unwrap().display().to_string()
+        );
+        for bad in [
+            "",
+            "--upload-pack=evil",
+            "ext::sh -c touch% /tmp/x",
+            "fd::3",
+            "file:///etc",
+            "a b",
+            "nowhere/at/all",
+            "git@:x",
+        ] {
+            assert!(normalize_repo(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn project_names_are_plain_and_short() {

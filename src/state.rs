@@ -20,6 +20,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::config::SessionMode;
 use crate::keys::UserName;
+use crate::project::ProjectName;
 use crate::process::ProcessId;
 
 /// How long a query waits for another process's lock before giving up.
@@ -73,6 +74,19 @@ const MIGRATIONS: &[&str] = &[
         grace_until = grace_until * 1000, keeper_pid = NULL, keeper_start = NULL,
         keeper_boot = NULL;
     UPDATE connections SET started_at = started_at * 1000;",
+    // 3: projects, and each session's address slot on its user's network.
+    "CREATE TABLE projects (
+        name TEXT PRIMARY KEY,
+        repo TEXT NOT NULL,
+        branch TEXT NOT NULL,
+        commit_id TEXT NOT NULL,
+        podfile TEXT NOT NULL,
+        image TEXT NOT NULL,
+        dockerfile TEXT NOT NULL,
+        workspace TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    ALTER TABLE sessions ADD COLUMN slot INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// One session: a container and how long it may live. Times are milliseconds since
@@ -93,6 +107,27 @@ pub struct SessionRow {
     pub grace_until: Option<i64>,
     /// The process that watches this session (see `keeper`).
     pub keeper: Option<ProcessId>,
+    /// Which of its user's addresses the container has (0: the default session's).
+    pub slot: u32,
+}
+
+/// A registered project (see `project`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectRow {
+    pub name: ProjectName,
+    /// The repo as given to add-project, normalized (a URL or an absolute path).
+    pub repo: String,
+    pub branch: String,
+    /// The commit checked out and built.
+    pub commit: String,
+    /// Where its Podfile is in the repo.
+    pub podfile: String,
+    /// The image built from it.
+    pub image: String,
+    /// What the image is built from (kept: the image can be rebuilt as it was).
+    pub dockerfile: String,
+    pub workspace: String,
+    pub updated_at: i64,
 }
 
 /// One SSH connection into a session.
@@ -256,8 +291,8 @@ impl State {
         let keeper = session.keeper.as_ref();
         self.connection.execute(
             "INSERT INTO sessions (user, project, container, session_id, image, mode, grace_secs,
-                created_at, expires_at, grace_until, keeper_pid, keeper_start, keeper_boot)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                created_at, expires_at, grace_until, keeper_pid, keeper_start, keeper_boot, slot)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 session.user.as_str(),
                 session.project,
@@ -272,8 +307,56 @@ impl State {
                 keeper.map(|k| k.pid),
                 keeper.map(|k| k.start_ticks as i64),
                 keeper.map(|k| k.boot_id.clone()),
+                session.slot,
             ],
         )?;
+        Ok(())
+    }
+
+    pub fn project(&self, name: &ProjectName) -> Result<Option<ProjectRow>, StateError> {
+        Ok(self
+            .connection
+            .query_row(
+                "SELECT * FROM projects WHERE name = ?1",
+                params![name.as_str()],
+                project_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Every registered project, by name.
+    pub fn projects(&self) -> Result<Vec<ProjectRow>, StateError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT * FROM projects ORDER BY name")?;
+        let rows = statement.query_map([], project_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Registers a project, or replaces its registration.
+    pub fn put_project(&self, project: &ProjectRow) -> Result<(), StateError> {
+        self.connection.execute(
+            "INSERT OR REPLACE INTO projects (name, repo, branch, commit_id, podfile, image,
+                dockerfile, workspace, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                project.name.as_str(),
+                project.repo,
+                project.branch,
+                project.commit,
+                project.podfile,
+                project.image,
+                project.dockerfile,
+                project.workspace,
+                project.updated_at,
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_project(&self, name: &ProjectName) -> Result<(), StateError> {
+        self.connection
+            .execute("DELETE FROM projects WHERE name = ?1", params![name.as_str()])?;
         Ok(())
     }
 
@@ -444,6 +527,30 @@ fn session_from_row(row: &Row) -> rusqlite::Result<SessionRow> {
         expires_at: row.get("expires_at")?,
         grace_until: row.get("grace_until")?,
         keeper,
+        slot: row.get("slot")?,
+    })
+}
+
+fn project_from_row(row: &Row) -> rusqlite::Result<ProjectRow> {
+    let column = row.as_ref().column_index("name")?;
+    let name: String = row.get(column)?;
+    let name = ProjectName::parse(&name).map_err(|err| {
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            rusqlite::types::Type::Text,
+            Box::new(std::io::Error::other(err)),
+        )
+    })?;
+    Ok(ProjectRow {
+        name,
+        repo: row.get("repo")?,
+        branch: row.get("branch")?,
+        commit: row.get("commit_id")?,
+        podfile: row.get("podfile")?,
+        image: row.get("image")?,
+        dockerfile: row.get("dockerfile")?,
+        workspace: row.get("workspace")?,
+        updated_at: row.get("updated_at")?,
     })
 }
 
@@ -514,6 +621,7 @@ pub(crate) mod tests {
             expires_at: Some(1_000_000 + 8 * 3_600_000),
             grace_until: None,
             keeper: None,
+            slot: 0,
         }
     }
 
@@ -586,7 +694,7 @@ pub(crate) mod tests {
         state
             .connection
             .execute(
-                "INSERT INTO sessions VALUES ('../x', '', 'c', 's', 'i', 'grace-period', 60, 1, NULL, NULL, NULL, NULL, NULL)",
+                "INSERT INTO sessions VALUES ('../x', '', 'c', 's', 'i', 'grace-period', 60, 1, NULL, NULL, NULL, NULL, NULL, 0)",
                 [],
             )
             .unwrap();

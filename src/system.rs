@@ -21,35 +21,14 @@ impl fmt::Display for ToolError {
 
 impl std::error::Error for ToolError {}
 
-/// Runs a tool to completion; its stderr (folded to one line) on failure.
+/// Runs a tool to completion, for at most `TOOL_TIMEOUT`; its stderr (folded to one
+/// line) on failure.
 fn run(program: &str, args: &[&str]) -> Result<String, ToolError> {
-    let argv: Vec<String> = std::iter::once(program.to_string())
-        .chain(args.iter().map(|arg| arg.to_string()))
-        .collect();
-    let output = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|err| ToolError {
-            argv: argv.clone(),
-            detail: err.to_string(),
-        })?;
-    if output.status.success() {
-        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr)
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
-    Err(ToolError {
-        argv,
-        detail: if stderr.is_empty() {
-            output.status.to_string()
-        } else {
-            stderr
-        },
-    })
+    run_for(program, args, &[], TOOL_TIMEOUT)
 }
+
+/// The longest an admin tool (sshd -t, useradd, …) may take.
+const TOOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// An admin tool as found on PATH, else in /usr/sbin or /sbin (where Debian keeps
 /// sshd, groupadd and useradd, and where `sudo` without a login shell may not look).
@@ -190,6 +169,131 @@ pub fn add_to_group(user: &str, group: &str) -> Result<(), ToolError> {
 pub fn set_home(user: &str, home: &Path) -> Result<(), ToolError> {
     let home = home.display().to_string();
     run(&tool("usermod"), &["--home", &home, user]).map(|_| ())
+}
+
+/// How git runs for podspawn: never prompting (no terminal to answer on), with no
+/// hooks or external transports, whatever the repo or the machine's config says.
+fn git(args: &[&str], timeout: std::time::Duration) -> Result<String, ToolError> {
+    let mut argv = vec![
+        "-c",
+        "protocol.ext.allow=never",
+        "-c",
+        "protocol.fd.allow=never",
+        "-c",
+        "core.hooksPath=/dev/null",
+        "-c",
+        "core.fsmonitor=false",
+        "-c",
+        "advice.detachedHead=false",
+    ];
+    argv.extend(args);
+    run_for(
+        &tool("git"),
+        &argv,
+        &[
+            ("GIT_TERMINAL_PROMPT", "0"),
+            ("GIT_SSH_COMMAND", "ssh -o BatchMode=yes"),
+        ],
+        timeout,
+    )
+}
+
+/// Clones `repo` (a URL or a local path) into `dir`, at `branch` or the default one.
+pub fn git_clone(
+    repo: &str,
+    branch: Option<&str>,
+    dir: &Path,
+    timeout: std::time::Duration,
+) -> Result<(), ToolError> {
+    let dir = dir.display().to_string();
+    let mut args = vec!["clone", "--quiet", "--no-recurse-submodules"];
+    if let Some(branch) = branch {
+        args.extend(["--branch", branch]);
+    }
+    args.extend(["--", repo, &dir]);
+    git(&args, timeout).map(|_| ())
+}
+
+/// Brings the checkout in `dir` to the newest commit of `branch` on its origin,
+/// dropping anything else in the tree.
+pub fn git_update(dir: &Path, branch: &str, timeout: std::time::Duration) -> Result<(), ToolError> {
+    let dir = dir.display().to_string();
+    git(&["-C", &dir, "fetch", "--quiet", "origin", "--", branch], timeout)?;
+    git(&["-C", &dir, "reset", "--quiet", "--hard", "FETCH_HEAD"], timeout)?;
+    git(&["-C", &dir, "clean", "-ffdxq"], timeout).map(|_| ())
+}
+
+/// The commit the checkout in `dir` is at, and its branch.
+pub fn git_head(dir: &Path) -> Result<(String, String), ToolError> {
+    let dir = dir.display().to_string();
+    let timeout = std::time::Duration::from_secs(30);
+    let commit = git(&["-C", &dir, "rev-parse", "HEAD"], timeout)?;
+    let branch = git(&["-C", &dir, "rev-parse", "--abbrev-ref", "HEAD"], timeout)?;
+    Ok((commit.trim().to_string(), branch.trim().to_string()))
+}
+
+/// Like `run`, with extra environment, and killed after `timeout`.
+fn run_for(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: std::time::Duration,
+) -> Result<String, ToolError> {
+    let argv: Vec<String> = std::iter::once(program.to_string())
+        .chain(args.iter().map(|arg| arg.to_string()))
+        .collect();
+    let failure = |detail: String| ToolError {
+        argv: argv.clone(),
+        detail,
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|err| failure(err.to_string()))?;
+    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let stderr = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|err| failure(err.to_string()))? {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(failure(format!(
+                "did not finish within {}s",
+                timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    if status.success() {
+        return Ok(String::from_utf8_lossy(&stdout).into_owned());
+    }
+    let stderr = String::from_utf8_lossy(&stderr)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    Err(failure(if stderr.is_empty() {
+        status.to_string()
+    } else {
+        stderr
+    }))
 }
 
 /// Deletes an account (its shared home stays: it is not the account's).

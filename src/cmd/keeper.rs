@@ -99,12 +99,10 @@ fn keep(config: &ServerConfig, args: &KeeperArgs) -> Result<(), Error> {
     if crate::privilege::has_borrowed_group() {
         crate::privilege::check_shared_dirs(config).map_err(Error::Refused)?;
     }
-    // Projects come with add-project; until then a session is the default one.
+    // A project's or scratch session's name, as spawn checked it.
     if !args.project.is_empty() {
-        return Err(Error::Refused(format!(
-            "keeper --project {:?}: there are no projects yet",
-            args.project
-        )));
+        crate::project::ProjectName::parse(&args.project)
+            .map_err(|err| Error::Refused(format!("keeper --project: {err}")))?;
     }
     let project = args.project.clone();
     let db_path = config.state.db_path.as_path();

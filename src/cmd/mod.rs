@@ -15,6 +15,7 @@ use crate::logging;
 use crate::privilege;
 use crate::session::{Effects, SessionError, Sessions};
 
+mod add_project;
 mod add_user;
 mod auth_keys;
 mod cleanup;
@@ -22,9 +23,11 @@ mod doctor;
 mod help;
 mod keeper;
 mod list;
+mod remove_project;
 mod remove_user;
 pub mod server_setup;
 pub mod spawn;
+mod update_project;
 mod verify_image;
 mod version;
 
@@ -33,6 +36,9 @@ pub const ALL: &[Command] = &[
     server_setup::COMMAND,
     add_user::COMMAND,
     remove_user::COMMAND,
+    add_project::COMMAND,
+    update_project::COMMAND,
+    remove_project::COMMAND,
     list::COMMAND,
     cleanup::COMMAND,
     doctor::COMMAND,
@@ -150,6 +156,9 @@ Admin commands (run as root):
   server-setup        configure sshd and create podspawn's group, dirs and state
   add-user NAME       register NAME's SSH keys (--key, --key-file, --github)
   remove-user NAME    delete NAME's keys (--force: destroy their sessions too)
+  add-project NAME    register a project: clone --repo, read its Podfile, build it
+  update-project NAME fetch a project's branch, rebuild if its image changed
+  remove-project NAME remove a project (--force: end its sessions too)
   list                show sessions and their live connections (--json)
   cleanup             expire sessions and remove orphans now (--daemon to repeat)
   doctor              check this host's set-up and say how to fix what is wrong

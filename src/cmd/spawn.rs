@@ -20,7 +20,8 @@ use crate::error::Error;
 use crate::keys::store::{KeyStore, StoreError};
 use crate::keys::{NameError, UserName};
 use crate::privilege;
-use crate::router::{self, Program};
+use crate::project::ProjectName;
+use crate::router;
 use crate::session::{ConnectRequest, SessionError, Settings};
 
 pub const COMMAND: Command = Command {
@@ -50,25 +51,33 @@ podspawn's own failures exit 125 with one line on stderr; details go to log.file
 or syslog.
 ";
 
-/// `spawn --user NAME`: sshd's forced command.
+/// `spawn --user NAME [--project NAME]`: sshd's forced command.
 #[derive(Debug, PartialEq, Eq)]
 struct SpawnArgs {
     user: String,
+    /// For tests and admins; a connection names its project in `PODSPAWN_PROJECT`.
+    project: Option<String>,
 }
+
+/// The variable a client sends (`SetEnv`, accepted by sshd's `AcceptEnv`) to name
+/// its project.
+const PROJECT_VARIABLE: &str = "PODSPAWN_PROJECT";
 
 /// `None`: help.
 fn parse(args: &mut Args) -> Result<Option<SpawnArgs>, UsageError> {
     const NAME: &str = "spawn";
     let mut user = None;
+    let mut project = None;
     while let Some(arg) = args.next()? {
         match arg {
             Short('h') | Long("help") => return Ok(None),
             Long("user") => user = Some(args.value()?),
+            Long("project") => project = Some(args.value()?),
             other => return Err(Args::unexpected(NAME, &other)),
         }
     }
     let user = user.ok_or_else(|| args.error("missing --user NAME".to_string()))?;
-    Ok(Some(SpawnArgs { user }))
+    Ok(Some(SpawnArgs { user, project }))
 }
 
 /// The command's exit code, or 125 and one line for the user.
@@ -110,6 +119,12 @@ pub enum SpawnError {
     Keys(StoreError),
     /// The state directories are missing or not root's: `server-setup` was not run.
     NotSetUp(String),
+    /// `PODSPAWN_PROJECT` (or `--project`) is no project name.
+    BadProject(String),
+    /// A project declared in the config that no `update-project` has set up yet.
+    ProjectNotSetUp(ProjectName),
+    /// A registered project whose checkout's Podfile cannot be read now.
+    BrokenProject(ProjectName, String),
     Session(SessionError),
 }
 
@@ -132,6 +147,13 @@ impl SpawnError {
             SpawnError::NotSetUp(_) => {
                 "podspawn is not set up on this server; tell your admin".to_string()
             }
+            SpawnError::BadProject(err) => format!("PODSPAWN_PROJECT: {err}"),
+            SpawnError::ProjectNotSetUp(project) => format!(
+                "project {project} is declared but not set up yet; tell your admin (podspawn update-project {project})"
+            ),
+            SpawnError::BrokenProject(project, _) => {
+                format!("project {project} cannot be used now; tell your admin")
+            }
             SpawnError::Session(err) => err.user_message(),
         }
     }
@@ -150,6 +172,11 @@ impl fmt::Display for SpawnError {
             SpawnError::NotRegistered(user) => write!(f, "{user} has no keys registered"),
             SpawnError::Keys(err) => err.fmt(f),
             SpawnError::NotSetUp(reason) => f.write_str(reason),
+            SpawnError::BadProject(err) => write!(f, "PODSPAWN_PROJECT: {err}"),
+            SpawnError::ProjectNotSetUp(project) => {
+                write!(f, "project {project} is declared in the config but not set up")
+            }
+            SpawnError::BrokenProject(project, err) => write!(f, "project {project}: {err}"),
             SpawnError::Session(err) => err.fmt(f),
         }
     }
@@ -165,8 +192,6 @@ impl From<SessionError> for SpawnError {
 
 pub fn settings(config: &ServerConfig) -> Settings {
     Settings {
-        image: config.defaults.image.clone(),
-        shell: config.defaults.shell.as_path().display().to_string(),
         cpus: config.defaults.cpus.0,
         memory_bytes: config.defaults.memory.0,
         pids_limit: config.defaults.pids_limit,
@@ -174,7 +199,26 @@ pub fn settings(config: &ServerConfig) -> Settings {
         lifetime: config.session.max_lifetime.0,
         mode: config.session.mode,
         pool: config.network.pool,
+        max_per_user: config.session.max_per_user,
     }
+}
+
+/// The project a connection asks for: `--project` (tests, admins), else
+/// `PODSPAWN_PROJECT` as the client sent it; none for the default environment.
+fn asked_project(args: &SpawnArgs) -> Result<Option<ProjectName>, SpawnError> {
+    let asked = match &args.project {
+        Some(project) => project.clone(),
+        None => match std::env::var_os(PROJECT_VARIABLE) {
+            None => return Ok(None),
+            Some(value) => value.to_string_lossy().into_owned(),
+        },
+    };
+    if asked.is_empty() {
+        return Ok(None);
+    }
+    ProjectName::parse(&asked)
+        .map(Some)
+        .map_err(SpawnError::BadProject)
 }
 
 /// Runs the connection; returns the exit code of the command in the container.
@@ -198,18 +242,38 @@ fn connect(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
         privilege::check_shared_dirs(config).map_err(SpawnError::NotSetUp)?;
     }
 
+    let project = asked_project(args)?;
     let tty = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
     let original_command = std::env::var_os("SSH_ORIGINAL_COMMAND");
     let routed = router::route(original_command.as_deref(), tty);
     let settings = settings(config);
-    let identity = Identity::new(
-        user.clone(),
-        caller.uid,
-        caller.gid,
-        &caller.group,
-        &settings.shell,
-    );
+    let mut sessions = super::sessions(config)?;
+    let environment = match &project {
+        None => None,
+        Some(name) => match sessions.project(name)? {
+            Some(row) => Some(
+                crate::project::environment(config, &row, &user)
+                    .map_err(|err| SpawnError::BrokenProject(name.clone(), err.to_string()))?,
+            ),
+            None if config.projects.keys().any(|key| &key.0 == name) => {
+                return Err(SpawnError::ProjectNotSetUp(name.clone()));
+            }
+            // Not a project: a named scratch environment on the default image.
+            None => None,
+        },
+    };
+    let default_shell = config.defaults.shell.as_path().display().to_string();
+    let shell = environment
+        .as_ref()
+        .and_then(|environment| environment.shell.clone())
+        .unwrap_or(default_shell);
+    let identity = Identity::new(user.clone(), caller.uid, caller.gid, &caller.group, &shell);
     let mut env = passed_env(routed.tty);
+    match (&project, &environment) {
+        (_, Some(environment)) => env.extend(environment.env.iter().cloned()),
+        (Some(scratch), None) => env.extend(crate::project::session_env(&user, scratch.as_str())),
+        (None, None) => {}
+    }
     let agent_dir = match agent::user_dir(config.state.agent_dir.as_path(), &user) {
         Ok(dir) => Some(dir),
         Err(err) => {
@@ -236,18 +300,20 @@ fn connect(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
         },
         _ => None,
     };
-    if routed.tty && routed.program == Program::Shell {
-        let address = settings.pool.for_user(user.as_str(), caller.uid).container;
-        eprintln!(
-            "podspawn: your container is podspawn-{user} at {address}; ssh -L PORT:{address}:PORT reaches its ports"
-        );
-    }
     let request = ConnectRequest {
         user: identity,
-        project: String::new(),
+        project: project.as_ref().map(ProjectName::to_string).unwrap_or_default(),
         env,
         routed,
         agent_dir: agent_dir.map(|dir| dir.display().to_string()),
+        image: environment
+            .as_ref()
+            .map_or_else(|| config.defaults.image.clone(), |environment| environment.image.clone()),
+        build: environment.as_ref().map(|environment| environment.build.clone()),
+        workdir: environment
+            .as_ref()
+            .map(|environment| environment.workspace.clone()),
+        on_start: environment.and_then(|environment| environment.on_start),
     };
     log::info!(
         "{user} connects: {}",
@@ -255,7 +321,6 @@ fn connect(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
             .as_deref()
             .map_or("(shell)".into(), OsStr::to_string_lossy)
     );
-    let mut sessions = super::sessions(config)?;
     let code = sessions.connect(&request, &settings)?;
     log::info!("{user} disconnects: exit {code}");
     Ok(code)
@@ -294,7 +359,8 @@ mod tests {
         assert_eq!(
             parse_words(&["--user", "alice"]),
             Ok(Some(SpawnArgs {
-                user: "alice".into()
+                user: "alice".into(),
+                project: None
             }))
         );
         let err = parse_words(&["--user"]).unwrap_err().to_string();

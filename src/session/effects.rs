@@ -5,7 +5,7 @@
 //! alone: a change that does not come through here does not compile. Every change is
 //! logged here with its reason; the audit log will be written here too.
 
-use crate::docker::DockerError;
+use crate::docker::{BuildSpec, DockerError};
 use crate::engine::{Effect, Engine, Probe};
 
 use super::plan::Reason;
@@ -35,6 +35,25 @@ impl<E: Engine> Effects<E> {
         match &result {
             Ok(()) => log::info!("{effect} ({reason})"),
             Err(err) => log::warn!("could not {effect} ({reason}): {err}"),
+        }
+        result
+    }
+
+    /// Builds a project's image, for `reason`; each line of the build to `output`.
+    pub fn build(
+        &mut self,
+        spec: &BuildSpec,
+        reason: Reason,
+        output: &mut dyn FnMut(&str),
+    ) -> Result<(), DockerError> {
+        let passed = Passed {
+            _only_effects_makes_this: (),
+        };
+        log::info!("build image {} ({reason})", spec.tag);
+        let result = self.engine.build(spec, output, passed);
+        match &result {
+            Ok(()) => log::info!("built image {} ({reason})", spec.tag),
+            Err(err) => log::warn!("could not build image {} ({reason}): {err}", spec.tag),
         }
         result
     }

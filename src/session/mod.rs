@@ -49,8 +49,6 @@ const PERSISTENT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86400);
 /// What a new container gets, from the server config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    pub image: String,
-    pub shell: String,
     pub cpus: f64,
     pub memory_bytes: u64,
     pub pids_limit: u32,
@@ -58,6 +56,20 @@ pub struct Settings {
     pub lifetime: Duration,
     pub mode: SessionMode,
     pub pool: Pool,
+    /// How many sessions (containers) one user may have at once.
+    pub max_per_user: u32,
+}
+
+/// How a project's image is built when it is missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageBuild {
+    pub project: String,
+    pub dockerfile: String,
+    /// The repo checkout it copies from.
+    pub context: std::path::PathBuf,
+    /// Where the build's whole output is kept.
+    pub log: std::path::PathBuf,
+    pub timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -76,6 +88,18 @@ pub enum SessionError {
     },
     /// The user was removed while this connection was on its way in.
     NotRegistered(UserName),
+    /// The user has as many sessions as they may have.
+    TooManySessions { running: Vec<String> },
+    /// The session's image is not there, and it says how it is built (a signal
+    /// within `connect`, which builds it outside the user's lock and tries again).
+    ImageMissing,
+    /// Building a project's image failed at `step`; its whole output is in `log`.
+    BuildFailed {
+        image: String,
+        step: String,
+        log: std::path::PathBuf,
+        cause: DockerError,
+    },
 }
 
 impl SessionError {
@@ -92,6 +116,18 @@ impl SessionError {
             SessionError::NotRegistered(_) => {
                 "you are not registered with podspawn on this server; tell your admin".to_string()
             }
+            SessionError::TooManySessions { running } => format!(
+                "you have {} sessions already ({}); end one first",
+                running.len(),
+                running.join(", ")
+            ),
+            SessionError::ImageMissing => {
+                "your session's image is missing; tell your admin".to_string()
+            }
+            SessionError::BuildFailed { image, step, log, .. } => format!(
+                "building {image} failed at \"{step}\" (log: {}); tell your admin",
+                log.display()
+            ),
             SessionError::Lock(err) if err.timed_out() => {
                 "your session is busy (another of your connections holds it); try again shortly"
                     .to_string()
@@ -121,6 +157,20 @@ impl fmt::Display for SessionError {
             SessionError::NotRegistered(user) => {
                 write!(f, "{user} was removed while connecting")
             }
+            SessionError::TooManySessions { running } => {
+                write!(f, "refused a session beyond {}: {}", running.len(), running.join(", "))
+            }
+            SessionError::ImageMissing => f.write_str("the session's image is missing"),
+            SessionError::BuildFailed {
+                image,
+                step,
+                log,
+                cause,
+            } => write!(
+                f,
+                "building {image} failed at \"{step}\": {cause} (log: {})",
+                log.display()
+            ),
         }
     }
 }
@@ -148,13 +198,24 @@ impl From<LockError> for SessionError {
 /// A connection as spawn asks for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectRequest {
+    /// The user inside (their shell is the session's).
     pub user: Identity,
+    /// The project or scratch environment; empty for the user's default one.
     pub project: String,
     pub routed: Routed,
-    /// Environment for the program, after podspawn's own (TERM, LANG, …).
+    /// Environment for the program, after podspawn's own (TERM, LANG, the
+    /// project's, …).
     pub env: Vec<(String, String)>,
     /// The user's agent directory on the host, mounted into a new container.
     pub agent_dir: Option<String>,
+    /// The image a new container of the session is made from…
+    pub image: String,
+    /// …and how it is built when it is missing (a project's).
+    pub build: Option<ImageBuild>,
+    /// Where the session's programs start (a project's workspace); the home if none.
+    pub workdir: Option<String>,
+    /// A project's `on_start`, run at the start of each interactive shell.
+    pub on_start: Option<String>,
 }
 
 /// A recorded connection into a session.
@@ -239,8 +300,31 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         request: &ConnectRequest,
         settings: &Settings,
     ) -> Result<i32, SessionError> {
+        let mut built = false;
         loop {
-            let attached = self.attach(request, settings)?;
+            let attached = match self.attach(request, settings) {
+                Ok(attached) => attached,
+                // Built here, outside the user's lock (a build takes minutes), once.
+                Err(SessionError::ImageMissing) if !built && request.build.is_some() => {
+                    self.build_image(request)?;
+                    built = true;
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            if request.routed.tty && request.routed.program == Program::Shell {
+                let address = settings
+                    .pool
+                    .for_user(request.user.name.as_str(), request.user.uid)
+                    .address(attached.session.slot);
+                write_stderr(
+                    format!(
+                        "podspawn: your container is {} at {address}; ssh -L PORT:{address}:PORT reaches its ports\n",
+                        attached.session.container
+                    )
+                    .as_bytes(),
+                );
+            }
             let spec = self.exec_spec(request, &attached);
             let end = match self.effects.engine().exec(&spec) {
                 Ok(end) => end,
@@ -321,8 +405,66 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         }
     }
 
+    /// Builds the request's image under its project's build lock: of the connections
+    /// that find it missing at once, one builds and the others wait and find it.
+    /// An interactive shell's terminal shows progress lines; nothing else ever does
+    /// (scp, sftp and rsync speak a protocol on stdout), and the whole output goes to
+    /// the build log.
+    fn build_image(&mut self, request: &ConnectRequest) -> Result<(), SessionError> {
+        let build = request.build.as_ref().expect("asked only with a build");
+        let _lock = self
+            .locks
+            .acquire_named(&format!("project.{}", build.project), build.timeout)?;
+        if self.effects.engine().has_image(&request.image)? {
+            return Ok(());
+        }
+        let interactive = request.routed.tty && request.routed.program == Program::Shell;
+        if interactive {
+            write_stderr(
+                format!(
+                    "Building environment for {} (first time, this takes a minute)...\n",
+                    build.project
+                )
+                .as_bytes(),
+            );
+        }
+        let mut progress = crate::progress::Progress::new(&build.dockerfile, &build.log);
+        let spec = crate::docker::BuildSpec {
+            tag: &request.image,
+            project: &build.project,
+            dockerfile: &build.dockerfile,
+            context: &build.context,
+            timeout: build.timeout,
+        };
+        let result = self
+            .effects
+            .build(&spec, Reason::ImageMissing, &mut |line| {
+                if let Some(shown) = progress.line(line)
+                    && interactive
+                {
+                    write_stderr(shown.as_bytes());
+                }
+            });
+        if let Some(shown) = progress.finish(result.is_ok())
+            && interactive
+        {
+            write_stderr(shown.as_bytes());
+        }
+        result.map_err(|cause| SessionError::BuildFailed {
+            image: request.image.clone(),
+            step: progress.step().to_string(),
+            log: build.log.clone(),
+            cause,
+        })
+    }
+
     fn exec_spec(&self, request: &ConnectRequest, attached: &Attached) -> ExecSpec {
-        let mut argv = container::program_argv(&request.routed.program, &request.user.shell);
+        let interactive = request.routed.tty && request.routed.program == Program::Shell;
+        let mut argv = container::program_argv(
+            &request.routed.program,
+            &request.user.shell,
+            request.on_start.as_deref().filter(|_| interactive),
+        );
         if attached.created {
             argv = container::after_setup(argv);
         }
@@ -335,6 +477,7 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             container: attached.session.container.clone(),
             user: request.user.clone(),
             tty: request.routed.tty,
+            workdir: request.workdir.clone(),
             env,
             argv,
         }
@@ -371,9 +514,12 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             ConnectPlan::Replace(reason) => {
                 let old = existing.expect("replace has a session");
                 self.destroy(&old, reason)?;
-                (self.create(request, settings, now)?, true)
+                (self.create(request, settings, old.slot, now)?, true)
             }
-            ConnectPlan::Create => (self.create(request, settings, now)?, true),
+            ConnectPlan::Create => {
+                let slot = self.free_slot(user, project, settings.max_per_user)?;
+                (self.create(request, settings, slot, now)?, true)
+            }
         };
         let program = match &request.routed.program {
             Program::Shell => "shell",
@@ -390,12 +536,42 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         })
     }
 
+    /// Under the user's lock: the address slot of a new session, or why there is
+    /// none (the user has as many sessions as they may).
+    fn free_slot(
+        &self,
+        user: &UserName,
+        project: &str,
+        max_per_user: u32,
+    ) -> Result<u32, SessionError> {
+        let others: Vec<SessionRow> = self
+            .state
+            .sessions()?
+            .into_iter()
+            .filter(|session| &session.user == user)
+            .collect();
+        let used: Vec<u32> = others.iter().map(|session| session.slot).collect();
+        match plan::free_slot(project.is_empty(), &used, max_per_user) {
+            Some(slot) => Ok(slot),
+            None => Err(SessionError::TooManySessions {
+                running: others
+                    .iter()
+                    .map(|session| match session.project.as_str() {
+                        "" => "default".to_string(),
+                        project => project.to_string(),
+                    })
+                    .collect(),
+            }),
+        }
+    }
+
     /// Makes the session's container (repairing what is in the way), records it,
     /// and starts its keeper.
     fn create(
         &mut self,
         request: &ConnectRequest,
         settings: &Settings,
+        slot: u32,
         now: Millis,
     ) -> Result<SessionRow, SessionError> {
         let user = &request.user;
@@ -403,7 +579,7 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         let persistent = settings.mode == SessionMode::Persistent;
         let spec = ContainerSpec {
             name: name.clone(),
-            image: settings.image.clone(),
+            image: request.image.clone(),
             project: request.project.clone(),
             session_id: self.host.new_session_id(),
             user: user.clone(),
@@ -415,7 +591,11 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             } else {
                 settings.lifetime
             },
-            network: settings.pool.for_user(user.name.as_str(), user.uid),
+            network: {
+                let mut network = settings.pool.for_user(user.name.as_str(), user.uid);
+                network.container = network.address(slot);
+                network
+            },
             agent_dir: request.agent_dir.clone(),
         };
         let mut repairs = 0;
@@ -428,6 +608,12 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                 Err(err) => err,
             };
             match plan::repair(&err, repairs) {
+                // A project's image that is not there is built (see `connect`).
+                None if matches!(err, DockerError::ImageUnavailable { .. })
+                    && request.build.is_some() =>
+                {
+                    return Err(SessionError::ImageMissing);
+                }
                 None => return Err(err.into()),
                 Some(Repair::ClearName) => {
                     let labels = self.effects.engine().labels(&name)?;
@@ -456,13 +642,14 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             project: request.project.clone(),
             container: name.clone(),
             session_id: spec.session_id.clone(),
-            image: settings.image.clone(),
+            image: request.image.clone(),
             mode: settings.mode,
             grace_secs: settings.grace.as_secs() as i64,
             created_at: now,
             expires_at: (!persistent).then(|| now + settings.lifetime.as_millis() as i64),
             grace_until: None,
             keeper: None,
+            slot,
         };
         if let Err(err) = self.state.insert_session(&session) {
             let _ = self
@@ -756,6 +943,101 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             }
         }
         Ok(removed)
+    }
+
+    /// Builds a project's image (`add-project`, `update-project`, holding the
+    /// project's lock), each line of the build to `output`, unless the engine has it
+    /// already; true if it built.
+    pub fn build_project_image(
+        &mut self,
+        _held: &crate::lock::NamedLock,
+        spec: &crate::docker::BuildSpec,
+        reason: Reason,
+        output: &mut dyn FnMut(&str),
+    ) -> Result<bool, SessionError> {
+        if self.effects.engine().has_image(spec.tag)? {
+            return Ok(false);
+        }
+        self.effects.build(spec, reason, output)?;
+        Ok(true)
+    }
+
+    /// Takes a project's build lock, for work on its checkout that no build may
+    /// read meanwhile.
+    pub fn lock_project(
+        &self,
+        project: &crate::project::ProjectName,
+        patience: Duration,
+    ) -> Result<crate::lock::NamedLock, SessionError> {
+        Ok(self
+            .locks
+            .acquire_named(&format!("project.{project}"), patience)?)
+    }
+
+    /// Registers a project (or its update).
+    pub fn register_project(&self, project: &crate::state::ProjectRow) -> Result<(), SessionError> {
+        Ok(self.state.put_project(project)?)
+    }
+
+    /// The sessions of a project, every user's.
+    pub fn project_sessions(
+        &self,
+        project: &crate::project::ProjectName,
+    ) -> Result<Vec<SessionRow>, SessionError> {
+        Ok(self
+            .state
+            .sessions()?
+            .into_iter()
+            .filter(|session| session.project == project.as_str())
+            .collect())
+    }
+
+    /// Ends a project: destroys every user's session of it (each under its user's
+    /// lock), forgets it, and removes its images (one a container still uses stays:
+    /// it goes with a later `remove-project`). Returns how many sessions.
+    pub fn remove_project(
+        &mut self,
+        project: &crate::project::ProjectName,
+    ) -> Result<usize, SessionError> {
+        let mut destroyed = 0;
+        for row in self.project_sessions(project)? {
+            let _lock = self.lock(&row.user)?;
+            if let Some(session) = self.state.session(&row.user, &row.project)? {
+                self.destroy(&session, Reason::ProjectRemoved)?;
+                destroyed += 1;
+            }
+        }
+        self.state.delete_project(project)?;
+        for image in self.effects.engine().project_images(project.as_str())? {
+            match self
+                .effects
+                .apply(Effect::RemoveImage(&image), Reason::ProjectRemoved)
+            {
+                Ok(()) | Err(DockerError::ImageInUse { .. }) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(destroyed)
+    }
+
+    /// Removes an image of a project's that is no longer its current one, unless a
+    /// container still uses it (then a later update or removal takes it).
+    pub fn remove_old_image(&mut self, image: &str) -> Result<(), SessionError> {
+        match self
+            .effects
+            .apply(Effect::RemoveImage(image), Reason::ProjectChanged)
+        {
+            Ok(()) | Err(DockerError::ImageInUse { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// A registered project.
+    pub fn project(
+        &self,
+        name: &crate::project::ProjectName,
+    ) -> Result<Option<crate::state::ProjectRow>, SessionError> {
+        Ok(self.state.project(name)?)
     }
 
     /// The sessions of the user whose lock is held.

@@ -74,6 +74,12 @@ pub enum Reason {
     StaleNetwork,
     /// The network of a user who is no longer registered.
     UserUnregistered,
+    /// A project's image was not there when a session needed it.
+    ImageMissing,
+    /// An admin added or updated a project.
+    ProjectChanged,
+    /// An admin removed a project.
+    ProjectRemoved,
 }
 
 impl fmt::Display for Reason {
@@ -90,6 +96,9 @@ impl fmt::Display for Reason {
             Reason::NetworkMissing => "network missing",
             Reason::StaleNetwork => "stale network on a needed subnet",
             Reason::UserUnregistered => "user no longer registered",
+            Reason::ImageMissing => "image missing",
+            Reason::ProjectChanged => "project added or updated",
+            Reason::ProjectRemoved => "project removed",
         })
     }
 }
@@ -128,6 +137,19 @@ pub fn decide(session: &SessionRow, live_connections: usize, now: Millis) -> Dec
             Some(_) => Decision::Keep,
         },
     }
+}
+
+/// The address slot of a new session: the default session (`default`) always has 0;
+/// any other the lowest of 1 to `max_per_user - 1` that no other session of the user
+/// has (`used`). `None`: the user has as many sessions as they may.
+pub fn free_slot(default: bool, used: &[u32], max_per_user: u32) -> Option<u32> {
+    if used.len() >= max_per_user as usize {
+        return None;
+    }
+    if default {
+        return Some(0);
+    }
+    (1..max_per_user.min(crate::network::MAX_SLOTS)).find(|slot| !used.contains(slot))
 }
 
 /// What a connection does when it ends.
@@ -416,6 +438,17 @@ mod tests {
             decide(&expired, 3, now),
             Decision::Destroy(Reason::LifetimeExpired)
         );
+    }
+
+    #[test]
+    fn every_session_of_a_user_has_its_own_slot_up_to_the_limit() {
+        assert_eq!(free_slot(true, &[], 5), Some(0));
+        assert_eq!(free_slot(false, &[], 5), Some(1));
+        assert_eq!(free_slot(false, &[0, 1, 3], 5), Some(2));
+        assert_eq!(free_slot(true, &[1, 2], 5), Some(0));
+        assert_eq!(free_slot(false, &[0, 1, 2, 3, 4], 5), None, "five is the most");
+        assert_eq!(free_slot(false, &[1, 2, 3, 4], 5), None, "slot 0 is the default's");
+        assert_eq!(free_slot(true, &[1, 2, 3, 4], 5), Some(0));
     }
 
     #[test]

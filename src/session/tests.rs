@@ -34,6 +34,8 @@ struct FakeEngine {
     foreign: BTreeSet<String>,
     /// Every change, as `Effect` says it.
     applied: Vec<String>,
+    /// Images built (by tag).
+    images: BTreeSet<String>,
 }
 
 impl Engine for FakeEngine {
@@ -78,6 +80,9 @@ impl Engine for FakeEngine {
             Effect::RemoveNetwork(name) => {
                 self.subnets.remove(name);
                 self.networks.remove(name);
+            }
+            Effect::RemoveImage(image) => {
+                self.images.remove(image);
             }
         }
         Ok(())
@@ -154,6 +159,21 @@ impl Engine for FakeEngine {
 
     fn probe(&mut self, _: &str, _: &str, _: &[&str], _: Passed) -> Result<Probe, DockerError> {
         unreachable!("the lifecycle runs no probes")
+    }
+
+    fn build(
+        &mut self,
+        spec: &crate::docker::BuildSpec,
+        output: &mut dyn FnMut(&str),
+        _: Passed,
+    ) -> Result<(), DockerError> {
+        output("Step 1/1 : FROM img");
+        self.images.insert(spec.tag.to_string());
+        Ok(())
+    }
+
+    fn project_images(&mut self, _: &str) -> Result<Vec<String>, DockerError> {
+        Ok(self.images.iter().cloned().collect())
     }
 
     fn exec(&mut self, spec: &ExecSpec) -> Result<ExecEnd, DockerError> {
@@ -264,8 +284,6 @@ fn fixture(mode: SessionMode) -> (Fixture, Settings) {
     )
     .unwrap();
     let settings = Settings {
-        image: "img".into(),
-        shell: "/bin/bash".into(),
         cpus: 2.0,
         memory_bytes: 1 << 30,
         pids_limit: 100,
@@ -273,6 +291,7 @@ fn fixture(mode: SessionMode) -> (Fixture, Settings) {
         lifetime: Duration::from_secs(3600),
         mode,
         pool: Pool::default(),
+        max_per_user: 3,
     };
     (Fixture { _db: db, sessions }, settings)
 }
@@ -293,6 +312,10 @@ fn request(program: Program) -> ConnectRequest {
         },
         env: vec![("LANG".into(), "C.UTF-8".into())],
         agent_dir: None,
+        image: "img".into(),
+        build: None,
+        workdir: None,
+        on_start: None,
     }
 }
 
