@@ -152,17 +152,23 @@ fn authorized_lines(config: &ServerConfig, args: &AuthKeysArgs) -> String {
             return String::new();
         }
     };
-    // Forwarding may reach the user's own container and nothing else.
-    let forward_to = match accounts::uid_of(user.as_str()) {
-        Some(uid) => Some(config.network.pool.for_user(user.as_str(), uid).container),
+    // Forwarding may reach the user's own containers (one address per session slot)
+    // and nothing else.
+    let forward_to: Vec<_> = match accounts::uid_of(user.as_str()) {
+        Some(uid) => {
+            let network = config.network.pool.for_user(user.as_str(), uid);
+            (0..config.session.max_per_user)
+                .map(|slot| network.address(slot))
+                .collect()
+        }
         None => {
             log::warn!("{user} has no Unix account; their keys allow no port forwarding");
-            None
+            Vec::new()
         }
     };
     let mut lines = String::new();
     for key in keys {
-        lines.push_str(&key.authorized_line(&spawn, &user, forward_to));
+        lines.push_str(&key.authorized_line(&spawn, &user, &forward_to));
         lines.push('\n');
     }
     lines

@@ -187,17 +187,22 @@ impl PublicKey {
 
     /// The authorized_keys line sshd gets for this key: the key wrapped in a forced
     /// `spawn` command, `restrict`ed, with only podspawn's options re-enabled. TCP
-    /// forwarding is enabled only towards `forward_to`, the user's container
-    /// (`permitopen` also bounds `-D`); without it, not at all.
+    /// forwarding is enabled only towards `forward_to`, the addresses the user's
+    /// containers may hold (`permitopen` also bounds `-D`); with none, not at all.
     pub fn authorized_line(
         &self,
         spawn: &SpawnCommand,
         user: &UserName,
-        forward_to: Option<Ipv4Addr>,
+        forward_to: &[Ipv4Addr],
     ) -> String {
-        let forwarding = match forward_to {
-            Some(address) => format!("port-forwarding,X11-forwarding,permitopen=\"{address}:*\""),
-            None => "X11-forwarding".to_string(),
+        let forwarding = if forward_to.is_empty() {
+            "X11-forwarding".to_string()
+        } else {
+            let permits: Vec<String> = forward_to
+                .iter()
+                .map(|address| format!("permitopen=\"{address}:*\""))
+                .collect();
+            format!("port-forwarding,X11-forwarding,{}", permits.join(","))
         };
         format!(
             "command=\"{} spawn --user {user}\",restrict,pty,agent-forwarding,{forwarding} {}",
@@ -487,15 +492,20 @@ pub(crate) mod tests {
         let user = UserName::parse("alice").unwrap();
         let key = PublicKey::parse(ED25519).unwrap();
         assert_eq!(
-            key.authorized_line(&spawn, &user, Some(Ipv4Addr::new(10, 214, 62, 146))),
+            key.authorized_line(
+                &spawn,
+                &user,
+                &[Ipv4Addr::new(10, 214, 62, 146), Ipv4Addr::new(10, 214, 62, 147)]
+            ),
             format!(
                 "command=\"/usr/local/bin/podspawn spawn --user alice\",restrict,pty,\
-                 agent-forwarding,port-forwarding,X11-forwarding,permitopen=\"10.214.62.146:*\" {ED25519}"
+                 agent-forwarding,port-forwarding,X11-forwarding,\
+                 permitopen=\"10.214.62.146:*\",permitopen=\"10.214.62.147:*\" {ED25519}"
             )
         );
         // Without the user's address, no TCP forwarding at all.
         assert_eq!(
-            key.authorized_line(&spawn, &user, None),
+            key.authorized_line(&spawn, &user, &[]),
             format!(
                 "command=\"/usr/local/bin/podspawn spawn --user alice\",restrict,pty,\
                  agent-forwarding,X11-forwarding {ED25519}"

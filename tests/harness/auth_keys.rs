@@ -42,9 +42,10 @@ fn a_registered_user_gets_one_forced_command_line_per_key() {
 }
 
 #[test]
-fn forwarding_is_allowed_only_to_the_users_own_container() {
+fn forwarding_is_allowed_only_to_the_users_own_containers() {
     // `nobody` (uid 65534) has an account on every machine: slot 65534 % 4096 = 4094
-    // of 10.214.0.0/16 is 10.214.255.224/28, the container .226.
+    // of 10.214.0.0/16 is 10.214.255.224/28, the containers .226 to .230 (one per
+    // session the user may hold, `session.max_per_user` = 5).
     let env = TestEnv::new();
     // add-user makes the network of a user with an account.
     env.scenario(&[crate::support::Rule::docker(&["network", "create", "**"])]);
@@ -54,19 +55,24 @@ fn forwarding_is_allowed_only_to_the_users_own_container() {
         .assert_success()
         .assert_stdout(&format!(
             "command=\"{} --config {} spawn --user nobody\",restrict,pty,agent-forwarding,\
-             port-forwarding,X11-forwarding,permitopen=\"10.214.255.226:*\" {ED25519}\n",
+             port-forwarding,X11-forwarding,permitopen=\"10.214.255.226:*\",\
+             permitopen=\"10.214.255.227:*\",permitopen=\"10.214.255.228:*\",\
+             permitopen=\"10.214.255.229:*\",permitopen=\"10.214.255.230:*\" {ED25519}\n",
             exe.display(),
             env.config_path().display()
         ));
     // The pool is the config's.
     let config = fs::read_to_string(env.config_path()).unwrap();
-    env.write_config_text(&format!("{config}network:\n  pool: 172.30.0.0/20\n"));
+    env.write_config_text(&format!(
+        "{config}network:\n  pool: 172.30.0.0/20\nsession:\n  max_per_user: 1\n"
+    ));
     let stdout = env
         .podspawn(&["auth-keys", "nobody"])
         .assert_success()
         .stdout();
+    assert_eq!(stdout.matches("permitopen=").count(), 1, "{stdout}");
     assert!(
-        stdout.contains("permitopen=\"172.30.15.226:*\""),
+        stdout.contains(",permitopen=\"172.30.15.226:*\" "),
         "{stdout}"
     );
 }
