@@ -691,7 +691,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Parses config text; an error comes back as (line, message naming the key).
-fn parse(text: &str) -> Result<ServerConfig, (Option<usize>, String)> {
+pub(crate) fn parse(text: &str) -> Result<ServerConfig, (Option<usize>, String)> {
     // A file of nothing but comments is an empty document, which serde_yaml would
     // refuse for a struct; it means "all defaults".
     if !yaml::has_content(text) {

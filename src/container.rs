@@ -457,7 +457,10 @@ mod tests {
                 .unwrap()
         };
         let ok = run("echo ready");
-        assert_eq!(String::from_utf8_lossy(&ok.stdout), "ready\nshell /bin/sh\n");
+        assert_eq!(
+            String::from_utf8_lossy(&ok.stdout),
+            "ready\nshell /bin/sh\n"
+        );
         assert!(ok.stderr.is_empty());
         let failed = run("for i in 1 2 3 4 5 6 7; do echo line$i; done; exit 3");
         assert!(String::from_utf8_lossy(&failed.stdout).ends_with("line7\nshell /bin/sh\n"));

@@ -174,7 +174,11 @@ impl fmt::Display for DockerError {
                 write!(f, "building {tag} failed ({status}): {last}")
             }
             DockerError::BuildTimedOut { tag, after } => {
-                write!(f, "building {tag} took more than {}s; ended", after.as_secs())
+                write!(
+                    f,
+                    "building {tag} took more than {}s; ended",
+                    after.as_secs()
+                )
             }
             DockerError::ImageInUse { image } => {
                 write!(f, "image {image} is still used by a container")
@@ -546,7 +550,9 @@ impl Docker {
             .stdin(Stdio::piped())
             .stdout(write.try_clone().map_err(DockerError::Supervise)?)
             .stderr(write);
-        let mut child = command.spawn().map_err(|source| self.not_installed(source))?;
+        let mut child = command
+            .spawn()
+            .map_err(|source| self.not_installed(source))?;
         // The command holds the write ends; ours go with it, or the reader never ends.
         drop(command);
         if let Some(mut stdin) = child.stdin.take() {

@@ -1,7 +1,8 @@
 //! What goes into a project's image: the Dockerfile generated from its Podfile, the
 //! recipes for versioned toolchains, and the tag, hashed from exactly that and the
-//! repo's commit — so an image is built once per change that reaches it, and a change
-//! that does not (`env`, `shell`, `on_start`, `services`) needs no build at all.
+//! repo's files (all but the Podfile, whose image fields are in the Dockerfile) — so
+//! an image is built once per change that reaches it, and a change that does not
+//! (`env`, `shell`, `on_start`, `services`) needs no build at all.
 //!
 //! Pure text: nothing here runs. Every value from the Podfile that reaches the
 //! Dockerfile was checked by `podfile` (package names) or goes in as a JSON string of
@@ -45,7 +46,6 @@ impl Recipe {
         }
         text
     }
-
 }
 
 /// The comment that names the step whose instructions follow it.
@@ -71,13 +71,13 @@ pub fn default_workspace(project: &ProjectName) -> String {
     format!("/workspace/{project}")
 }
 
-/// The recipe for `project`'s image from its `podfile` at `commit` (the base is
-/// `default_base` when the Podfile names none).
+/// The recipe for `project`'s image from its `podfile` and `sources`, the digest of
+/// the repo's other files (the base is `default_base` when the Podfile names none).
 pub fn recipe(
     project: &ProjectName,
     podfile: &Podfile,
     default_base: &str,
-    commit: &str,
+    sources: &str,
 ) -> Result<Recipe, String> {
     let base = podfile.base.as_deref().unwrap_or(default_base);
     let workspace = podfile
@@ -142,7 +142,7 @@ pub fn recipe(
         workspace: workspace.clone(),
     }
     .dockerfile();
-    let digest = crate::sha256::hex(format!("{dockerfile}\ncommit {commit}\n").as_bytes());
+    let digest = crate::sha256::hex(format!("{dockerfile}\nsources {sources}\n").as_bytes());
     Ok(Recipe {
         steps,
         tag: format!("podspawn/{project}:{}", &digest[..12]),
@@ -366,9 +366,9 @@ mod tests {
         assert_eq!(labels[2], "Installing nodejs@22");
         assert_eq!(labels[5], "Running on_create: npm install");
 
-        // What reaches the image changes the tag; the commit too.
-        let other_commit = recipe(&api(), &file, "ubuntu:24.04", "def456").unwrap();
-        assert_ne!(other_commit.tag, one.tag);
+        // What reaches the image changes the tag; the repo's files too.
+        let other_sources = recipe(&api(), &file, "ubuntu:24.04", "def456").unwrap();
+        assert_ne!(other_sources.tag, one.tag);
         let more = podfile("base: debian:bookworm\npackages: [git, jq]\n");
         assert_ne!(
             recipe(&api(), &more, "ubuntu:24.04", "abc123").unwrap().tag,

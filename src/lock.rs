@@ -128,8 +128,7 @@ fn lock_file(lock_dir: &Path, name: &str, patience: Duration) -> Result<File, Lo
             .map_err(error)?;
         // Every user's spawn creates its lock file here: say the mode explicitly,
         // whatever the umask.
-        fs::set_permissions(lock_dir, fs::Permissions::from_mode(LOCK_DIR_MODE))
-            .map_err(error)?;
+        fs::set_permissions(lock_dir, fs::Permissions::from_mode(LOCK_DIR_MODE)).map_err(error)?;
     }
     let file = OpenOptions::new()
         .read(true)
@@ -161,7 +160,10 @@ fn lock_file(lock_dir: &Path, name: &str, patience: Duration) -> Result<File, Lo
         if now >= deadline {
             return Err(error(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("held by another process for more than {}s", patience.as_secs()),
+                format!(
+                    "held by another process for more than {}s",
+                    patience.as_secs()
+                ),
             )));
         }
         std::thread::sleep(pause.min(deadline - now));

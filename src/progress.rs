@@ -99,7 +99,10 @@ mod tests {
             "Step 4/4 : WORKDIR /w",
             "Successfully built 5678",
         ];
-        let shown: String = output.iter().filter_map(|line| progress.line(line)).collect();
+        let shown: String = output
+            .iter()
+            .filter_map(|line| progress.line(line))
+            .collect();
         let shown = shown + &progress.finish(true).unwrap();
         assert_eq!(
             shown,
@@ -107,7 +110,10 @@ mod tests {
         );
         assert_eq!(progress.step(), "Copying the repo");
         drop(progress);
-        assert_eq!(std::fs::read_to_string(&log).unwrap(), output.join("\n") + "\n");
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            output.join("\n") + "\n"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

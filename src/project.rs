@@ -97,7 +97,10 @@ pub fn environment(
     let podfile = found.podfile;
     let mut env = session_env(user, project.name.as_str());
     for (name, value) in &podfile.env {
-        env.push((name.0.clone(), value.expand(user.as_str(), project.name.as_str())));
+        env.push((
+            name.0.clone(),
+            value.expand(user.as_str(), project.name.as_str()),
+        ));
     }
     Ok(Environment {
         image: project.image.clone(),
@@ -190,7 +193,8 @@ pub fn normalize_repo(given: &str) -> Result<String, String> {
     {
         return Err(refuse());
     }
-    if given.starts_with("https://") || given.starts_with("ssh://") || given.starts_with("http://") {
+    if given.starts_with("https://") || given.starts_with("ssh://") || given.starts_with("http://")
+    {
         return Ok(given.to_string());
     }
     if let Some(rest) = given.strip_prefix("git@")
@@ -259,7 +263,12 @@ pub fn add<E: Engine, H: Host>(
     remove_dir(&staging)?;
     let result = (|| {
         system::git_clone(repo, branch, &staging, GIT_TIMEOUT).map_err(ProjectError::Git)?;
-        let registered = prepare(config, sessions, name, &lock, &staging, repo, branch, output)?;
+        let checkout = Checkout {
+            dir: &staging,
+            repo,
+            branch,
+        };
+        let registered = prepare(config, sessions, name, &lock, &checkout, output)?;
         std::fs::rename(&staging, &target).map_err(|source| ProjectError::Io {
             path: target.clone(),
             source,
@@ -297,28 +306,58 @@ pub fn update<E: Engine, H: Host>(
             .map(|(_, declared)| declared.clone())
             .ok_or_else(|| ProjectError::Refused(format!("there is no project {name}")))?;
         let repo = normalize_repo(&declared.repo).map_err(ProjectError::Refused)?;
-        let added = add(config, sessions, name, &repo, declared.branch.as_deref(), output)?;
+        let added = add(
+            config,
+            sessions,
+            name,
+            &repo,
+            declared.branch.as_deref(),
+            output,
+        )?;
         return Ok((added, None));
     };
     let lock = sessions.lock_project(name, config.defaults.build_timeout.0)?;
     let dir = clone_dir(config, name);
-    system::git_update(&dir, &old.branch, GIT_TIMEOUT).map_err(ProjectError::Git)?;
-    let registered = prepare(
-        config,
-        sessions,
-        name,
-        &lock,
-        &dir,
-        &old.repo,
-        Some(&old.branch),
-        output,
-    )?;
-    sessions.register_project(&registered.row)?;
+    let checkout = Checkout {
+        dir: &dir,
+        repo: &old.repo,
+        branch: Some(&old.branch),
+    };
+    let result = system::git_update(&dir, &old.branch, GIT_TIMEOUT)
+        .map_err(ProjectError::Git)
+        .and_then(|()| prepare(config, sessions, name, &lock, &checkout, output))
+        .and_then(|registered| {
+            sessions.register_project(&registered.row)?;
+            Ok(registered)
+        });
+    let registered = match result {
+        Ok(registered) => registered,
+        Err(err) => {
+            // Sessions read the checkout's Podfile: it goes back to the registered
+            // commit, so that a failed update changes nothing.
+            if let Err(reset) = system::git_reset(&dir, &old.commit, GIT_TIMEOUT) {
+                log::error!(
+                    "cannot put {name}'s checkout back at {}: {}",
+                    old.commit,
+                    reset.detail
+                );
+            }
+            return Err(err);
+        }
+    };
     let replaced = (registered.row.image != old.image).then_some(old.image);
     if let Some(image) = &replaced {
         sessions.remove_old_image(image)?;
     }
     Ok((registered, replaced))
+}
+
+/// A project's checkout: where it is, and where it came from.
+#[derive(Clone, Copy)]
+struct Checkout<'a> {
+    dir: &'a Path,
+    repo: &'a str,
+    branch: Option<&'a str>,
 }
 
 /// Reads the Podfile of the checkout in `dir`, builds the image it makes unless it
@@ -328,19 +367,22 @@ fn prepare<E: Engine, H: Host>(
     sessions: &mut Sessions<E, H>,
     name: &ProjectName,
     held: &NamedLock,
-    dir: &Path,
-    repo: &str,
-    branch: Option<&str>,
+    checkout: &Checkout,
     output: &mut dyn FnMut(&str),
 ) -> Result<Registered, ProjectError> {
+    let Checkout { dir, repo, branch } = *checkout;
     let (commit, head_branch) = system::git_head(dir).map_err(ProjectError::Git)?;
     let found = crate::podfile::find(dir).map_err(ProjectError::Podfile)?;
-    let recipe = crate::image::recipe(name, &found.podfile, &config.defaults.image, &commit)
-        .map_err(|err| ProjectError::Podfile(PodfileError {
-            file: found.file.clone(),
-            line: None,
-            message: err,
-        }))?;
+    let files = system::git_files(dir).map_err(ProjectError::Git)?;
+    let sources = sources_digest(&files, &found.file);
+    let recipe = crate::image::recipe(name, &found.podfile, &config.defaults.image, &sources)
+        .map_err(|err| {
+            ProjectError::Podfile(PodfileError {
+                file: found.file.clone(),
+                line: None,
+                message: err,
+            })
+        })?;
     let dockerfile = recipe.dockerfile();
     let log = build_log(config, name);
     let spec = BuildSpec {
@@ -379,6 +421,22 @@ fn prepare<E: Engine, H: Host>(
         built,
         warnings: found.warnings,
     })
+}
+
+/// What of the repo reaches the image, as one digest: every file of the commit but
+/// the Podfile (`git ls-tree -r -z` lines in `files`), whose fields that reach the
+/// image are in the Dockerfile already. So a commit that only changes the Podfile's
+/// `env`, `shell`, `on_start` or `services` keeps the image.
+pub fn sources_digest(files: &str, podfile: &str) -> String {
+    let mut kept = String::with_capacity(files.len());
+    for entry in files.split('\0').filter(|entry| !entry.is_empty()) {
+        let path = entry.split_once('\t').map_or("", |(_, path)| path);
+        if path != podfile {
+            kept.push_str(entry);
+            kept.push('\0');
+        }
+    }
+    crate::sha256::hex(kept.as_bytes())
 }
 
 /// `remove-project`: refuses while sessions of it run unless `force`, which ends
@@ -501,5 +559,26 @@ mod tests {
         ] {
             assert!(ProjectName::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_sources_digest_skips_the_podfile_and_nothing_else() {
+        let listing = |podfile: &str, main: &str| {
+            format!(
+                "100644 blob {podfile}\t.podspawn/podfile.yaml\0100644 blob {main}\tsrc/main.rs\0\
+                 100644 blob aaaa\tpodfile.yaml.orig\0"
+            )
+        };
+        let podfile = ".podspawn/podfile.yaml";
+        let one = sources_digest(&listing("1111", "2222"), podfile);
+        // Only the Podfile changed: the same sources.
+        assert_eq!(sources_digest(&listing("9999", "2222"), podfile), one);
+        // Any other file changed: other sources.
+        assert_ne!(sources_digest(&listing("1111", "3333"), podfile), one);
+        // Had the Podfile been elsewhere, its change would count.
+        assert_ne!(
+            sources_digest(&listing("9999", "2222"), "podfile.yaml"),
+            sources_digest(&listing("1111", "2222"), "podfile.yaml")
+        );
     }
 }

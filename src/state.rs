@@ -20,8 +20,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::config::SessionMode;
 use crate::keys::UserName;
-use crate::project::ProjectName;
 use crate::process::ProcessId;
+use crate::project::ProjectName;
 
 /// How long a query waits for another process's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -118,7 +118,8 @@ pub struct ProjectRow {
     /// The repo as given to add-project, normalized (a URL or an absolute path).
     pub repo: String,
     pub branch: String,
-    /// The commit checked out and built.
+    /// The commit checked out: sessions read its Podfile. The image may be older when
+    /// only fields that need no build changed since (see `project::sources_digest`).
     pub commit: String,
     /// Where its Podfile is in the repo.
     pub podfile: String,
@@ -355,8 +356,10 @@ impl State {
     }
 
     pub fn delete_project(&self, name: &ProjectName) -> Result<(), StateError> {
-        self.connection
-            .execute("DELETE FROM projects WHERE name = ?1", params![name.as_str()])?;
+        self.connection.execute(
+            "DELETE FROM projects WHERE name = ?1",
+            params![name.as_str()],
+        )?;
         Ok(())
     }
 

@@ -218,9 +218,33 @@ pub fn git_clone(
 /// dropping anything else in the tree.
 pub fn git_update(dir: &Path, branch: &str, timeout: std::time::Duration) -> Result<(), ToolError> {
     let dir = dir.display().to_string();
-    git(&["-C", &dir, "fetch", "--quiet", "origin", "--", branch], timeout)?;
-    git(&["-C", &dir, "reset", "--quiet", "--hard", "FETCH_HEAD"], timeout)?;
+    git(
+        &["-C", &dir, "fetch", "--quiet", "origin", "--", branch],
+        timeout,
+    )?;
+    git(
+        &["-C", &dir, "reset", "--quiet", "--hard", "FETCH_HEAD"],
+        timeout,
+    )?;
     git(&["-C", &dir, "clean", "-ffdxq"], timeout).map(|_| ())
+}
+
+/// Puts the checkout in `dir` back at `commit`, dropping anything else in the tree.
+pub fn git_reset(dir: &Path, commit: &str, timeout: std::time::Duration) -> Result<(), ToolError> {
+    let dir = dir.display().to_string();
+    git(&["-C", &dir, "reset", "--quiet", "--hard", commit], timeout)?;
+    git(&["-C", &dir, "clean", "-ffdxq"], timeout).map(|_| ())
+}
+
+/// Every file of the commit checked out in `dir`, as `git ls-tree -r -z` lists them:
+/// `MODE TYPE OBJECT<TAB>PATH`, each ended by a NUL.
+pub fn git_files(dir: &Path) -> Result<String, ToolError> {
+    let dir = dir.display().to_string();
+    let timeout = std::time::Duration::from_secs(60);
+    git(
+        &["-C", &dir, "ls-tree", "-r", "-z", "--full-tree", "HEAD"],
+        timeout,
+    )
 }
 
 /// The commit the checkout in `dir` is at, and its branch.
@@ -263,8 +287,18 @@ fn run_for(
             bytes
         })
     };
-    let stdout = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
-    let stderr = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let stdout = read(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let stderr = read(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
     let deadline = std::time::Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().map_err(|err| failure(err.to_string()))? {

@@ -101,12 +101,9 @@ fn add_project(config: &ServerConfig, args: &AddProjectArgs) -> Result<(), Error
         &mut show,
     )?;
     for warning in &registered.warnings {
-        log::warn!("{warning}");
+        eprintln!("warning: {warning}");
     }
-    println!(
-        "project {name} registered, image: {}",
-        registered.row.image
-    );
+    println!("project {name} registered, image: {}", registered.row.image);
     Ok(())
 }
 
@@ -132,10 +129,23 @@ mod tests {
                 branch: Some("main".into())
             }))
         );
-        assert!(parse_words(&["api"]).unwrap_err().to_string().contains("--repo"));
-        assert!(parse_words(&["--repo", "x"]).unwrap_err().to_string().contains("NAME"));
+        assert!(
+            parse_words(&["api"])
+                .unwrap_err()
+                .to_string()
+                .contains("--repo")
+        );
+        assert!(
+            parse_words(&["--repo", "x"])
+                .unwrap_err()
+                .to_string()
+                .contains("NAME")
+        );
         for bad in ["--upload-pack=x", "a..b", "/abs", "a b"] {
-            assert!(parse_words(&["api", "--repo", "r", "--branch", bad]).is_err(), "{bad}");
+            assert!(
+                parse_words(&["api", "--repo", "r", "--branch", bad]).is_err(),
+                "{bad}"
+            );
         }
     }
 }

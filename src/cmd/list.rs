@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::host::Millis;
 use crate::privilege;
 use crate::session::Listed;
+use crate::state::ProjectRow;
 
 pub const COMMAND: Command = Command {
     name: "list",
@@ -22,21 +23,27 @@ pub const COMMAND: Command = Command {
 };
 
 const USAGE: &str = "\
-Usage: podspawn list [--json]
+Usage: podspawn list [--projects] [--json]
 
 Shows every session: USER PROJECT CONTAINER STATUS CONNS AGE LIFETIME LEFT.
 CONNS counts live connections only. STATUS is running, grace_period (no
 connections; destroyed when the grace period ends), or missing/stopped when the
 engine no longer has the container (the next spawn or cleanup reconciles it).
 
+With --projects, shows every project instead: NAME REPO BRANCH COMMIT IMAGE
+SESSIONS. A project declared in the config's `projects:` but not added yet shows
+`(not added)`; `podspawn update-project NAME` adds it.
+
 Options:
+  --projects         the projects instead of the sessions
   --json             one JSON array of objects instead of the table
   -h, --help         print this help
 ";
 
-/// `list [--json]`.
+/// `list [--projects] [--json]`.
 #[derive(Debug, PartialEq, Eq)]
 struct ListArgs {
+    projects: bool,
     json: bool,
 }
 
@@ -44,14 +51,16 @@ struct ListArgs {
 fn parse(args: &mut Args) -> Result<Option<ListArgs>, UsageError> {
     const NAME: &str = "list";
     let mut json = false;
+    let mut projects = false;
     while let Some(arg) = args.next()? {
         match arg {
             Short('h') | Long("help") => return Ok(None),
             Long("json") => json = true,
+            Long("projects") => projects = true,
             other => return Err(Args::unexpected(NAME, &other)),
         }
     }
-    Ok(Some(ListArgs { json }))
+    Ok(Some(ListArgs { projects, json }))
 }
 
 fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {
@@ -75,23 +84,119 @@ struct Line {
     lifetime_left_secs: Option<i64>,
 }
 
+/// One project of `list --projects`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+struct ProjectLine {
+    name: String,
+    repo: String,
+    branch: String,
+    /// Empty for a project only declared in the config.
+    commit: String,
+    image: String,
+    sessions: usize,
+}
+
 fn list(config: &ServerConfig, args: &ListArgs) -> Result<(), Error> {
     privilege::require_admin("list", config.state_dir())?;
     // No database yet means no sessions; a reader does not create one.
-    let listed = if config.state.db_path.as_path().exists() {
-        super::sessions(config)?.overview()?
+    let mut sessions = if config.state.db_path.as_path().exists() {
+        Some(super::sessions(config)?)
     } else {
-        Vec::new()
+        None
+    };
+    if args.projects {
+        let (registered, overview) = match &mut sessions {
+            Some(sessions) => (sessions.projects()?, sessions.overview()?),
+            None => (Vec::new(), Vec::new()),
+        };
+        let lines = project_lines(config, &registered, &overview);
+        if args.json {
+            println!("{}", to_json(&lines));
+        } else {
+            print!("{}", projects_table(&lines));
+        }
+        return Ok(());
+    }
+    let listed = match &mut sessions {
+        Some(sessions) => sessions.overview()?,
+        None => Vec::new(),
     };
     let now = crate::host::now_millis();
     let lines: Vec<Line> = listed.iter().map(|listed| line(listed, now)).collect();
     if args.json {
-        let json = serde_json::to_string(&lines).expect("the listing is plain data");
-        println!("{json}");
+        println!("{}", to_json(&lines));
     } else {
         print!("{}", to_table(&lines));
     }
     Ok(())
+}
+
+fn to_json<T: serde::Serialize>(lines: &[T]) -> String {
+    serde_json::to_string(lines).expect("the listing is plain data")
+}
+
+/// The registered projects, then those only declared in the config, each with the
+/// number of its sessions.
+fn project_lines(
+    config: &ServerConfig,
+    registered: &[ProjectRow],
+    overview: &[Listed],
+) -> Vec<ProjectLine> {
+    let sessions_of = |name: &str| {
+        overview
+            .iter()
+            .filter(|listed| listed.session.project == name)
+            .count()
+    };
+    let mut lines: Vec<ProjectLine> = registered
+        .iter()
+        .map(|row| ProjectLine {
+            name: row.name.to_string(),
+            repo: row.repo.clone(),
+            branch: row.branch.clone(),
+            commit: row.commit.clone(),
+            image: row.image.clone(),
+            sessions: sessions_of(row.name.as_str()),
+        })
+        .collect();
+    for (key, declared) in &config.projects {
+        if registered.iter().any(|row| row.name == key.0) {
+            continue;
+        }
+        lines.push(ProjectLine {
+            name: key.0.to_string(),
+            repo: declared.repo.clone(),
+            branch: declared.branch.clone().unwrap_or_default(),
+            commit: String::new(),
+            image: String::new(),
+            sessions: sessions_of(key.0.as_str()),
+        });
+    }
+    lines
+}
+
+fn projects_table(lines: &[ProjectLine]) -> String {
+    let header = ["NAME", "REPO", "BRANCH", "COMMIT", "IMAGE", "SESSIONS"];
+    let rows = lines.iter().map(|line| {
+        let added = !line.commit.is_empty();
+        vec![
+            line.name.clone(),
+            line.repo.clone(),
+            if line.branch.is_empty() {
+                "-".to_string()
+            } else {
+                line.branch.clone()
+            },
+            line.commit.chars().take(12).collect::<String>(),
+            if added {
+                line.image.clone()
+            } else {
+                "(not added)".to_string()
+            },
+            line.sessions.to_string(),
+        ]
+    });
+    table(&header, rows)
 }
 
 fn line(listed: &Listed, now: Millis) -> Line {
@@ -115,17 +220,17 @@ fn line(listed: &Listed, now: Millis) -> Line {
 }
 
 fn to_table(lines: &[Line]) -> String {
-    let mut rows = vec![[
-        "USER".to_string(),
-        "PROJECT".to_string(),
-        "CONTAINER".to_string(),
-        "STATUS".to_string(),
-        "CONNS".to_string(),
-        "AGE".to_string(),
-        "LIFETIME LEFT".to_string(),
-    ]];
-    for line in lines {
-        rows.push([
+    let header = [
+        "USER",
+        "PROJECT",
+        "CONTAINER",
+        "STATUS",
+        "CONNS",
+        "AGE",
+        "LIFETIME LEFT",
+    ];
+    let rows = lines.iter().map(|line| {
+        vec![
             line.user.clone(),
             if line.project.is_empty() {
                 "(default)".to_string()
@@ -138,29 +243,34 @@ fn to_table(lines: &[Line]) -> String {
             short_duration(line.age_secs),
             line.lifetime_left_secs
                 .map_or("-".to_string(), short_duration),
-        ]);
-    }
-    let widths: Vec<usize> = (0..7)
+        ]
+    });
+    table(&header, rows)
+}
+
+/// Columns padded to their widest cell, two spaces apart, no trailing blanks.
+fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let mut all = vec![
+        header
+            .iter()
+            .map(|cell| cell.to_string())
+            .collect::<Vec<_>>(),
+    ];
+    all.extend(rows);
+    let widths: Vec<usize> = (0..header.len())
         .map(|column| {
-            rows.iter()
+            all.iter()
                 .map(|row| row[column].chars().count())
                 .max()
                 .unwrap_or(0)
         })
         .collect();
     let mut out = String::new();
-    for row in &rows {
+    for row in &all {
         let cells: Vec<String> = row
             .iter()
             .zip(&widths)
-            .enumerate()
-            .map(|(column, (cell, width))| {
-                if column == 6 {
-                    cell.clone()
-                } else {
-                    format!("{cell:<width$}")
-                }
-            })
+            .map(|(cell, width)| format!("{cell:<width$}"))
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
@@ -257,6 +367,43 @@ mod tests {
         assert_eq!(
             json,
             "[{\"user\":\"sarah\",\"project\":\"\",\"container\":\"podspawn-\\\"sa\\\\rah\\n\",\"status\":\"running\",\"connections\":2,\"age_seconds\":5,\"lifetime_left_seconds\":null}]"
+        );
+    }
+
+    #[test]
+    fn projects_show_their_image_and_sessions_and_the_declared_ones_too() {
+        let config = crate::config::parse(
+            "projects:\n  api:\n    repo: github.com/team/api\n  \
+             web:\n    repo: github.com/team/web\n    branch: dev\n",
+        )
+        .unwrap();
+        let api = ProjectRow {
+            name: crate::project::ProjectName::parse("api").unwrap(),
+            repo: "https://github.com/team/api.git".into(),
+            branch: "main".into(),
+            commit: "0123456789abcdef0123".into(),
+            podfile: "podfile.yaml".into(),
+            image: "podspawn/api:aaaabbbbcccc".into(),
+            dockerfile: String::new(),
+            workspace: "/workspace/api".into(),
+            updated_at: 0,
+        };
+        let sarah = SessionRow {
+            project: "api".into(),
+            ..session("sarah")
+        };
+        let overview = [listed(sarah, 1, None), listed(session("tom"), 1, None)];
+        let lines = project_lines(&config, &[api], &overview);
+        assert_eq!(
+            projects_table(&lines),
+            "NAME  REPO                             BRANCH  COMMIT        IMAGE                      SESSIONS\n\
+             api   https://github.com/team/api.git  main    0123456789ab  podspawn/api:aaaabbbbcccc  1\n\
+             web   github.com/team/web              dev                   (not added)                0\n"
+        );
+        assert_eq!(
+            to_json(&lines[..1]),
+            "[{\"name\":\"api\",\"repo\":\"https://github.com/team/api.git\",\"branch\":\"main\",\
+             \"commit\":\"0123456789abcdef0123\",\"image\":\"podspawn/api:aaaabbbbcccc\",\"sessions\":1}]"
         );
     }
 }

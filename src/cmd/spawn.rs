@@ -174,7 +174,10 @@ impl fmt::Display for SpawnError {
             SpawnError::NotSetUp(reason) => f.write_str(reason),
             SpawnError::BadProject(err) => write!(f, "PODSPAWN_PROJECT: {err}"),
             SpawnError::ProjectNotSetUp(project) => {
-                write!(f, "project {project} is declared in the config but not set up")
+                write!(
+                    f,
+                    "project {project} is declared in the config but not set up"
+                )
             }
             SpawnError::BrokenProject(project, err) => write!(f, "project {project}: {err}"),
             SpawnError::Session(err) => err.fmt(f),
@@ -302,14 +305,20 @@ fn connect(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
     };
     let request = ConnectRequest {
         user: identity,
-        project: project.as_ref().map(ProjectName::to_string).unwrap_or_default(),
+        project: project
+            .as_ref()
+            .map(ProjectName::to_string)
+            .unwrap_or_default(),
         env,
         routed,
         agent_dir: agent_dir.map(|dir| dir.display().to_string()),
-        image: environment
+        image: environment.as_ref().map_or_else(
+            || config.defaults.image.clone(),
+            |environment| environment.image.clone(),
+        ),
+        build: environment
             .as_ref()
-            .map_or_else(|| config.defaults.image.clone(), |environment| environment.image.clone()),
-        build: environment.as_ref().map(|environment| environment.build.clone()),
+            .map(|environment| environment.build.clone()),
         workdir: environment
             .as_ref()
             .map(|environment| environment.workspace.clone()),

@@ -63,12 +63,15 @@ fn update_project(config: &ServerConfig, name: &str) -> Result<(), Error> {
     let (registered, replaced) =
         project::update(config, &mut sessions, &name, &mut super::add_project::show)?;
     for warning in &registered.warnings {
-        log::warn!("{warning}");
+        eprintln!("warning: {warning}");
     }
     let row = &registered.row;
     let short = &row.commit[..row.commit.len().min(12)];
     match (registered.built, replaced) {
-        (true, _) => println!("project {name} updated to {short}, image: {} (built)", row.image),
+        (true, _) => println!(
+            "project {name} updated to {short}, image: {} (built)",
+            row.image
+        ),
         (false, Some(_)) => println!(
             "project {name} updated to {short}, image: {} (was built already)",
             row.image

@@ -495,7 +495,10 @@ pub(crate) mod tests {
             key.authorized_line(
                 &spawn,
                 &user,
-                &[Ipv4Addr::new(10, 214, 62, 146), Ipv4Addr::new(10, 214, 62, 147)]
+                &[
+                    Ipv4Addr::new(10, 214, 62, 146),
+                    Ipv4Addr::new(10, 214, 62, 147)
+                ]
             ),
             format!(
                 "command=\"/usr/local/bin/podspawn spawn --user alice\",restrict,pty,\

@@ -223,11 +223,11 @@ mod tests {
         let dir = repo("errors");
         std::fs::write(
             dir.join("podfile.yaml"),
-            "base: debian\npackages:\n  - \"git; rm -rf /\"\n",
+            "base: debian\npackages:\n  - git\n  - curl\n  - \"git; rm -rf /\"\n  - jq\n",
         )
         .unwrap();
         let err = find(&dir).unwrap_err().to_string();
-        assert!(err.starts_with("podfile.yaml, line 3: packages"), "{err}");
+        assert!(err.starts_with("podfile.yaml, line 5: packages"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

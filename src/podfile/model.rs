@@ -405,6 +405,40 @@ pub fn parse_yaml(text: &str) -> Result<Podfile, (Option<usize>, String)> {
         let _ = err;
     }
     crate::yaml::from_str(text)
+        .map_err(|(line, message)| (refine_line(text, line, &message), message))
+}
+
+/// serde_yaml places an error in a list item at the list's first item; when the
+/// message quotes the refused value, the line that holds it (from there on) is the
+/// one to name.
+fn refine_line(text: &str, line: Option<usize>, message: &str) -> Option<usize> {
+    let start = line?;
+    let quoted = message.split_once('"').and_then(|(_, rest)| {
+        // The Debug form ends at the first quote not escaped.
+        let mut end = None;
+        let mut escaped = false;
+        for (index, c) in rest.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => {
+                    end = Some(index);
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        end.map(|end| &rest[..end])
+    });
+    let Some(value) = quoted.filter(|value| !value.is_empty() && !value.contains('\\')) else {
+        return line;
+    };
+    let found = text
+        .lines()
+        .enumerate()
+        .skip(start - 1)
+        .find(|(_, text_line)| text_line.contains(value))
+        .map(|(index, _)| index + 1);
+    found.or(line)
 }
 
 thread_local! {
@@ -564,7 +598,7 @@ on_start: |
             .collect();
         assert_eq!(env, ["true", "/home/sarah", "3000"]);
         let service = &podfile.services[0];
-        assert_eq!(service.volumes[1].read_only, true);
+        assert!(service.volumes[1].read_only);
         assert!(matches!(service.command, Some(Command::Argv(ref argv)) if argv.len() == 3));
         assert_eq!(parse_yaml("# nothing\n").unwrap(), Podfile::default());
     }

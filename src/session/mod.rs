@@ -89,7 +89,9 @@ pub enum SessionError {
     /// The user was removed while this connection was on its way in.
     NotRegistered(UserName),
     /// The user has as many sessions as they may have.
-    TooManySessions { running: Vec<String> },
+    TooManySessions {
+        running: Vec<String>,
+    },
     /// The session's image is not there, and it says how it is built (a signal
     /// within `connect`, which builds it outside the user's lock and tries again).
     ImageMissing,
@@ -98,7 +100,7 @@ pub enum SessionError {
         image: String,
         step: String,
         log: std::path::PathBuf,
-        cause: DockerError,
+        cause: Box<DockerError>,
     },
 }
 
@@ -124,7 +126,9 @@ impl SessionError {
             SessionError::ImageMissing => {
                 "your session's image is missing; tell your admin".to_string()
             }
-            SessionError::BuildFailed { image, step, log, .. } => format!(
+            SessionError::BuildFailed {
+                image, step, log, ..
+            } => format!(
                 "building {image} failed at \"{step}\" (log: {}); tell your admin",
                 log.display()
             ),
@@ -158,7 +162,12 @@ impl fmt::Display for SessionError {
                 write!(f, "{user} was removed while connecting")
             }
             SessionError::TooManySessions { running } => {
-                write!(f, "refused a session beyond {}: {}", running.len(), running.join(", "))
+                write!(
+                    f,
+                    "refused a session beyond {}: {}",
+                    running.len(),
+                    running.join(", ")
+                )
             }
             SessionError::ImageMissing => f.write_str("the session's image is missing"),
             SessionError::BuildFailed {
@@ -454,7 +463,7 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             image: request.image.clone(),
             step: progress.step().to_string(),
             log: build.log.clone(),
-            cause,
+            cause: Box::new(cause),
         })
     }
 
@@ -1030,6 +1039,11 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             Ok(()) | Err(DockerError::ImageInUse { .. }) => Ok(()),
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// Every registered project, by name.
+    pub fn projects(&self) -> Result<Vec<crate::state::ProjectRow>, SessionError> {
+        Ok(self.state.projects()?)
     }
 
     /// A registered project.

@@ -446,8 +446,16 @@ mod tests {
         assert_eq!(free_slot(false, &[], 5), Some(1));
         assert_eq!(free_slot(false, &[0, 1, 3], 5), Some(2));
         assert_eq!(free_slot(true, &[1, 2], 5), Some(0));
-        assert_eq!(free_slot(false, &[0, 1, 2, 3, 4], 5), None, "five is the most");
-        assert_eq!(free_slot(false, &[1, 2, 3, 4], 5), None, "slot 0 is the default's");
+        assert_eq!(
+            free_slot(false, &[0, 1, 2, 3, 4], 5),
+            None,
+            "five is the most"
+        );
+        assert_eq!(
+            free_slot(false, &[1, 2, 3, 4], 5),
+            None,
+            "slot 0 is the default's"
+        );
         assert_eq!(free_slot(true, &[1, 2, 3, 4], 5), Some(0));
     }
 

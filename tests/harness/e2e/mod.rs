@@ -12,6 +12,7 @@
 mod forwarding;
 mod lifecycle;
 mod privilege;
+mod projects;
 mod sessions;
 mod setup;
 mod transfer;
@@ -506,6 +507,54 @@ impl Server {
         wait_until(timeout, condition)
     }
 
+    /// A project name of this server's own (so that its images are too).
+    pub fn project_name(&self, base: &str) -> String {
+        format!("{base}-{}", self.group.trim_start_matches("psg"))
+    }
+
+    /// A new git repo `name` under the client's files, holding `files` in its first
+    /// commit.
+    pub fn git_repo(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let repo = self.scratch(name);
+        git(&repo, &["init", "--quiet", "--initial-branch", "main"]);
+        self.commit(&repo, files);
+        repo
+    }
+
+    /// Writes `files` into `repo` and commits them.
+    pub fn commit(&self, repo: &Path, files: &[(&str, &str)]) {
+        for (path, text) in files {
+            let path = repo.join(path);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, text).unwrap();
+        }
+        git(repo, &["add", "--all"]);
+        git(repo, &["commit", "--quiet", "--message", "change"]);
+    }
+
+    /// `ssh` as `account` into `project` (`SetEnv=PODSPAWN_PROJECT=…`, as the laptop
+    /// client sends it), not yet run.
+    pub fn ssh_project(
+        &self,
+        account: &Account,
+        project: &str,
+        extra: &[&str],
+        command: Option<&str>,
+    ) -> Command {
+        let set_env = format!("SetEnv=PODSPAWN_PROJECT={project}");
+        let mut options = vec!["-o", &set_env];
+        options.extend(extra);
+        self.ssh(account, &options, command)
+    }
+
+    /// Runs a remote command in `project` with stdin closed.
+    pub fn run_in(&self, account: &Account, project: &str, command: &str) -> Output {
+        self.ssh_project(account, project, &[], Some(command))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
     /// A scratch directory for the test's local files.
     pub fn scratch(&self, name: &str) -> PathBuf {
         let dir = self.root.join("client").join(name);
@@ -532,10 +581,24 @@ impl Drop for Server {
             .map(str::to_string)
             .collect();
         for name in &accounts {
-            let container = format!("podspawn-{name}");
-            run_quietly("docker", &["rm", "--force", &container]);
-            run_quietly("docker", &["network", "rm", &container]);
+            for container in labelled("ps", &format!("podspawn.user={name}")) {
+                run_quietly("docker", &["rm", "--force", &container]);
+            }
+            let network = format!("podspawn-{name}");
+            run_quietly("docker", &["network", "rm", &network]);
             run_quietly("pkill", &["-KILL", "-u", name]);
+        }
+        // The images of this server's projects.
+        let projects = fs::read_dir(self.root.join("state/projects"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
+            .map(|entry| entry.file_name().to_string_lossy().to_string());
+        for project in projects {
+            for image in labelled("images", &format!("podspawn.project={project}")) {
+                run_quietly("docker", &["rmi", "--force", &image]);
+            }
         }
         std::thread::sleep(Duration::from_millis(200));
         for name in &accounts {
@@ -549,4 +612,36 @@ impl Drop for Server {
         run_quietly("groupdel", &[&self.group]);
         let _ = fs::remove_dir_all(&self.root);
     }
+}
+
+/// The ids of the containers (`ps`) or images (`images`) that carry `label`.
+fn labelled(kind: &str, label: &str) -> Vec<String> {
+    let mut args = vec![kind, "--quiet", "--filter"];
+    let filter = format!("label={label}");
+    args.push(&filter);
+    if kind == "ps" {
+        args.push("--all");
+    }
+    let output = Command::new("docker").args(&args).output();
+    output
+        .map(|output| {
+            String::from_utf8_lossy(&output.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `git -C repo ARGS` as a test's author, which must succeed.
+pub fn git(repo: &Path, args: &[&str]) {
+    let status = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["-c", "user.name=Test", "-c", "user.email=test@example.org"])
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "git {args:?} in {}", repo.display());
 }
