@@ -331,3 +331,88 @@ fn a_devcontainer_json_project_works_and_says_what_it_ignores() {
     );
     assert_eq!(stdout(&output), "dev\nfrom-post-create\n");
 }
+
+#[test]
+fn connections_that_find_the_image_missing_build_it_once_and_only_a_terminal_sees_it() {
+    let server = crate::server_or_skip!("60s", 2);
+    let project = server.project_name("shared");
+    let repo = server.git_repo(
+        "shared-repo",
+        &[(
+            "podfile.yaml",
+            &format!("base: {}\non_create: echo built > built.txt\n", image()),
+        )],
+    );
+    add_project(&server, &project, &repo);
+    let images = images_of(&project);
+    assert_eq!(images.len(), 1);
+    let builds = || {
+        server
+            .podspawn_log()
+            .lines()
+            .filter(|line| line.contains(&format!("build image {}", images[0])))
+            .count()
+    };
+    let remove_image = || {
+        let status = Command::new("docker")
+            .args(["rmi", "--force", &images[0]])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+
+    // Two users at once find it missing: one build, both get their output only.
+    remove_image();
+    let before = builds();
+    let children: Vec<_> = server
+        .users
+        .iter()
+        .map(|user| {
+            server
+                .ssh_project(user, &project, &[], Some("cat built.txt"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        let output = check(&server, output);
+        assert_eq!(stdout(&output), "built\n");
+        assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+    }
+    assert_eq!(builds() - before, 1, "{}", server.podspawn_log());
+    assert_eq!(images_of(&project), images);
+
+    // A terminal is shown the build's progress: its container gone, the image
+    // missing again, the next session has to build.
+    let user = &server.users[1];
+    let container = project_container(user, &project);
+    let status = Command::new("docker")
+        .args(["rm", "--force", &container])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    remove_image();
+    let mut terminal = Terminal::start(server.ssh_project(user, &project, &["-tt"], None), 24, 80);
+    let wait = Duration::from_secs(120);
+    for line in [
+        format!("Building environment for {project}"),
+        "Copying the repo".to_string(),
+        "Running on_create".to_string(),
+    ] {
+        assert!(
+            terminal.expect(&line, wait),
+            "{line} not shown:\n{}\n{}",
+            terminal.seen,
+            server.podspawn_log()
+        );
+    }
+    terminal.type_text("cat built.txt; exit\n");
+    assert!(terminal.expect("built", wait), "{}", terminal.seen);
+    assert!(terminal.child.wait().unwrap().success());
+}
