@@ -36,6 +36,7 @@ struct FakeEngine {
     applied: Vec<String>,
     /// Images built (by tag).
     images: BTreeSet<String>,
+    builds: usize,
 }
 
 impl Engine for FakeEngine {
@@ -43,6 +44,13 @@ impl Engine for FakeEngine {
         self.applied.push(effect.to_string());
         match *effect {
             Effect::CreateContainer(spec) => {
+                // Project images exist once built; any other image always does.
+                if spec.image.starts_with("podspawn/") && !self.images.contains(&spec.image) {
+                    return Err(DockerError::ImageUnavailable {
+                        image: spec.image.clone(),
+                        stderr: "Unable to find image".into(),
+                    });
+                }
                 if !self.networks.contains(&spec.network.name) {
                     return Err(DockerError::NetworkMissing {
                         network: spec.network.name.clone(),
@@ -153,8 +161,8 @@ impl Engine for FakeEngine {
         Ok("fake".into())
     }
 
-    fn has_image(&mut self, _: &str) -> Result<bool, DockerError> {
-        Ok(true)
+    fn has_image(&mut self, image: &str) -> Result<bool, DockerError> {
+        Ok(!image.starts_with("podspawn/") || self.images.contains(image))
     }
 
     fn probe(&mut self, _: &str, _: &str, _: &[&str], _: Passed) -> Result<Probe, DockerError> {
@@ -168,6 +176,7 @@ impl Engine for FakeEngine {
         _: Passed,
     ) -> Result<(), DockerError> {
         output("Step 1/1 : FROM img");
+        self.builds += 1;
         self.images.insert(spec.tag.to_string());
         Ok(())
     }
@@ -724,4 +733,110 @@ fn the_overview_counts_live_connections_and_asks_the_engine_once() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].live_connections, 1);
     assert_eq!(listed[0].running, Some(ContainerState::Running));
+}
+
+/// A connection of alice's to `project` (a scratch name when `build` is `None`).
+fn project_request(project: &str, image: &str, build: Option<ImageBuild>) -> ConnectRequest {
+    ConnectRequest {
+        project: project.into(),
+        image: image.into(),
+        build,
+        workdir: Some(format!("/workspace/{project}")),
+        ..request(Program::Command("true".into()))
+    }
+}
+
+fn image_build(project: &str) -> ImageBuild {
+    ImageBuild {
+        project: project.into(),
+        dockerfile: "# step: Pulling base image img\nFROM img\n".into(),
+        context: std::env::temp_dir(),
+        log: std::env::temp_dir().join(format!("podspawn-test-{}.build.log", std::process::id())),
+        timeout: Duration::from_secs(60),
+    }
+}
+
+#[test]
+fn each_project_and_scratch_name_is_a_session_of_its_own_with_its_own_slot() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.connect(&settings);
+    let api = project_request("api", "podspawn/api:0123456789ab", Some(image_build("api")));
+    f.sessions
+        .engine()
+        .images
+        .insert("podspawn/api:0123456789ab".into());
+    assert_eq!(f.sessions.connect(&api, &settings).unwrap(), 0);
+    let work = project_request("work", "img", None);
+    assert_eq!(f.sessions.connect(&work, &settings).unwrap(), 0);
+    let rows = f.sessions.state.sessions().unwrap();
+    let described: Vec<(String, String, u32)> = rows
+        .iter()
+        .map(|row| (row.project.clone(), row.container.clone(), row.slot))
+        .collect();
+    assert_eq!(
+        described,
+        [
+            ("".to_string(), "podspawn-alice".to_string(), 0),
+            ("api".to_string(), "podspawn-alice-api".to_string(), 1),
+            ("work".to_string(), "podspawn-alice-work".to_string(), 2),
+        ]
+    );
+    // Each ran in its own container, the project's in its workspace.
+    let execs = &f.sessions.engine().execs;
+    assert_eq!(execs[1].container, "podspawn-alice-api");
+    assert_eq!(execs[1].workdir.as_deref(), Some("/workspace/api"));
+    // A second connection to the project reattaches.
+    f.sessions.connect(&api, &settings).unwrap();
+    assert_eq!(f.sessions.engine().creates, 3);
+}
+
+#[test]
+fn one_session_more_than_max_per_user_is_refused_naming_the_running_ones() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.connect(&settings);
+    f.sessions
+        .connect(&project_request("one", "img", None), &settings)
+        .unwrap();
+    f.sessions
+        .connect(&project_request("two", "img", None), &settings)
+        .unwrap();
+    let err = f
+        .sessions
+        .connect(&project_request("three", "img", None), &settings)
+        .unwrap_err();
+    assert!(matches!(err, SessionError::TooManySessions { .. }), "{err}");
+    assert_eq!(
+        err.user_message(),
+        "you have 3 sessions already (default, one, two); end one first"
+    );
+    assert_eq!(f.sessions.engine().creates, 3);
+    // The ones there are still reattach.
+    f.sessions
+        .connect(&project_request("two", "img", None), &settings)
+        .unwrap();
+}
+
+#[test]
+fn a_missing_project_image_is_built_once_and_then_the_container_made() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    let api = project_request("api", "podspawn/api:0123456789ab", Some(image_build("api")));
+    assert_eq!(f.sessions.connect(&api, &settings).unwrap(), 0);
+    assert_eq!(f.sessions.engine().builds, 1);
+    assert_eq!(f.sessions.engine().creates, 1);
+    // Found built: no second build, even for a new container.
+    f.sessions.engine().running.remove("podspawn-alice-api");
+    f.sessions.connect(&api, &settings).unwrap();
+    assert_eq!(f.sessions.engine().creates, 2);
+    assert_eq!(f.sessions.engine().builds, 1);
+    // A scratch name has nothing to build: a missing image is an error.
+    let lost = project_request("lost", "podspawn/gone:000000000000", None);
+    let err = f.sessions.connect(&lost, &settings).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SessionError::Docker(DockerError::ImageUnavailable { .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(f.sessions.engine().builds, 1);
 }
