@@ -638,16 +638,17 @@ impl Docker {
             "--filter".to_string(),
             format!("label={LABEL_PROJECT}={project}"),
             "--format".to_string(),
-            "{{.Repository}}:{{.Tag}}".to_string(),
+            "{{.Repository}}:{{.Tag}}\t{{.ID}}".to_string(),
         ];
         let (status, stdout, stderr) = self.run(&args)?;
         if !status.success() {
             return Err(self.failed(&args, status, stderr));
         }
+        // An image whose tag went to a newer build is known by its id alone.
         Ok(stdout
             .lines()
-            .filter(|line| !line.contains("<none>"))
-            .map(str::to_string)
+            .filter_map(|line| line.split_once('\t'))
+            .map(|(name, id)| if name.contains("<none>") { id } else { name }.to_string())
             .collect())
     }
 

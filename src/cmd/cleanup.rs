@@ -119,16 +119,18 @@ fn cleanup(config: &ServerConfig, args: &CleanupArgs) -> Result<(), Error> {
 fn pass(sessions: &mut Sessions<DockerEngine, SystemHost>) -> Result<Sweep, Error> {
     let mut sweep = sessions.cleanup()?;
     sweep.networks_removed = sessions.remove_unused_networks()?;
+    sweep.images_removed = sessions.remove_replaced_images()?;
     Ok(sweep)
 }
 
 fn summary(sweep: &Sweep) -> String {
     format!(
-        "grace_expired={} lifetime_expired={} orphans_removed={} rows_dropped={} networks_removed={}",
+        "grace_expired={} lifetime_expired={} orphans_removed={} rows_dropped={} networks_removed={} images_removed={}",
         sweep.grace_expired,
         sweep.lifetime_expired,
         sweep.orphans_removed,
         sweep.rows_dropped,
-        sweep.networks_removed
+        sweep.networks_removed,
+        sweep.images_removed
     )
 }

@@ -244,6 +244,8 @@ pub struct Sweep {
     pub rows_dropped: usize,
     /// Networks of users who are no longer registered.
     pub networks_removed: usize,
+    /// Images of projects that are no longer their project's image.
+    pub images_removed: usize,
 }
 
 /// What a keeper does next.
@@ -918,6 +920,32 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             }
         }
         Ok(sweep)
+    }
+
+    /// After `cleanup`: the images of registered projects that an update replaced
+    /// while a session still used them, now that none does.
+    pub fn remove_replaced_images(&mut self) -> Result<usize, SessionError> {
+        let mut removed = 0;
+        for project in self.state.projects()? {
+            for image in self
+                .effects
+                .engine()
+                .project_images(project.name.as_str())?
+            {
+                if image == project.image {
+                    continue;
+                }
+                match self
+                    .effects
+                    .apply(Effect::RemoveImage(&image), Reason::ProjectChanged)
+                {
+                    Ok(()) => removed += 1,
+                    Err(DockerError::ImageInUse { .. }) => {}
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// After `cleanup`: the networks of users who are neither registered nor have a

@@ -136,7 +136,7 @@ fn cleanup_removes_orphans_and_drops_rows_without_containers() {
         .assert_success();
     env.podspawn(&["cleanup"])
         .assert_success()
-        .assert_stdout("cleanup pass complete: grace_expired=0 lifetime_expired=0 orphans_removed=1 rows_dropped=1 networks_removed=0\n");
+        .assert_stdout("cleanup pass complete: grace_expired=0 lifetime_expired=0 orphans_removed=1 rows_dropped=1 networks_removed=0 images_removed=0\n");
     assert_eq!(
         env.removed_containers(),
         [
@@ -174,7 +174,7 @@ fn cleanup_expires_sessions_whose_keeper_is_gone() {
     );
     env.podspawn(&["cleanup"])
         .assert_success()
-        .assert_stdout("cleanup pass complete: grace_expired=1 lifetime_expired=0 orphans_removed=0 rows_dropped=0 networks_removed=0\n");
+        .assert_stdout("cleanup pass complete: grace_expired=1 lifetime_expired=0 orphans_removed=0 rows_dropped=0 networks_removed=0 images_removed=0\n");
 }
 
 /// Kills the keepers started for this tree (found by the config on their command line).

@@ -272,6 +272,35 @@ fn files_move_in_and_out_of_a_project_workspace_with_scp_sftp_and_rsync() {
         stdout(&output),
         format!("/workspace/{project}\none\ntwo\none\n")
     );
+
+    // A change to the repo builds a new image; the running session keeps its
+    // container (and so the old image) until it ends, and cleanup then removes it.
+    let old_images = images_of(&project);
+    server.commit(&repo, &[("NEWS", "something changed\n")]);
+    let update = stdout(&check(
+        &server,
+        server.podspawn(&["update-project", &project]),
+    ));
+    assert!(update.contains("(built)"), "{update}");
+    assert_eq!(images_of(&project).len(), 2);
+    let output = check(
+        &server,
+        server.run_in(user, &project, "cat NEWS || echo old"),
+    );
+    assert_eq!(
+        stdout(&output),
+        "old\n",
+        "the running session keeps its container"
+    );
+    check(
+        &server,
+        server.podspawn(&["remove-user", &user.name, "--force"]),
+    );
+    let cleanup = stdout(&check(&server, server.podspawn(&["cleanup"])));
+    assert!(cleanup.contains("images_removed=1"), "{cleanup}");
+    let now = images_of(&project);
+    assert_eq!(now.len(), 1);
+    assert!(!old_images.contains(&now[0]));
 }
 
 #[test]
