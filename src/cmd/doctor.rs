@@ -109,6 +109,7 @@ fn doctor(config: &ServerConfig, args: &DoctorArgs) -> Result<(), Error> {
     check_proc(&mut report);
     check_engine(&mut report, config);
     check_database(&mut report, config);
+    check_projects(&mut report, config);
     check_docker_members(&mut report, config);
     check_cleanup(&mut report);
     if report.bad > 0 {
@@ -465,6 +466,63 @@ fn check_database(report: &mut Report, config: &ServerConfig) {
             Some("stop sessions, move it aside and run podspawn server-setup (sessions are reconciled)".into()),
         ),
         Err(err) => report.line(Mark::Bad, &err.to_string(), None),
+    }
+}
+
+/// Each registered project has its checkout and its image; each declared one is
+/// added.
+fn check_projects(report: &mut Report, config: &ServerConfig) {
+    let path = config.state.db_path.as_path();
+    let registered = if path.exists() {
+        match State::open(path).and_then(|state| state.projects()) {
+            Ok(projects) => projects,
+            Err(err) => return report.line(Mark::Bad, &err.to_string(), None),
+        }
+    } else {
+        Vec::new()
+    };
+    let mut effects = super::effects(config);
+    for project in &registered {
+        let name = &project.name;
+        let checkout = crate::project::clone_dir(config, name);
+        if !checkout.join(".git").is_dir() {
+            report.line(
+                Mark::Bad,
+                &format!("project {name} has no checkout at {}", checkout.display()),
+                Some(format!(
+                    "podspawn remove-project {name} && podspawn add-project {name} --repo {}",
+                    project.repo
+                )),
+            );
+            continue;
+        }
+        let log = crate::project::build_log(config, name);
+        match effects.engine().has_image(&project.image) {
+            Ok(true) => report.line(
+                Mark::Good,
+                &format!("project {name}: image {} is here", project.image),
+                None,
+            ),
+            Ok(false) => report.line(
+                Mark::Warn,
+                &format!(
+                    "project {name}: image {} is not here; the next connection builds it (last build's log: {})",
+                    project.image,
+                    log.display()
+                ),
+                Some(format!("podspawn update-project {name}")),
+            ),
+            Err(err) => report.line(Mark::Bad, &format!("cannot ask for {}: {err}", project.image), None),
+        }
+    }
+    for key in config.projects.keys() {
+        if !registered.iter().any(|row| row.name == key.0) {
+            report.line(
+                Mark::Warn,
+                &format!("project {} is declared in the config but not added", key.0),
+                Some(format!("podspawn update-project {}", key.0)),
+            );
+        }
     }
 }
 

@@ -393,6 +393,14 @@ fn connections_that_find_the_image_missing_build_it_once_and_only_a_terminal_see
 
     // Two users at once find it missing: one build, both get their output only.
     remove_image();
+    let doctor = stdout(&server.podspawn(&["doctor"]));
+    assert!(
+        doctor.contains(&format!(
+            "project {project}: image {} is not here",
+            images[0]
+        )),
+        "{doctor}"
+    );
     let before = builds();
     let children: Vec<_> = server
         .users
