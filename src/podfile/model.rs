@@ -127,7 +127,9 @@ impl EnvName {
             && text.len() <= 128
             && text.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
             && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if ok {
+        if ok && text.starts_with("PODSPAWN_") {
+            Err(format!("{text} is podspawn's to set, not the Podfile's"))
+        } else if ok {
             Ok(EnvName(text.to_string()))
         } else {
             Err(format!(
@@ -639,6 +641,7 @@ on_start: |
             ("base: --privileged\n", "base", "invalid image"),
             ("shell: bash\n", "shell", "must be absolute"),
             ("env:\n  \"A B\": x\n", "env", "not a variable name"),
+            ("env:\n  PODSPAWN_USER: root\n", "env", "podspawn's to set"),
             (
                 "env:\n  X: ${HOME}\n",
                 "env.X",
