@@ -644,6 +644,14 @@ pub const COMMENTED_DEFAULT: &str = "\
 #  level: info                        # off | error | warn | info | debug | trace
 #  # file: /var/log/podspawn/podspawn.log  (unset = syslog)
 #  # audit_log: /var/log/podspawn/audit.jsonl
+#
+# Projects: `podspawn add-project NAME --repo REPO` registers one in the state
+# database (podspawn never rewrites this file). A project may also be declared
+# here by hand; `podspawn update-project NAME` then clones, builds and adds it:
+# projects:
+#   api:
+#     repo: github.com/company/node-api
+#     branch: main                   # optional; default: the repo's default branch
 ";
 
 /// Why the config could not be used.

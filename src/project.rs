@@ -106,6 +106,7 @@ pub fn environment(
         image: project.image.clone(),
         build: ImageBuild {
             project: project.name.to_string(),
+            podfile: found.file.clone(),
             dockerfile: project.dockerfile.clone(),
             context: clone_dir(config, &project.name),
             log: build_log(config, &project.name),

@@ -64,6 +64,8 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageBuild {
     pub project: String,
+    /// Where the Podfile is in the repo (`podfile.yaml`), for the user's first line.
+    pub podfile: String,
     pub dockerfile: String,
     /// The repo checkout it copies from.
     pub context: std::path::PathBuf,
@@ -433,8 +435,8 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         if interactive {
             write_stderr(
                 format!(
-                    "Building environment for {} (first time, this takes a minute)...\n",
-                    build.project
+                    "Building environment from {} (first time, this takes a minute)...\n",
+                    build.podfile
                 )
                 .as_bytes(),
             );

@@ -749,6 +749,7 @@ fn project_request(project: &str, image: &str, build: Option<ImageBuild>) -> Con
 fn image_build(project: &str) -> ImageBuild {
     ImageBuild {
         project: project.into(),
+        podfile: "podfile.yaml".into(),
         dockerfile: "# step: Pulling base image img\nFROM img\n".into(),
         context: std::env::temp_dir(),
         log: std::env::temp_dir().join(format!("podspawn-test-{}.build.log", std::process::id())),

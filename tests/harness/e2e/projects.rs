@@ -438,7 +438,7 @@ fn connections_that_find_the_image_missing_build_it_once_and_only_a_terminal_see
     let mut terminal = Terminal::start(server.ssh_project(user, &project, &["-tt"], None), 24, 80);
     let wait = Duration::from_secs(120);
     for line in [
-        format!("Building environment for {project}"),
+        "Building environment from podfile.yaml (first time".to_string(),
         "Copying the repo".to_string(),
         "Running on_create".to_string(),
     ] {
