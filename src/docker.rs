@@ -58,7 +58,6 @@ pub struct Labels {
 pub struct BuildSpec<'a> {
     /// `podspawn/<project>:<hash>`.
     pub tag: &'a str,
-    pub project: &'a str,
     pub dockerfile: &'a str,
     /// The repo checkout the Dockerfile copies from.
     pub context: &'a std::path::Path,
@@ -529,18 +528,13 @@ impl Docker {
         Ok((status.code().unwrap_or(-1), stdout, stderr))
     }
 
-    /// `docker build` of a project's image: the Dockerfile on stdin, `spec.context` as
-    /// the build context, podspawn's labels on the image. Every line the build prints
-    /// goes to `output`; past `spec.timeout` the build is killed.
+    /// `docker build` of a project's image: the Dockerfile on stdin (it carries
+    /// podspawn's labels itself: each `--label` would be one more step to commit),
+    /// `spec.context` as the build context. Every line the build prints goes to
+    /// `output`; past `spec.timeout` the build is killed.
     pub fn build(&self, spec: &BuildSpec, output: &mut dyn FnMut(&str)) -> Result<(), DockerError> {
         use std::io::{BufRead, Write};
         let mut args = strings(&["build", "--tag", spec.tag, "--file", "-", "--force-rm"]);
-        for label in [
-            format!("{LABEL_MANAGED}=true"),
-            format!("{LABEL_PROJECT}={}", spec.project),
-        ] {
-            args.extend(["--label".to_string(), label]);
-        }
         args.push(spec.context.display().to_string());
         let (read, write) = std::io::pipe().map_err(DockerError::Supervise)?;
         let mut command = self.command(&args);

@@ -388,7 +388,6 @@ fn prepare<E: Engine, H: Host>(
     let log = build_log(config, name);
     let spec = BuildSpec {
         tag: &recipe.tag,
-        project: name.as_str(),
         dockerfile: &dockerfile,
         context: dir,
         timeout: config.defaults.build_timeout.0,

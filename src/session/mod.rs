@@ -444,7 +444,6 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         let mut progress = crate::progress::Progress::new(&build.dockerfile, &build.log);
         let spec = crate::docker::BuildSpec {
             tag: &request.image,
-            project: &build.project,
             dockerfile: &build.dockerfile,
             context: &build.context,
             timeout: build.timeout,
