@@ -93,6 +93,14 @@ pub enum SessionError {
     /// The user has as many sessions as they may have.
     TooManySessions {
         running: Vec<String>,
+        /// `session.max_per_user`; the default session always keeps its place.
+        limit: u32,
+    },
+    /// The session's container name is another session's (user names may hold
+    /// `-`: `bob`'s project `dev` and user `bob-dev` are both `podspawn-bob-dev`).
+    NameTaken {
+        container: String,
+        holder: UserName,
     },
     /// The session's image is not there, and it says how it is built (a signal
     /// within `connect`, which builds it outside the user's lock and tries again).
@@ -120,10 +128,26 @@ impl SessionError {
             SessionError::NotRegistered(_) => {
                 "you are not registered with podspawn on this server; tell your admin".to_string()
             }
-            SessionError::TooManySessions { running } => format!(
-                "you have {} sessions already ({}); end one first",
-                running.len(),
-                running.join(", ")
+            SessionError::TooManySessions { running, limit } => {
+                if running.len() >= *limit as usize {
+                    format!(
+                        "you have {} sessions already ({}); end one first",
+                        running.len(),
+                        running.join(", ")
+                    )
+                } else if *limit <= 1 {
+                    "this server allows only your default session (session.max_per_user is 1)"
+                        .to_string()
+                } else {
+                    format!(
+                        "you may have {} project or scratch session(s) besides your default one; end one of {} first",
+                        limit - 1,
+                        running.join(", ")
+                    )
+                }
+            }
+            SessionError::NameTaken { container, .. } => format!(
+                "your session's container name {container} is another user's session's; tell your admin"
             ),
             SessionError::ImageMissing => {
                 "your session's image is missing; tell your admin".to_string()
@@ -163,13 +187,15 @@ impl fmt::Display for SessionError {
             SessionError::NotRegistered(user) => {
                 write!(f, "{user} was removed while connecting")
             }
-            SessionError::TooManySessions { running } => {
+            SessionError::TooManySessions { running, limit } => {
                 write!(
                     f,
-                    "refused a session beyond {}: {}",
-                    running.len(),
+                    "refused a session beyond the limit of {limit}: {}",
                     running.join(", ")
                 )
+            }
+            SessionError::NameTaken { container, holder } => {
+                write!(f, "container name {container} is held by a session of {holder}")
             }
             SessionError::ImageMissing => f.write_str("the session's image is missing"),
             SessionError::BuildFailed {
@@ -566,6 +592,7 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         match plan::free_slot(project.is_empty(), &used, max_per_user) {
             Some(slot) => Ok(slot),
             None => Err(SessionError::TooManySessions {
+                limit: max_per_user,
                 running: others
                     .iter()
                     .map(|session| match session.project.as_str() {
@@ -588,6 +615,16 @@ impl<E: Engine, H: Host> Sessions<E, H> {
     ) -> Result<SessionRow, SessionError> {
         let user = &request.user;
         let name = container::container_name(&user.name, &request.project);
+        // One row per container name: a name another user's row holds is theirs,
+        // even while its container is gone.
+        if let Some(holder) = self.state.sessions()?.into_iter().find(|row| {
+            row.container == name && (row.user != user.name || row.project != request.project)
+        }) {
+            return Err(SessionError::NameTaken {
+                container: name,
+                holder: holder.user,
+            });
+        }
         let persistent = settings.mode == SessionMode::Persistent;
         let spec = ContainerSpec {
             name: name.clone(),

@@ -841,3 +841,46 @@ fn a_missing_project_image_is_built_once_and_then_the_container_made() {
     );
     assert_eq!(f.sessions.engine().builds, 1);
 }
+
+#[test]
+fn a_container_name_two_sessions_would_share_is_refused_to_the_second() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.sessions.host.accounts.insert("bob".into(), 1002);
+    f.sessions.host.accounts.insert("bob-dev".into(), 1003);
+    let as_user = |name: &str, uid: u32, project: &str| ConnectRequest {
+        user: Identity::new(UserName::parse(name).unwrap(), uid, uid, name, "/bin/sh"),
+        ..project_request(project, "img", None)
+    };
+    f.sessions
+        .connect(&as_user("bob", 1002, "dev"), &settings)
+        .unwrap();
+    // bob-dev's default session would be podspawn-bob-dev too.
+    let err = f
+        .sessions
+        .connect(&as_user("bob-dev", 1003, ""), &settings)
+        .unwrap_err();
+    assert!(matches!(err, SessionError::NameTaken { .. }), "{err}");
+    // Even with the container gone (an engine restart), the row keeps the name bob's.
+    f.sessions.engine().running.remove("podspawn-bob-dev");
+    let err = f
+        .sessions
+        .connect(&as_user("bob-dev", 1003, ""), &settings)
+        .unwrap_err();
+    assert!(matches!(err, SessionError::NameTaken { .. }), "{err}");
+    assert_eq!(f.sessions.engine().creates, 1);
+}
+
+#[test]
+fn with_one_session_per_user_only_the_default_one_opens() {
+    let (mut f, mut settings) = fixture(SessionMode::GracePeriod);
+    settings.max_per_user = 1;
+    let err = f
+        .sessions
+        .connect(&project_request("work", "img", None), &settings)
+        .unwrap_err();
+    assert_eq!(
+        err.user_message(),
+        "this server allows only your default session (session.max_per_user is 1)"
+    );
+    f.connect(&settings);
+}
