@@ -697,6 +697,10 @@ fn strings(items: &[&str]) -> Vec<String> {
 pub fn run_args(spec: &ContainerSpec) -> Vec<String> {
     let user = &spec.user;
     let mut args = strings(&["run", "--detach", "--rm", "--init"]);
+    if crate::image::is_project_image(&spec.image) {
+        // Built here or not at all: a missing one is built, never pulled.
+        args.extend(strings(&["--pull", "never"]));
+    }
     args.extend(["--name".into(), spec.name.clone()]);
     args.extend(["--hostname".into(), spec.name.clone()]);
     for (label, value) in [
@@ -879,6 +883,17 @@ mod tests {
             !args
                 .iter()
                 .any(|arg| arg == "--privileged" || arg.starts_with("--cap-add"))
+        );
+        assert!(!text.contains("--pull"), "the default image may be pulled");
+        // A project's image is built here, never pulled from a registry.
+        let project = ContainerSpec {
+            image: "podspawn/api:0123456789ab".into(),
+            ..spec
+        };
+        assert!(
+            run_args(&project)
+                .join(" ")
+                .starts_with("run --detach --rm --init --pull never --name ")
         );
     }
 

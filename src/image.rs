@@ -48,6 +48,15 @@ impl Recipe {
     }
 }
 
+/// Project images are `podspawn/<project>:<hash>`: built here, never pulled (a
+/// registry's `podspawn/…` is anyone's).
+pub const REPOSITORY_PREFIX: &str = "podspawn/";
+
+/// Whether `image` is one of the project images podspawn builds.
+pub fn is_project_image(image: &str) -> bool {
+    image.starts_with(REPOSITORY_PREFIX)
+}
+
 /// The comment that names the step whose instructions follow it.
 pub const STEP_MARK: &str = "# step: ";
 
@@ -157,7 +166,7 @@ pub fn recipe(
     let digest = crate::sha256::hex(format!("{dockerfile}\nsources {sources}\n").as_bytes());
     Ok(Recipe {
         steps,
-        tag: format!("podspawn/{project}:{}", &digest[..12]),
+        tag: format!("{REPOSITORY_PREFIX}{project}:{}", &digest[..12]),
         workspace,
     })
 }

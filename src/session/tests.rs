@@ -45,7 +45,7 @@ impl Engine for FakeEngine {
         match *effect {
             Effect::CreateContainer(spec) => {
                 // Project images exist once built; any other image always does.
-                if spec.image.starts_with("podspawn/") && !self.images.contains(&spec.image) {
+                if crate::image::is_project_image(&spec.image) && !self.images.contains(&spec.image) {
                     return Err(DockerError::ImageUnavailable {
                         image: spec.image.clone(),
                         stderr: "Unable to find image".into(),
@@ -162,7 +162,7 @@ impl Engine for FakeEngine {
     }
 
     fn has_image(&mut self, image: &str) -> Result<bool, DockerError> {
-        Ok(!image.starts_with("podspawn/") || self.images.contains(image))
+        Ok(!crate::image::is_project_image(image) || self.images.contains(image))
     }
 
     fn probe(&mut self, _: &str, _: &str, _: &[&str], _: Passed) -> Result<Probe, DockerError> {
