@@ -209,6 +209,46 @@ pub fn write_stderr(data: &[u8]) {
     let _ = stderr.flush();
 }
 
+/// Lines for the user's terminal, written by a thread of their own so that whoever
+/// shows them never blocks: a terminal the user stopped (Ctrl-S) must not stall
+/// what holds a lock others wait for. A line that finds the queue full is dropped.
+pub struct TerminalLines {
+    sender: std::sync::mpsc::SyncSender<String>,
+    written: std::sync::mpsc::Receiver<()>,
+}
+
+impl TerminalLines {
+    const QUEUE: usize = 64;
+
+    pub fn start() -> TerminalLines {
+        TerminalLines::start_with(io::stderr())
+    }
+
+    fn start_with(mut terminal: impl Write + Send + 'static) -> TerminalLines {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<String>(Self::QUEUE);
+        let (done, written) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for text in receiver {
+                let _ = terminal.write_all(text.as_bytes());
+                let _ = terminal.flush();
+            }
+            let _ = done.send(());
+        });
+        TerminalLines { sender, written }
+    }
+
+    pub fn show(&self, text: &str) {
+        let _ = self.sender.try_send(text.to_string());
+    }
+
+    /// Lets what was shown reach the terminal before what comes next, waiting at
+    /// most `patience` (a stopped terminal keeps the rest).
+    pub fn finish(self, patience: std::time::Duration) {
+        drop(self.sender);
+        let _ = self.written.recv_timeout(patience);
+    }
+}
+
 /// The signals a supervised exec reacts to, delivered through a self-pipe.
 struct Signals {
     read: UnixStream,
@@ -267,6 +307,22 @@ impl Signals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn terminal_lines_never_block_the_writer_even_on_a_stopped_terminal() {
+        // A pipe nobody reads: the thread's writes block once it is full, as on a
+        // terminal the user stopped with Ctrl-S.
+        let (read, write) = std::io::pipe().unwrap();
+        let lines = TerminalLines::start_with(write);
+        let started = std::time::Instant::now();
+        let line = "x".repeat(4096);
+        for _ in 0..1000 {
+            lines.show(&line);
+        }
+        lines.finish(std::time::Duration::from_millis(100));
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        drop(read);
+    }
 
     fn relay_of(chunks: &[&str]) -> (bool, String) {
         let mut relay = StderrRelay {

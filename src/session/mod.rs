@@ -195,7 +195,10 @@ impl fmt::Display for SessionError {
                 )
             }
             SessionError::NameTaken { container, holder } => {
-                write!(f, "container name {container} is held by a session of {holder}")
+                write!(
+                    f,
+                    "container name {container} is held by a session of {holder}"
+                )
             }
             SessionError::ImageMissing => f.write_str("the session's image is missing"),
             SessionError::BuildFailed {
@@ -345,7 +348,16 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                 Ok(attached) => attached,
                 // Built here, outside the user's lock (a build takes minutes), once.
                 Err(SessionError::ImageMissing) if !built && request.build.is_some() => {
-                    self.build_image(request)?;
+                    // Progress only on an interactive session's terminal, and never
+                    // written by the holder of the project's lock itself.
+                    let interactive =
+                        request.routed.tty && request.routed.program == Program::Shell;
+                    let terminal = interactive.then(crate::exec::TerminalLines::start);
+                    let result = self.build_image(request, terminal.as_ref());
+                    if let Some(terminal) = terminal {
+                        terminal.finish(Duration::from_secs(1));
+                    }
+                    result?;
                     built = true;
                     continue;
                 }
@@ -449,24 +461,36 @@ impl<E: Engine, H: Host> Sessions<E, H> {
     /// An interactive shell's terminal shows progress lines; nothing else ever does
     /// (scp, sftp and rsync speak a protocol on stdout), and the whole output goes to
     /// the build log.
-    fn build_image(&mut self, request: &ConnectRequest) -> Result<(), SessionError> {
+    fn build_image(
+        &mut self,
+        request: &ConnectRequest,
+        terminal: Option<&crate::exec::TerminalLines>,
+    ) -> Result<(), SessionError> {
         let build = request.build.as_ref().expect("asked only with a build");
-        let _lock = self
-            .locks
-            .acquire_named(&format!("project.{}", build.project), build.timeout)?;
+        let show = |text: &str| {
+            if let Some(terminal) = terminal {
+                terminal.show(text);
+            }
+        };
+        let lock_name = format!("project.{}", build.project);
+        let _lock = match self.locks.acquire_named(&lock_name, Duration::ZERO) {
+            Ok(lock) => lock,
+            Err(err) if err.timed_out() => {
+                show(&format!(
+                    "Waiting for the build of {} another connection started...\n",
+                    build.project
+                ));
+                self.locks.acquire_named(&lock_name, build.timeout)?
+            }
+            Err(err) => return Err(err.into()),
+        };
         if self.effects.engine().has_image(&request.image)? {
             return Ok(());
         }
-        let interactive = request.routed.tty && request.routed.program == Program::Shell;
-        if interactive {
-            write_stderr(
-                format!(
-                    "Building environment from {} (first time, this takes a minute)...\n",
-                    build.podfile
-                )
-                .as_bytes(),
-            );
-        }
+        show(&format!(
+            "Building environment from {} (first time, this takes a minute)...\n",
+            build.podfile
+        ));
         let mut progress = crate::progress::Progress::new(&build.dockerfile, &build.log);
         let spec = crate::docker::BuildSpec {
             tag: &request.image,
@@ -477,16 +501,12 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         let result = self
             .effects
             .build(&spec, Reason::ImageMissing, &mut |line| {
-                if let Some(shown) = progress.line(line)
-                    && interactive
-                {
-                    write_stderr(shown.as_bytes());
+                if let Some(shown) = progress.line(line) {
+                    show(&shown);
                 }
             });
-        if let Some(shown) = progress.finish(result.is_ok())
-            && interactive
-        {
-            write_stderr(shown.as_bytes());
+        if let Some(shown) = progress.finish(result.is_ok()) {
+            show(&shown);
         }
         result.map_err(|cause| SessionError::BuildFailed {
             image: request.image.clone(),

@@ -45,7 +45,8 @@ impl Engine for FakeEngine {
         match *effect {
             Effect::CreateContainer(spec) => {
                 // Project images exist once built; any other image always does.
-                if crate::image::is_project_image(&spec.image) && !self.images.contains(&spec.image) {
+                if crate::image::is_project_image(&spec.image) && !self.images.contains(&spec.image)
+                {
                     return Err(DockerError::ImageUnavailable {
                         image: spec.image.clone(),
                         stderr: "Unable to find image".into(),
