@@ -75,8 +75,8 @@ pub fn projects_dir(config: &ServerConfig) -> PathBuf {
 }
 
 /// What one session of a project runs in: its image (and how to build it), where it
-/// starts, its shell, env and `on_start` — read from the Podfile of the registered
-/// checkout, so that a change that needs no build needs only `update-project`.
+/// starts, its shell, env and `on_start` — from its registration, so that a change
+/// that needs no build needs only `update-project`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Environment {
     pub image: String,
@@ -87,37 +87,65 @@ pub struct Environment {
     pub on_start: Option<String>,
 }
 
+/// What a project's sessions take from its Podfile, kept in its registration (as
+/// JSON) so that a connection never reads the checkout. `env` values keep their
+/// `${PODSPAWN_USER}`/`${PODSPAWN_PROJECT}`, filled in per session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct SessionSettings {
+    pub shell: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub on_start: Option<String>,
+}
+
+impl SessionSettings {
+    pub fn of(podfile: &crate::podfile::Podfile) -> SessionSettings {
+        SessionSettings {
+            shell: podfile
+                .shell
+                .as_ref()
+                .map(|shell| shell.as_path().display().to_string()),
+            env: podfile
+                .env
+                .iter()
+                .map(|(name, value)| (name.0.clone(), value.0.clone()))
+                .collect(),
+            on_start: podfile.on_start.as_ref().map(|script| script.0.clone()),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("plain data")
+    }
+}
+
 /// The environment of `user`'s sessions of the registered `project`.
 pub fn environment(
     config: &ServerConfig,
     project: &ProjectRow,
     user: &UserName,
-) -> Result<Environment, PodfileError> {
-    let found = crate::podfile::find(&clone_dir(config, &project.name))?;
-    let podfile = found.podfile;
+) -> Result<Environment, String> {
+    let settings: SessionSettings = serde_json::from_str(&project.session)
+        .map_err(|err| format!("the registration of {} is damaged: {err}", project.name))?;
     let mut env = session_env(user, project.name.as_str());
-    for (name, value) in &podfile.env {
-        env.push((
-            name.0.clone(),
-            value.expand(user.as_str(), project.name.as_str()),
-        ));
+    for (name, value) in settings.env {
+        let value = crate::podfile::EnvValue(value);
+        env.push((name, value.expand(user.as_str(), project.name.as_str())));
     }
     Ok(Environment {
         image: project.image.clone(),
         build: ImageBuild {
             project: project.name.to_string(),
-            podfile: found.file.clone(),
+            podfile: project.podfile.clone(),
             dockerfile: project.dockerfile.clone(),
             context: clone_dir(config, &project.name),
             log: build_log(config, &project.name),
             timeout: config.defaults.build_timeout.0,
         },
         workspace: project.workspace.clone(),
-        shell: podfile
-            .shell
-            .map(|shell| shell.as_path().display().to_string()),
+        shell: settings.shell,
         env,
-        on_start: podfile.on_start.map(|script| script.0),
+        on_start: settings.on_start,
     })
 }
 
@@ -412,6 +440,7 @@ fn prepare<E: Engine, H: Host>(
             repo: repo.to_string(),
             branch: branch.map_or(head_branch, str::to_string),
             commit,
+            session: SessionSettings::of(&found.podfile).to_json(),
             podfile: found.file,
             image: recipe.tag,
             dockerfile,

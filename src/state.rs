@@ -84,6 +84,7 @@ const MIGRATIONS: &[&str] = &[
         image TEXT NOT NULL,
         dockerfile TEXT NOT NULL,
         workspace TEXT NOT NULL,
+        session TEXT NOT NULL,
         updated_at INTEGER NOT NULL
     );
     ALTER TABLE sessions ADD COLUMN slot INTEGER NOT NULL DEFAULT 0;",
@@ -128,6 +129,9 @@ pub struct ProjectRow {
     /// What the image is built from (kept: the image can be rebuilt as it was).
     pub dockerfile: String,
     pub workspace: String,
+    /// What sessions take from the Podfile (shell, env, on_start), as JSON: read from
+    /// here, never from the checkout an update may be rewriting.
+    pub session: String,
     pub updated_at: i64,
 }
 
@@ -338,8 +342,8 @@ impl State {
     pub fn put_project(&self, project: &ProjectRow) -> Result<(), StateError> {
         self.connection.execute(
             "INSERT OR REPLACE INTO projects (name, repo, branch, commit_id, podfile, image,
-                dockerfile, workspace, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                dockerfile, workspace, session, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 project.name.as_str(),
                 project.repo,
@@ -349,6 +353,7 @@ impl State {
                 project.image,
                 project.dockerfile,
                 project.workspace,
+                project.session,
                 project.updated_at,
             ],
         )?;
@@ -553,6 +558,7 @@ fn project_from_row(row: &Row) -> rusqlite::Result<ProjectRow> {
         image: row.get("image")?,
         dockerfile: row.get("dockerfile")?,
         workspace: row.get("workspace")?,
+        session: row.get("session")?,
         updated_at: row.get("updated_at")?,
     })
 }

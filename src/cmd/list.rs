@@ -386,6 +386,7 @@ mod tests {
             image: "podspawn/api:aaaabbbbcccc".into(),
             dockerfile: String::new(),
             workspace: "/workspace/api".into(),
+            session: "{}".into(),
             updated_at: 0,
         };
         let sarah = SessionRow {

@@ -96,6 +96,11 @@ pub enum SessionError {
         /// `session.max_per_user`; the default session always keeps its place.
         limit: u32,
     },
+    /// The project was updated or removed while this connection was on its way in:
+    /// what it knows of it (its image, how to build it) is stale.
+    ProjectChanged {
+        project: String,
+    },
     /// The session's container name is another session's (user names may hold
     /// `-`: `bob`'s project `dev` and user `bob-dev` are both `podspawn-bob-dev`).
     NameTaken {
@@ -146,6 +151,9 @@ impl SessionError {
                     )
                 }
             }
+            SessionError::ProjectChanged { project } => {
+                format!("project {project} was just updated; connect again")
+            }
             SessionError::NameTaken { container, .. } => format!(
                 "your session's container name {container} is another user's session's; tell your admin"
             ),
@@ -193,6 +201,9 @@ impl fmt::Display for SessionError {
                     "refused a session beyond the limit of {limit}: {}",
                     running.join(", ")
                 )
+            }
+            SessionError::ProjectChanged { project } => {
+                write!(f, "project {project} changed while connecting")
             }
             SessionError::NameTaken { container, holder } => {
                 write!(
@@ -486,6 +497,18 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         };
         if self.effects.engine().has_image(&request.image)? {
             return Ok(());
+        }
+        // The registration read before the lock may be stale: an update meanwhile
+        // moved the checkout on, and its sources would not make this tag.
+        let current = crate::project::ProjectName::parse(&build.project)
+            .ok()
+            .map(|name| self.state.project(&name))
+            .transpose()?
+            .flatten();
+        if current.is_none_or(|row| row.image != request.image) {
+            return Err(SessionError::ProjectChanged {
+                project: build.project.clone(),
+            });
         }
         show(&format!(
             "Building environment from {} (first time, this takes a minute)...\n",

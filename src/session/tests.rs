@@ -818,9 +818,38 @@ fn one_session_more_than_max_per_user_is_refused_naming_the_running_ones() {
         .unwrap();
 }
 
+fn register(f: &Fixture, project: &str, image: &str) {
+    f.sessions
+        .state
+        .put_project(&crate::state::ProjectRow {
+            name: crate::project::ProjectName::parse(project).unwrap(),
+            repo: "/srv/repo".into(),
+            branch: "main".into(),
+            commit: "0123".into(),
+            podfile: "podfile.yaml".into(),
+            image: image.into(),
+            dockerfile: "FROM img\n".into(),
+            workspace: format!("/workspace/{project}"),
+            session: "{}".into(),
+            updated_at: 0,
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_connection_that_knows_an_older_image_of_its_project_builds_nothing() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    register(&f, "api", "podspawn/api:newer0000000");
+    let api = project_request("api", "podspawn/api:0123456789ab", Some(image_build("api")));
+    let err = f.sessions.connect(&api, &settings).unwrap_err();
+    assert!(matches!(err, SessionError::ProjectChanged { .. }), "{err}");
+    assert_eq!(f.sessions.engine().builds, 0);
+}
+
 #[test]
 fn a_missing_project_image_is_built_once_and_then_the_container_made() {
     let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    register(&f, "api", "podspawn/api:0123456789ab");
     let api = project_request("api", "podspawn/api:0123456789ab", Some(image_build("api")));
     assert_eq!(f.sessions.connect(&api, &settings).unwrap(), 0);
     assert_eq!(f.sessions.engine().builds, 1);
