@@ -20,10 +20,13 @@ use crate::router::Program;
 /// read as an option of `docker run`, and whitespace or control characters are no
 /// part of any reference.
 pub fn check_image(text: &str) -> Result<(), String> {
+    // A reference's characters only: it is written into Dockerfiles (`FROM`) too.
     if text.is_empty()
         || text.len() > 255
-        || text.starts_with('-')
-        || text.chars().any(|c| c.is_whitespace() || c.is_control())
+        || text.starts_with(['-', '.', '/', ':', '@'])
+        || !text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c))
     {
         return Err(format!(
             "invalid image {text:?} (expected e.g. ubuntu:24.04)"

@@ -7,7 +7,6 @@
 use serde_json::Value;
 
 use super::model::{EnvName, EnvValue, Podfile, Script};
-use crate::config::AbsolutePath;
 
 /// Keys mapped onto the Podfile.
 const MAPPED: &[&str] = &[
@@ -77,17 +76,15 @@ pub fn parse(text: &str) -> Result<(Podfile, Vec<String>), (Option<usize>, Strin
         }
     }
     if let Some(folder) = object.get("workspaceFolder") {
-        match folder {
-            Value::String(path) if path.starts_with('/') && !path.contains([',', ':', '\n']) => {
-                podfile.workspace = Some(AbsolutePath::from(path.as_str()));
-            }
-            _ => {
-                return Err((
-                    line_of("workspaceFolder"),
-                    "workspaceFolder: expected an absolute path".to_string(),
-                ));
-            }
-        }
+        let Value::String(path) = folder else {
+            return Err((
+                line_of("workspaceFolder"),
+                "workspaceFolder: expected an absolute path".to_string(),
+            ));
+        };
+        let path = super::model::check_workspace(path)
+            .map_err(|err| (line_of("workspaceFolder"), format!("workspaceFolder: {err}")))?;
+        podfile.workspace = Some(path);
     }
     if let Some(ports) = object.get("forwardPorts") {
         warnings.push(format!(
@@ -293,5 +290,15 @@ mod tests {
             "the same key twice is one key in JSON"
         );
         assert!(parse("{ \"image\": \"x\" ").is_err());
+        // Nothing that could break a Dockerfile line.
+        for bad in [
+            r#"{"image": "x\\"}"#,
+            r#"{"image": "x y"}"#,
+            r#"{"workspaceFolder": "/w /etc/evil \\"}"#,
+            r#"{"workspaceFolder": "/w/../etc"}"#,
+            r#"{"workspaceFolder": "relative"}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 }

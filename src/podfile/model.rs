@@ -32,22 +32,27 @@ pub struct Podfile {
 }
 
 /// A workspace path: absolute, plain (it is written into the Dockerfile as it is).
-fn workspace<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<AbsolutePath>, D::Error> {
-    let text = String::deserialize(deserializer)?;
+pub fn check_workspace(text: &str) -> Result<AbsolutePath, String> {
     let plain = text.starts_with('/')
         && text.len() <= 200
         && text
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "_./-".contains(c))
-        && !text.split('/').any(|part| part == "..")
+        && !text.split('/').any(|part| part == ".." || part == ".")
+        && !text.contains("//")
         && text != "/";
     if !plain {
-        return Err(de::Error::custom(format!(
+        return Err(format!(
             "{:?} is not a workspace (an absolute path of letters, digits, '_', '.', '-' and '/')",
             text.escape_debug().to_string()
-        )));
+        ));
     }
-    Ok(Some(AbsolutePath::from(text.as_str())))
+    Ok(AbsolutePath::from(text))
+}
+
+fn workspace<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<AbsolutePath>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    check_workspace(&text).map(Some).map_err(de::Error::custom)
 }
 
 fn image<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
@@ -639,6 +644,8 @@ on_start: |
                 "not a package name",
             ),
             ("base: --privileged\n", "base", "invalid image"),
+            ("base: \"debian\\\\\"\n", "base", "invalid image"),
+            ("workspace: \"/w /etc \\\\\"\n", "workspace", "not a workspace"),
             ("shell: bash\n", "shell", "must be absolute"),
             ("env:\n  \"A B\": x\n", "env", "not a variable name"),
             ("env:\n  PODSPAWN_USER: root\n", "env", "podspawn's to set"),
