@@ -189,12 +189,17 @@ fn shell_word(text: &str) -> String {
     format!("'{}'", text.replace('\'', "'\\''"))
 }
 
+/// A script's first line for a progress line: no control characters (the repo's
+/// text reaches the admin's and users' terminals).
 fn first_line(text: &str) -> String {
-    let line = text
+    let line: String = text
         .lines()
         .find(|line| !line.trim().is_empty())
         .unwrap_or("")
-        .trim();
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
     if line.chars().count() > 60 {
         format!("{}…", line.chars().take(59).collect::<String>())
     } else {
@@ -475,5 +480,15 @@ mod tests {
         }
         assert!(!text.lines().any(|line| line == "RUN rm -rf /"), "{text}");
         assert!(text.contains("COPY . /src/app\n"));
+    }
+
+    #[test]
+    fn step_labels_carry_no_control_characters() {
+        let file = podfile("on_create: \"\\e]0;pwned\\a echo \\e[31mred\"\n");
+        let recipe = recipe(&api(), &file, "ubuntu:24.04", "abc").unwrap();
+        let label = &recipe.steps.last().unwrap().label;
+        let on_create = &recipe.steps[recipe.steps.len() - 2].label;
+        assert!(!label.chars().any(char::is_control), "{label:?}");
+        assert_eq!(on_create, "Running on_create: ?]0;pwned? echo ?[31mred");
     }
 }

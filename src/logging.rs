@@ -32,7 +32,7 @@ const MAX_MESSAGE: usize = 2048;
 /// One line per record whatever the message holds: control characters (a user's
 /// command may carry terminal escapes for the admin's terminal) are written as
 /// escapes, and a long message is cut.
-fn one_safe_line(message: &str) -> String {
+pub fn one_safe_line(message: &str) -> String {
     let mut line = String::with_capacity(message.len().min(MAX_MESSAGE) + 16);
     for c in message.chars() {
         if line.len() >= MAX_MESSAGE {

@@ -77,7 +77,8 @@ fn main() -> ExitCode {
 }
 
 fn fail(err: &Error) -> ExitCode {
-    eprintln!("podspawn: {}", err.user_line());
+    // One line, whatever a repo, a file or the engine put into the message.
+    eprintln!("podspawn: {}", logging::one_safe_line(&err.user_line()));
     ExitCode::from(err.exit_code())
 }
 

@@ -101,7 +101,7 @@ fn add_project(config: &ServerConfig, args: &AddProjectArgs) -> Result<(), Error
         &mut show,
     )?;
     for warning in &registered.warnings {
-        eprintln!("warning: {warning}");
+        eprintln!("warning: {}", crate::logging::one_safe_line(warning));
     }
     println!("project {name} registered, image: {}", registered.row.image);
     Ok(())

@@ -63,7 +63,7 @@ fn update_project(config: &ServerConfig, name: &str) -> Result<(), Error> {
     let (registered, replaced) =
         project::update(config, &mut sessions, &name, &mut super::add_project::show)?;
     for warning in &registered.warnings {
-        eprintln!("warning: {warning}");
+        eprintln!("warning: {}", crate::logging::one_safe_line(warning));
     }
     let row = &registered.row;
     let short = &row.commit[..row.commit.len().min(12)];
