@@ -533,7 +533,7 @@ impl Docker {
     /// `spec.context` as the build context. Every line the build prints goes to
     /// `output`; past `spec.timeout` the build is killed.
     pub fn build(&self, spec: &BuildSpec, output: &mut dyn FnMut(&str)) -> Result<(), DockerError> {
-        use std::io::{BufRead, Write};
+        use std::io::Write;
         let mut args = strings(&["build", "--tag", spec.tag, "--file", "-", "--force-rm"]);
         args.push(spec.context.display().to_string());
         let (read, write) = std::io::pipe().map_err(DockerError::Supervise)?;
@@ -552,17 +552,10 @@ impl Docker {
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(spec.dockerfile.as_bytes());
         }
-        let (lines, received) = std::sync::mpsc::channel();
+        // Bounded: a build may print anything, for as long as it runs.
+        let (lines, received) = std::sync::mpsc::sync_channel(1024);
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(read).split(b'\n') {
-                let Ok(line) = line else { break };
-                if lines
-                    .send(String::from_utf8_lossy(&line).trim_end().to_string())
-                    .is_err()
-                {
-                    break;
-                }
-            }
+            bounded_lines(read, MAX_BUILD_LINE, |line| lines.send(line).is_ok());
         });
         let deadline = std::time::Instant::now() + spec.timeout;
         let mut last = String::new();
@@ -694,6 +687,49 @@ fn strings(items: &[&str]) -> Vec<String> {
 }
 
 /// argv after `docker` for creating a session's container.
+/// The longest line of a build's output podspawn keeps; the rest of it is cut.
+const MAX_BUILD_LINE: usize = 4096;
+
+/// Hands `each` every line `reader` gives (without its line end), each cut at `max`
+/// bytes, until the reader ends or `each` says stop. Memory stays bounded whatever
+/// the reader sends.
+fn bounded_lines(mut reader: impl std::io::Read, max: usize, mut each: impl FnMut(String) -> bool) {
+    let finish = |line: &[u8], cut: bool| {
+        let mut text = String::from_utf8_lossy(line).trim_end().to_string();
+        if cut {
+            text.push_str("…(cut)");
+        }
+        text
+    };
+    let mut buffer = [0u8; 8192];
+    let mut line = Vec::new();
+    let mut cut = false;
+    loop {
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        for &byte in &buffer[..n] {
+            if byte == b'\n' {
+                if !each(finish(&line, cut)) {
+                    return;
+                }
+                line.clear();
+                cut = false;
+            } else if line.len() < max {
+                line.push(byte);
+            } else {
+                cut = true;
+            }
+        }
+    }
+    if !line.is_empty() {
+        each(finish(&line, cut));
+    }
+}
+
 pub fn run_args(spec: &ContainerSpec) -> Vec<String> {
     let user = &spec.user;
     let mut args = strings(&["run", "--detach", "--rm", "--init"]);
@@ -895,6 +931,32 @@ mod tests {
                 .join(" ")
                 .starts_with("run --detach --rm --init --pull never --name ")
         );
+    }
+
+    #[test]
+    fn build_output_lines_are_cut_and_memory_stays_bounded() {
+        let mut text = b"Step 1/2 : FROM x\r\n".to_vec();
+        text.extend(std::iter::repeat_n(b'y', 100_000));
+        text.extend(b"\nlast");
+        let mut seen = Vec::new();
+        bounded_lines(&text[..], 20, |line| {
+            seen.push(line);
+            true
+        });
+        assert_eq!(
+            seen,
+            [
+                "Step 1/2 : FROM x",
+                &format!("{}…(cut)", "y".repeat(20)),
+                "last"
+            ]
+        );
+        let mut count = 0;
+        bounded_lines(&b"a\nb\nc\n"[..], 10, |_| {
+            count += 1;
+            count < 2
+        });
+        assert_eq!(count, 2);
     }
 
     #[test]

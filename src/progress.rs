@@ -7,12 +7,22 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+/// The most of a build's output its log keeps (it lives beside the state database,
+/// and a build may print for as long as it runs).
+const MAX_LOG: u64 = 16 << 20;
+
+/// The mode of a build log: root's add-project and users' spawns (group docker)
+/// both write it.
+const LOG_MODE: u32 = 0o660;
+
 pub struct Progress {
     /// The step of each instruction, in order.
     labels: Vec<String>,
     /// The step running now.
     current: Option<String>,
     log: Option<File>,
+    /// Bytes written to the log so far.
+    logged: u64,
 }
 
 impl Progress {
@@ -22,11 +32,17 @@ impl Progress {
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o660)
+            .mode(LOG_MODE)
             .custom_flags(libc::O_NOFOLLOW)
             .open(log);
         let log = match file {
-            Ok(file) => Some(file),
+            Ok(file) => {
+                // The umask may have taken the group's write: say the mode (only its
+                // owner can, and only needs to when it made the file).
+                let _ =
+                    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(LOG_MODE));
+                Some(file)
+            }
             Err(err) => {
                 log::warn!("no build log at {}: {err}", log.display());
                 None
@@ -36,6 +52,7 @@ impl Progress {
             labels: crate::image::instruction_labels(dockerfile),
             current: None,
             log,
+            logged: 0,
         }
     }
 
@@ -43,7 +60,14 @@ impl Progress {
     /// part of a line: the previous step's ` done` and the new step's name).
     pub fn line(&mut self, line: &str) -> Option<String> {
         if let Some(log) = &mut self.log {
-            let _ = writeln!(log, "{line}");
+            let size = line.len() as u64 + 1;
+            if self.logged + size <= MAX_LOG {
+                let _ = writeln!(log, "{line}");
+            } else if self.logged <= MAX_LOG {
+                let _ = writeln!(log, "…(the log stops here: {MAX_LOG} bytes)");
+                self.logged = MAX_LOG + 1;
+            }
+            self.logged += size;
         }
         let number: usize = line
             .strip_prefix("Step ")?

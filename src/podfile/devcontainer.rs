@@ -82,8 +82,12 @@ pub fn parse(text: &str) -> Result<(Podfile, Vec<String>), (Option<usize>, Strin
                 "workspaceFolder: expected an absolute path".to_string(),
             ));
         };
-        let path = super::model::check_workspace(path)
-            .map_err(|err| (line_of("workspaceFolder"), format!("workspaceFolder: {err}")))?;
+        let path = super::model::check_workspace(path).map_err(|err| {
+            (
+                line_of("workspaceFolder"),
+                format!("workspaceFolder: {err}"),
+            )
+        })?;
         podfile.workspace = Some(path);
     }
     if let Some(ports) = object.get("forwardPorts") {

@@ -645,7 +645,11 @@ on_start: |
             ),
             ("base: --privileged\n", "base", "invalid image"),
             ("base: \"debian\\\\\"\n", "base", "invalid image"),
-            ("workspace: \"/w /etc \\\\\"\n", "workspace", "not a workspace"),
+            (
+                "workspace: \"/w /etc \\\\\"\n",
+                "workspace",
+                "not a workspace",
+            ),
             ("shell: bash\n", "shell", "must be absolute"),
             ("env:\n  \"A B\": x\n", "env", "not a variable name"),
             ("env:\n  PODSPAWN_USER: root\n", "env", "podspawn's to set"),
