@@ -163,7 +163,20 @@ impl<'de> Deserialize<'de> for ProjectKey {
 #[serde(deny_unknown_fields)]
 pub struct DeclaredProject {
     pub repo: String,
+    #[serde(default, deserialize_with = "branch")]
     pub branch: Option<String>,
+}
+
+fn branch<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if crate::project::is_branch(&text) {
+        Ok(Some(text))
+    } else {
+        Err(de::Error::custom(format!(
+            "{:?} is not a branch name",
+            text.escape_debug().to_string()
+        )))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -714,6 +727,21 @@ mod tests {
 
     fn parse_err(text: &str) -> (Option<usize>, String) {
         parse(text).expect_err("config should be refused")
+    }
+
+    #[test]
+    fn declared_projects_are_checked_like_add_projects_arguments() {
+        let config =
+            parse("projects:\n  api:\n    repo: github.com/a/api\n    branch: main\n").unwrap();
+        assert_eq!(config.projects.len(), 1);
+        let (line, message) =
+            parse_err("projects:\n  api:\n    repo: x\n    branch: --upload-pack=evil\n");
+        assert_eq!(line, Some(4));
+        assert!(message.contains("not a branch name"), "{message}");
+        let (_, message) = parse_err("projects:\n  Api_1:\n    repo: x\n");
+        assert!(message.contains("projects"), "{message}");
+        let (_, message) = parse_err("projects:\n  api:\n    repo: x\n    tag: v1\n");
+        assert!(message.contains("unknown key"), "{message}");
     }
 
     #[test]

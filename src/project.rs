@@ -222,8 +222,24 @@ pub fn normalize_repo(given: &str) -> Result<String, String> {
     {
         return Err(refuse());
     }
-    if given.starts_with("https://") || given.starts_with("ssh://") || given.starts_with("http://")
-    {
+    if given.starts_with("http://") {
+        return Err(format!(
+            "{given}: plain http is not accepted (the image is built from what it sends); use https"
+        ));
+    }
+    if let Some(rest) = given.strip_prefix("https://") {
+        // A token in the URL would be kept in the checkout's .git/config, copied into
+        // the image every user of the project reads, and shown by `list --projects`.
+        let authority = rest.split('/').next().unwrap_or("");
+        if authority.contains('@') {
+            return Err(format!(
+                "{}: credentials in the URL would end up in the image; use an ssh URL with root's key, or a credential helper",
+                given.split('@').next_back().unwrap_or(given)
+            ));
+        }
+        return Ok(given.to_string());
+    }
+    if given.starts_with("ssh://") {
         return Ok(given.to_string());
     }
     if let Some(rest) = given.strip_prefix("git@")
@@ -253,6 +269,19 @@ pub fn normalize_repo(given: &str) -> Result<String, String> {
         });
     }
     Err(refuse())
+}
+
+/// A branch name git will not take for an option or a path trick.
+pub fn is_branch(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 200
+        && !text.starts_with(['-', '/', '.'])
+        && !text.ends_with(['/', '.'])
+        && !text.contains("..")
+        && !text.ends_with(".lock")
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c))
 }
 
 /// The longest a clone or a fetch may take.
@@ -285,11 +314,26 @@ pub fn add<E: Engine, H: Host>(
     let dir = projects_dir(config);
     make_projects_dir(&dir)?;
     let lock = sessions.lock_project(name, config.defaults.build_timeout.0)?;
-    // A checkout left by an earlier attempt that never registered is no one's.
+    // Again under the lock: another add (or an update of a declared project) may
+    // have registered it meanwhile, and its checkout is not ours to remove.
+    if sessions.project(name)?.is_some() {
+        return Err(ProjectError::Refused(format!(
+            "project {name} is registered already (podspawn update-project {name} updates it)"
+        )));
+    }
+    // A checkout or staging directory left by an earlier attempt that never
+    // registered (a crash, a killed git) is no one's.
     let target = clone_dir(config, name);
     remove_dir(&target)?;
-    let staging = dir.join(format!(".{name}.new-{}", std::process::id()));
-    remove_dir(&staging)?;
+    let prefix = format!(".{name}.new-");
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                remove_dir(&entry.path())?;
+            }
+        }
+    }
+    let staging = dir.join(format!("{prefix}{}", std::process::id()));
     let result = (|| {
         system::git_clone(repo, branch, &staging, GIT_TIMEOUT).map_err(ProjectError::Git)?;
         let checkout = Checkout {
@@ -565,9 +609,14 @@ mod tests {
             "a b",
             "nowhere/at/all",
             "git@:x",
+            "http://example.org/a/b.git",
+            "https://user:token@github.com/a/b.git",
         ] {
             assert!(normalize_repo(bad).is_err(), "{bad:?}");
         }
+        // The refusal does not repeat the token.
+        let err = normalize_repo("https://user:s3cret@github.com/a/b.git").unwrap_err();
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! carries the argv, the status and the tool's stderr.
 
 use std::fmt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -192,7 +193,12 @@ fn git(args: &[&str], timeout: std::time::Duration) -> Result<String, ToolError>
         &argv,
         &[
             ("GIT_TERMINAL_PROMPT", "0"),
-            ("GIT_SSH_COMMAND", "ssh -o BatchMode=yes"),
+            // No shared ssh master left behind holding our pipes open.
+            (
+                "GIT_SSH_COMMAND",
+                "ssh -o BatchMode=yes -o ControlMaster=no -o ControlPath=none",
+            ),
+            ("GIT_LFS_SKIP_SMUDGE", "1"),
         ],
         timeout,
     )
@@ -270,22 +276,48 @@ fn run_for(
         argv: argv.clone(),
         detail,
     };
+    // Its own process group: at the deadline, whatever it started goes with it.
     let mut child = Command::new(program)
         .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(|err| failure(err.to_string()))?;
+    let group = child.id() as libc::pid_t;
     let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut bytes);
+            let Some(mut pipe) = pipe else { return };
+            let mut chunk = [0u8; 8192];
+            loop {
+                match pipe.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if sender.send(chunk[..n].to_vec()).is_err() {
+                            break;
+                        }
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
             }
-            bytes
-        })
+        });
+        receiver
+    };
+    // Everything a pipe said until it closed, or until `until`.
+    let collect = |receiver: std::sync::mpsc::Receiver<Vec<u8>>, until: std::time::Instant| {
+        let mut bytes = Vec::new();
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match receiver.recv_timeout(left) {
+                Ok(chunk) => bytes.extend(chunk),
+                Err(_) => break,
+            }
+        }
+        bytes
     };
     let stdout = read(
         child
@@ -305,7 +337,8 @@ fn run_for(
             break status;
         }
         if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
+            // Not reaped yet, so the group id is still its own.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
             let _ = child.wait();
             return Err(failure(format!(
                 "did not finish within {}s",
@@ -314,8 +347,11 @@ fn run_for(
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
+    // A process it left behind may still hold the pipes: what was said by now is
+    // what there is. (Its group is not killed once it is reaped: the id is free.)
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let stdout = collect(stdout, until);
+    let stderr = collect(stderr, until);
     if status.success() {
         return Ok(String::from_utf8_lossy(&stdout).into_owned());
     }
@@ -333,4 +369,36 @@ fn run_for(
 /// Deletes an account (its shared home stays: it is not the account's).
 pub fn userdel(user: &str) -> Result<(), ToolError> {
     run(&tool("userdel"), &[user]).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_tool_that_leaves_a_process_holding_its_pipes_does_not_hang_us() {
+        let started = Instant::now();
+        let said = run_for(
+            "/bin/sh",
+            &["-c", "sleep 30 & echo hi"],
+            &[],
+            Duration::from_secs(20),
+        );
+        assert_eq!(said.unwrap(), "hi\n");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn at_the_deadline_the_tool_and_what_it_started_are_killed() {
+        let marker = std::env::temp_dir().join(format!("podspawn-run-for-{}", std::process::id()));
+        let script = format!("(sleep 2; touch {}) & wait", marker.display());
+        let started = Instant::now();
+        let err =
+            run_for("/bin/sh", &["-c", &script], &[], Duration::from_millis(300)).unwrap_err();
+        assert!(err.detail.contains("did not finish"), "{}", err.detail);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(!marker.exists(), "the tool's child outlived the deadline");
+    }
 }

@@ -6,7 +6,44 @@ use serde::de::DeserializeOwned;
 
 /// Parses `text`; an error comes back as (line, "key.path: problem").
 pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, (Option<usize>, String)> {
-    serde_yaml::from_str(text).map_err(|err| describe(text, &err))
+    serde_yaml::from_str(text).map_err(|err| {
+        let (line, message) = describe(text, &err);
+        (refine_line(text, line, &message), message)
+    })
+}
+
+/// serde_yaml places an error in a list item at the list's first item, and one in
+/// a value checked by our own code at its mapping; when the message quotes the
+/// refused value, the line that holds it (from there on) is the
+/// one to name.
+fn refine_line(text: &str, line: Option<usize>, message: &str) -> Option<usize> {
+    let start = line?;
+    let quoted = message.split_once('"').and_then(|(_, rest)| {
+        // The Debug form ends at the first quote not escaped.
+        let mut end = None;
+        let mut escaped = false;
+        for (index, c) in rest.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => {
+                    end = Some(index);
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        end.map(|end| &rest[..end])
+    });
+    let Some(value) = quoted.filter(|value| !value.is_empty() && !value.contains('\\')) else {
+        return line;
+    };
+    let found = text
+        .lines()
+        .enumerate()
+        .skip(start - 1)
+        .find(|(_, text_line)| text_line.contains(value))
+        .map(|(index, _)| index + 1);
+    found.or(line)
 }
 
 /// Whether `text` holds anything but blank lines, comments and a document marker.

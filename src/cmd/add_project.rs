@@ -62,21 +62,11 @@ fn parse(args: &mut Args) -> Result<Option<AddProjectArgs>, UsageError> {
     let name = name.ok_or_else(|| args.error("missing NAME".to_string()))?;
     let repo = repo.ok_or_else(|| args.error("missing --repo REPO".to_string()))?;
     if let Some(branch) = &branch
-        && !is_branch(branch)
+        && !project::is_branch(branch)
     {
         return Err(args.error(format!("{branch:?} is not a branch name")));
     }
     Ok(Some(AddProjectArgs { name, repo, branch }))
-}
-
-/// A branch name git will not take for an option or a path trick.
-pub fn is_branch(text: &str) -> bool {
-    !text.is_empty()
-        && !text.starts_with(['-', '/', '.'])
-        && !text.contains("..")
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c))
 }
 
 fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {

@@ -412,40 +412,6 @@ pub fn parse_yaml(text: &str) -> Result<Podfile, (Option<usize>, String)> {
         let _ = err;
     }
     crate::yaml::from_str(text)
-        .map_err(|(line, message)| (refine_line(text, line, &message), message))
-}
-
-/// serde_yaml places an error in a list item at the list's first item; when the
-/// message quotes the refused value, the line that holds it (from there on) is the
-/// one to name.
-fn refine_line(text: &str, line: Option<usize>, message: &str) -> Option<usize> {
-    let start = line?;
-    let quoted = message.split_once('"').and_then(|(_, rest)| {
-        // The Debug form ends at the first quote not escaped.
-        let mut end = None;
-        let mut escaped = false;
-        for (index, c) in rest.char_indices() {
-            match c {
-                '\\' if !escaped => escaped = true,
-                '"' if !escaped => {
-                    end = Some(index);
-                    break;
-                }
-                _ => escaped = false,
-            }
-        }
-        end.map(|end| &rest[..end])
-    });
-    let Some(value) = quoted.filter(|value| !value.is_empty() && !value.contains('\\')) else {
-        return line;
-    };
-    let found = text
-        .lines()
-        .enumerate()
-        .skip(start - 1)
-        .find(|(_, text_line)| text_line.contains(value))
-        .map(|(index, _)| index + 1);
-    found.or(line)
 }
 
 thread_local! {
