@@ -1,11 +1,15 @@
 //! Agent forwarding into containers.
 //!
 //! sshd's forwarded agent socket lives in the host's /tmp and changes with every
-//! connection, while a container's mounts are fixed when it is created. So each user
-//! has one directory, `<state.agent_dir>/<user>` (mode 0700, theirs), mounted into all
-//! of their containers at /run/ssh-agent; each connection that has an agent puts a
-//! socket there, `agent-<pid>.sock`, and relays it to sshd's `SSH_AUTH_SOCK` for as
-//! long as the connection lasts. Only the user (and root) can reach either end.
+//! connection, while a container's mounts are fixed when it is created. So each
+//! session has one directory (mode 0700, the user's) mounted into its container at
+//! /run/ssh-agent: `<state.agent_dir>/<user>` for the default session,
+//! `<state.agent_dir>/<user>+<project>` for a project or scratch one (neither name
+//! can hold a `+`). Each connection that has an agent puts a socket in its session's
+//! directory, `agent-<pid>.sock`, and relays it to sshd's `SSH_AUTH_SOCK` for as long
+//! as the connection lasts. Only the user (and root) can reach either end, and only
+//! the session the agent was forwarded to sees it: a project's image is its
+//! authors', and must not use an agent forwarded to another session.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -17,9 +21,18 @@ use std::path::{Path, PathBuf};
 use crate::container::AGENT_MOUNT;
 use crate::keys::UserName;
 
-/// The user's agent directory, created if missing; refused if it is not a directory
-/// of the caller's that only they can enter.
-pub fn user_dir(root: &Path, user: &UserName) -> io::Result<PathBuf> {
+/// The directory of `user`'s sessions of `project` (empty: the default session).
+pub fn session_dir_name(user: &UserName, project: &str) -> String {
+    if project.is_empty() {
+        user.to_string()
+    } else {
+        format!("{user}+{project}")
+    }
+}
+
+/// The agent directory of `user`'s session of `project`, created if missing;
+/// refused if it is not a directory of the caller's that only they can enter.
+pub fn session_dir(root: &Path, user: &UserName, project: &str) -> io::Result<PathBuf> {
     if !root.is_dir() {
         fs::DirBuilder::new()
             .recursive(true)
@@ -28,7 +41,7 @@ pub fn user_dir(root: &Path, user: &UserName) -> io::Result<PathBuf> {
         // Shared by every user's spawn (through the docker group), like the state dir.
         fs::set_permissions(root, fs::Permissions::from_mode(0o2770))?;
     }
-    let dir = root.join(user.as_str());
+    let dir = root.join(session_dir_name(user, project));
     match fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?,
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
@@ -43,6 +56,22 @@ pub fn user_dir(root: &Path, user: &UserName) -> io::Result<PathBuf> {
         )));
     }
     Ok(dir)
+}
+
+/// Every agent directory of `user`'s sessions there is.
+pub fn dirs_of(root: &Path, user: &UserName) -> Vec<PathBuf> {
+    let sessions = format!("{user}+");
+    fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name == user.as_str() || name.starts_with(&sessions)
+        })
+        .map(|entry| entry.path())
+        .collect()
 }
 
 /// One connection's agent socket, relayed to sshd's agent until dropped.
@@ -132,10 +161,10 @@ mod tests {
         let root = std::env::temp_dir().join(format!("podspawn-agent-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         let alice = UserName::parse("alice").unwrap();
-        let dir = user_dir(&root, &alice).unwrap();
+        let dir = session_dir(&root, &alice, "").unwrap();
         assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
         assert_eq!(
-            user_dir(&root, &alice).unwrap(),
+            session_dir(&root, &alice, "").unwrap(),
             dir,
             "a second call reuses it"
         );
@@ -173,9 +202,28 @@ mod tests {
         let root = std::env::temp_dir().join(format!("podspawn-agent-open-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         let bob = UserName::parse("bob").unwrap();
-        let dir = user_dir(&root, &bob).unwrap();
+        let dir = session_dir(&root, &bob, "").unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(user_dir(&root, &bob).is_err());
+        assert!(session_dir(&root, &bob, "").is_err());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn each_session_has_its_own_dir_and_all_of_a_users_are_found() {
+        let root =
+            std::env::temp_dir().join(format!("podspawn-agent-sessions-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let bob = UserName::parse("bob").unwrap();
+        let default = session_dir(&root, &bob, "").unwrap();
+        let api = session_dir(&root, &bob, "api").unwrap();
+        assert_eq!(default, root.join("bob"));
+        assert_eq!(api, root.join("bob+api"));
+        // bob-dev's are not bob's.
+        let bob_dev = UserName::parse("bob-dev").unwrap();
+        session_dir(&root, &bob_dev, "").unwrap();
+        let mut found = dirs_of(&root, &bob);
+        found.sort();
+        assert_eq!(found, [default, api]);
         fs::remove_dir_all(&root).unwrap();
     }
 }

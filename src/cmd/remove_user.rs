@@ -124,11 +124,10 @@ fn remove_user(config: &ServerConfig, args: &RemoveUserArgs) -> Result<(), Error
     if store.created_accounts()?.contains(&user) {
         delete_account(&store, &user)?;
     }
-    let agent_dir = config.state.agent_dir.as_path().join(user.as_str());
-    if agent_dir.exists()
-        && let Err(err) = std::fs::remove_dir_all(&agent_dir)
-    {
-        log::warn!("cannot remove {}: {err}", agent_dir.display());
+    for agent_dir in crate::agent::dirs_of(config.state.agent_dir.as_path(), &user) {
+        if let Err(err) = std::fs::remove_dir_all(&agent_dir) {
+            log::warn!("cannot remove {}: {err}", agent_dir.display());
+        }
     }
     println!("removed user {user} ({destroyed} session(s) destroyed)");
     Ok(())

@@ -277,7 +277,8 @@ fn connect(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
         (Some(scratch), None) => env.extend(crate::project::session_env(&user, scratch.as_str())),
         (None, None) => {}
     }
-    let agent_dir = match agent::user_dir(config.state.agent_dir.as_path(), &user) {
+    let session = project.as_ref().map_or("", |project| project.as_str());
+    let agent_dir = match agent::session_dir(config.state.agent_dir.as_path(), &user, session) {
         Ok(dir) => Some(dir),
         Err(err) => {
             log::warn!("no agent forwarding for {user}: {err}");
