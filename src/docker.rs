@@ -615,18 +615,20 @@ impl Docker {
         }
     }
 
-    /// The images podspawn built for `project` (`repository:tag`).
-    pub fn project_images(&self, project: &str) -> Result<Vec<String>, DockerError> {
-        let args = vec![
-            "image".to_string(),
-            "ls".to_string(),
-            "--filter".to_string(),
-            format!("label={LABEL_MANAGED}=true"),
-            "--filter".to_string(),
-            format!("label={LABEL_PROJECT}={project}"),
+    /// The images podspawn built for `project`, or for any project
+    /// (`repository:tag`, or the id of one whose tag is gone).
+    pub fn project_images(&self, project: Option<&str>) -> Result<Vec<String>, DockerError> {
+        let mut args = strings(&["image", "ls", "--filter"]);
+        args.push(format!("label={LABEL_MANAGED}=true"));
+        args.push("--filter".to_string());
+        args.push(match project {
+            Some(project) => format!("label={LABEL_PROJECT}={project}"),
+            None => format!("label={LABEL_PROJECT}"),
+        });
+        args.extend([
             "--format".to_string(),
             "{{.Repository}}:{{.Tag}}\t{{.ID}}".to_string(),
-        ];
+        ]);
         let (status, stdout, stderr) = self.run(&args)?;
         if !status.success() {
             return Err(self.failed(&args, status, stderr));

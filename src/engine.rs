@@ -110,8 +110,8 @@ pub trait Engine {
         output: &mut dyn FnMut(&str),
         passed: Passed,
     ) -> Result<(), DockerError>;
-    /// The images podspawn built for a project.
-    fn project_images(&mut self, project: &str) -> Result<Vec<String>, DockerError>;
+    /// The images podspawn built for `project`, or for any project.
+    fn project_images(&mut self, project: Option<&str>) -> Result<Vec<String>, DockerError>;
     /// Runs one connection's exec to its end, with this process's stdio.
     fn exec(&mut self, spec: &ExecSpec) -> Result<ExecEnd, DockerError>;
 }
@@ -196,7 +196,7 @@ impl Engine for DockerEngine {
         self.docker.build(spec, output)
     }
 
-    fn project_images(&mut self, project: &str) -> Result<Vec<String>, DockerError> {
+    fn project_images(&mut self, project: Option<&str>) -> Result<Vec<String>, DockerError> {
         self.docker.project_images(project)
     }
 

@@ -1003,17 +1003,44 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         Ok(sweep)
     }
 
-    /// After `cleanup`: the images of registered projects that an update replaced
-    /// while a session still used them, now that none does.
+    /// After `cleanup`: the images podspawn built that are no longer their project's
+    /// (an update replaced them while a session used them, or the project was
+    /// removed then), now that no container uses them. Each project is judged under
+    /// its lock, so a build that has not registered its image yet is left alone; a
+    /// project whose lock is busy waits for the next pass.
     pub fn remove_replaced_images(&mut self) -> Result<usize, SessionError> {
         let mut removed = 0;
-        for project in self.state.projects()? {
-            for image in self
-                .effects
-                .engine()
-                .project_images(project.name.as_str())?
-            {
-                if image == project.image {
+        let images = self.effects.engine().project_images(None)?;
+        let mut by_project: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for image in images {
+            // `podspawn/<project>:<tag>`; an image known only by its id has no tag
+            // to be anyone's current one.
+            let project = image
+                .strip_prefix(crate::image::REPOSITORY_PREFIX)
+                .and_then(|rest| rest.split(':').next())
+                .unwrap_or("")
+                .to_string();
+            by_project.entry(project).or_default().push(image);
+        }
+        for (project, images) in by_project {
+            let name = crate::project::ProjectName::parse(&project).ok();
+            let _lock = match &name {
+                Some(name) => match self
+                    .locks
+                    .acquire_named(&format!("project.{name}"), Duration::ZERO)
+                {
+                    Ok(lock) => Some(lock),
+                    Err(err) if err.timed_out() => continue,
+                    Err(err) => return Err(err.into()),
+                },
+                None => None,
+            };
+            let current = match &name {
+                Some(name) => self.state.project(name)?.map(|row| row.image),
+                None => None,
+            };
+            for image in images {
+                if current.as_ref() == Some(&image) {
                     continue;
                 }
                 match self
@@ -1126,7 +1153,11 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             }
         }
         self.state.delete_project(project)?;
-        for image in self.effects.engine().project_images(project.as_str())? {
+        for image in self
+            .effects
+            .engine()
+            .project_images(Some(project.as_str()))?
+        {
             match self
                 .effects
                 .apply(Effect::RemoveImage(&image), Reason::ProjectRemoved)

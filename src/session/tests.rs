@@ -182,8 +182,14 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
-    fn project_images(&mut self, _: &str) -> Result<Vec<String>, DockerError> {
-        Ok(self.images.iter().cloned().collect())
+    fn project_images(&mut self, project: Option<&str>) -> Result<Vec<String>, DockerError> {
+        let prefix = project.map_or("podspawn/".to_string(), |p| format!("podspawn/{p}:"));
+        Ok(self
+            .images
+            .iter()
+            .filter(|image| image.starts_with(&prefix))
+            .cloned()
+            .collect())
     }
 
     fn exec(&mut self, spec: &ExecSpec) -> Result<ExecEnd, DockerError> {
@@ -913,4 +919,44 @@ fn with_one_session_per_user_only_the_default_one_opens() {
         "this server allows only your default session (session.max_per_user is 1)"
     );
     f.connect(&settings);
+}
+
+#[test]
+fn cleanup_removes_images_no_project_has_and_leaves_a_building_projects_alone() {
+    let (mut f, _) = fixture(SessionMode::GracePeriod);
+    register(&f, "api", "podspawn/api:000000000002");
+    register(&f, "web", "podspawn/web:000000000001");
+    for image in [
+        "podspawn/api:000000000001",
+        "podspawn/api:000000000002",
+        "podspawn/gone:000000000001",
+        "podspawn/web:000000000001",
+        "podspawn/web:000000000000",
+    ] {
+        f.sessions.engine().images.insert(image.into());
+    }
+    // web is being built (its lock is held): its images wait for the next pass.
+    let web = crate::project::ProjectName::parse("web").unwrap();
+    let held = f.sessions.lock_project(&web, Duration::ZERO).unwrap();
+    assert_eq!(f.sessions.remove_replaced_images().unwrap(), 2);
+    let removed: Vec<&String> = f
+        .sessions
+        .engine()
+        .applied
+        .iter()
+        .filter(|effect| effect.contains("image"))
+        .collect();
+    assert_eq!(removed.len(), 2, "{removed:?}");
+    assert!(
+        removed
+            .iter()
+            .any(|effect| effect.contains("podspawn/api:000000000001"))
+    );
+    assert!(
+        removed
+            .iter()
+            .any(|effect| effect.contains("podspawn/gone:000000000001"))
+    );
+    drop(held);
+    assert_eq!(f.sessions.remove_replaced_images().unwrap(), 1);
 }

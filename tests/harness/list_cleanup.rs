@@ -129,6 +129,9 @@ fn cleanup_removes_orphans_and_drops_rows_without_containers() {
             .exit(1),
         Rule::docker(&["rm", "--force", "**"]),
         Rule::docker(&["network", "ls", "**"]),
+        // The image of a project that is no longer registered goes too.
+        Rule::docker(&["image", "ls", "**"]).stdout("podspawn/gone:0123456789ab\tsha256:abc\n"),
+        Rule::docker(&["image", "rm", "podspawn/gone:0123456789ab"]),
     ]);
     env.spawn(&user)
         .var("SSH_ORIGINAL_COMMAND", "true")
@@ -136,7 +139,7 @@ fn cleanup_removes_orphans_and_drops_rows_without_containers() {
         .assert_success();
     env.podspawn(&["cleanup"])
         .assert_success()
-        .assert_stdout("cleanup pass complete: grace_expired=0 lifetime_expired=0 orphans_removed=1 rows_dropped=1 networks_removed=0 images_removed=0\n");
+        .assert_stdout("cleanup pass complete: grace_expired=0 lifetime_expired=0 orphans_removed=1 rows_dropped=1 networks_removed=0 images_removed=1\n");
     assert_eq!(
         env.removed_containers(),
         [
@@ -159,6 +162,7 @@ fn cleanup_expires_sessions_whose_keeper_is_gone() {
         Rule::docker(&["ps", "**"]).stdout(&format!("{container}\trunning\t{}\t\tx\n", user.name)),
         Rule::docker(&["rm", "--force", "**"]),
         Rule::docker(&["network", "ls", "**"]),
+        Rule::docker(&["image", "ls", "**"]),
     ]);
     // A keeper that died (an OOM kill, say): cleanup must do its job.
     env.spawn(&user)
@@ -205,6 +209,7 @@ fn cleanup_daemon_repeats_until_sigterm() {
             .stdout("podspawn-ghost\tghost\n")
             .times(1),
         Rule::docker(&["network", "ls", "**"]),
+        Rule::docker(&["image", "ls", "**"]),
         Rule::docker(&["network", "rm", "podspawn-ghost"]),
         Rule::docker(&["rm", "**"]),
     ]);
