@@ -197,6 +197,12 @@ while [ ! -e /run/podspawn-ready ] && [ "$n" -lt 250 ]; do
   sleep 0.02 2>/dev/null || sleep 1
   n=$((n + 1))
 done
+dotfiles=/usr/local/share/podspawn/dotfiles
+if [ -d "$dotfiles" ] && [ -n "$HOME" ] && [ ! -e "$HOME/.dotfiles" ]; then
+  cp -R "$dotfiles" "$HOME/.dotfiles"     && if [ -f "$dotfiles.install" ]; then
+      (cd "$HOME/.dotfiles" && /bin/sh "$dotfiles.install") </dev/null >"$HOME/.dotfiles-install.log" 2>&1
+    fi
+fi
 exec "$@""#;
 
 /// A command that is not UTF-8, passed as octal escapes (`\0NNN`) of every byte that
@@ -252,6 +258,11 @@ fn octal_escaped(bytes: &[u8]) -> String {
 }
 
 /// `argv`, made to wait for a brand-new container's setup first.
+/// The first program of a new container waits for its setup, and installs the
+/// project's dotfiles (if its image has them, see `image`) into the user's home:
+/// copied to `~/.dotfiles`, their install script run there, its output in
+/// `~/.dotfiles-install.log` (never on the session's stdout, which may be a
+/// protocol's).
 pub fn after_setup(argv: Vec<String>) -> Vec<String> {
     let mut wrapped: Vec<String> = ["/bin/sh", "-c", WAIT_SCRIPT, "podspawn-wait"]
         .iter()

@@ -133,6 +133,9 @@ pub fn recipe(
             instructions,
         });
     }
+    if let Some(dotfiles) = &podfile.dotfiles {
+        steps.push(dotfiles_step(dotfiles));
+    }
     steps.push(Step {
         label: "Copying the repo".to_string(),
         instructions: vec![format!("COPY . {workspace}")],
@@ -176,6 +179,43 @@ const APT_CLEAN: &str = "rm -rf /var/lib/apt/lists/*";
 
 /// An exec-form `RUN` of `script` with the image's /bin/sh: the script is a JSON
 /// string, never spliced into the Dockerfile's own syntax.
+/// Where an image keeps the project's dotfiles, for each new container to copy into
+/// its user's home (see `container::after_setup`).
+pub const DOTFILES_DIR: &str = "/usr/local/share/podspawn/dotfiles";
+
+/// The dotfiles repo cloned into the image (git installed first where the base has
+/// none), and their install script kept beside them. The URL and the script reach
+/// `sh` as arguments, never as part of its script.
+fn dotfiles_step(dotfiles: &crate::podfile::Dotfiles) -> Step {
+    let clone = format!(
+        "command -v git >/dev/null || {{ {APT_UPDATE} && apt-get install -y --no-install-recommends git ca-certificates && {APT_CLEAN}; }}; \
+         rm -rf {DOTFILES_DIR} && git clone --quiet --depth 1 -- \"$0\" {DOTFILES_DIR} && rm -rf {DOTFILES_DIR}/.git \
+         && chmod -R a+rX {DOTFILES_DIR}"
+    );
+    let mut instructions = vec![run_with(&clone, &dotfiles.repo.0)];
+    if let Some(install) = &dotfiles.install {
+        instructions.push(run_with(
+            &format!(
+                "printf '%s\\n' \"$0\" > {DOTFILES_DIR}.install && chmod a+r {DOTFILES_DIR}.install"
+            ),
+            &install.0,
+        ));
+    }
+    Step {
+        label: format!("Fetching dotfiles {}", first_line(&dotfiles.repo.0)),
+        instructions,
+    }
+}
+
+/// `RUN` of `script` with `argument` as its `$0`.
+fn run_with(script: &str, argument: &str) -> String {
+    format!(
+        "RUN [\"/bin/sh\", \"-c\", {}, {}]",
+        json_string(script),
+        json_string(argument)
+    )
+}
+
 fn run(script: &str) -> String {
     format!("RUN [\"/bin/sh\", \"-c\", {}]", json_string(script))
 }
@@ -490,5 +530,32 @@ mod tests {
         let on_create = &recipe.steps[recipe.steps.len() - 2].label;
         assert!(!label.chars().any(char::is_control), "{label:?}");
         assert_eq!(on_create, "Running on_create: ?]0;pwned? echo ?[31mred");
+    }
+
+    #[test]
+    fn dotfiles_are_cloned_into_the_image_with_the_url_and_script_as_arguments() {
+        let file = podfile(
+            "dotfiles:\n  repo: https://github.com/sarah/dotfiles\n  install: ./install.sh --quiet\n",
+        );
+        let recipe = recipe(&api(), &file, "debian", "abc").unwrap();
+        let step = recipe
+            .steps
+            .iter()
+            .find(|step| step.label.starts_with("Fetching dotfiles"))
+            .unwrap();
+        assert_eq!(
+            step.label,
+            "Fetching dotfiles https://github.com/sarah/dotfiles"
+        );
+        assert!(step.instructions[0].ends_with(", \"https://github.com/sarah/dotfiles\"]"));
+        assert!(step.instructions[0].contains("git clone --quiet --depth 1 -- \\\"$0\\\""));
+        assert!(step.instructions[1].ends_with(", \"./install.sh --quiet\"]"));
+        // Before the repo is copied: a change to the repo does not fetch them again.
+        let copy = recipe
+            .steps
+            .iter()
+            .position(|step| step.label == "Copying the repo")
+            .unwrap();
+        assert!(recipe.steps.iter().position(|s| s == step).unwrap() < copy);
     }
 }
