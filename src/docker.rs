@@ -563,7 +563,11 @@ impl Docker {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match received.recv_timeout(left) {
                 Ok(line) => {
-                    if !line.trim().is_empty() {
+                    // The legacy builder's failure quotes the whole command, over as
+                    // many lines as its script has: keep what it says of the end.
+                    if let Some(at) = line.find("returned a non-zero code:") {
+                        last = format!("its command {}", &line[at..]);
+                    } else if !line.trim().is_empty() {
                         last.clone_from(&line);
                     }
                     output(&line);

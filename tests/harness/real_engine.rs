@@ -366,18 +366,30 @@ fn sixty_four_mebibytes_pass_through_cat_unchanged() {
 #[test]
 fn two_connections_share_one_container() {
     let env = real_env_or_skip!("60s");
+    // Each side waits for the other's file (not for a fixed time: a loaded machine
+    // may take seconds to start the first).
     let first = env
-        .spawn(Some("echo shared > ~/mark; sleep 3; cat ~/second"))
+        .spawn(Some(
+            "echo shared > ~/mark; i=0; while [ ! -e ~/second ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; cat ~/second",
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mark = format!("/home/{}/mark", env.user);
     assert!(
-        env.wait_until(Duration::from_secs(30), || env.container_exists())
-            .is_some()
+        env.wait_until(Duration::from_secs(30), || {
+            Command::new("docker")
+                .args(["exec", "-u", &format!("{}:{}", env.uid, env.gid)])
+                .args([&env.container(), "test", "-e", &mark])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success())
+        })
+        .is_some(),
+        "the first connection never wrote its mark"
     );
-    std::thread::sleep(Duration::from_millis(500));
     let second = env.run("cat ~/mark; echo hello > ~/second");
     assert_eq!(
         String::from_utf8_lossy(&second.stdout),
