@@ -94,20 +94,9 @@ pub fn recipe(
         .as_ref()
         .map(|path| path.as_path().display().to_string())
         .unwrap_or_else(|| default_workspace(project));
-    // podspawn's labels right after FROM: every instruction is a step the legacy
-    // builder commits, and this one is cached from the project's second build on.
     let mut steps = vec![Step {
         label: format!("Pulling base image {base}"),
-        instructions: vec![
-            format!("FROM {base}"),
-            format!(
-                "LABEL {}={} {}={}",
-                crate::docker::LABEL_MANAGED,
-                json_string("true"),
-                crate::docker::LABEL_PROJECT,
-                json_string(project.as_str())
-            ),
-        ],
+        instructions: vec![format!("FROM {base}")],
     }];
     let (plain, toolchains): (Vec<&Package>, Vec<&Package>) = podfile
         .packages
@@ -136,9 +125,22 @@ pub fn recipe(
     if let Some(dotfiles) = &podfile.dotfiles {
         steps.push(dotfiles_step(dotfiles));
     }
+    // podspawn's labels just before the repo: every instruction is a step the legacy
+    // builder commits (seconds each), and here it is cached from the project's second
+    // build on, while the layers above it stay shared by every project that installs
+    // the same packages.
     steps.push(Step {
         label: "Copying the repo".to_string(),
-        instructions: vec![format!("COPY . {workspace}")],
+        instructions: vec![
+            format!(
+                "LABEL {}={} {}={}",
+                crate::docker::LABEL_MANAGED,
+                json_string("true"),
+                crate::docker::LABEL_PROJECT,
+                json_string(project.as_str())
+            ),
+            format!("COPY . {workspace}"),
+        ],
     });
     if let Some(on_create) = &podfile.on_create {
         steps.push(Step {
@@ -409,15 +411,15 @@ mod tests {
             .filter(|line| !line.starts_with(STEP_MARK))
             .collect();
         assert_eq!(lines[1], "FROM debian:bookworm");
-        assert_eq!(
-            lines[2],
-            "LABEL podspawn.managed=\"true\" podspawn.project=\"api\""
-        );
-        assert!(lines[3].starts_with("RUN [\"/bin/sh\", \"-c\", \"export DEBIAN_FRONTEND=noninteractive && apt-get update && apt-get install -y --no-install-recommends git curl=7.88.1-10+deb12u5* && "), "{}", lines[3]);
+        assert!(lines[2].starts_with("RUN [\"/bin/sh\", \"-c\", \"export DEBIAN_FRONTEND=noninteractive && apt-get update && apt-get install -y --no-install-recommends git curl=7.88.1-10+deb12u5* && "), "{}", lines[2]);
         assert!(
-            lines[4].contains("https://deb.nodesource.com/setup_22.x"),
+            lines[3].contains("https://deb.nodesource.com/setup_22.x"),
             "{}",
-            lines[4]
+            lines[3]
+        );
+        assert_eq!(
+            lines[4],
+            "LABEL podspawn.managed=\"true\" podspawn.project=\"api\""
         );
         assert_eq!(lines[5], "COPY . /workspace/api");
         assert_eq!(
@@ -431,9 +433,9 @@ mod tests {
         );
         assert_eq!(labels.len(), lines.len() - 1);
         assert_eq!(labels[0], "Pulling base image debian:bookworm");
-        assert_eq!(labels[1], "Pulling base image debian:bookworm");
-        assert!(labels[2].starts_with("Installing packages: git curl@7.88.1-10+deb12u5"));
-        assert_eq!(labels[3], "Installing nodejs@22");
+        assert!(labels[1].starts_with("Installing packages: git curl@7.88.1-10+deb12u5"));
+        assert_eq!(labels[2], "Installing nodejs@22");
+        assert_eq!(labels[3], "Copying the repo");
         assert_eq!(labels[4], "Copying the repo");
         assert_eq!(labels[5], "Running on_create: npm install");
 
