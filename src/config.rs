@@ -32,6 +32,7 @@ pub struct ServerConfig {
     pub session: SessionConfig,
     pub state: StateConfig,
     pub network: NetworkConfig,
+    pub services: ServicesConfig,
     pub log: LogConfig,
     /// Projects declared by hand: `update-project NAME` clones and builds them
     /// (`add-project` keeps its registrations in the state, never in this file).
@@ -256,6 +257,124 @@ impl Default for StateConfig {
 pub struct NetworkConfig {
     /// Where per-user networks are cut from: a /28 per user, chosen by uid.
     pub pool: crate::network::Pool,
+    /// Where the private networks of sessions with companion services are cut from:
+    /// a /25 per user, chosen by uid, a /29 per session slot in it.
+    pub services_pool: crate::network::ServicesPool,
+}
+
+/// How a Podfile's companion services run: each is a container of its session, on
+/// the session's private network, with these limits and capabilities.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServicesConfig {
+    /// Each service's share of the session's cpus, memory and pids limit.
+    pub share: Share,
+    /// How long a session's first connection waits for its services' ports to accept
+    /// connections before it opens the session anyway (saying so on a terminal).
+    pub ready_timeout: ConfigDuration,
+    /// The capabilities a service keeps; every other one is dropped. The default is
+    /// what a database image's start needs: its entrypoint runs as root, makes the
+    /// data directory its server's user's and steps down to that user.
+    pub capabilities: Vec<Capability>,
+    /// Whether services' named volumes outlive their session (one per user, project
+    /// and volume, removed with the user or the project). Off: each session's volumes
+    /// are its own and go with it.
+    pub persist_volumes: bool,
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        ServicesConfig {
+            share: Share(0.5),
+            ready_timeout: ConfigDuration(Duration::from_secs(30)),
+            capabilities: ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"]
+                .iter()
+                .map(|name| Capability(name.to_string()))
+                .collect(),
+            persist_volumes: false,
+        }
+    }
+}
+
+/// A share of a limit: a number greater than 0 and at most 1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Share(pub f64);
+
+impl<'de> Deserialize<'de> for Share {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = f64::deserialize(deserializer)?;
+        if value.is_finite() && value > 0.0 && value <= 1.0 {
+            Ok(Share(value))
+        } else {
+            Err(de::Error::custom(format!(
+                "invalid share {value} (expected a number greater than 0 and at most 1)"
+            )))
+        }
+    }
+}
+
+/// The Linux capabilities docker's `--cap-add` knows, without `CAP_`.
+const CAPABILITIES: &[&str] = &[
+    "AUDIT_CONTROL",
+    "AUDIT_READ",
+    "AUDIT_WRITE",
+    "BLOCK_SUSPEND",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "KILL",
+    "LEASE",
+    "LINUX_IMMUTABLE",
+    "MAC_ADMIN",
+    "MAC_OVERRIDE",
+    "MKNOD",
+    "NET_ADMIN",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_RAW",
+    "PERFMON",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYSLOG",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_CHROOT",
+    "SYS_MODULE",
+    "SYS_NICE",
+    "SYS_PACCT",
+    "SYS_PTRACE",
+    "SYS_RAWIO",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "WAKE_ALARM",
+];
+
+/// A Linux capability by its name without `CAP_` (`CHOWN`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capability(pub String);
+
+impl<'de> Deserialize<'de> for Capability {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let name = text.strip_prefix("CAP_").unwrap_or(&text);
+        if CAPABILITIES.contains(&name) {
+            Ok(Capability(name.to_string()))
+        } else {
+            Err(de::Error::custom(format!(
+                "{:?} is not a capability (e.g. CHOWN, SETUID)",
+                text.escape_debug().to_string()
+            )))
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -959,6 +1078,27 @@ log:
                 "network:\n  pool: 10.0.0.0/30\n",
                 "network.pool",
                 "between /8 and /24",
+            ),
+            (
+                "network:\n  services_pool: 10.0.0.0/24\n",
+                "network.services_pool",
+                "between /8 and /21",
+            ),
+            (
+                "services:\n  share: 1.5\n",
+                "services.share",
+                "invalid share",
+            ),
+            ("services:\n  share: 0\n", "services.share", "invalid share"),
+            (
+                "services:\n  capabilities: [CHOWN, ALL]\n",
+                "services.capabilities",
+                "\"ALL\" is not a capability",
+            ),
+            (
+                "services:\n  ready_timeout: 30\n",
+                "services.ready_timeout",
+                "invalid duration",
             ),
             ("auth:\n  key_dir: [a, b]\n", "auth.key_dir", "sequence"),
             ("log: {}\nauth: [1]\n", "auth", "expected a mapping of keys"),

@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
 use crate::keys::UserName;
-use crate::network::UserNetwork;
+use crate::network::Network;
 use crate::router::Program;
 
 /// An image reference as docker takes it, or why not: one starting with `-` would be
@@ -97,10 +97,154 @@ pub struct ContainerSpec {
     /// container at its max lifetime, whether or not podspawn is running.
     pub lifetime: Duration,
     /// The user's own network, and the container's fixed address on it.
-    pub network: UserNetwork,
+    pub network: Network,
     /// The host directory where this user's connections put forwarded ssh-agent
     /// sockets, mounted at `AGENT_MOUNT`.
     pub agent_dir: Option<String>,
+}
+
+/// A companion service's container: `<session container>.<service>` (user and project
+/// names hold no `.`, so it is never a session's name), on the session's network.
+pub fn service_container_name(container: &str, service: &str) -> String {
+    format!("{container}.{service}")
+}
+
+/// A service's named volume: the session's own (`persistent` false: it carries the
+/// session id, so a later session never finds an earlier one's data), or one kept
+/// for the user and project across sessions.
+pub fn volume_name(container: &str, session_id: &str, volume: &str, persistent: bool) -> String {
+    if persistent {
+        format!("{container}.{volume}")
+    } else {
+        format!("{container}.{session_id}.{volume}")
+    }
+}
+
+/// A companion service as a session asks for it: what its project's Podfile says
+/// (kept in the project's registration, where `env` values still hold their
+/// `${PODSPAWN_USER}`; a session's request has them filled in).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Service {
+    pub name: String,
+    pub image: String,
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+}
+
+/// A named volume a service mounts, as the Podfile says it (`NAME:/path[:ro]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VolumeMount {
+    pub name: String,
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// How a session's services run, from the server config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceLimits {
+    /// Each service's share of the session's cpus, memory and pids limit.
+    pub share: f64,
+    pub capabilities: Vec<String>,
+    pub persist_volumes: bool,
+}
+
+/// Everything `docker run` needs to create one of a session's companion services.
+/// Kept whole in the state (as JSON), so `cleanup` can make a missing one again
+/// exactly as it was.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ServiceSpec {
+    /// The container's name (`service_container_name`).
+    pub container: String,
+    /// The service's name in the Podfile: its DNS name and hostname on the network.
+    pub name: String,
+    pub image: String,
+    pub user: String,
+    pub project: String,
+    pub session_id: String,
+    /// The session's private network, and the service's fixed address on it.
+    pub network: String,
+    pub address: std::net::Ipv4Addr,
+    /// What the Podfile says it listens on (for readiness and the banner).
+    pub ports: Vec<u16>,
+    pub env: Vec<(String, String)>,
+    pub volumes: Vec<ServiceVolume>,
+    /// Replaces the image's `CMD`; its entrypoint stays.
+    pub command: Option<Vec<String>>,
+    pub cpus: f64,
+    pub memory_bytes: u64,
+    pub pids_limit: u32,
+    /// The capabilities it keeps (`services.capabilities`); all others are dropped.
+    pub capabilities: Vec<String>,
+}
+
+impl ServiceSpec {
+    /// Service number `index` of the session whose container is `session`, on the
+    /// session's network.
+    pub fn of(
+        service: &Service,
+        session: &ContainerSpec,
+        index: usize,
+        limits: &ServiceLimits,
+    ) -> ServiceSpec {
+        let share = |value: f64| value * limits.share;
+        ServiceSpec {
+            container: service_container_name(&session.name, &service.name),
+            name: service.name.clone(),
+            image: service.image.clone(),
+            user: session.user.name.to_string(),
+            project: session.project.clone(),
+            session_id: session.session_id.clone(),
+            network: session.network.name.clone(),
+            address: session.network.service(index),
+            ports: service.ports.clone(),
+            env: service.env.clone(),
+            volumes: service
+                .volumes
+                .iter()
+                .map(|volume| ServiceVolume {
+                    name: volume_name(
+                        &session.name,
+                        &session.session_id,
+                        &volume.name,
+                        limits.persist_volumes,
+                    ),
+                    target: volume.target.clone(),
+                    read_only: volume.read_only,
+                    persistent: limits.persist_volumes,
+                })
+                .collect(),
+            command: service.command.clone(),
+            // docker takes cpus to two decimals; a share never rounds to nothing.
+            cpus: (share(session.cpus) * 100.0).round().max(1.0) / 100.0,
+            memory_bytes: (share(session.memory_bytes as f64) as u64).max(MIN_SERVICE_MEMORY),
+            pids_limit: (share(f64::from(session.pids_limit)) as u32).max(MIN_SERVICE_PIDS),
+            capabilities: limits.capabilities.clone(),
+        }
+    }
+}
+
+/// The least memory a service gets, whatever its share says (docker refuses less
+/// than 6 MiB).
+const MIN_SERVICE_MEMORY: u64 = 32 << 20;
+
+/// The fewest processes a service may have, whatever its share says.
+const MIN_SERVICE_PIDS: u32 = 64;
+
+/// A named volume mounted into a service.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServiceVolume {
+    /// The docker volume (`volume_name`).
+    pub name: String,
+    pub target: String,
+    pub read_only: bool,
+    /// Kept across sessions (`services.persist_volumes`).
+    pub persistent: bool,
 }
 
 /// Where forwarded ssh-agent sockets appear inside a container.

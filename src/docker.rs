@@ -8,8 +8,9 @@
 //! and `DOCKER_HOST` only from the server config.
 //!
 //! Everything podspawn creates carries the labels `podspawn.managed=true`,
-//! `podspawn.user`, `podspawn.project` and `podspawn.session`, so that what podspawn
-//! made can always be found again.
+//! `podspawn.user`, `podspawn.project` and `podspawn.session` (a companion service also
+//! `podspawn.service`, its volumes too), so that what podspawn made can always be found
+//! again.
 
 use std::fmt;
 use std::io;
@@ -17,14 +18,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::config::DockerConfig;
-use crate::container::{self, AGENT_MOUNT, ContainerSpec, ExecSpec};
-use crate::keys::UserName;
-use crate::network::UserNetwork;
+use crate::container::{self, AGENT_MOUNT, ContainerSpec, ExecSpec, ServiceSpec};
+use crate::network::Network;
 
 pub const LABEL_MANAGED: &str = "podspawn.managed";
 pub const LABEL_USER: &str = "podspawn.user";
 pub const LABEL_PROJECT: &str = "podspawn.project";
 pub const LABEL_SESSION: &str = "podspawn.session";
+pub const LABEL_SERVICE: &str = "podspawn.service";
 
 /// The PATH docker runs with (and on which a bare `docker.binary` is looked up).
 pub const FIXED_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -71,6 +72,21 @@ pub struct ManagedNetwork {
     pub name: String,
     /// Its `podspawn.user` label.
     pub user: String,
+    /// Its `podspawn.project` label (a session's network's).
+    pub project: String,
+    /// Its `podspawn.session` label: empty on a user's network, the session id on a
+    /// session's private one.
+    pub session: String,
+}
+
+/// A volume that carries `podspawn.managed=true`: a service's named volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedVolume {
+    pub name: String,
+    pub user: String,
+    pub project: String,
+    /// The session it is private to; empty for one kept across sessions.
+    pub session: String,
 }
 
 /// A container that carries `podspawn.managed=true`.
@@ -81,6 +97,8 @@ pub struct ManagedContainer {
     pub user: String,
     pub project: String,
     pub session: String,
+    /// Its `podspawn.service` label: empty for a session's own container.
+    pub service: String,
 }
 
 #[derive(Debug)]
@@ -115,6 +133,12 @@ pub enum DockerError {
     BuildTimedOut { tag: String, after: Duration },
     /// An image a container still uses cannot be removed.
     ImageInUse { image: String },
+    /// A session's network of that name exists already (left by an earlier one).
+    NetworkExists { network: String },
+    /// A volume a container still uses cannot be removed.
+    VolumeInUse { volume: String },
+    /// `docker pull` ran past its deadline and was ended.
+    PullTimedOut { image: String, after: Duration },
 }
 
 impl DockerError {
@@ -134,7 +158,10 @@ impl DockerError {
             | DockerError::Supervise(_)
             | DockerError::BuildFailed { .. }
             | DockerError::BuildTimedOut { .. }
-            | DockerError::ImageInUse { .. } => {
+            | DockerError::ImageInUse { .. }
+            | DockerError::NetworkExists { .. }
+            | DockerError::VolumeInUse { .. }
+            | DockerError::PullTimedOut { .. } => {
                 "could not start your container; tell your admin".to_string()
             }
         }
@@ -181,6 +208,19 @@ impl fmt::Display for DockerError {
             }
             DockerError::ImageInUse { image } => {
                 write!(f, "image {image} is still used by a container")
+            }
+            DockerError::NetworkExists { network } => {
+                write!(f, "network {network} exists already")
+            }
+            DockerError::VolumeInUse { volume } => {
+                write!(f, "volume {volume} is still used by a container")
+            }
+            DockerError::PullTimedOut { image, after } => {
+                write!(
+                    f,
+                    "pulling {image} took more than {}s; ended",
+                    after.as_secs()
+                )
             }
         }
     }
@@ -333,16 +373,27 @@ impl Docker {
         Err(self.failed(&args, status, stderr))
     }
 
-    /// `docker network create` for a user's network; one that exists is fine.
+    /// `docker network create` for a user's network (one that exists is fine), or
+    /// for a session's private one (one that exists is `NetworkExists`: an earlier
+    /// session's, whose subnet and labels may not be this one's).
     pub fn create_network(
         &self,
-        network: &UserNetwork,
-        user: &UserName,
+        network: &Network,
+        owner: &NetworkOwner,
     ) -> Result<(), DockerError> {
-        let args = network_create_args(network, user.as_str());
+        let args = network_create_args(network, owner);
         let (status, _, stderr) = self.run(&args)?;
-        if status.success() || stderr.contains("already exists") {
+        if status.success() {
             return Ok(());
+        }
+        if stderr.contains("already exists") {
+            return if owner.session.is_empty() {
+                Ok(())
+            } else {
+                Err(DockerError::NetworkExists {
+                    network: network.name.clone(),
+                })
+            };
         }
         if stderr.contains("overlaps") {
             return Err(DockerError::NetworkOverlap {
@@ -351,6 +402,141 @@ impl Docker {
             });
         }
         Err(self.failed(&args, status, stderr))
+    }
+
+    /// `docker run --detach …` of a session's companion service.
+    pub fn create_service(&self, spec: &ServiceSpec) -> Result<(), DockerError> {
+        let args = service_run_args(spec);
+        let (status, _, stderr) = self.run(&args)?;
+        if status.success() {
+            return Ok(());
+        }
+        if stderr.contains("is already in use") {
+            return Err(DockerError::NameInUse {
+                name: spec.container.clone(),
+            });
+        }
+        if stderr.contains(&format!("network {} not found", spec.network))
+            || stderr.contains("No such network")
+        {
+            return Err(DockerError::NetworkMissing {
+                network: spec.network.clone(),
+            });
+        }
+        if stderr.contains("Unable to find image")
+            || stderr.contains("No such image")
+            || stderr.contains("pull access denied")
+            || stderr.contains("manifest unknown")
+        {
+            return Err(DockerError::ImageUnavailable {
+                image: spec.image.clone(),
+                stderr,
+            });
+        }
+        Err(self.failed(&args, status, stderr))
+    }
+
+    /// `docker volume rm`: a volume that is already gone is not an error; one a
+    /// container still uses is `VolumeInUse`.
+    pub fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
+        let args = strings(&["volume", "rm", name]);
+        let (status, _, stderr) = self.run(&args)?;
+        if status.success()
+            || stderr.contains("no such volume")
+            || stderr.contains("No such volume")
+        {
+            Ok(())
+        } else if stderr.contains("volume is in use") {
+            Err(DockerError::VolumeInUse {
+                volume: name.to_string(),
+            })
+        } else {
+            Err(self.failed(&args, status, stderr))
+        }
+    }
+
+    /// Every volume podspawn made.
+    pub fn list_managed_volumes(&self) -> Result<Vec<ManagedVolume>, DockerError> {
+        let args = vec![
+            "volume".to_string(),
+            "ls".to_string(),
+            "--filter".to_string(),
+            format!("label={LABEL_MANAGED}=true"),
+            "--format".to_string(),
+            format!(
+                "{{{{.Name}}}}\t{{{{.Label \"{LABEL_USER}\"}}}}\t{{{{.Label \"{LABEL_PROJECT}\"}}}}\t{{{{.Label \"{LABEL_SESSION}\"}}}}"
+            ),
+        ];
+        let (status, stdout, stderr) = self.run(&args)?;
+        if !status.success() {
+            return Err(self.failed(&args, status, stderr));
+        }
+        Ok(stdout
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split('\t').collect();
+                let [name, user, project, session] = fields[..] else {
+                    return None;
+                };
+                Some(ManagedVolume {
+                    name: name.to_string(),
+                    user: user.to_string(),
+                    project: project.to_string(),
+                    session: session.to_string(),
+                })
+            })
+            .collect())
+    }
+
+    /// `docker pull`, ended past `timeout`.
+    pub fn pull(&self, image: &str, timeout: Duration) -> Result<(), DockerError> {
+        let args = strings(&["pull", "--quiet", image]);
+        let mut child = self
+            .command(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| self.not_installed(source))?;
+        // The reader ends when docker does; its end is our deadline's to wait for.
+        let stderr = child.stderr.take();
+        let reader = std::thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(stderr) = stderr {
+                use std::io::Read;
+                let _ = stderr.take(64 * 1024).read_to_end(&mut text);
+            }
+            text
+        });
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            match child.try_wait().map_err(DockerError::Supervise)? {
+                Some(status) => break status,
+                None if std::time::Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(DockerError::PullTimedOut {
+                        image: image.to_string(),
+                        after: timeout,
+                    });
+                }
+                None => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        let stderr = one_line(&reader.join().unwrap_or_default());
+        if status.success() {
+            return Ok(());
+        }
+        if is_unreachable(&stderr) {
+            return Err(DockerError::Unreachable {
+                argv: self.argv(&args),
+                stderr,
+            });
+        }
+        Err(DockerError::ImageUnavailable {
+            image: image.to_string(),
+            stderr,
+        })
     }
 
     /// `docker network rm`: a network that is already gone is not an error.
@@ -364,9 +550,11 @@ impl Docker {
         }
     }
 
-    /// `docker rm --force`: a container that is already gone is not an error.
+    /// `docker rm --force --volumes`: a container that is already gone is not an
+    /// error. Its anonymous volumes (an image's `VOLUME`s) go with it: without
+    /// `--volumes` they stay behind, even for a `--rm` container.
     pub fn remove(&self, name: &str) -> Result<(), DockerError> {
-        let args = strings(&["rm", "--force", name]);
+        let args = strings(&["rm", "--force", "--volumes", name]);
         let (status, _, stderr) = self.run(&args)?;
         if status.success() || is_missing(&stderr) {
             Ok(())
@@ -414,7 +602,7 @@ impl Docker {
     /// Every container podspawn made, running or not.
     pub fn list_managed(&self) -> Result<Vec<ManagedContainer>, DockerError> {
         let format = format!(
-            "{{{{.Names}}}}\t{{{{.State}}}}\t{{{{.Label \"{LABEL_USER}\"}}}}\t{{{{.Label \"{LABEL_PROJECT}\"}}}}\t{{{{.Label \"{LABEL_SESSION}\"}}}}"
+            "{{{{.Names}}}}\t{{{{.State}}}}\t{{{{.Label \"{LABEL_USER}\"}}}}\t{{{{.Label \"{LABEL_PROJECT}\"}}}}\t{{{{.Label \"{LABEL_SESSION}\"}}}}\t{{{{.Label \"{LABEL_SERVICE}\"}}}}"
         );
         let args = vec![
             "ps".to_string(),
@@ -440,7 +628,9 @@ impl Docker {
             "--filter".to_string(),
             format!("label={LABEL_MANAGED}=true"),
             "--format".to_string(),
-            format!("{{{{.Name}}}}\t{{{{.Label \"{LABEL_USER}\"}}}}"),
+            format!(
+                "{{{{.Name}}}}\t{{{{.Label \"{LABEL_USER}\"}}}}\t{{{{.Label \"{LABEL_PROJECT}\"}}}}\t{{{{.Label \"{LABEL_SESSION}\"}}}}"
+            ),
         ];
         let (status, stdout, stderr) = self.run(&args)?;
         if !status.success() {
@@ -448,10 +638,17 @@ impl Docker {
         }
         Ok(stdout
             .lines()
-            .filter_map(|line| line.split_once('\t'))
-            .map(|(name, user)| ManagedNetwork {
-                name: name.to_string(),
-                user: user.to_string(),
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split('\t').collect();
+                let [name, user, project, session] = fields[..] else {
+                    return None;
+                };
+                Some(ManagedNetwork {
+                    name: name.to_string(),
+                    user: user.to_string(),
+                    project: project.to_string(),
+                    session: session.to_string(),
+                })
             })
             .collect())
     }
@@ -660,7 +857,7 @@ impl Docker {
             "inspect",
             "--format",
             &format!(
-                "{{{{.Name}}}}\t{{{{range .IPAM.Config}}}}{{{{.Subnet}}}}{{{{end}}}}\t{{{{index .Labels \"{LABEL_USER}\"}}}}"
+                "{{{{.Name}}}}\t{{{{range .IPAM.Config}}}}{{{{.Subnet}}}}{{{{end}}}}\t{{{{index .Labels \"{LABEL_USER}\"}}}}\t{{{{index .Labels \"{LABEL_PROJECT}\"}}}}\t{{{{index .Labels \"{LABEL_SESSION}\"}}}}"
             ),
         ]);
         args.extend(names);
@@ -677,6 +874,8 @@ impl Docker {
                 (subnet == cidr).then(|| ManagedNetwork {
                     name: name.to_string(),
                     user: user.to_string(),
+                    project: fields.next().unwrap_or("").to_string(),
+                    session: fields.next().unwrap_or("").to_string(),
                 })
             })
             .collect())
@@ -789,20 +988,91 @@ pub fn run_args(spec: &ContainerSpec) -> Vec<String> {
     args
 }
 
-/// argv after `docker` for creating a user's network.
-pub fn network_create_args(network: &UserNetwork, user: &str) -> Vec<String> {
+/// Whose a network is, as its labels say: a user's (`project` and `session` empty:
+/// no session's), or one session's private one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkOwner<'a> {
+    pub user: &'a str,
+    pub project: &'a str,
+    pub session: &'a str,
+}
+
+/// argv after `docker` for creating a user's or a session's network.
+pub fn network_create_args(network: &Network, owner: &NetworkOwner) -> Vec<String> {
     let mut args = strings(&["network", "create", "--driver", "bridge"]);
     args.extend(["--subnet".into(), network.cidr()]);
     args.extend(["--gateway".into(), network.gateway.to_string()]);
     for (label, value) in [
         (LABEL_MANAGED, "true"),
-        (LABEL_USER, user),
-        (LABEL_PROJECT, ""),
-        (LABEL_SESSION, ""),
+        (LABEL_USER, owner.user),
+        (LABEL_PROJECT, owner.project),
+        (LABEL_SESSION, owner.session),
     ] {
         args.extend(["--label".into(), format!("{label}={value}")]);
     }
     args.push(network.name.clone());
+    args
+}
+
+/// argv after `docker` for creating a companion service: on the session's network
+/// (its name a DNS alias there), podspawn's labels, its share of the session's limits,
+/// every capability dropped but the configured few, no new privileges, no port
+/// published on the host; its named volumes are made with podspawn's labels.
+pub fn service_run_args(spec: &ServiceSpec) -> Vec<String> {
+    let mut args = strings(&["run", "--detach", "--init"]);
+    args.extend(["--name".into(), spec.container.clone()]);
+    args.extend(["--hostname".into(), spec.name.clone()]);
+    let labels = [
+        (LABEL_MANAGED, "true"),
+        (LABEL_USER, spec.user.as_str()),
+        (LABEL_PROJECT, spec.project.as_str()),
+        (LABEL_SESSION, spec.session_id.as_str()),
+        (LABEL_SERVICE, spec.name.as_str()),
+    ];
+    for (label, value) in labels {
+        args.extend(["--label".into(), format!("{label}={value}")]);
+    }
+    args.extend(["--cpus".into(), spec.cpus.to_string()]);
+    args.extend(["--memory".into(), spec.memory_bytes.to_string()]);
+    args.extend(["--pids-limit".into(), spec.pids_limit.to_string()]);
+    args.extend(["--network".into(), spec.network.clone()]);
+    args.extend(["--ip".into(), spec.address.to_string()]);
+    args.extend(["--network-alias".into(), spec.name.clone()]);
+    args.extend(strings(&["--cap-drop", "ALL"]));
+    for capability in &spec.capabilities {
+        args.extend(["--cap-add".into(), capability.clone()]);
+    }
+    args.extend(strings(&["--security-opt", "no-new-privileges"]));
+    for (key, value) in &spec.env {
+        args.extend(["--env".into(), format!("{key}={value}")]);
+    }
+    for volume in &spec.volumes {
+        let mut mount = format!(
+            "type=volume,source={},target={}",
+            volume.name, volume.target
+        );
+        if volume.read_only {
+            mount.push_str(",readonly");
+        }
+        let session = if volume.persistent {
+            ""
+        } else {
+            spec.session_id.as_str()
+        };
+        for (label, value) in [
+            (LABEL_MANAGED, "true"),
+            (LABEL_USER, spec.user.as_str()),
+            (LABEL_PROJECT, spec.project.as_str()),
+            (LABEL_SESSION, session),
+        ] {
+            mount.push_str(&format!(",volume-label={label}={value}"));
+        }
+        args.extend(["--mount".into(), mount]);
+    }
+    args.push(spec.image.clone());
+    if let Some(command) = &spec.command {
+        args.extend(command.iter().cloned());
+    }
     args
 }
 
@@ -855,7 +1125,7 @@ fn parse_managed(stdout: &str) -> Vec<ManagedContainer> {
         .lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split('\t').collect();
-            let [name, state, user, project, session] = fields[..] else {
+            let [name, state, user, project, session, service] = fields[..] else {
                 return None;
             };
             Some(ManagedContainer {
@@ -864,6 +1134,7 @@ fn parse_managed(stdout: &str) -> Vec<ManagedContainer> {
                 user: user.to_string(),
                 project: project.to_string(),
                 session: session.to_string(),
+                service: service.to_string(),
             })
         })
         .collect()
@@ -969,7 +1240,15 @@ mod tests {
     fn networks_are_created_with_their_subnet_and_labels() {
         let network = crate::network::Pool::default().for_user("alice", 1001);
         assert_eq!(
-            network_create_args(&network, "alice").join(" "),
+            network_create_args(
+                &network,
+                &NetworkOwner {
+                    user: "alice",
+                    project: "",
+                    session: ""
+                }
+            )
+            .join(" "),
             "network create --driver bridge --subnet 10.214.62.144/28 --gateway 10.214.62.145 \
              --label podspawn.managed=true --label podspawn.user=alice --label podspawn.project= \
              --label podspawn.session= podspawn-alice"
@@ -1049,7 +1328,7 @@ mod tests {
 
     #[test]
     fn managed_containers_parse_from_ps_lines() {
-        let out = "podspawn-alice\trunning\talice\t\tabc\npodspawn-bob-api\texited\tbob\tapi\tdef\nbroken line\n";
+        let out = "podspawn-alice\trunning\talice\t\tabc\t\npodspawn-bob-api.db\texited\tbob\tapi\tdef\tdb\nbroken line\n";
         assert_eq!(
             parse_managed(out),
             [
@@ -1059,13 +1338,15 @@ mod tests {
                     user: "alice".into(),
                     project: "".into(),
                     session: "abc".into(),
+                    service: "".into(),
                 },
                 ManagedContainer {
-                    name: "podspawn-bob-api".into(),
+                    name: "podspawn-bob-api.db".into(),
                     running: false,
                     user: "bob".into(),
                     project: "api".into(),
                     session: "def".into(),
+                    service: "db".into(),
                 },
             ]
         );

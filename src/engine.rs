@@ -9,13 +9,13 @@ use std::io;
 use std::time::Duration;
 
 use crate::config::DockerConfig;
-use crate::container::{CONNECTION_MARKER, ContainerSpec, ExecSpec};
+use crate::container::{CONNECTION_MARKER, ContainerSpec, ExecSpec, ServiceSpec};
 use crate::docker::{
     BuildSpec, ContainerState, Docker, DockerError, Labels, ManagedContainer, ManagedNetwork,
+    ManagedVolume, NetworkOwner,
 };
 use crate::exec::{self, Ended};
-use crate::keys::UserName;
-use crate::network::UserNetwork;
+use crate::network::Network;
 use crate::process;
 use crate::session::Passed;
 
@@ -27,18 +27,29 @@ const HANGUP_PATIENCE: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Copy)]
 pub enum Effect<'a> {
     CreateContainer(&'a ContainerSpec),
-    /// Removing what is already gone is not an error.
+    /// A session's companion service.
+    CreateService(&'a ServiceSpec),
+    /// Removing what is already gone is not an error; its anonymous volumes go too.
     RemoveContainer(&'a str),
-    /// Creating what exists already is not an error.
+    /// A user's network (creating what exists already is not an error), or a
+    /// session's (`owner.session` set: one that exists is `NetworkExists`).
     CreateNetwork {
-        network: &'a UserNetwork,
-        user: &'a UserName,
+        network: &'a Network,
+        owner: NetworkOwner<'a>,
     },
     /// Removing what is already gone is not an error.
     RemoveNetwork(&'a str),
     /// Removing what is already gone is not an error; one a container still uses
+    /// stays (`DockerError::VolumeInUse`).
+    RemoveVolume(&'a str),
+    /// Removing what is already gone is not an error; one a container still uses
     /// stays (`DockerError::ImageInUse`).
     RemoveImage(&'a str),
+    /// Fetches an image the engine does not have (a service's), within `timeout`.
+    PullImage {
+        image: &'a str,
+        timeout: Duration,
+    },
 }
 
 impl fmt::Display for Effect<'_> {
@@ -47,12 +58,21 @@ impl fmt::Display for Effect<'_> {
             Effect::CreateContainer(spec) => {
                 write!(f, "create container {} (image {})", spec.name, spec.image)
             }
+            Effect::CreateService(spec) => {
+                write!(
+                    f,
+                    "create service {} (image {})",
+                    spec.container, spec.image
+                )
+            }
             Effect::RemoveContainer(name) => write!(f, "remove container {name}"),
-            Effect::CreateNetwork { network, user } => {
-                write!(f, "create network {} for {user}", network.name)
+            Effect::CreateNetwork { network, owner } => {
+                write!(f, "create network {} for {}", network.name, owner.user)
             }
             Effect::RemoveNetwork(name) => write!(f, "remove network {name}"),
+            Effect::RemoveVolume(name) => write!(f, "remove volume {name}"),
             Effect::RemoveImage(image) => write!(f, "remove image {image}"),
+            Effect::PullImage { image, .. } => write!(f, "pull image {image}"),
         }
     }
 }
@@ -80,6 +100,14 @@ pub trait Engine {
     /// Makes one change. Only `session::Effects`, the one place that also says why,
     /// can call it: it alone makes a `Passed`.
     fn apply(&mut self, effect: &Effect, passed: Passed) -> Result<(), DockerError>;
+    /// Makes several changes at once (a session's container and its services), each
+    /// with its own result, in order.
+    fn apply_all(&mut self, effects: &[Effect], passed: Passed) -> Vec<Result<(), DockerError>> {
+        effects
+            .iter()
+            .map(|effect| self.apply(effect, passed))
+            .collect()
+    }
     fn state(&mut self, container: &str) -> Result<ContainerState, DockerError>;
     /// podspawn's labels on a container; `None` when it does not exist.
     fn labels(&mut self, container: &str) -> Result<Option<Labels>, DockerError>;
@@ -87,6 +115,8 @@ pub trait Engine {
     fn containers(&mut self) -> Result<Vec<ManagedContainer>, DockerError>;
     /// Every network podspawn made.
     fn networks(&mut self) -> Result<Vec<ManagedNetwork>, DockerError>;
+    /// Every volume podspawn made.
+    fn volumes(&mut self) -> Result<Vec<ManagedVolume>, DockerError>;
     /// podspawn's networks on subnet `cidr`.
     fn networks_on(&mut self, cidr: &str) -> Result<Vec<ManagedNetwork>, DockerError>;
     /// The engine's version, if it answers.
@@ -133,15 +163,48 @@ impl DockerEngine {
     }
 }
 
+/// One change, by the docker CLI.
+fn apply_with(docker: &Docker, effect: &Effect) -> Result<(), DockerError> {
+    match *effect {
+        Effect::CreateContainer(spec) => docker.create(spec),
+        Effect::CreateService(spec) => docker.create_service(spec),
+        Effect::RemoveContainer(name) => docker.remove(name),
+        Effect::CreateNetwork { network, owner } => docker.create_network(network, &owner),
+        Effect::RemoveNetwork(name) => docker.remove_network(name),
+        Effect::RemoveVolume(name) => docker.remove_volume(name),
+        Effect::RemoveImage(image) => docker.remove_image(image),
+        Effect::PullImage { image, timeout } => docker.pull(image, timeout),
+    }
+}
+
 impl Engine for DockerEngine {
     fn apply(&mut self, effect: &Effect, _: Passed) -> Result<(), DockerError> {
-        match *effect {
-            Effect::CreateContainer(spec) => self.docker.create(spec),
-            Effect::RemoveContainer(name) => self.docker.remove(name),
-            Effect::CreateNetwork { network, user } => self.docker.create_network(network, user),
-            Effect::RemoveNetwork(name) => self.docker.remove_network(name),
-            Effect::RemoveImage(image) => self.docker.remove_image(image),
+        apply_with(&self.docker, effect)
+    }
+
+    /// Each change in its own docker process, all at once: the engine starts
+    /// containers side by side, and a session's services add no waiting to its start.
+    fn apply_all(&mut self, effects: &[Effect], _: Passed) -> Vec<Result<(), DockerError>> {
+        let docker = &self.docker;
+        if let [effect] = effects {
+            return vec![apply_with(docker, effect)];
         }
+        std::thread::scope(|scope| {
+            let running: Vec<_> = effects
+                .iter()
+                .map(|effect| scope.spawn(move || apply_with(docker, effect)))
+                .collect();
+            running
+                .into_iter()
+                .map(|thread| {
+                    thread.join().unwrap_or_else(|_| {
+                        Err(DockerError::Supervise(io::Error::other(
+                            "a docker call's thread panicked",
+                        )))
+                    })
+                })
+                .collect()
+        })
     }
 
     fn state(&mut self, container: &str) -> Result<ContainerState, DockerError> {
@@ -158,6 +221,10 @@ impl Engine for DockerEngine {
 
     fn networks(&mut self) -> Result<Vec<ManagedNetwork>, DockerError> {
         self.docker.list_managed_networks()
+    }
+
+    fn volumes(&mut self) -> Result<Vec<ManagedVolume>, DockerError> {
+        self.docker.list_managed_volumes()
     }
 
     fn networks_on(&mut self, cidr: &str) -> Result<Vec<ManagedNetwork>, DockerError> {

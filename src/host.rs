@@ -32,6 +32,9 @@ pub trait Host {
     fn is_registered(&self, user: &UserName) -> bool;
     /// Asks a session's keeper to look now rather than at its next tick.
     fn wake(&self, keeper: &ProcessId);
+    /// Whether `address` accepts a TCP connection before `until` (a companion
+    /// service's port, tried again and again until then).
+    fn wait_for_port(&self, address: std::net::SocketAddrV4, until: Millis) -> bool;
 }
 
 /// The signal that wakes a keeper: its default action is to be ignored, so a keeper
@@ -133,6 +136,26 @@ impl Host for SystemHost {
         // The keeper runs as the caller (or the caller is root); the pid was checked
         // to be that very process just before.
         unsafe { libc::kill(keeper.pid, WAKE_SIGNAL) };
+    }
+
+    fn wait_for_port(&self, address: std::net::SocketAddrV4, until: Millis) -> bool {
+        const ATTEMPT: std::time::Duration = std::time::Duration::from_millis(250);
+        const PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+        loop {
+            let left = until - now_millis();
+            if left <= 0 {
+                return false;
+            }
+            let patience = ATTEMPT.min(std::time::Duration::from_millis(left as u64));
+            let started = std::time::Instant::now();
+            if std::net::TcpStream::connect_timeout(&address.into(), patience).is_ok() {
+                return true;
+            }
+            // Refused at once (nothing listens yet): a short pause, not a busy loop.
+            if let Some(rest) = PAUSE.checked_sub(started.elapsed()) {
+                std::thread::sleep(rest);
+            }
+        }
     }
 
     fn is_registered(&self, user: &UserName) -> bool {

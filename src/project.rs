@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::ServerConfig;
+use crate::container::{Service, VolumeMount};
 use crate::docker::BuildSpec;
 use crate::engine::Engine;
 use crate::host::Host;
@@ -85,17 +86,20 @@ pub struct Environment {
     pub shell: Option<String>,
     pub env: Vec<(String, String)>,
     pub on_start: Option<String>,
+    /// Its companion services, their `env` filled in for this user.
+    pub services: Vec<Service>,
 }
 
 /// What a project's sessions take from its Podfile, kept in its registration (as
-/// JSON) so that a connection never reads the checkout. `env` values keep their
-/// `${PODSPAWN_USER}`/`${PODSPAWN_PROJECT}`, filled in per session.
+/// JSON) so that a connection never reads the checkout. `env` values (the services'
+/// too) keep their `${PODSPAWN_USER}`/`${PODSPAWN_PROJECT}`, filled in per session.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct SessionSettings {
     pub shell: Option<String>,
     pub env: Vec<(String, String)>,
     pub on_start: Option<String>,
+    pub services: Vec<Service>,
 }
 
 impl SessionSettings {
@@ -111,6 +115,30 @@ impl SessionSettings {
                 .map(|(name, value)| (name.0.clone(), value.0.clone()))
                 .collect(),
             on_start: podfile.on_start.as_ref().map(|script| script.0.clone()),
+            services: podfile
+                .services
+                .iter()
+                .map(|service| Service {
+                    name: service.name.0.clone(),
+                    image: service.image.clone(),
+                    ports: service.ports.iter().map(|port| port.0).collect(),
+                    env: service
+                        .env
+                        .iter()
+                        .map(|(name, value)| (name.0.clone(), value.0.clone()))
+                        .collect(),
+                    volumes: service
+                        .volumes
+                        .iter()
+                        .map(|volume| VolumeMount {
+                            name: volume.name.clone(),
+                            target: volume.target.clone(),
+                            read_only: volume.read_only,
+                        })
+                        .collect(),
+                    command: service.command.as_ref().map(|command| command.0.clone()),
+                })
+                .collect(),
         }
     }
 
@@ -127,11 +155,22 @@ pub fn environment(
 ) -> Result<Environment, String> {
     let settings: SessionSettings = serde_json::from_str(&project.session)
         .map_err(|err| format!("the registration of {} is damaged: {err}", project.name))?;
+    let expand = |env: Vec<(String, String)>| {
+        env.into_iter().map(|(name, value)| {
+            let value = crate::podfile::EnvValue(value);
+            (name, value.expand(user.as_str(), project.name.as_str()))
+        })
+    };
     let mut env = session_env(user, project.name.as_str());
-    for (name, value) in settings.env {
-        let value = crate::podfile::EnvValue(value);
-        env.push((name, value.expand(user.as_str(), project.name.as_str())));
-    }
+    env.extend(expand(settings.env));
+    let services = settings
+        .services
+        .into_iter()
+        .map(|service| Service {
+            env: expand(service.env).collect(),
+            ..service
+        })
+        .collect();
     Ok(Environment {
         image: project.image.clone(),
         build: ImageBuild {
@@ -146,6 +185,7 @@ pub fn environment(
         shell: settings.shell,
         env,
         on_start: settings.on_start,
+        services,
     })
 }
 
@@ -170,6 +210,12 @@ pub enum ProjectError {
         cause: String,
     },
     Session(SessionError),
+    /// A service's image is not on this host and could not be pulled.
+    ServiceImage {
+        service: String,
+        image: String,
+        cause: String,
+    },
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -188,6 +234,14 @@ impl fmt::Display for ProjectError {
                 log.display()
             ),
             ProjectError::Session(err) => err.fmt(f),
+            ProjectError::ServiceImage {
+                service,
+                image,
+                cause,
+            } => write!(
+                f,
+                "the image {image} of service {service} cannot be had: {cause}"
+            ),
             ProjectError::Io { path, source } => write!(f, "{}: {source}", path.display()),
         }
     }
@@ -478,6 +532,26 @@ fn prepare<E: Engine, H: Host>(
         log: log.clone(),
         cause: err.to_string(),
     })?;
+    // Each service's image, here before a session needs it: a first connection never
+    // waits for a pull, and an image that cannot be had is the admin's to know now.
+    for service in &found.podfile.services {
+        let image = &service.image;
+        output(&format!("  Service {} ({image})...", service.name.0));
+        match sessions.ensure_image(image, config.defaults.build_timeout.0) {
+            Ok(pulled) => output(if pulled { " pulled\n" } else { " present\n" }),
+            Err(err) => {
+                output(" failed\n");
+                if built {
+                    let _ = sessions.remove_old_image(&recipe.tag);
+                }
+                return Err(ProjectError::ServiceImage {
+                    service: service.name.0.clone(),
+                    image: image.clone(),
+                    cause: err.to_string(),
+                });
+            }
+        }
+    }
     Ok(Registered {
         row: ProjectRow {
             name: name.clone(),

@@ -19,6 +19,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::config::SessionMode;
+use crate::container::ServiceSpec;
 use crate::keys::UserName;
 use crate::process::ProcessId;
 use crate::project::ProjectName;
@@ -88,6 +89,18 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     );
     ALTER TABLE sessions ADD COLUMN slot INTEGER NOT NULL DEFAULT 0;",
+    // 4: companion services, rows of their session, and the session's private network
+    // ('' for a session on its user's network).
+    "CREATE TABLE services (
+        user TEXT NOT NULL,
+        project TEXT NOT NULL,
+        name TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        container TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        PRIMARY KEY (user, project, name)
+    );
+    ALTER TABLE sessions ADD COLUMN network TEXT NOT NULL DEFAULT '';",
 ];
 
 /// One session: a container and how long it may live. Times are milliseconds since
@@ -110,6 +123,9 @@ pub struct SessionRow {
     pub keeper: Option<ProcessId>,
     /// Which of its user's addresses the container has (0: the default session's).
     pub slot: u32,
+    /// The session's private network, when it has services; empty when its container
+    /// is on its user's network.
+    pub network: String,
 }
 
 /// A registered project (see `project`).
@@ -292,12 +308,19 @@ impl State {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn insert_session(&self, session: &SessionRow) -> Result<(), StateError> {
+    /// Records a new session with its services, all or nothing.
+    pub fn insert_session(
+        &self,
+        session: &SessionRow,
+        services: &[ServiceSpec],
+    ) -> Result<(), StateError> {
         let keeper = session.keeper.as_ref();
-        self.connection.execute(
+        let transaction = self.connection.unchecked_transaction()?;
+        transaction.execute(
             "INSERT INTO sessions (user, project, container, session_id, image, mode, grace_secs,
-                created_at, expires_at, grace_until, keeper_pid, keeper_start, keeper_boot, slot)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                created_at, expires_at, grace_until, keeper_pid, keeper_start, keeper_boot, slot,
+                network)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 session.user.as_str(),
                 session.project,
@@ -313,9 +336,52 @@ impl State {
                 keeper.map(|k| k.start_ticks as i64),
                 keeper.map(|k| k.boot_id.clone()),
                 session.slot,
+                session.network,
             ],
         )?;
+        for service in services {
+            transaction.execute(
+                "INSERT INTO services (user, project, name, session_id, container, spec)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    session.user.as_str(),
+                    session.project,
+                    service.name,
+                    session.session_id,
+                    service.container,
+                    serde_json::to_string(service).expect("plain data"),
+                ],
+            )?;
+        }
+        transaction.commit()?;
         Ok(())
+    }
+
+    /// The services of one session, in the order they were recorded.
+    pub fn services(&self, user: &UserName, project: &str) -> Result<Vec<ServiceSpec>, StateError> {
+        self.query_services(
+            "SELECT spec FROM services WHERE user = ?1 AND project = ?2 ORDER BY rowid",
+            params![user.as_str(), project],
+        )
+    }
+
+    fn query_services(
+        &self,
+        query: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<ServiceSpec>, StateError> {
+        let mut statement = self.connection.prepare(query)?;
+        let rows = statement.query_map(params, |row| {
+            let spec: String = row.get(0)?;
+            serde_json::from_str(&spec).map_err(|err| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    0,
+                    rusqlite::types::Type::Text,
+                    Box::new(err),
+                )
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn project(&self, name: &ProjectName) -> Result<Option<ProjectRow>, StateError> {
@@ -368,16 +434,16 @@ impl State {
         Ok(())
     }
 
-    /// Removes a session and every connection row it had.
+    /// Removes a session and every connection and service row it had.
     pub fn delete_session(&self, user: &UserName, project: &str) -> Result<(), StateError> {
-        self.connection.execute(
-            "DELETE FROM connections WHERE user = ?1 AND project = ?2",
-            params![user.as_str(), project],
-        )?;
-        self.connection.execute(
-            "DELETE FROM sessions WHERE user = ?1 AND project = ?2",
-            params![user.as_str(), project],
-        )?;
+        let transaction = self.connection.unchecked_transaction()?;
+        for table in ["connections", "services", "sessions"] {
+            transaction.execute(
+                &format!("DELETE FROM {table} WHERE user = ?1 AND project = ?2"),
+                params![user.as_str(), project],
+            )?;
+        }
+        transaction.commit()?;
         Ok(())
     }
 
@@ -536,6 +602,7 @@ fn session_from_row(row: &Row) -> rusqlite::Result<SessionRow> {
         grace_until: row.get("grace_until")?,
         keeper,
         slot: row.get("slot")?,
+        network: row.get("network")?,
     })
 }
 
@@ -631,6 +698,7 @@ pub(crate) mod tests {
             grace_until: None,
             keeper: None,
             slot: 0,
+            network: String::new(),
         }
     }
 
@@ -703,7 +771,7 @@ pub(crate) mod tests {
         state
             .connection
             .execute(
-                "INSERT INTO sessions VALUES ('../x', '', 'c', 's', 'i', 'grace-period', 60, 1, NULL, NULL, NULL, NULL, NULL, 0)",
+                "INSERT INTO sessions VALUES ('../x', '', 'c', 's', 'i', 'grace-period', 60, 1, NULL, NULL, NULL, NULL, NULL, 0, '')",
                 [],
             )
             .unwrap();
@@ -729,8 +797,8 @@ pub(crate) mod tests {
         let state = State::open(&temp.path()).unwrap();
         let mut alice = session("alice");
         alice.keeper = Some(process(7));
-        state.insert_session(&alice).unwrap();
-        state.insert_session(&session("bob")).unwrap();
+        state.insert_session(&alice, &[]).unwrap();
+        state.insert_session(&session("bob"), &[]).unwrap();
         assert_eq!(state.session(&alice.user, "").unwrap(), Some(alice.clone()));
         assert_eq!(state.sessions().unwrap().len(), 2);
 
@@ -769,7 +837,7 @@ pub(crate) mod tests {
     fn a_second_session_for_the_same_user_and_project_is_refused() {
         let temp = TempDb::new("unique");
         let state = State::open(&temp.path()).unwrap();
-        state.insert_session(&session("alice")).unwrap();
-        assert!(state.insert_session(&session("alice")).is_err());
+        state.insert_session(&session("alice"), &[]).unwrap();
+        assert!(state.insert_session(&session("alice"), &[]).is_err());
     }
 }

@@ -202,7 +202,7 @@ fn ensure_account(
     }
 }
 
-/// Two users whose uids share a network slot would get overlapping networks.
+/// Two users whose uids share a block of either pool would get overlapping networks.
 fn refuse_network_collision(
     config: &ServerConfig,
     store: &KeyStore,
@@ -210,18 +210,25 @@ fn refuse_network_collision(
     uid: u32,
 ) -> Result<(), Error> {
     let pool = config.network.pool;
+    let services_pool = config.network.services_pool;
     for other in store.users()? {
         if other == *user {
             continue;
         }
-        if let Some(other_uid) = accounts::uid_of(other.as_str())
-            && pool.collide(uid, other_uid)
-        {
-            return Err(Error::Refused(format!(
-                "{user} (uid {uid}) and {other} (uid {other_uid}) would share a network in \
-                     network.pool {pool}; give it a larger range"
-            )));
-        }
+        let Some(other_uid) = accounts::uid_of(other.as_str()) else {
+            continue;
+        };
+        let shared = if pool.collide(uid, other_uid) {
+            format!("network.pool {pool}")
+        } else if services_pool.collide(uid, other_uid) {
+            format!("network.services_pool {services_pool}")
+        } else {
+            continue;
+        };
+        return Err(Error::Refused(format!(
+            "{user} (uid {uid}) and {other} (uid {other_uid}) would share a network in \
+                 {shared}; give it a larger range"
+        )));
     }
     Ok(())
 }

@@ -152,13 +152,18 @@ fn authorized_lines(config: &ServerConfig, args: &AuthKeysArgs) -> String {
             return String::new();
         }
     };
-    // Forwarding may reach the user's own containers (one address per session slot)
-    // and nothing else.
+    // Forwarding may reach the user's own containers (one address per session slot,
+    // and on the private network of a session with services, its container's and
+    // its services') and nothing else.
     let forward_to: Vec<_> = match accounts::uid_of(user.as_str()) {
         Some(uid) => {
             let network = config.network.pool.for_user(user.as_str(), uid);
-            (0..config.session.max_per_user)
+            let slots = 0..config.session.max_per_user;
+            let services = &config.network.services_pool;
+            slots
+                .clone()
                 .map(|slot| network.address(slot))
+                .chain(slots.flat_map(|slot| services.addresses(uid, slot)))
                 .collect()
         }
         None => {

@@ -1,6 +1,7 @@
 //! `podspawn cleanup`: one pass that does what every keeper does (in case one is not
 //! running) and reconciles the state with the engine — rows whose container is gone
-//! are dropped, podspawn's containers with no row are removed. `--daemon` repeats it
+//! are dropped, missing services of running sessions are made again, podspawn's
+//! containers, networks and volumes that no row owns are removed. `--daemon` repeats it
 //! for systemd. Nothing depends on it: it only makes reclamation faster.
 
 use std::sync::Arc;
@@ -29,9 +30,10 @@ pub const COMMAND: Command = Command {
 const USAGE: &str = "\
 Usage: podspawn cleanup [--daemon [--interval DURATION]]
 
-One pass: destroys sessions whose grace period or max lifetime is over, drops
-sessions whose container is gone, and removes podspawn's containers that no
-session owns. Prints one summary line. Safe to run while users connect, and never
+One pass: destroys sessions whose grace period or max lifetime is over (with
+their services, network and volumes), drops sessions whose container is gone,
+makes a running session's missing services again, and removes podspawn's
+containers, networks and volumes that no session owns. Prints one summary line. Safe to run while users connect, and never
 needed for correctness: each session's keeper does the same for its own session.
 
 Options:
@@ -86,7 +88,7 @@ fn cleanup(config: &ServerConfig, args: &CleanupArgs) -> Result<(), Error> {
     privilege::require_admin("cleanup", config.state_dir())?;
     let mut sessions = super::sessions(config)?;
     let Some(interval) = args.daemon_interval else {
-        let sweep = pass(&mut sessions)?;
+        let sweep = pass(&mut sessions, config.services.persist_volumes)?;
         println!("cleanup pass complete: {}", summary(&sweep));
         return Ok(());
     };
@@ -97,7 +99,7 @@ fn cleanup(config: &ServerConfig, args: &CleanupArgs) -> Result<(), Error> {
     }
     log::info!("cleanup daemon started interval={}s", interval.as_secs());
     while !stop.load(Ordering::SeqCst) {
-        match pass(&mut sessions) {
+        match pass(&mut sessions, config.services.persist_volumes) {
             Ok(sweep) if sweep == Sweep::default() => {
                 log::debug!("cleanup pass complete: nothing to do")
             }
@@ -114,23 +116,32 @@ fn cleanup(config: &ServerConfig, args: &CleanupArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// Sessions first, then the networks of users who are no longer registered (a
-/// network is kept while its user is, so a login needs no extra docker call).
-fn pass(sessions: &mut Sessions<DockerEngine, SystemHost>) -> Result<Sweep, Error> {
+/// Sessions first (with their services), then the networks of users who are no
+/// longer registered (a network is kept while its user is, so a login needs no extra
+/// docker call) and of sessions that are gone, services' volumes nothing keeps, and
+/// replaced images.
+fn pass(
+    sessions: &mut Sessions<DockerEngine, SystemHost>,
+    keep_volumes: bool,
+) -> Result<Sweep, Error> {
     let mut sweep = sessions.cleanup()?;
     sweep.networks_removed = sessions.remove_unused_networks()?;
+    sweep.volumes_removed = sessions.remove_unused_volumes(keep_volumes)?;
     sweep.images_removed = sessions.remove_replaced_images()?;
     Ok(sweep)
 }
 
 fn summary(sweep: &Sweep) -> String {
     format!(
-        "grace_expired={} lifetime_expired={} orphans_removed={} rows_dropped={} networks_removed={} images_removed={}",
+        "grace_expired={} lifetime_expired={} orphans_removed={} rows_dropped={} \
+         services_restarted={} networks_removed={} volumes_removed={} images_removed={}",
         sweep.grace_expired,
         sweep.lifetime_expired,
         sweep.orphans_removed,
         sweep.rows_dropped,
+        sweep.services_restarted,
         sweep.networks_removed,
+        sweep.volumes_removed,
         sweep.images_removed
     )
 }

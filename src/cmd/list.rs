@@ -25,10 +25,13 @@ pub const COMMAND: Command = Command {
 const USAGE: &str = "\
 Usage: podspawn list [--projects] [--json]
 
-Shows every session: USER PROJECT CONTAINER STATUS CONNS AGE LIFETIME LEFT.
+Shows every session: USER PROJECT CONTAINER STATUS CONNS AGE LIFETIME LEFT, and
+SERVICES when a session has companion services (a service whose container is
+gone shows `(missing)`, one that stopped `(stopped)`; cleanup makes it again).
 CONNS counts live connections only. STATUS is running, grace_period (no
 connections; destroyed when the grace period ends), or missing/stopped when the
 engine no longer has the container (the next spawn or cleanup reconciles it).
+--json also gives each session's address and its services' (for ssh -L).
 
 With --projects, shows every project instead: NAME REPO BRANCH COMMIT IMAGE
 SESSIONS. A project declared in the config's `projects:` but not added yet shows
@@ -82,6 +85,20 @@ struct Line {
     age_secs: i64,
     #[serde(rename = "lifetime_left_seconds")]
     lifetime_left_secs: Option<i64>,
+    /// Where `ssh -L` reaches the container (none when its user has no account).
+    address: Option<String>,
+    services: Vec<ServiceLine>,
+}
+
+/// One of a session's companion services.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+struct ServiceLine {
+    name: String,
+    container: String,
+    image: String,
+    address: String,
+    ports: Vec<u16>,
+    status: &'static str,
 }
 
 /// One project of `list --projects`.
@@ -122,7 +139,21 @@ fn list(config: &ServerConfig, args: &ListArgs) -> Result<(), Error> {
         None => Vec::new(),
     };
     let now = crate::host::now_millis();
-    let lines: Vec<Line> = listed.iter().map(|listed| line(listed, now)).collect();
+    let lines: Vec<Line> = listed
+        .iter()
+        .map(|listed| {
+            let row = &listed.session;
+            let address = crate::accounts::uid_of(row.user.as_str()).map(|uid| {
+                crate::session::address_of(
+                    row,
+                    uid,
+                    &config.network.pool,
+                    &config.network.services_pool,
+                )
+            });
+            line(listed, now, address)
+        })
+        .collect();
     if args.json {
         println!("{}", to_json(&lines));
     } else {
@@ -199,7 +230,7 @@ fn projects_table(lines: &[ProjectLine]) -> String {
     table(&header, rows)
 }
 
-fn line(listed: &Listed, now: Millis) -> Line {
+fn line(listed: &Listed, now: Millis, address: Option<std::net::Ipv4Addr>) -> Line {
     let row = &listed.session;
     let status = match listed.running {
         Some(ContainerState::Missing) => "missing",
@@ -207,6 +238,22 @@ fn line(listed: &Listed, now: Millis) -> Line {
         _ if row.grace_until.is_some() => "grace_period",
         _ => "running",
     };
+    let services = listed
+        .services
+        .iter()
+        .map(|(service, running)| ServiceLine {
+            name: service.name.clone(),
+            container: service.container.clone(),
+            image: service.image.clone(),
+            address: service.address.to_string(),
+            ports: service.ports.clone(),
+            status: match running {
+                Some(ContainerState::Missing) => "missing",
+                Some(ContainerState::NotRunning) => "stopped",
+                _ => "running",
+            },
+        })
+        .collect();
     let seconds = |millis: Millis| millis.max(0) / 1000;
     Line {
         user: row.user.to_string(),
@@ -216,11 +263,14 @@ fn line(listed: &Listed, now: Millis) -> Line {
         connections: listed.live_connections,
         age_secs: seconds(now - row.created_at),
         lifetime_left_secs: row.expires_at.map(|end| seconds(end - now)),
+        address: address.map(|address| address.to_string()),
+        services,
     }
 }
 
+/// The tutorial's columns, and SERVICES when a session has any.
 fn to_table(lines: &[Line]) -> String {
-    let header = [
+    let mut header = vec![
         "USER",
         "PROJECT",
         "CONTAINER",
@@ -229,8 +279,20 @@ fn to_table(lines: &[Line]) -> String {
         "AGE",
         "LIFETIME LEFT",
     ];
+    let with_services = lines.iter().any(|line| !line.services.is_empty());
+    if with_services {
+        header.push("SERVICES");
+    }
     let rows = lines.iter().map(|line| {
-        vec![
+        let services: Vec<String> = line
+            .services
+            .iter()
+            .map(|service| match service.status {
+                "running" => service.name.clone(),
+                status => format!("{}({status})", service.name),
+            })
+            .collect();
+        let mut row = vec![
             line.user.clone(),
             if line.project.is_empty() {
                 "(default)".to_string()
@@ -243,7 +305,15 @@ fn to_table(lines: &[Line]) -> String {
             short_duration(line.age_secs),
             line.lifetime_left_secs
                 .map_or("-".to_string(), short_duration),
-        ]
+        ];
+        if with_services {
+            row.push(if services.is_empty() {
+                "-".to_string()
+            } else {
+                services.join(",")
+            });
+        }
+        row
     });
     table(&header, rows)
 }
@@ -317,6 +387,7 @@ mod tests {
             session: row,
             live_connections: connections,
             running,
+            services: Vec::new(),
         }
     }
 
@@ -324,7 +395,8 @@ mod tests {
     fn status_comes_from_the_engine_and_the_grace_period() {
         let row = session("sarah");
         let now = row.created_at + 600_000;
-        let status = |row: &SessionRow, running| line(&listed(row.clone(), 0, running), now).status;
+        let status =
+            |row: &SessionRow, running| line(&listed(row.clone(), 0, running), now, None).status;
         assert_eq!(status(&row, Some(ContainerState::Running)), "running");
         let waiting = SessionRow {
             grace_until: Some(now + 10_000),
@@ -343,7 +415,7 @@ mod tests {
     fn the_table_has_the_tutorial_columns() {
         let row = session("sarah");
         let now = row.created_at + 600_000;
-        let table = to_table(&[line(&listed(row, 1, None), now)]);
+        let table = to_table(&[line(&listed(row, 1, None), now, None)]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(
             lines[0],
@@ -363,10 +435,11 @@ mod tests {
             ..session("sarah")
         };
         let now = row.created_at + 5_000;
-        let json = serde_json::to_string(&[line(&listed(row, 2, None), now)]).unwrap();
+        let address = Some(std::net::Ipv4Addr::new(10, 214, 62, 146));
+        let json = serde_json::to_string(&[line(&listed(row, 2, None), now, address)]).unwrap();
         assert_eq!(
             json,
-            "[{\"user\":\"sarah\",\"project\":\"\",\"container\":\"podspawn-\\\"sa\\\\rah\\n\",\"status\":\"running\",\"connections\":2,\"age_seconds\":5,\"lifetime_left_seconds\":null}]"
+            "[{\"user\":\"sarah\",\"project\":\"\",\"container\":\"podspawn-\\\"sa\\\\rah\\n\",\"status\":\"running\",\"connections\":2,\"age_seconds\":5,\"lifetime_left_seconds\":null,\"address\":\"10.214.62.146\",\"services\":[]}]"
         );
     }
 

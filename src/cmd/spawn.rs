@@ -203,6 +203,20 @@ pub fn settings(config: &ServerConfig) -> Settings {
         mode: config.session.mode,
         pool: config.network.pool,
         max_per_user: config.session.max_per_user,
+        services: crate::session::ServiceSettings {
+            pool: config.network.services_pool,
+            limits: crate::container::ServiceLimits {
+                share: config.services.share.0,
+                capabilities: config
+                    .services
+                    .capabilities
+                    .iter()
+                    .map(|capability| capability.0.clone())
+                    .collect(),
+                persist_volumes: config.services.persist_volumes,
+            },
+            ready_timeout: config.services.ready_timeout.0,
+        },
     }
 }
 
@@ -323,6 +337,10 @@ fn connect(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
         workdir: environment
             .as_ref()
             .map(|environment| environment.workspace.clone()),
+        services: environment
+            .as_ref()
+            .map(|environment| environment.services.clone())
+            .unwrap_or_default(),
         on_start: environment.and_then(|environment| environment.on_start),
     };
     log::info!(

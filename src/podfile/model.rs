@@ -20,6 +20,7 @@ pub struct Podfile {
     pub packages: Vec<Package>,
     pub shell: Option<AbsolutePath>,
     pub env: BTreeMap<EnvName, EnvValue>,
+    #[serde(deserialize_with = "services")]
     pub services: Vec<Service>,
     /// Runs once, when the image is built, in the workspace.
     pub on_create: Option<Script>,
@@ -251,6 +252,41 @@ pub struct Service {
     pub command: Option<Command>,
 }
 
+/// A session's services: at most `MAX_SERVICES` (the addresses of its network),
+/// each name once (it is their DNS name there).
+fn services<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Service>, D::Error> {
+    let services = Vec::<Service>::deserialize(deserializer)?;
+    let max = crate::network::MAX_SERVICES;
+    if services.len() > max {
+        return Err(de::Error::custom(format!(
+            "{} services; a session may have at most {max}",
+            services.len()
+        )));
+    }
+    for (index, service) in services.iter().enumerate() {
+        if services[..index]
+            .iter()
+            .any(|earlier| earlier.name == service.name)
+        {
+            return Err(de::Error::custom(format!(
+                "the service name \"{}\" is used twice",
+                service.name.0
+            )));
+        }
+        if service.ports.len() > MAX_PORTS {
+            return Err(de::Error::custom(format!(
+                "service \"{}\" lists {} ports; at most {MAX_PORTS}",
+                service.name.0,
+                service.ports.len()
+            )));
+        }
+    }
+    Ok(services)
+}
+
+/// The most ports one service may declare.
+const MAX_PORTS: usize = 16;
+
 fn required_image<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     let text = String::deserialize(deserializer)?;
     crate::container::check_image(&text).map_err(de::Error::custom)?;
@@ -328,7 +364,7 @@ impl Volume {
             && name.starts_with(|c: char| c.is_ascii_alphanumeric())
             && name
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+                .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c));
         let target_ok = target.starts_with('/')
             && !target.contains([',', '\n', '\0'])
             && !target.split('/').any(|part| part == "..");
@@ -350,12 +386,90 @@ impl<'de> Deserialize<'de> for Volume {
     }
 }
 
-/// A service's command: a string for `sh -c`, or its argv.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-pub enum Command {
-    Shell(String),
-    Argv(Vec<String>),
+/// A service's command, replacing its image's `CMD` (its entrypoint stays, as with
+/// compose): an argv, or a string split into words as a shell would split it, with
+/// quotes and backslashes but no expansion (no shell runs it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command(pub Vec<String>);
+
+impl Command {
+    pub fn split(text: &str) -> Result<Vec<String>, String> {
+        let mut words = Vec::new();
+        let mut word: Option<String> = None;
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                c if c.is_whitespace() => {
+                    words.extend(word.take());
+                }
+                '\'' => {
+                    let current = word.get_or_insert_with(String::new);
+                    loop {
+                        match chars.next() {
+                            Some('\'') => break,
+                            Some(c) => current.push(c),
+                            None => return Err(format!("{text:?} leaves a ' open")),
+                        }
+                    }
+                }
+                '"' => {
+                    let current = word.get_or_insert_with(String::new);
+                    loop {
+                        match chars.next() {
+                            Some('"') => break,
+                            Some('\\') => match chars.next() {
+                                Some(c @ ('"' | '\\' | '$' | '`')) => current.push(c),
+                                Some(c) => {
+                                    current.push('\\');
+                                    current.push(c);
+                                }
+                                None => return Err(format!("{text:?} leaves a \" open")),
+                            },
+                            Some(c) => current.push(c),
+                            None => return Err(format!("{text:?} leaves a \" open")),
+                        }
+                    }
+                }
+                '\\' => match chars.next() {
+                    Some(c) => word.get_or_insert_with(String::new).push(c),
+                    None => return Err(format!("{text:?} ends in a lone \\")),
+                },
+                c => word.get_or_insert_with(String::new).push(c),
+            }
+        }
+        words.extend(word);
+        Ok(words)
+    }
+}
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Written;
+        impl<'de> Visitor<'de> for Written {
+            type Value = Vec<String>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a command line or a list of words")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Vec<String>, E> {
+                Command::split(text).map_err(E::custom)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+                let mut words = Vec::new();
+                while let Some(word) = seq.next_element::<String>()? {
+                    words.push(word);
+                }
+                Ok(words)
+            }
+        }
+        let argv = deserializer.deserialize_any(Written)?;
+        if argv.is_empty() {
+            return Err(de::Error::custom("an empty command"));
+        }
+        if argv.iter().any(|word| word.contains('\0')) {
+            return Err(de::Error::custom("a command may not hold a NUL byte"));
+        }
+        Ok(Command(argv))
+    }
 }
 
 /// A user's dotfiles: a git repo cloned into the home of each new container, and its
@@ -572,7 +686,14 @@ on_start: |
         assert_eq!(env, ["true", "/home/sarah", "3000"]);
         let service = &podfile.services[0];
         assert!(service.volumes[1].read_only);
-        assert!(matches!(service.command, Some(Command::Argv(ref argv)) if argv.len() == 3));
+        assert_eq!(
+            service.command,
+            Some(Command(vec![
+                "redis-server".into(),
+                "--save".into(),
+                "60 1".into()
+            ]))
+        );
         assert_eq!(parse_yaml("# nothing\n").unwrap(), Podfile::default());
     }
 
@@ -635,6 +756,36 @@ on_start: |
                 "host path",
             ),
             (
+                "services:\n  - name: db\n    image: pg\n    volumes: [a.b:/d]\n",
+                "services[0].volumes",
+                "not NAME:/path",
+            ),
+            (
+                "services:\n  - name: db\n    image: pg\n  - name: db\n    image: redis\n",
+                "services",
+                "used twice",
+            ),
+            (
+                "services:\n  - {name: a, image: x}\n  - {name: b, image: x}\n  - {name: c, image: x}\n  - {name: d, image: x}\n  - {name: e, image: x}\n",
+                "services",
+                "at most 4",
+            ),
+            (
+                "services:\n  - name: db\n    image: pg\n    command: \"postgres -c 'x\"\n",
+                "command",
+                "leaves a ' open",
+            ),
+            (
+                "services:\n  - name: db\n    image: pg\n    command: []\n",
+                "command",
+                "empty command",
+            ),
+            (
+                "services:\n  - name: db\n    image: \"--privileged\"\n",
+                "image",
+                "invalid image",
+            ),
+            (
                 "services:\n  - name: Db\n    image: pg\n",
                 "name",
                 "not a service name",
@@ -694,6 +845,32 @@ on_start: |
             "", "g", "Git", "-x", "git;ls", "git@", "a@b c", "x@$(y)", "pkg/sub",
         ] {
             assert!(Package::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_command_line_splits_as_a_shell_would_without_expanding() {
+        let split = |text: &str| Command::split(text).unwrap();
+        assert_eq!(
+            split("redis-server --appendonly yes"),
+            ["redis-server", "--appendonly", "yes"]
+        );
+        assert_eq!(
+            split(r#"postgres -c 'shared_buffers=64MB' -c "work_mem=4MB" a\ b $HOME"#),
+            [
+                "postgres",
+                "-c",
+                "shared_buffers=64MB",
+                "-c",
+                "work_mem=4MB",
+                "a b",
+                "$HOME"
+            ]
+        );
+        assert_eq!(split(r#"x "a\"b\n" '' "#), ["x", "a\"b\\n", ""]);
+        assert_eq!(split("  "), Vec::<String>::new());
+        for bad in ["a 'b", "a \"b", "a\\"] {
+            assert!(Command::split(bad).is_err(), "{bad:?}");
         }
     }
 }

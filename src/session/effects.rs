@@ -11,6 +11,7 @@ use crate::engine::{Effect, Engine, Probe};
 use super::plan::Reason;
 
 /// Proof that a change came through `Effects::apply`.
+#[derive(Clone, Copy)]
 pub struct Passed {
     _only_effects_makes_this: (),
 }
@@ -37,6 +38,25 @@ impl<E: Engine> Effects<E> {
             Err(err) => log::warn!("could not {effect} ({reason}): {err}"),
         }
         result
+    }
+
+    /// Makes several changes at once, for `reason`; each result in order.
+    pub(super) fn apply_all(
+        &mut self,
+        effects: &[Effect],
+        reason: Reason,
+    ) -> Vec<Result<(), DockerError>> {
+        let passed = Passed {
+            _only_effects_makes_this: (),
+        };
+        let results = self.engine.apply_all(effects, passed);
+        for (effect, result) in effects.iter().zip(&results) {
+            match result {
+                Ok(()) => log::info!("{effect} ({reason})"),
+                Err(err) => log::warn!("could not {effect} ({reason}): {err}"),
+            }
+        }
+        results
     }
 
     /// Builds a project's image, for `reason`; each line of the build to `output`.

@@ -21,6 +21,7 @@
 
 mod effects;
 mod plan;
+mod services;
 
 use std::fmt;
 use std::path::Path;
@@ -29,16 +30,17 @@ use std::time::Duration;
 pub use effects::{Effects, Passed};
 pub use plan::Reason;
 use plan::{AfterExec, AtRelease, ConnectPlan, Decision, Healing, NameHolder, Repair};
+pub use services::{ServiceFailure, ServiceSettings};
 
 use crate::config::SessionMode;
-use crate::container::{self, ContainerSpec, ExecSpec, Identity};
+use crate::container::{self, ContainerSpec, ExecSpec, Identity, Service, ServiceSpec};
 use crate::docker::{ContainerState, DockerError};
 use crate::engine::{Effect, Engine};
 use crate::exec::write_stderr;
 use crate::host::{Host, Millis};
 use crate::keys::UserName;
 use crate::lock::{LockError, Locks, UserLock};
-use crate::network::{Pool, UserNetwork};
+use crate::network::{Network, Pool};
 use crate::process::ProcessId;
 use crate::router::{Program, Routed};
 use crate::state::{SessionRow, State, StateError};
@@ -58,6 +60,8 @@ pub struct Settings {
     pub pool: Pool,
     /// How many sessions (containers) one user may have at once.
     pub max_per_user: u32,
+    /// How a session's companion services run.
+    pub services: ServiceSettings,
 }
 
 /// How a project's image is built when it is missing.
@@ -267,6 +271,15 @@ pub struct ConnectRequest {
     pub workdir: Option<String>,
     /// A project's `on_start`, run at the start of each interactive shell.
     pub on_start: Option<String>,
+    /// A project's companion services, made with a new container of the session.
+    pub services: Vec<Service>,
+}
+
+impl ConnectRequest {
+    /// An interactive shell: the only session whose terminal shows podspawn's lines.
+    fn interactive(&self) -> bool {
+        self.routed.tty && self.routed.program == Program::Shell
+    }
 }
 
 /// A recorded connection into a session.
@@ -275,6 +288,17 @@ struct Attached {
     connection: i64,
     /// The container was created for this connection.
     created: bool,
+    /// The session's services.
+    services: Vec<ServiceSpec>,
+    /// Services that could not be made with a container created for this connection.
+    failures: Vec<ServiceFailure>,
+}
+
+/// A session just made: its row, its services, and those that could not be made.
+struct Created {
+    session: SessionRow,
+    services: Vec<ServiceSpec>,
+    failures: Vec<ServiceFailure>,
 }
 
 /// What one cleanup pass did.
@@ -288,6 +312,10 @@ pub struct Sweep {
     pub networks_removed: usize,
     /// Images of projects that are no longer their project's image.
     pub images_removed: usize,
+    /// Services of running sessions that were gone or stopped, made again.
+    pub services_restarted: usize,
+    /// Volumes of services that nothing keeps any more.
+    pub volumes_removed: usize,
 }
 
 /// What a keeper does next.
@@ -299,12 +327,14 @@ pub enum Tick {
 }
 
 /// A session as `list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Listed {
     pub session: SessionRow,
     pub live_connections: usize,
     /// What the engine says of its container; `None` when the engine did not answer.
     pub running: Option<ContainerState>,
+    /// Its services, each with what the engine says of its container.
+    pub services: Vec<(ServiceSpec, Option<ContainerState>)>,
 }
 
 pub struct Sessions<E: Engine, H: Host> {
@@ -361,9 +391,9 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                 Err(SessionError::ImageMissing) if !built && request.build.is_some() => {
                     // Progress only on an interactive session's terminal, and never
                     // written by the holder of the project's lock itself.
-                    let interactive =
-                        request.routed.tty && request.routed.program == Program::Shell;
-                    let terminal = interactive.then(crate::exec::TerminalLines::start);
+                    let terminal = request
+                        .interactive()
+                        .then(crate::exec::TerminalLines::start);
                     let result = self.build_image(request, terminal.as_ref());
                     if let Some(terminal) = terminal {
                         terminal.finish(Duration::from_secs(1));
@@ -374,11 +404,23 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                 }
                 Err(err) => return Err(err),
             };
-            if request.routed.tty && request.routed.program == Program::Shell {
-                let address = settings
-                    .pool
-                    .for_user(request.user.name.as_str(), request.user.uid)
-                    .address(attached.session.slot);
+            // Outside the user's lock: a service that takes its time to answer keeps
+            // only this connection waiting.
+            if attached.created {
+                self.wait_for_services(
+                    &attached.services,
+                    &attached.failures,
+                    request.interactive(),
+                    settings.services.ready_timeout,
+                );
+            }
+            if request.interactive() {
+                let address = address_of(
+                    &attached.session,
+                    request.user.uid,
+                    &settings.pool,
+                    &settings.services.pool,
+                );
                 write_stderr(
                     format!(
                         "podspawn: your container is {} at {address}; ssh -L PORT:{address}:PORT reaches its ports\n",
@@ -386,6 +428,9 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                     )
                     .as_bytes(),
                 );
+                if let Some(line) = services::banner(&attached.services) {
+                    write_stderr(line.as_bytes());
+                }
             }
             let spec = self.exec_spec(request, &attached);
             let end = match self.effects.engine().exec(&spec) {
@@ -540,11 +585,13 @@ impl<E: Engine, H: Host> Sessions<E, H> {
     }
 
     fn exec_spec(&self, request: &ConnectRequest, attached: &Attached) -> ExecSpec {
-        let interactive = request.routed.tty && request.routed.program == Program::Shell;
         let mut argv = container::program_argv(
             &request.routed.program,
             &request.user.shell,
-            request.on_start.as_deref().filter(|_| interactive),
+            request
+                .on_start
+                .as_deref()
+                .filter(|_| request.interactive()),
         );
         if attached.created {
             argv = container::after_setup(argv);
@@ -583,25 +630,41 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             Some(session) => self.live_connections(session)?,
             None => 0,
         };
-        let (session, created) = match plan::plan_connect(existing.as_ref(), live, now) {
+        let (created, made) = match plan::plan_connect(existing.as_ref(), live, now) {
             ConnectPlan::Reattach => {
                 let session = existing.expect("reattach has a session");
                 if session.grace_until.is_some() {
                     self.state.set_grace_until(user, project, None)?;
                 }
                 self.ensure_keeper(&session)?;
-                (session, false)
+                // Only a terminal's banner names them.
+                let services = if request.interactive() && !session.network.is_empty() {
+                    self.state.services(user, project)?
+                } else {
+                    Vec::new()
+                };
+                let joined = Created {
+                    session,
+                    services,
+                    failures: Vec::new(),
+                };
+                (false, joined)
             }
             ConnectPlan::Replace(reason) => {
                 let old = existing.expect("replace has a session");
                 self.destroy(&old, reason)?;
-                (self.create(request, settings, old.slot, now)?, true)
+                (true, self.create(request, settings, old.slot, now)?)
             }
             ConnectPlan::Create => {
                 let slot = self.free_slot(user, project, settings.max_per_user)?;
-                (self.create(request, settings, slot, now)?, true)
+                (true, self.create(request, settings, slot, now)?)
             }
         };
+        let Created {
+            session,
+            services,
+            failures,
+        } = made;
         let program = match &request.routed.program {
             Program::Shell => "shell",
             Program::Sftp => "sftp",
@@ -614,6 +677,8 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             session,
             connection,
             created,
+            services,
+            failures,
         })
     }
 
@@ -647,15 +712,17 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         }
     }
 
-    /// Makes the session's container (repairing what is in the way), records it,
-    /// and starts its keeper.
+    /// Makes the session's container and its services side by side (repairing what is
+    /// in the way), records them, and starts its keeper. A service that cannot be made
+    /// does not stop the session: it is said (`ServiceFailure`), and `cleanup` tries
+    /// again.
     fn create(
         &mut self,
         request: &ConnectRequest,
         settings: &Settings,
         slot: u32,
         now: Millis,
-    ) -> Result<SessionRow, SessionError> {
+    ) -> Result<Created, SessionError> {
         let user = &request.user;
         let name = container::container_name(&user.name, &request.project);
         // One row per container name: a name another user's row holds is theirs,
@@ -669,6 +736,15 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             });
         }
         let persistent = settings.mode == SessionMode::Persistent;
+        // A session with services has a network of its own, where their names are
+        // theirs alone; any other is on its user's network.
+        let network = if request.services.is_empty() {
+            let mut network = settings.pool.for_user(user.name.as_str(), user.uid);
+            network.container = network.address(slot);
+            network
+        } else {
+            settings.services.pool.for_session(&name, user.uid, slot)
+        };
         let spec = ContainerSpec {
             name: name.clone(),
             image: request.image.clone(),
@@ -683,51 +759,32 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             } else {
                 settings.lifetime
             },
-            network: {
-                let mut network = settings.pool.for_user(user.name.as_str(), user.uid);
-                network.container = network.address(slot);
-                network
-            },
+            network,
             agent_dir: request.agent_dir.clone(),
         };
-        let mut repairs = 0;
-        loop {
-            let err = match self
-                .effects
-                .apply(Effect::CreateContainer(&spec), Reason::NewSession)
-            {
-                Ok(()) => break,
-                Err(err) => err,
-            };
-            match plan::repair(&err, repairs) {
-                // A project's image that is not there is built (see `connect`).
-                None if matches!(err, DockerError::ImageUnavailable { .. })
-                    && request.build.is_some() =>
-                {
-                    return Err(SessionError::ImageMissing);
-                }
-                None => return Err(err.into()),
-                Some(Repair::ClearName) => {
-                    let labels = self.effects.engine().labels(&name)?;
-                    match plan::name_holder(labels.as_ref(), &user.name, &request.project) {
-                        // podspawn's, with no row (the state was lost, or a crash came
-                        // between create and insert): it belongs to nobody now.
-                        NameHolder::Ours => self
-                            .effects
-                            .apply(Effect::RemoveContainer(&name), Reason::Orphan)?,
-                        NameHolder::Foreign => {
-                            return Err(SessionError::Foreign { container: name });
-                        }
-                        NameHolder::Gone => {}
-                    }
-                }
-                // add-user makes it; a first login after the engine lost it, or for a
-                // user added while the engine was down, makes it here.
-                Some(Repair::MakeNetwork) => {
-                    self.make_network(&spec.network, &user.name, settings.pool)?
-                }
-            }
-            repairs += 1;
+        let services: Vec<ServiceSpec> = request
+            .services
+            .iter()
+            .enumerate()
+            .map(|(index, service)| {
+                ServiceSpec::of(service, &spec, index, &settings.services.limits)
+            })
+            .collect();
+        if !services.is_empty() {
+            self.make_session_network(&spec)?;
+        }
+        let mut effects = vec![Effect::CreateContainer(&spec)];
+        effects.extend(services.iter().map(Effect::CreateService));
+        let mut results = self
+            .effects
+            .apply_all(&effects, Reason::NewSession)
+            .into_iter();
+        let first = results.next().expect("a result for each effect");
+        let made = self.finish_container(request, settings, &spec, first);
+        let failures = self.settle_services(&services, results.collect());
+        if let Err(err) = made {
+            self.undo(&spec, &services);
+            return Err(err);
         }
         let session = SessionRow {
             user: user.name.clone(),
@@ -742,26 +799,109 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             grace_until: None,
             keeper: None,
             slot,
+            network: if services.is_empty() {
+                String::new()
+            } else {
+                spec.network.name.clone()
+            },
         };
-        if let Err(err) = self.state.insert_session(&session) {
+        if let Err(err) = self.state.insert_session(&session, &services) {
             let _ = self
                 .effects
                 .apply(Effect::RemoveContainer(&name), Reason::Orphan);
+            self.undo(&spec, &services);
             return Err(err.into());
         }
         self.ensure_keeper(&session)?;
-        Ok(session)
+        Ok(Created {
+            session,
+            services,
+            failures,
+        })
+    }
+
+    /// The rest of a container's making, given how its first attempt went: what is
+    /// in the way is repaired (a name, a missing network) and it is tried again.
+    fn finish_container(
+        &mut self,
+        request: &ConnectRequest,
+        settings: &Settings,
+        spec: &ContainerSpec,
+        first: Result<(), DockerError>,
+    ) -> Result<(), SessionError> {
+        let user = &request.user;
+        let mut result = first;
+        let mut repairs = 0;
+        loop {
+            let err = match result {
+                Ok(()) => return Ok(()),
+                Err(err) => err,
+            };
+            match plan::repair(&err, repairs) {
+                // A project's image that is not there is built (see `connect`).
+                None if matches!(err, DockerError::ImageUnavailable { .. })
+                    && request.build.is_some() =>
+                {
+                    return Err(SessionError::ImageMissing);
+                }
+                None => return Err(err.into()),
+                Some(Repair::ClearName) => {
+                    let labels = self.effects.engine().labels(&spec.name)?;
+                    match plan::name_holder(labels.as_ref(), &user.name, &request.project) {
+                        // podspawn's, with no row (the state was lost, or a crash came
+                        // between create and insert): it belongs to nobody now.
+                        NameHolder::Ours => self
+                            .effects
+                            .apply(Effect::RemoveContainer(&spec.name), Reason::Orphan)?,
+                        NameHolder::Foreign => {
+                            return Err(SessionError::Foreign {
+                                container: spec.name.clone(),
+                            });
+                        }
+                        NameHolder::Gone => {}
+                    }
+                }
+                // add-user makes a user's network; a first login after the engine lost
+                // it, or for a user added while the engine was down, makes it here.
+                Some(Repair::MakeNetwork) if request.services.is_empty() => {
+                    self.make_network(&spec.network, &user.name, settings.pool)?
+                }
+                // The session's own network, made a moment ago, went meanwhile.
+                Some(Repair::MakeNetwork) => {
+                    let owner = services::owner_of(spec);
+                    let create = Effect::CreateNetwork {
+                        network: &spec.network,
+                        owner,
+                    };
+                    match self.effects.apply(create, Reason::NetworkMissing) {
+                        Ok(()) | Err(DockerError::NetworkExists { .. }) => {}
+                        Err(err) => return Err(err.into()),
+                    }
+                }
+            }
+            repairs += 1;
+            result = self
+                .effects
+                .apply(Effect::CreateContainer(spec), Reason::NewSession);
+        }
     }
 
     /// Makes a user's network; a stale network of podspawn's holding its subnet (its
     /// user gone, or moved to another slot) is removed first.
     fn make_network(
         &mut self,
-        network: &UserNetwork,
+        network: &Network,
         user: &UserName,
         pool: Pool,
     ) -> Result<(), SessionError> {
-        let create = Effect::CreateNetwork { network, user };
+        let create = Effect::CreateNetwork {
+            network,
+            owner: crate::docker::NetworkOwner {
+                user: user.as_str(),
+                project: "",
+                session: "",
+            },
+        };
         match self.effects.apply(create, Reason::NetworkMissing) {
             Err(DockerError::NetworkOverlap { .. }) => {}
             other => return Ok(other?),
@@ -900,9 +1040,11 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         Ok(false)
     }
 
+    /// Removes a session's container, its services, network and volumes, then its
+    /// rows; what will not go now stays recorded, for the next try.
     fn destroy(&mut self, session: &SessionRow, reason: Reason) -> Result<(), SessionError> {
-        self.effects
-            .apply(Effect::RemoveContainer(&session.container), reason)?;
+        let services = self.state.services(&session.user, &session.project)?;
+        self.remove_parts(&session.container, &session.network, &services, reason)?;
         self.state.delete_session(&session.user, &session.project)?;
         Ok(())
     }
@@ -951,6 +1093,9 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                 continue;
             };
             owned.insert(session.container.clone());
+            for service in self.state.services(&row.user, &row.project)? {
+                owned.insert(service.container);
+            }
             let listed = managed
                 .iter()
                 .find(|container| container.name == session.container);
@@ -967,7 +1112,9 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             }
             let live = self.live_connections(&session)?;
             let decision = plan::decide(&session, live, self.host.now());
-            self.carry_out(&session, decision)?;
+            if !self.carry_out(&session, decision)? {
+                sweep.services_restarted += self.reconcile_services(&session, &managed)?;
+            }
             match decision {
                 Decision::Destroy(Reason::GraceExpired | Reason::LastDisconnect) => {
                     sweep.grace_expired += 1
@@ -988,10 +1135,15 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                 None => None,
             };
             let has_row = match &owner {
-                Some(user) => self
+                Some(user) if container.service.is_empty() => self
                     .state
                     .session(user, &container.project)?
                     .is_some_and(|session| session.container == container.name),
+                Some(user) => self
+                    .state
+                    .services(user, &container.project)?
+                    .iter()
+                    .any(|service| service.container == container.name),
                 None => false,
             };
             if !has_row {
@@ -1057,7 +1209,8 @@ impl<E: Engine, H: Host> Sessions<E, H> {
     }
 
     /// After `cleanup`: the networks of users who are neither registered nor have a
-    /// session. A network that will not go now is logged and tried again next pass.
+    /// session, and sessions' private networks that no session has. A network that
+    /// will not go now is logged and tried again next pass.
     pub fn remove_unused_networks(&mut self) -> Result<usize, SessionError> {
         let with_sessions: Vec<UserName> = self
             .state
@@ -1087,7 +1240,7 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                 removed += 1;
             }
         }
-        Ok(removed)
+        Ok(removed + self.remove_unused_session_networks(&networks)?)
     }
 
     /// Builds a project's image (`add-project`, `update-project`, holding the
@@ -1104,6 +1257,17 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             return Ok(false);
         }
         self.effects.build(spec, reason, output)?;
+        Ok(true)
+    }
+
+    /// Makes sure the engine has `image` (a service's), pulling it within `timeout`
+    /// if not; true if it pulled.
+    pub fn ensure_image(&mut self, image: &str, timeout: Duration) -> Result<bool, SessionError> {
+        if self.effects.engine().has_image(image)? {
+            return Ok(false);
+        }
+        self.effects
+            .apply(Effect::PullImage { image, timeout }, Reason::ProjectChanged)?;
         Ok(true)
     }
 
@@ -1238,28 +1402,59 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                 }
             }
         };
+        let state_of = |name: &str| {
+            containers.as_ref().map(
+                |containers| match containers.iter().find(|c| c.name == name) {
+                    Some(container) if container.running => ContainerState::Running,
+                    Some(_) => ContainerState::NotRunning,
+                    None => ContainerState::Missing,
+                },
+            )
+        };
         let mut listed = Vec::new();
         for session in rows {
+            let services = self
+                .state
+                .services(&session.user, &session.project)?
+                .into_iter()
+                .map(|service| {
+                    let running = state_of(&service.container);
+                    (service, running)
+                })
+                .collect();
             let live_connections = self
                 .state
                 .connections(&session.user, &session.project)?
                 .iter()
                 .filter(|connection| self.host.is_alive(&connection.process))
                 .count();
-            let running = containers.as_ref().map(|containers| {
-                match containers.iter().find(|c| c.name == session.container) {
-                    Some(container) if container.running => ContainerState::Running,
-                    Some(_) => ContainerState::NotRunning,
-                    None => ContainerState::Missing,
-                }
-            });
+            let running = state_of(&session.container);
             listed.push(Listed {
                 session,
                 live_connections,
                 running,
+                services,
             });
         }
         Ok(listed)
+    }
+}
+
+/// The address of a session's container, for `ssh -L`: on its private network when it
+/// has one, else its slot's on its user's network.
+pub fn address_of(
+    session: &SessionRow,
+    uid: u32,
+    pool: &Pool,
+    services_pool: &crate::network::ServicesPool,
+) -> std::net::Ipv4Addr {
+    if session.network.is_empty() {
+        pool.for_user(session.user.as_str(), uid)
+            .address(session.slot)
+    } else {
+        services_pool
+            .for_session(&session.container, uid, session.slot)
+            .container
     }
 }
 
@@ -1268,9 +1463,14 @@ impl<E: Engine, H: Host> Sessions<E, H> {
 pub fn add_user_network<E: Engine>(
     effects: &mut Effects<E>,
     user: &UserName,
-    network: &UserNetwork,
+    network: &Network,
 ) -> Result<(), DockerError> {
-    effects.apply(Effect::CreateNetwork { network, user }, Reason::UserAdded)
+    let owner = crate::docker::NetworkOwner {
+        user: user.as_str(),
+        project: "",
+        session: "",
+    };
+    effects.apply(Effect::CreateNetwork { network, owner }, Reason::UserAdded)
 }
 
 /// A removed user's network (see `Sessions::remove_user`; this is for a host whose

@@ -7,11 +7,13 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use crate::config::SessionMode;
-use crate::docker::{ContainerState, DockerError, Labels, ManagedContainer, ManagedNetwork};
+use crate::docker::{
+    ContainerState, DockerError, Labels, ManagedContainer, ManagedNetwork, ManagedVolume,
+};
 use crate::engine::ExecEnd;
 use crate::host::Millis;
 use crate::keys::UserName;
-use crate::network::UserNetwork;
+use crate::network::Network;
 use crate::state::SessionRow;
 
 /// The longest a keeper sleeps between looks.
@@ -80,6 +82,10 @@ pub enum Reason {
     ProjectChanged,
     /// An admin removed a project.
     ProjectRemoved,
+    /// A session could not be made: what was made for it goes again.
+    Undone,
+    /// A running session's service was gone or stopped.
+    ServiceMissing,
 }
 
 impl fmt::Display for Reason {
@@ -99,6 +105,8 @@ impl fmt::Display for Reason {
             Reason::ImageMissing => "image missing",
             Reason::ProjectChanged => "project added or updated",
             Reason::ProjectRemoved => "project removed",
+            Reason::Undone => "its session could not be made",
+            Reason::ServiceMissing => "a service of a running session was gone or stopped",
         })
     }
 }
@@ -278,7 +286,7 @@ pub fn name_holder(labels: Option<&Labels>, user: &UserName, project: &str) -> N
 /// this very slot — two live users in one slot is a real collision.
 pub fn stale_networks<'a>(
     on_subnet: &'a [ManagedNetwork],
-    mine: &UserNetwork,
+    mine: &Network,
     owner_subnet: impl Fn(&str) -> Option<Ipv4Addr>,
 ) -> Result<Vec<&'a ManagedNetwork>, &'a ManagedNetwork> {
     let mut stale = Vec::new();
@@ -302,7 +310,7 @@ pub fn orphans<'a>(
         .collect()
 }
 
-/// podspawn's networks whose user is neither registered nor has a session (a
+/// podspawn's users' networks whose user is neither registered nor has a session (a
 /// registered user's is kept, so that their login needs no extra docker call).
 pub fn unused_networks<'a>(
     networks: &'a [ManagedNetwork],
@@ -312,10 +320,54 @@ pub fn unused_networks<'a>(
     networks
         .iter()
         .filter(|network| {
-            !is_registered(&network.user)
+            network.session.is_empty()
+                && !is_registered(&network.user)
                 && !with_sessions
                     .iter()
                     .any(|user| user.as_str() == network.user)
+        })
+        .collect()
+}
+
+/// Sessions' private networks that no session row names.
+pub fn unused_session_networks<'a>(
+    networks: &'a [ManagedNetwork],
+    rows: &[SessionRow],
+) -> Vec<&'a ManagedNetwork> {
+    networks
+        .iter()
+        .filter(|network| {
+            !network.session.is_empty() && !rows.iter().any(|row| row.network == network.name)
+        })
+        .collect()
+}
+
+/// Services' volumes that nothing keeps: a session's own whose session is gone (no
+/// row of its user and project has its session id); one kept across sessions whose
+/// user is not registered, whose project is not among `projects`, or when volumes
+/// are no longer kept (`keep`).
+pub fn unused_volumes<'a>(
+    volumes: &'a [ManagedVolume],
+    rows: &[SessionRow],
+    is_registered: impl Fn(&str) -> bool,
+    projects: &[String],
+    keep: bool,
+) -> Vec<&'a ManagedVolume> {
+    let in_use = |volume: &ManagedVolume| {
+        rows.iter().any(|row| {
+            row.user.as_str() == volume.user
+                && row.project == volume.project
+                && (volume.session.is_empty() || row.session_id == volume.session)
+        })
+    };
+    volumes
+        .iter()
+        .filter(|volume| {
+            if !volume.session.is_empty() {
+                return !in_use(volume);
+            }
+            let kept = keep && is_registered(&volume.user) && projects.contains(&volume.project);
+            !kept && !in_use(volume)
         })
         .collect()
 }
@@ -565,6 +617,8 @@ mod tests {
         let network = |name: &str, user: &str| ManagedNetwork {
             name: name.into(),
             user: user.into(),
+            project: String::new(),
+            session: String::new(),
         };
         let found = [
             network("podspawn-alice", "alice"),
@@ -594,6 +648,7 @@ mod tests {
             user: String::new(),
             project: String::new(),
             session: String::new(),
+            service: String::new(),
         };
         let managed = [container("podspawn-alice"), container("podspawn-bob")];
         let owned = ["podspawn-alice".to_string()].into();
@@ -606,13 +661,109 @@ mod tests {
         let network = |user: &str| ManagedNetwork {
             name: format!("podspawn-{user}"),
             user: user.into(),
+            project: String::new(),
+            session: String::new(),
         };
-        let networks = [network("alice"), network("bob"), network("carol")];
+        // A session's network is never taken for its user's.
+        let of_a_session = ManagedNetwork {
+            name: "podspawn-dave-api.net".into(),
+            session: "s1".into(),
+            ..network("dave")
+        };
+        let networks = [
+            network("alice"),
+            network("bob"),
+            network("carol"),
+            of_a_session,
+        ];
         let carol = UserName::parse("carol").unwrap();
         let unused: Vec<&str> = unused_networks(&networks, |user| user == "alice", &[carol])
             .iter()
             .map(|n| n.name.as_str())
             .collect();
         assert_eq!(unused, ["podspawn-bob"]);
+    }
+
+    #[test]
+    fn a_sessions_network_is_unused_once_no_row_names_it() {
+        let network = |name: &str, session: &str| ManagedNetwork {
+            name: name.into(),
+            user: "alice".into(),
+            project: "api".into(),
+            session: session.into(),
+        };
+        let networks = [
+            network("podspawn-alice", ""),
+            network("podspawn-alice-api.net", "s2"),
+            network("podspawn-alice-web.net", "s1"),
+        ];
+        let row = SessionRow {
+            project: "api".into(),
+            container: "podspawn-alice-api".into(),
+            network: "podspawn-alice-api.net".into(),
+            ..session("alice")
+        };
+        let unused: Vec<&str> = unused_session_networks(&networks, &[row])
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect();
+        assert_eq!(unused, ["podspawn-alice-web.net"]);
+    }
+
+    #[test]
+    fn a_volume_goes_with_its_session_and_a_kept_one_with_its_user_or_project() {
+        let volume = |name: &str, project: &str, session: &str| ManagedVolume {
+            name: name.into(),
+            user: "alice".into(),
+            project: project.into(),
+            session: session.into(),
+        };
+        let row = SessionRow {
+            project: "api".into(),
+            session_id: "s2".into(),
+            ..session("alice")
+        };
+        let volumes = [
+            // The running session's own, and an earlier session's.
+            volume("podspawn-alice-api.s2.data", "api", "s2"),
+            volume("podspawn-alice-api.s1.data", "api", "s1"),
+            // Kept: of a registered project, of a removed one.
+            volume("podspawn-alice-api.data", "api", ""),
+            volume("podspawn-alice-old.data", "old", ""),
+        ];
+        let projects = ["api".to_string()];
+        let names = |registered: bool, keep: bool| -> Vec<String> {
+            unused_volumes(
+                &volumes,
+                std::slice::from_ref(&row),
+                |_| registered,
+                &projects,
+                keep,
+            )
+            .iter()
+            .map(|v| v.name.clone())
+            .collect()
+        };
+        assert_eq!(
+            names(true, true),
+            ["podspawn-alice-api.s1.data", "podspawn-alice-old.data"]
+        );
+        // A user who is gone keeps nothing but what a session still uses.
+        let mut without_user = names(false, true);
+        without_user.sort();
+        assert_eq!(
+            without_user,
+            ["podspawn-alice-api.s1.data", "podspawn-alice-old.data"]
+        );
+        let no_row: Vec<String> = unused_volumes(&volumes, &[], |_| false, &projects, true)
+            .iter()
+            .map(|v| v.name.clone())
+            .collect();
+        assert_eq!(no_row.len(), 4);
+        // No longer kept: a kept volume no session uses goes.
+        assert_eq!(
+            unused_volumes(&volumes, &[], |_| true, &projects, false).len(),
+            4
+        );
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
-use crate::docker::{Labels, ManagedContainer, ManagedNetwork};
+use crate::docker::{Labels, ManagedContainer, ManagedNetwork, ManagedVolume};
 use crate::engine::{ExecEnd, Probe};
 use crate::state::tests::{TempDb, session};
 use plan::KEEPER_TICK;
@@ -37,6 +37,14 @@ struct FakeEngine {
     /// Images built (by tag).
     images: BTreeSet<String>,
     builds: usize,
+    /// Services made, by container name (running unless also in `stopped`).
+    services: BTreeMap<String, ServiceSpec>,
+    stopped: BTreeSet<String>,
+    /// Session networks' labels: name -> (user, project, session).
+    owners: BTreeMap<String, (String, String, String)>,
+    volumes: BTreeMap<String, ManagedVolume>,
+    /// Service images that cannot be had.
+    missing_images: BTreeSet<String>,
 }
 
 impl Engine for FakeEngine {
@@ -66,11 +74,47 @@ impl Engine for FakeEngine {
                 self.running
                     .insert(spec.name.clone(), spec.session_id.clone());
             }
+            Effect::CreateService(spec) => {
+                if self.missing_images.contains(&spec.image) {
+                    return Err(DockerError::ImageUnavailable {
+                        image: spec.image.clone(),
+                        stderr: "pull access denied".into(),
+                    });
+                }
+                if !self.networks.contains(&spec.network) {
+                    return Err(DockerError::NetworkMissing {
+                        network: spec.network.clone(),
+                    });
+                }
+                if self.services.contains_key(&spec.container) {
+                    return Err(DockerError::NameInUse {
+                        name: spec.container.clone(),
+                    });
+                }
+                for volume in &spec.volumes {
+                    self.volumes.insert(
+                        volume.name.clone(),
+                        ManagedVolume {
+                            name: volume.name.clone(),
+                            user: spec.user.clone(),
+                            project: spec.project.clone(),
+                            session: if volume.persistent {
+                                String::new()
+                            } else {
+                                spec.session_id.clone()
+                            },
+                        },
+                    );
+                }
+                self.services.insert(spec.container.clone(), spec.clone());
+            }
             Effect::RemoveContainer(name) => {
                 self.removes.push(name.to_string());
                 self.running.remove(name);
+                self.services.remove(name);
+                self.stopped.remove(name);
             }
-            Effect::CreateNetwork { network, user } => {
+            Effect::CreateNetwork { network, owner } => {
                 if let Some((name, _)) = self
                     .subnets
                     .iter()
@@ -82,13 +126,64 @@ impl Engine for FakeEngine {
                         stderr: String::new(),
                     });
                 }
-                self.subnets
-                    .insert(network.name.clone(), (network.cidr(), user.to_string()));
+                if !owner.session.is_empty() {
+                    if self.networks.contains(&network.name) {
+                        return Err(DockerError::NetworkExists {
+                            network: network.name.clone(),
+                        });
+                    }
+                    self.owners.insert(
+                        network.name.clone(),
+                        (
+                            owner.user.to_string(),
+                            owner.project.to_string(),
+                            owner.session.to_string(),
+                        ),
+                    );
+                }
+                self.subnets.insert(
+                    network.name.clone(),
+                    (network.cidr(), owner.user.to_string()),
+                );
                 self.networks.insert(network.name.clone());
             }
             Effect::RemoveNetwork(name) => {
+                // As docker: a network a container is still on stays.
+                if self
+                    .services
+                    .values()
+                    .any(|service| service.network == name)
+                {
+                    return Err(DockerError::Failed {
+                        argv: vec!["network".into(), "rm".into(), name.into()],
+                        status: "exit status: 1".into(),
+                        stderr: "network has active endpoints".into(),
+                    });
+                }
                 self.subnets.remove(name);
                 self.networks.remove(name);
+                self.owners.remove(name);
+            }
+            Effect::RemoveVolume(name) => {
+                if self
+                    .services
+                    .values()
+                    .any(|service| service.volumes.iter().any(|volume| volume.name == name))
+                {
+                    return Err(DockerError::VolumeInUse {
+                        volume: name.to_string(),
+                    });
+                }
+                self.volumes.remove(name);
+            }
+            Effect::PullImage { image, .. } => {
+                if self.missing_images.contains(image) {
+                    return Err(DockerError::ImageUnavailable {
+                        image: image.to_string(),
+                        stderr: "pull access denied".into(),
+                    });
+                }
+                self.images.insert(image.to_string());
             }
             Effect::RemoveImage(image) => {
                 self.images.remove(image);
@@ -98,7 +193,9 @@ impl Engine for FakeEngine {
     }
 
     fn state(&mut self, container: &str) -> Result<ContainerState, DockerError> {
-        Ok(if self.running.contains_key(container) {
+        Ok(if self.stopped.contains(container) {
+            ContainerState::NotRunning
+        } else if self.running.contains_key(container) || self.services.contains_key(container) {
             ContainerState::Running
         } else {
             ContainerState::Missing
@@ -112,6 +209,12 @@ impl Engine for FakeEngine {
                 user: String::new(),
                 project: String::new(),
             })
+        } else if let Some(service) = self.services.get(container) {
+            Some(Labels {
+                managed: true,
+                user: service.user.clone(),
+                project: service.project.clone(),
+            })
         } else {
             self.running.contains_key(container).then(|| Labels {
                 managed: true,
@@ -122,28 +225,33 @@ impl Engine for FakeEngine {
     }
 
     fn containers(&mut self) -> Result<Vec<ManagedContainer>, DockerError> {
-        Ok(self
-            .running
-            .iter()
-            .map(|(name, session)| ManagedContainer {
+        let sessions = self.running.iter().map(|(name, session)| {
+            // alice's default container, or one of her project's: what the
+            // tests name.
+            let rest = name.trim_start_matches("podspawn-");
+            let (user, project) = rest.split_once('-').unwrap_or((rest, ""));
+            ManagedContainer {
                 name: name.clone(),
                 running: true,
-                user: name.trim_start_matches("podspawn-").to_string(),
-                project: String::new(),
+                user: user.to_string(),
+                project: project.to_string(),
                 session: session.clone(),
-            })
-            .collect())
+                service: String::new(),
+            }
+        });
+        let services = self.services.values().map(|service| ManagedContainer {
+            name: service.container.clone(),
+            running: !self.stopped.contains(&service.container),
+            user: service.user.clone(),
+            project: service.project.clone(),
+            session: service.session_id.clone(),
+            service: service.name.clone(),
+        });
+        Ok(sessions.chain(services).collect())
     }
 
     fn networks(&mut self) -> Result<Vec<ManagedNetwork>, DockerError> {
-        Ok(self
-            .subnets
-            .iter()
-            .map(|(name, (_, user))| ManagedNetwork {
-                name: name.clone(),
-                user: user.clone(),
-            })
-            .collect())
+        Ok(self.subnets.keys().map(|name| self.network(name)).collect())
     }
 
     fn networks_on(&mut self, cidr: &str) -> Result<Vec<ManagedNetwork>, DockerError> {
@@ -151,11 +259,12 @@ impl Engine for FakeEngine {
             .subnets
             .iter()
             .filter(|(_, (subnet, _))| subnet == cidr)
-            .map(|(name, (_, user))| ManagedNetwork {
-                name: name.clone(),
-                user: user.clone(),
-            })
+            .map(|(name, _)| self.network(name))
             .collect())
+    }
+
+    fn volumes(&mut self) -> Result<Vec<ManagedVolume>, DockerError> {
+        Ok(self.volumes.values().cloned().collect())
     }
 
     fn version(&mut self) -> Result<String, DockerError> {
@@ -163,7 +272,13 @@ impl Engine for FakeEngine {
     }
 
     fn has_image(&mut self, image: &str) -> Result<bool, DockerError> {
-        Ok(!crate::image::is_project_image(image) || self.images.contains(image))
+        Ok(
+            if crate::image::is_project_image(image) || self.missing_images.contains(image) {
+                self.images.contains(image)
+            } else {
+                true
+            },
+        )
     }
 
     fn probe(&mut self, _: &str, _: &str, _: &[&str], _: Passed) -> Result<Probe, DockerError> {
@@ -215,6 +330,22 @@ impl Engine for FakeEngine {
     }
 }
 
+impl FakeEngine {
+    fn network(&self, name: &str) -> ManagedNetwork {
+        let (user, project, session) = self
+            .owners
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| (self.subnets[name].1.clone(), String::new(), String::new()));
+        ManagedNetwork {
+            name: name.to_string(),
+            user,
+            project,
+            session,
+        }
+    }
+}
+
 /// A host with a settable clock and processes that live until told otherwise.
 struct FakeHost {
     now: i64,
@@ -229,6 +360,9 @@ struct FakeHost {
     removed: BTreeSet<String>,
     /// Keepers woken, by pid.
     woken: std::cell::RefCell<Vec<i32>>,
+    /// Ports that never answer; every port asked about, in order.
+    silent_ports: BTreeSet<u16>,
+    asked_ports: std::cell::RefCell<Vec<std::net::SocketAddrV4>>,
 }
 
 impl Default for FakeHost {
@@ -243,6 +377,8 @@ impl Default for FakeHost {
             accounts: [("alice".to_string(), 1001)].into(),
             removed: BTreeSet::new(),
             woken: std::cell::RefCell::new(Vec::new()),
+            silent_ports: BTreeSet::new(),
+            asked_ports: std::cell::RefCell::new(Vec::new()),
         }
     }
 }
@@ -283,6 +419,10 @@ impl Host for FakeHost {
     fn wake(&self, keeper: &ProcessId) {
         self.woken.borrow_mut().push(keeper.pid);
     }
+    fn wait_for_port(&self, address: std::net::SocketAddrV4, _: Millis) -> bool {
+        self.asked_ports.borrow_mut().push(address);
+        !self.silent_ports.contains(&address.port())
+    }
 }
 
 struct Fixture {
@@ -308,6 +448,15 @@ fn fixture(mode: SessionMode) -> (Fixture, Settings) {
         mode,
         pool: Pool::default(),
         max_per_user: 3,
+        services: ServiceSettings {
+            pool: crate::network::ServicesPool::default(),
+            limits: crate::container::ServiceLimits {
+                share: 0.5,
+                capabilities: vec!["CHOWN".into(), "SETUID".into()],
+                persist_volumes: false,
+            },
+            ready_timeout: Duration::from_secs(30),
+        },
     };
     (Fixture { _db: db, sessions }, settings)
 }
@@ -332,6 +481,7 @@ fn request(program: Program) -> ConnectRequest {
         build: None,
         workdir: None,
         on_start: None,
+        services: Vec::new(),
     }
 }
 
@@ -618,7 +768,7 @@ fn cleanup_expires_what_no_keeper_expired_and_reconciles() {
     let mut carol = session("carol");
     carol.created_at = f.sessions.host.now;
     carol.expires_at = Some(carol.created_at + 100_000);
-    f.sessions.state.insert_session(&carol).unwrap();
+    f.sessions.state.insert_session(&carol, &[]).unwrap();
 
     let sweep = f.sessions.cleanup().unwrap();
     assert_eq!(
@@ -959,4 +1109,330 @@ fn cleanup_removes_images_no_project_has_and_leaves_a_building_projects_alone() 
     );
     drop(held);
     assert_eq!(f.sessions.remove_replaced_images().unwrap(), 1);
+}
+
+/// A companion service as a project's registration gives it.
+fn service(name: &str, image: &str, ports: &[u16]) -> Service {
+    Service {
+        name: name.into(),
+        image: image.into(),
+        ports: ports.to_vec(),
+        env: vec![("POSTGRES_PASSWORD".into(), "devpass".into())],
+        volumes: vec![crate::container::VolumeMount {
+            name: format!("{name}-data"),
+            target: "/var/lib/data".into(),
+            read_only: false,
+        }],
+        command: None,
+    }
+}
+
+/// alice's connection to project `project`, whose image exists, with `services`.
+fn with_services(f: &mut Fixture, project: &str, services: Vec<Service>) -> ConnectRequest {
+    let image = format!("podspawn/{project}:0123456789ab");
+    f.sessions.engine().images.insert(image.clone());
+    ConnectRequest {
+        services,
+        ..project_request(project, &image, None)
+    }
+}
+
+fn api_services() -> Vec<Service> {
+    vec![
+        service("postgres", "postgres:16", &[5432]),
+        service("cache", "redis:7", &[6379]),
+    ]
+}
+
+#[test]
+fn a_session_with_services_has_a_network_of_its_own_and_its_services_on_it() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    let api = with_services(&mut f, "api", api_services());
+    assert_eq!(f.sessions.connect(&api, &settings).unwrap(), 0);
+    let row = f.sessions.state.session(&alice(), "api").unwrap().unwrap();
+    assert_eq!(row.network, "podspawn-alice-api.net");
+    let engine = f.sessions.engine();
+    assert_eq!(
+        engine.owners["podspawn-alice-api.net"],
+        ("alice".into(), "api".into(), row.session_id.clone()),
+        "the network carries its session's labels"
+    );
+    // Slot 1 (0 is the default session's) of alice's (uid 1001) block of the
+    // services pool.
+    assert_eq!(
+        engine.subnets["podspawn-alice-api.net"].0,
+        "10.215.244.136/29"
+    );
+    let postgres = &engine.services["podspawn-alice-api.postgres"];
+    let cache = &engine.services["podspawn-alice-api.cache"];
+    assert_eq!(postgres.network, "podspawn-alice-api.net");
+    assert_eq!(postgres.address.to_string(), "10.215.244.139");
+    assert_eq!(cache.address.to_string(), "10.215.244.140");
+    // Half of the session's limits each (its 100 pids make 50, less than a service
+    // is ever given), and only the configured capabilities.
+    assert_eq!(
+        (postgres.cpus, postgres.memory_bytes, postgres.pids_limit),
+        (1.0, 1 << 29, 64)
+    );
+    assert_eq!(postgres.capabilities, ["CHOWN", "SETUID"]);
+    // Its volume is the session's own.
+    assert_eq!(
+        postgres.volumes[0].name,
+        format!("podspawn-alice-api.{}.postgres-data", row.session_id)
+    );
+    // The container and both services were asked for together, after the network.
+    let applied = &engine.applied;
+    let at = |prefix: &str| applied.iter().position(|a| a.starts_with(prefix)).unwrap();
+    assert!(at("create network podspawn-alice-api.net") < at("create container"));
+    assert_eq!(
+        at("create service podspawn-alice-api.postgres"),
+        at("create container") + 1
+    );
+    // Each declared port was waited for, on its service's address, before the exec.
+    let asked: Vec<String> = f
+        .sessions
+        .host
+        .asked_ports
+        .borrow()
+        .iter()
+        .map(|address| address.to_string())
+        .collect();
+    assert_eq!(asked, ["10.215.244.139:5432", "10.215.244.140:6379"]);
+    // A second connection reattaches: nothing made, nothing waited for.
+    f.sessions.connect(&api, &settings).unwrap();
+    assert_eq!(f.sessions.engine().services.len(), 2);
+    assert_eq!(f.sessions.host.asked_ports.borrow().len(), 2);
+    assert_eq!(f.sessions.state.services(&alice(), "api").unwrap().len(), 2);
+}
+
+#[test]
+fn a_session_without_services_is_made_as_it_always_was() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.connect(&settings);
+    let applied = f.sessions.engine().applied.clone();
+    assert!(
+        applied
+            .iter()
+            .all(|a| !a.contains(".net") && !a.contains("service")),
+        "{applied:?}"
+    );
+    assert_eq!(f.row().unwrap().network, "");
+}
+
+#[test]
+fn two_projects_of_one_user_have_services_of_the_same_name_apart() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    let api = with_services(&mut f, "api", api_services());
+    let web = with_services(&mut f, "web", api_services());
+    f.sessions.connect(&api, &settings).unwrap();
+    f.sessions.connect(&web, &settings).unwrap();
+    let engine = f.sessions.engine();
+    let api_pg = &engine.services["podspawn-alice-api.postgres"];
+    let web_pg = &engine.services["podspawn-alice-web.postgres"];
+    assert_ne!(api_pg.network, web_pg.network);
+    assert_ne!(api_pg.address, web_pg.address);
+    assert_ne!(
+        engine.subnets[&api_pg.network].0,
+        engine.subnets[&web_pg.network].0
+    );
+}
+
+#[test]
+fn the_end_of_a_session_takes_its_services_network_and_volumes() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    let api = with_services(&mut f, "api", api_services());
+    f.sessions.connect(&api, &settings).unwrap();
+    assert_eq!(f.sessions.engine().volumes.len(), 2);
+    let row = f.sessions.state.session(&alice(), "api").unwrap().unwrap();
+    f.sessions.host.now += 61_000;
+    let keeper = row.keeper.clone().unwrap();
+    let tick = f.sessions.keeper_tick(&alice(), "api", &keeper).unwrap();
+    assert_eq!(tick, Tick::Stop);
+    let engine = f.sessions.engine();
+    assert!(engine.running.is_empty());
+    assert!(engine.services.is_empty());
+    assert!(!engine.networks.contains("podspawn-alice-api.net"));
+    assert!(engine.volumes.is_empty());
+    assert!(
+        f.sessions
+            .state
+            .services(&alice(), "api")
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn kept_volumes_outlive_their_session_and_are_the_next_ones() {
+    let (mut f, mut settings) = fixture(SessionMode::GracePeriod);
+    settings.services.limits.persist_volumes = true;
+    let api = with_services(&mut f, "api", api_services());
+    f.sessions.connect(&api, &settings).unwrap();
+    let row = f.sessions.state.session(&alice(), "api").unwrap().unwrap();
+    f.sessions.host.now += 61_000;
+    f.sessions
+        .keeper_tick(&alice(), "api", &row.keeper.unwrap())
+        .unwrap();
+    assert_eq!(
+        f.sessions.engine().volumes.keys().collect::<Vec<_>>(),
+        [
+            "podspawn-alice-api.cache-data",
+            "podspawn-alice-api.postgres-data"
+        ]
+    );
+    f.sessions.connect(&api, &settings).unwrap();
+    let postgres = &f.sessions.engine().services["podspawn-alice-api.postgres"];
+    assert_eq!(postgres.volumes[0].name, "podspawn-alice-api.postgres-data");
+}
+
+#[test]
+fn a_service_that_cannot_start_or_answer_does_not_stop_the_session() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.sessions.engine().missing_images.insert("redis:7".into());
+    f.sessions.host.silent_ports.insert(5432);
+    let api = with_services(&mut f, "api", api_services());
+    assert_eq!(f.sessions.connect(&api, &settings).unwrap(), 0);
+    assert_eq!(f.sessions.engine().execs.len(), 1, "the command ran");
+    assert_eq!(f.sessions.engine().services.len(), 1);
+    // The failed one stays recorded: cleanup makes it once its image is there.
+    assert_eq!(f.sessions.state.services(&alice(), "api").unwrap().len(), 2);
+    f.sessions.engine().missing_images.clear();
+    let sweep = f.sessions.cleanup().unwrap();
+    assert_eq!(sweep.services_restarted, 1);
+    assert_eq!(f.sessions.engine().services.len(), 2);
+}
+
+#[test]
+fn cleanup_makes_a_gone_or_stopped_service_again() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    let api = with_services(&mut f, "api", api_services());
+    f.sessions.connect(&api, &settings).unwrap();
+    // An open connection keeps the session from its grace period's end.
+    let row = f.sessions.state.session(&alice(), "api").unwrap().unwrap();
+    f.sessions
+        .state
+        .add_connection(&row, &pid(77), NOW, "shell")
+        .unwrap();
+    let engine = f.sessions.engine();
+    engine.services.remove("podspawn-alice-api.cache");
+    engine.stopped.insert("podspawn-alice-api.postgres".into());
+    let sweep = f.sessions.cleanup().unwrap();
+    assert_eq!(sweep.services_restarted, 2);
+    assert_eq!(sweep.orphans_removed, 0);
+    let engine = f.sessions.engine();
+    assert_eq!(engine.services.len(), 2);
+    assert!(engine.stopped.is_empty());
+    // A second pass finds nothing to do.
+    assert_eq!(f.sessions.cleanup().unwrap().services_restarted, 0);
+}
+
+#[test]
+fn what_a_crash_left_of_a_session_is_cleared_by_cleanup_or_the_next_session() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    let api = with_services(&mut f, "api", api_services());
+    f.sessions.connect(&api, &settings).unwrap();
+    // The state forgets the session, as if spawn died between making it and
+    // recording it: everything in the engine is left over.
+    f.sessions.state.delete_session(&alice(), "api").unwrap();
+    let sweep = f.sessions.cleanup().unwrap();
+    assert_eq!(sweep.orphans_removed, 3, "the container and both services");
+    assert_eq!(f.sessions.remove_unused_networks().unwrap(), 1);
+    assert_eq!(f.sessions.remove_unused_volumes(false).unwrap(), 2);
+    let engine = f.sessions.engine();
+    assert!(engine.services.is_empty() && engine.running.is_empty());
+    assert!(!engine.networks.contains("podspawn-alice-api.net"));
+    assert!(engine.volumes.is_empty());
+
+    // Again, and this time the next connection finds the leftovers first.
+    f.sessions.connect(&api, &settings).unwrap();
+    let old = f.sessions.state.session(&alice(), "api").unwrap().unwrap();
+    f.sessions.state.delete_session(&alice(), "api").unwrap();
+    f.sessions.connect(&api, &settings).unwrap();
+    let new = f.sessions.state.session(&alice(), "api").unwrap().unwrap();
+    assert_ne!(new.session_id, old.session_id);
+    let engine = f.sessions.engine();
+    assert_eq!(engine.services.len(), 2);
+    assert!(
+        engine
+            .services
+            .values()
+            .all(|service| service.session_id == new.session_id)
+    );
+    assert_eq!(engine.owners["podspawn-alice-api.net"].2, new.session_id);
+}
+
+#[test]
+fn a_session_that_cannot_be_made_leaves_none_of_its_services() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    register(&f, "api", "podspawn/api:0123456789ab");
+    // The image is missing and builds: what was made before the build goes, and
+    // the session is made once, after it.
+    let api = ConnectRequest {
+        services: api_services(),
+        ..project_request("api", "podspawn/api:0123456789ab", Some(image_build("api")))
+    };
+    assert_eq!(f.sessions.connect(&api, &settings).unwrap(), 0);
+    let engine = f.sessions.engine();
+    assert_eq!(engine.builds, 1);
+    assert_eq!(engine.services.len(), 2);
+    let undone = engine
+        .applied
+        .iter()
+        .filter(|a| a.starts_with("remove container podspawn-alice-api."))
+        .count();
+    assert_eq!(undone, 2, "{:?}", engine.applied);
+    // A scratch session whose image cannot be had leaves nothing behind.
+    let lost = ConnectRequest {
+        services: api_services(),
+        ..project_request("lost", "podspawn/gone:000000000000", None)
+    };
+    assert!(f.sessions.connect(&lost, &settings).is_err());
+    let engine = f.sessions.engine();
+    assert!(!engine.networks.contains("podspawn-alice-lost.net"));
+    assert!(
+        !engine
+            .services
+            .keys()
+            .any(|name| name.starts_with("podspawn-alice-lost"))
+    );
+    assert!(!engine.volumes.keys().any(|name| name.contains("lost")));
+}
+
+#[test]
+fn removing_a_user_takes_their_sessions_services_too() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    let api = with_services(&mut f, "api", api_services());
+    f.sessions.connect(&api, &settings).unwrap();
+    let lock = f.sessions.lock(&alice()).unwrap();
+    let (destroyed, network) = f.sessions.remove_user(&lock).unwrap();
+    assert_eq!(destroyed, 1);
+    assert!(network.is_ok());
+    let engine = f.sessions.engine();
+    assert!(engine.services.is_empty());
+    assert!(engine.networks.is_empty());
+    assert!(engine.volumes.is_empty());
+}
+
+#[test]
+fn the_overview_shows_each_sessions_services() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    let api = with_services(&mut f, "api", api_services());
+    f.sessions.connect(&api, &settings).unwrap();
+    f.sessions
+        .engine()
+        .services
+        .remove("podspawn-alice-api.cache");
+    let listed = f.sessions.overview().unwrap();
+    let states: Vec<(String, Option<ContainerState>)> = listed[0]
+        .services
+        .iter()
+        .map(|(service, state)| (service.name.clone(), *state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("postgres".to_string(), Some(ContainerState::Running)),
+            ("cache".to_string(), Some(ContainerState::Missing)),
+        ]
+    );
 }

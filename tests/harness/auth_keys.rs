@@ -45,7 +45,10 @@ fn a_registered_user_gets_one_forced_command_line_per_key() {
 fn forwarding_is_allowed_only_to_the_users_own_containers() {
     // `nobody` (uid 65534) has an account on every machine: slot 65534 % 4096 = 4094
     // of 10.214.0.0/16 is 10.214.255.224/28, the containers .226 to .230 (one per
-    // session the user may hold, `session.max_per_user` = 5).
+    // session the user may hold, `session.max_per_user` = 5); block 65534 % 512 = 510
+    // of 10.215.0.0/16 is 10.215.255.0/25, a /29 per session slot for the private
+    // networks of sessions with services: the container's .2 and the services' .3
+    // to .6 of each.
     let env = TestEnv::new();
     // add-user makes the network of a user with an account.
     env.scenario(&[crate::support::Rule::docker(&["network", "create", "**"])]);
@@ -57,9 +60,14 @@ fn forwarding_is_allowed_only_to_the_users_own_containers() {
             "command=\"{} --config {} spawn --user nobody\",restrict,pty,agent-forwarding,\
              port-forwarding,X11-forwarding,permitopen=\"10.214.255.226:*\",\
              permitopen=\"10.214.255.227:*\",permitopen=\"10.214.255.228:*\",\
-             permitopen=\"10.214.255.229:*\",permitopen=\"10.214.255.230:*\" {ED25519}\n",
+             permitopen=\"10.214.255.229:*\",permitopen=\"10.214.255.230:*\",{services} {ED25519}\n",
             exe.display(),
-            env.config_path().display()
+            env.config_path().display(),
+            services = (0..5)
+                .flat_map(|slot| (2..=6).map(move |last| 8 * slot + last))
+                .map(|last| format!("permitopen=\"10.215.255.{last}:*\""))
+                .collect::<Vec<_>>()
+                .join(",")
         ));
     // The pool is the config's.
     let config = fs::read_to_string(env.config_path()).unwrap();
@@ -70,9 +78,13 @@ fn forwarding_is_allowed_only_to_the_users_own_containers() {
         .podspawn(&["auth-keys", "nobody"])
         .assert_success()
         .stdout();
-    assert_eq!(stdout.matches("permitopen=").count(), 1, "{stdout}");
+    assert_eq!(stdout.matches("permitopen=").count(), 1 + 5, "{stdout}");
     assert!(
-        stdout.contains(",permitopen=\"172.30.15.226:*\" "),
+        stdout.contains(",permitopen=\"172.30.15.226:*\","),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(",permitopen=\"10.215.255.6:*\" "),
         "{stdout}"
     );
 }

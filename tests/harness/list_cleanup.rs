@@ -17,7 +17,7 @@ fn env_with(session: &str) -> (TestEnv, SpawnUser) {
 fn ps(containers: &[(&str, &str, &str, &str)]) -> Rule {
     let lines: String = containers
         .iter()
-        .map(|(name, state, user, session)| format!("{name}\t{state}\t{user}\t\t{session}\n"))
+        .map(|(name, state, user, session)| format!("{name}\t{state}\t{user}\t\t{session}\t\n"))
         .collect();
     Rule::docker(&[
         "ps",
@@ -54,7 +54,8 @@ fn list_counts_live_connections_only() {
     env.scenario(&[
         Rule::docker(&["run", "**"]),
         Rule::docker(&["exec", "**"]).wait_for_stdin(),
-        Rule::docker(&["ps", "**"]).stdout(&format!("{container}\trunning\t{}\t\tx\n", user.name)),
+        Rule::docker(&["ps", "**"])
+            .stdout(&format!("{container}\trunning\t{}\t\tx\t\n", user.name)),
         Rule::docker(&["rm", "**"]),
     ]);
     let running = env
@@ -129,6 +130,7 @@ fn cleanup_removes_orphans_and_drops_rows_without_containers() {
             .exit(1),
         Rule::docker(&["rm", "--force", "**"]),
         Rule::docker(&["network", "ls", "**"]),
+        Rule::docker(&["volume", "ls", "**"]),
         // The image of a project that is no longer registered goes too.
         Rule::docker(&["image", "ls", "**"]).stdout("podspawn/gone:0123456789ab\tsha256:abc\n"),
         Rule::docker(&["image", "rm", "podspawn/gone:0123456789ab"]),
@@ -139,7 +141,7 @@ fn cleanup_removes_orphans_and_drops_rows_without_containers() {
         .assert_success();
     env.podspawn(&["cleanup"])
         .assert_success()
-        .assert_stdout("cleanup pass complete: grace_expired=0 lifetime_expired=0 orphans_removed=1 rows_dropped=1 networks_removed=0 images_removed=1\n");
+        .assert_stdout("cleanup pass complete: grace_expired=0 lifetime_expired=0 orphans_removed=1 rows_dropped=1 services_restarted=0 networks_removed=0 volumes_removed=0 images_removed=1\n");
     assert_eq!(
         env.removed_containers(),
         [
@@ -159,9 +161,11 @@ fn cleanup_expires_sessions_whose_keeper_is_gone() {
     env.scenario(&[
         Rule::docker(&["run", "**"]),
         Rule::docker(&["exec", "**"]),
-        Rule::docker(&["ps", "**"]).stdout(&format!("{container}\trunning\t{}\t\tx\n", user.name)),
+        Rule::docker(&["ps", "**"])
+            .stdout(&format!("{container}\trunning\t{}\t\tx\t\n", user.name)),
         Rule::docker(&["rm", "--force", "**"]),
         Rule::docker(&["network", "ls", "**"]),
+        Rule::docker(&["volume", "ls", "**"]),
         Rule::docker(&["image", "ls", "**"]),
     ]);
     // A keeper that died (an OOM kill, say): cleanup must do its job.
@@ -178,7 +182,7 @@ fn cleanup_expires_sessions_whose_keeper_is_gone() {
     );
     env.podspawn(&["cleanup"])
         .assert_success()
-        .assert_stdout("cleanup pass complete: grace_expired=1 lifetime_expired=0 orphans_removed=0 rows_dropped=0 networks_removed=0 images_removed=0\n");
+        .assert_stdout("cleanup pass complete: grace_expired=1 lifetime_expired=0 orphans_removed=0 rows_dropped=0 services_restarted=0 networks_removed=0 volumes_removed=0 images_removed=0\n");
 }
 
 /// Kills the keepers started for this tree (found by the config on their command line).
@@ -206,9 +210,10 @@ fn cleanup_daemon_repeats_until_sigterm() {
         ps(&[]),
         // A network of a user who is not registered (any more) goes too.
         Rule::docker(&["network", "ls", "**"])
-            .stdout("podspawn-ghost\tghost\n")
+            .stdout("podspawn-ghost\tghost\t\t\n")
             .times(1),
         Rule::docker(&["network", "ls", "**"]),
+        Rule::docker(&["volume", "ls", "**"]),
         Rule::docker(&["image", "ls", "**"]),
         Rule::docker(&["network", "rm", "podspawn-ghost"]),
         Rule::docker(&["rm", "**"]),

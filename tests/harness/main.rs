@@ -15,4 +15,5 @@ mod list_cleanup;
 mod real_engine;
 mod remove_user;
 mod server_setup;
+mod services;
 mod spawn;

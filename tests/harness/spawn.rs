@@ -428,7 +428,12 @@ fn after_grace_the_container_is_destroyed_and_the_next_login_gets_a_new_one() {
         .unwrap();
     assert_eq!(
         rm.argv,
-        ["rm", "--force", &format!("podspawn-{}", user.name)]
+        [
+            "rm",
+            "--force",
+            "--volumes",
+            &format!("podspawn-{}", user.name)
+        ]
     );
     env.spawn(&user)
         .var("SSH_ORIGINAL_COMMAND", "true")

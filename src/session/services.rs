@@ -1,0 +1,412 @@
+//! A session's companion services: containers of the session, made side by side with
+//! its container on the session's private network (where their names are theirs
+//! alone), waited for before its first program (within `ready_timeout`), made again
+//! by `cleanup` when one is gone, and destroyed with the session — network and
+//! volumes included. Nothing of a service outlives its session, unless the admin
+//! keeps volumes (`services.persist_volumes`).
+//!
+//! A service that cannot be made or does not answer never stops the session: it is
+//! said on an interactive terminal and in the log.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use super::plan::{self, NameHolder, Reason};
+use super::{SessionError, Sessions};
+use crate::container::{ContainerSpec, ServiceLimits, ServiceSpec};
+use crate::docker::{ContainerState, DockerError, ManagedContainer, ManagedNetwork, NetworkOwner};
+use crate::engine::{Effect, Engine};
+use crate::exec::write_stderr;
+use crate::host::Host;
+use crate::keys::UserName;
+use crate::network::ServicesPool;
+use crate::state::SessionRow;
+
+/// How a session's services run, from the server config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSettings {
+    pub pool: ServicesPool,
+    pub limits: ServiceLimits,
+    /// How long a new session's first connection waits for its services' ports.
+    pub ready_timeout: Duration,
+}
+
+/// A service a new session could not make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceFailure {
+    pub name: String,
+    pub image: String,
+    /// The one line its user may see.
+    pub message: String,
+}
+
+/// A session's network belongs to the session: its labels say whose.
+pub fn owner_of(spec: &ContainerSpec) -> NetworkOwner<'_> {
+    NetworkOwner {
+        user: spec.user.name.as_str(),
+        project: &spec.project,
+        session: &spec.session_id,
+    }
+}
+
+/// The banner's line that says where each service is, for `ssh -L`.
+pub fn banner(services: &[ServiceSpec]) -> Option<String> {
+    if services.is_empty() {
+        return None;
+    }
+    let each: Vec<String> = services
+        .iter()
+        .map(|service| match service.ports.as_slice() {
+            [] => format!("{} at {}", service.name, service.address),
+            ports => {
+                let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+                format!(
+                    "{} at {}:{}",
+                    service.name,
+                    service.address,
+                    ports.join(",")
+                )
+            }
+        })
+        .collect();
+    Some(format!(
+        "podspawn: services {} (ssh -L PORT:ADDRESS:PORT reaches them)\n",
+        each.join(", ")
+    ))
+}
+
+impl<E: Engine, H: Host> Sessions<E, H> {
+    /// Under the user's lock, with no row for the session yet: its private network.
+    /// One of that name is an earlier session's, left by a crash, and so is whatever
+    /// of podspawn's still carries this user's and project's labels: they go first. A
+    /// network of this user's on the same subnet that no session has is stale too.
+    pub(super) fn make_session_network(
+        &mut self,
+        spec: &ContainerSpec,
+    ) -> Result<(), SessionError> {
+        let create = Effect::CreateNetwork {
+            network: &spec.network,
+            owner: owner_of(spec),
+        };
+        match self.effects.apply(create, Reason::NewSession) {
+            Ok(()) => return Ok(()),
+            Err(DockerError::NetworkExists { network }) => {
+                self.clear_leftovers(&spec.user.name, &spec.project)?;
+                self.effects
+                    .apply(Effect::RemoveNetwork(&network), Reason::Orphan)?;
+            }
+            Err(DockerError::NetworkOverlap { network, stderr }) => {
+                let rows = self.state.sessions()?;
+                let on_subnet = self.effects.engine().networks_on(&spec.network.cidr())?;
+                let user = spec.user.name.as_str();
+                for old in &on_subnet {
+                    let stale = old.user == user
+                        && !old.session.is_empty()
+                        && !rows.iter().any(|row| row.network == old.name);
+                    if !stale {
+                        return Err(DockerError::NetworkOverlap {
+                            network,
+                            stderr: format!("{stderr} ({} has that subnet)", old.name),
+                        }
+                        .into());
+                    }
+                    let project = old.project.clone();
+                    self.clear_leftovers(&spec.user.name, &project)?;
+                    self.effects
+                        .apply(Effect::RemoveNetwork(&old.name), Reason::StaleNetwork)?;
+                }
+            }
+            Err(err) => return Err(err.into()),
+        }
+        Ok(self.effects.apply(create, Reason::NewSession)?)
+    }
+
+    /// Under the user's lock, for a (user, project) that has no row: every container
+    /// podspawn made for it is an earlier session's, and goes.
+    fn clear_leftovers(&mut self, user: &UserName, project: &str) -> Result<(), SessionError> {
+        if self.state.session(user, project)?.is_some() {
+            return Ok(());
+        }
+        let leftovers: Vec<String> = self
+            .effects
+            .engine()
+            .containers()?
+            .into_iter()
+            .filter(|container| container.user == user.as_str() && container.project == project)
+            .map(|container| container.name)
+            .collect();
+        for name in leftovers {
+            self.effects
+                .apply(Effect::RemoveContainer(&name), Reason::Orphan)?;
+        }
+        Ok(())
+    }
+
+    /// After the first attempt at a new session's services: one whose name is held by
+    /// a container of podspawn's that no row owns gets it back; what still fails is
+    /// said, and the session goes on without it.
+    pub(super) fn settle_services(
+        &mut self,
+        services: &[ServiceSpec],
+        results: Vec<Result<(), DockerError>>,
+    ) -> Vec<ServiceFailure> {
+        let mut failures = Vec::new();
+        for (service, result) in services.iter().zip(results) {
+            let result = match result {
+                Err(DockerError::NameInUse { .. }) => self.clear_service_name(service),
+                other => other.map_err(SessionError::from),
+            };
+            if let Err(err) = result {
+                log::warn!(
+                    "service {} of {} could not start: {err}",
+                    service.name,
+                    service.container
+                );
+                failures.push(ServiceFailure {
+                    name: service.name.clone(),
+                    image: service.image.clone(),
+                    message: err.user_message(),
+                });
+            }
+        }
+        failures
+    }
+
+    fn clear_service_name(&mut self, service: &ServiceSpec) -> Result<(), SessionError> {
+        let user = UserName::parse(&service.user).map_err(|_| SessionError::Foreign {
+            container: service.container.clone(),
+        })?;
+        let labels = self.effects.engine().labels(&service.container)?;
+        match plan::name_holder(labels.as_ref(), &user, &service.project) {
+            NameHolder::Ours => self
+                .effects
+                .apply(Effect::RemoveContainer(&service.container), Reason::Orphan)?,
+            NameHolder::Foreign => {
+                return Err(SessionError::Foreign {
+                    container: service.container.clone(),
+                });
+            }
+            NameHolder::Gone => {}
+        }
+        Ok(self
+            .effects
+            .apply(Effect::CreateService(service), Reason::NewSession)?)
+    }
+
+    /// A session that could not be made: its services, network and volumes go
+    /// again. What will not go is logged; `cleanup` finds it (no row owns it).
+    pub(super) fn undo(&mut self, spec: &ContainerSpec, services: &[ServiceSpec]) {
+        if services.is_empty() {
+            return;
+        }
+        if let Err(err) = self.remove_parts("", &spec.network.name, services, Reason::Undone) {
+            log::warn!("undoing {}: {err}", spec.name);
+        }
+    }
+
+    /// Removes a session's container (if named) and services side by side, then its
+    /// network (if named), then its own volumes. A session without services is one
+    /// `docker rm`, as it always was.
+    pub(super) fn remove_parts(
+        &mut self,
+        container: &str,
+        network: &str,
+        services: &[ServiceSpec],
+        reason: Reason,
+    ) -> Result<(), SessionError> {
+        if services.is_empty() && network.is_empty() {
+            return Ok(self
+                .effects
+                .apply(Effect::RemoveContainer(container), reason)?);
+        }
+        let effects: Vec<Effect> = std::iter::once(container)
+            .filter(|name| !name.is_empty())
+            .chain(services.iter().map(|service| service.container.as_str()))
+            .map(Effect::RemoveContainer)
+            .collect();
+        for result in self.effects.apply_all(&effects, reason) {
+            result?;
+        }
+        if !network.is_empty() {
+            self.effects.apply(Effect::RemoveNetwork(network), reason)?;
+        }
+        let volumes: BTreeSet<&str> = services
+            .iter()
+            .flat_map(|service| &service.volumes)
+            .filter(|volume| !volume.persistent)
+            .map(|volume| volume.name.as_str())
+            .collect();
+        for volume in volumes {
+            self.effects.apply(Effect::RemoveVolume(volume), reason)?;
+        }
+        Ok(())
+    }
+
+    /// A new session's first connection, before its program: each service's ports
+    /// are waited for, at most `timeout` in all (they started together, so waiting
+    /// for one after another costs no more than the slowest). An interactive
+    /// terminal sees a line per service, as it comes; the log hears of what fails.
+    pub(super) fn wait_for_services(
+        &self,
+        services: &[ServiceSpec],
+        failures: &[ServiceFailure],
+        interactive: bool,
+        timeout: Duration,
+    ) {
+        let show = |text: &str| {
+            if interactive {
+                write_stderr(text.as_bytes());
+            }
+        };
+        let started = self.host.now();
+        let until = started + timeout.as_millis() as i64;
+        for service in services {
+            show(&format!(
+                "Starting companion service: {} ({})... ",
+                service.name, service.image
+            ));
+            if let Some(failure) = failures.iter().find(|failed| failed.name == service.name) {
+                show(&format!("failed: {}\n", failure.message));
+                continue;
+            }
+            let silent = service.ports.iter().find(|port| {
+                !self
+                    .host
+                    .wait_for_port(SocketAddrV4::new(service.address, **port), until)
+            });
+            match silent {
+                None => show("done\n"),
+                Some(port) => {
+                    log::warn!(
+                        "service {} of {} did not answer on port {port} within {}s",
+                        service.name,
+                        service.container,
+                        timeout.as_secs()
+                    );
+                    show(&format!(
+                        "not answering on port {port} after {}s; the session opens anyway\n",
+                        (self.host.now() - started).max(0) / 1000
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Under the user's lock, for `cleanup`: the services of a running session whose
+    /// containers are gone or stopped (by `managed`, asked again for one it does not
+    /// list), made again as they were. Returns how many.
+    pub(super) fn reconcile_services(
+        &mut self,
+        session: &SessionRow,
+        managed: &[ManagedContainer],
+    ) -> Result<usize, SessionError> {
+        if session.network.is_empty() {
+            return Ok(0);
+        }
+        let mut restarted = 0;
+        for service in self.state.services(&session.user, &session.project)? {
+            let running = match managed.iter().find(|c| c.name == service.container) {
+                Some(container) => container.running,
+                None => self.effects.engine().state(&service.container)? == ContainerState::Running,
+            };
+            if running {
+                continue;
+            }
+            self.effects.apply(
+                Effect::RemoveContainer(&service.container),
+                Reason::ServiceMissing,
+            )?;
+            self.effects
+                .apply(Effect::CreateService(&service), Reason::ServiceMissing)?;
+            restarted += 1;
+        }
+        Ok(restarted)
+    }
+
+    /// After `cleanup`: private networks of sessions that are gone (a crash between
+    /// making one and recording its session), each judged under its user's lock on a
+    /// fresh look at their rows. One that will not go now is tried again next pass.
+    pub(super) fn remove_unused_session_networks(
+        &mut self,
+        networks: &[ManagedNetwork],
+    ) -> Result<usize, SessionError> {
+        let rows = self.state.sessions()?;
+        let mut removed = 0;
+        for network in plan::unused_session_networks(networks, &rows) {
+            let Ok(user) = UserName::parse(&network.user) else {
+                continue;
+            };
+            let Some(_lock) = self.lock_or_skip(&user)? else {
+                continue;
+            };
+            let owned = self
+                .state
+                .session(&user, &network.project)?
+                .is_some_and(|row| row.network == network.name);
+            if owned {
+                continue;
+            }
+            let removal = Effect::RemoveNetwork(&network.name);
+            if self.effects.apply(removal, Reason::Orphan).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// After `cleanup`: services' volumes that nothing keeps — a session's own once
+    /// the session is gone; a kept one once its user or project is, or when volumes
+    /// are no longer kept. Each judged under its user's lock.
+    pub fn remove_unused_volumes(&mut self, keep_volumes: bool) -> Result<usize, SessionError> {
+        let volumes = self.effects.engine().volumes()?;
+        let rows = self.state.sessions()?;
+        let projects: Vec<String> = self
+            .state
+            .projects()?
+            .into_iter()
+            .map(|project| project.name.to_string())
+            .collect();
+        let host = &self.host;
+        let is_registered = |user: &str| {
+            UserName::parse(user)
+                .ok()
+                .is_some_and(|user| host.is_registered(&user))
+        };
+        let unused: Vec<_> =
+            plan::unused_volumes(&volumes, &rows, is_registered, &projects, keep_volumes)
+                .into_iter()
+                .cloned()
+                .collect();
+        let mut removed = 0;
+        for volume in unused {
+            let user = UserName::parse(&volume.user).ok();
+            let _lock = match &user {
+                Some(user) => match self.lock_or_skip(user)? {
+                    Some(lock) => Some(lock),
+                    None => continue,
+                },
+                None => None,
+            };
+            // A session made since the first look may own it now.
+            let owner = match &user {
+                Some(user) => self.state.session(user, &volume.project)?,
+                None => None,
+            };
+            if !volume.session.is_empty()
+                && owner.is_some_and(|row| row.session_id == volume.session)
+            {
+                continue;
+            }
+            match self
+                .effects
+                .apply(Effect::RemoveVolume(&volume.name), Reason::Orphan)
+            {
+                Ok(()) => removed += 1,
+                Err(DockerError::VolumeInUse { .. }) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(removed)
+    }
+}
