@@ -48,6 +48,17 @@ pub fn minimal_image() -> &'static str {
     TAG.get_or_init(|| build("build-minimal-image"))
 }
 
+/// The companion-service images (PostgreSQL, Redis), built once per test process if
+/// they are not there yet.
+pub fn service_images() -> &'static (String, String) {
+    static TAGS: OnceLock<(String, String)> = OnceLock::new();
+    TAGS.get_or_init(|| {
+        let tags = build("build-service-images");
+        let mut lines = tags.lines().map(str::to_string);
+        (lines.next().unwrap(), lines.next().unwrap())
+    })
+}
+
 fn build(script: &str) -> String {
     let output = Command::new(testdata(script))
         .output()

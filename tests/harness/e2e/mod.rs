@@ -13,6 +13,7 @@ mod forwarding;
 mod lifecycle;
 mod privilege;
 mod projects;
+mod services;
 mod sessions;
 mod setup;
 mod transfer;
@@ -581,12 +582,20 @@ impl Drop for Server {
             .map(str::to_string)
             .collect();
         for name in &accounts {
-            for container in labelled("ps", &format!("podspawn.user={name}")) {
-                run_quietly("docker", &["rm", "--force", &container]);
-            }
-            let network = format!("podspawn-{name}");
-            run_quietly("docker", &["network", "rm", &network]);
+            // Their spawns and keepers first: one still running could make again
+            // what is removed here.
             run_quietly("pkill", &["-KILL", "-u", name]);
+            let label = format!("podspawn.user={name}");
+            for container in labelled("ps", &label) {
+                run_quietly("docker", &["rm", "--force", "--volumes", &container]);
+            }
+            // The user's network and their sessions' own.
+            for network in labelled("network", &label) {
+                run_quietly("docker", &["network", "rm", &network]);
+            }
+            for volume in labelled("volume", &label) {
+                run_quietly("docker", &["volume", "rm", &volume]);
+            }
         }
         // The images of this server's projects.
         let projects = fs::read_dir(self.root.join("state/projects"))
@@ -614,9 +623,13 @@ impl Drop for Server {
     }
 }
 
-/// The ids of the containers (`ps`) or images (`images`) that carry `label`.
-fn labelled(kind: &str, label: &str) -> Vec<String> {
-    let mut args = vec![kind, "--quiet", "--filter"];
+/// The ids of the containers (`ps`), images (`images`), networks (`network`) or
+/// volumes (`volume`) that carry `label`.
+pub fn labelled(kind: &str, label: &str) -> Vec<String> {
+    let mut args = match kind {
+        "network" | "volume" => vec![kind, "ls", "--quiet", "--filter"],
+        _ => vec![kind, "--quiet", "--filter"],
+    };
     let filter = format!("label={label}");
     args.push(&filter);
     if kind == "ps" {
