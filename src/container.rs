@@ -183,6 +183,20 @@ pub struct ServiceSpec {
     pub capabilities: Vec<String>,
 }
 
+impl ServiceLimits {
+    /// A service's cpus, memory and pids limit: its share of a session's, never
+    /// less than a server needs to start at all.
+    pub fn of_session(&self, cpus: f64, memory_bytes: u64, pids_limit: u32) -> (f64, u64, u32) {
+        let share = |value: f64| value * self.share;
+        (
+            // docker takes cpus to two decimals; a share never rounds to nothing.
+            (share(cpus) * 100.0).round().max(1.0) / 100.0,
+            (share(memory_bytes as f64) as u64).max(MIN_SERVICE_MEMORY),
+            (share(f64::from(pids_limit)) as u32).max(MIN_SERVICE_PIDS),
+        )
+    }
+}
+
 impl ServiceSpec {
     /// Service number `index` of the session whose container is `session`, on the
     /// session's network.
@@ -192,7 +206,8 @@ impl ServiceSpec {
         index: usize,
         limits: &ServiceLimits,
     ) -> ServiceSpec {
-        let share = |value: f64| value * limits.share;
+        let (cpus, memory_bytes, pids_limit) =
+            limits.of_session(session.cpus, session.memory_bytes, session.pids_limit);
         ServiceSpec {
             container: service_container_name(&session.name, &service.name),
             name: service.name.clone(),
@@ -220,10 +235,9 @@ impl ServiceSpec {
                 })
                 .collect(),
             command: service.command.clone(),
-            // docker takes cpus to two decimals; a share never rounds to nothing.
-            cpus: (share(session.cpus) * 100.0).round().max(1.0) / 100.0,
-            memory_bytes: (share(session.memory_bytes as f64) as u64).max(MIN_SERVICE_MEMORY),
-            pids_limit: (share(f64::from(session.pids_limit)) as u32).max(MIN_SERVICE_PIDS),
+            cpus,
+            memory_bytes,
+            pids_limit,
             capabilities: limits.capabilities.clone(),
         }
     }

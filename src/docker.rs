@@ -79,6 +79,48 @@ pub struct ManagedNetwork {
     pub session: String,
 }
 
+/// Where a container is and how it is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Whereabouts {
+    pub running: bool,
+    /// Once it has stopped.
+    pub exit_code: Option<i32>,
+    pub address: Option<std::net::Ipv4Addr>,
+}
+
+/// What an image's config says (`docker image inspect`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    /// TCP ports it exposes.
+    pub exposed: Vec<u16>,
+    /// Paths it declares as volumes: each an anonymous volume per container.
+    pub volumes: Vec<String>,
+    /// The user it starts as; empty for root.
+    pub user: String,
+}
+
+/// `{{json .Config}}` of an image; what is not there is empty.
+fn parse_image_config(json: &str) -> ImageConfig {
+    let value: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or_default();
+    let keys = |field: &str| -> Vec<String> {
+        value[field]
+            .as_object()
+            .map(|map| map.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let mut exposed: Vec<u16> = keys("ExposedPorts")
+        .iter()
+        .filter(|port| !port.ends_with("/udp"))
+        .filter_map(|port| port.trim_end_matches("/tcp").parse().ok())
+        .collect();
+    exposed.sort_unstable();
+    ImageConfig {
+        exposed,
+        volumes: keys("Volumes"),
+        user: value["User"].as_str().unwrap_or("").to_string(),
+    }
+}
+
 /// A volume that carries `podspawn.managed=true`: a service's named volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManagedVolume {
@@ -434,6 +476,103 @@ impl Docker {
             });
         }
         Err(self.failed(&args, status, stderr))
+    }
+
+    /// `docker run --detach` of a service's image on its own, to try it.
+    pub fn probe_service(&self, spec: &ServiceSpec) -> Result<(), DockerError> {
+        let args = service_probe_args(spec);
+        let (status, _, stderr) = self.run(&args)?;
+        if status.success() {
+            return Ok(());
+        }
+        if stderr.contains("Unable to find image")
+            || stderr.contains("No such image")
+            || stderr.contains("pull access denied")
+            || stderr.contains("manifest unknown")
+        {
+            return Err(DockerError::ImageUnavailable {
+                image: spec.image.clone(),
+                stderr,
+            });
+        }
+        Err(self.failed(&args, status, stderr))
+    }
+
+    /// A container's address on its (first) network, its exit code once it has
+    /// stopped; `None` when there is no such container.
+    pub fn whereabouts(&self, name: &str) -> Result<Option<Whereabouts>, DockerError> {
+        let args = strings(&[
+            "inspect",
+            "--type",
+            "container",
+            "--format",
+            "{{.State.Running}}\t{{.State.ExitCode}}\t{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+            name,
+        ]);
+        let (status, stdout, stderr) = self.run(&args)?;
+        if !status.success() {
+            return if is_missing(&stderr) {
+                Ok(None)
+            } else {
+                Err(self.failed(&args, status, stderr))
+            };
+        }
+        let mut fields = stdout.trim_end().split('\t');
+        let running = fields.next() == Some("true");
+        let code = fields
+            .next()
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(-1);
+        let address = fields
+            .next()
+            .and_then(|addresses| addresses.split_whitespace().next())
+            .and_then(|address| address.parse().ok());
+        Ok(Some(Whereabouts {
+            running,
+            exit_code: (!running).then_some(code),
+            address,
+        }))
+    }
+
+    /// The last `lines` lines a container printed (stdout and stderr), one line
+    /// each, as much as fits in 4 KiB.
+    pub fn logs(&self, name: &str, lines: usize) -> Result<String, DockerError> {
+        let args = vec![
+            "logs".to_string(),
+            "--tail".to_string(),
+            lines.to_string(),
+            name.to_string(),
+        ];
+        let output = self
+            .command(&args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| self.not_installed(source))?;
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        let mut text: String = text.chars().take(4096).collect();
+        text.truncate(text.trim_end().len());
+        Ok(text)
+    }
+
+    /// What an image's config says a service of it needs: the ports it exposes,
+    /// the volumes it declares, the user it starts as.
+    pub fn image_config(&self, image: &str) -> Result<ImageConfig, DockerError> {
+        let args = strings(&["image", "inspect", "--format", "{{json .Config}}", image]);
+        let (status, stdout, stderr) = self.run(&args)?;
+        if !status.success() {
+            return Err(
+                if stderr.contains("No such image") || stderr.contains("No such object") {
+                    DockerError::ImageUnavailable {
+                        image: image.to_string(),
+                        stderr,
+                    }
+                } else {
+                    self.failed(&args, status, stderr)
+                },
+            );
+        }
+        Ok(parse_image_config(&stdout))
     }
 
     /// `docker volume rm`: a volume that is already gone is not an error; one a
@@ -1019,6 +1158,17 @@ pub fn network_create_args(network: &Network, owner: &NetworkOwner) -> Vec<Strin
 /// every capability dropped but the configured few, no new privileges, no port
 /// published on the host; its named volumes are made with podspawn's labels.
 pub fn service_run_args(spec: &ServiceSpec) -> Vec<String> {
+    service_args(spec, true)
+}
+
+/// argv after `docker` for trying a service's image (`verify-image --service`):
+/// hardened and labelled as a session's service, but alone on docker's default
+/// network, at whatever address docker gives it.
+pub fn service_probe_args(spec: &ServiceSpec) -> Vec<String> {
+    service_args(spec, false)
+}
+
+fn service_args(spec: &ServiceSpec, on_session_network: bool) -> Vec<String> {
     let mut args = strings(&["run", "--detach", "--init"]);
     args.extend(["--name".into(), spec.container.clone()]);
     args.extend(["--hostname".into(), spec.name.clone()]);
@@ -1036,8 +1186,10 @@ pub fn service_run_args(spec: &ServiceSpec) -> Vec<String> {
     args.extend(["--memory".into(), spec.memory_bytes.to_string()]);
     args.extend(["--pids-limit".into(), spec.pids_limit.to_string()]);
     args.extend(["--network".into(), spec.network.clone()]);
-    args.extend(["--ip".into(), spec.address.to_string()]);
-    args.extend(["--network-alias".into(), spec.name.clone()]);
+    if on_session_network {
+        args.extend(["--ip".into(), spec.address.to_string()]);
+        args.extend(["--network-alias".into(), spec.name.clone()]);
+    }
     args.extend(strings(&["--cap-drop", "ALL"]));
     for capability in &spec.capabilities {
         args.extend(["--cap-add".into(), capability.clone()]);
@@ -1208,6 +1360,22 @@ mod tests {
                 .join(" ")
                 .starts_with("run --detach --rm --init --pull never --name ")
         );
+    }
+
+    #[test]
+    fn an_images_config_says_its_ports_volumes_and_user() {
+        let config = parse_image_config(
+            r#"{"User":"redis","ExposedPorts":{"6379/tcp":{},"53/udp":{},"80":{}},"Volumes":{"/data":{}},"Cmd":null}"#,
+        );
+        assert_eq!(
+            config,
+            ImageConfig {
+                exposed: vec![80, 6379],
+                volumes: vec!["/data".into()],
+                user: "redis".into(),
+            }
+        );
+        assert_eq!(parse_image_config("null"), ImageConfig::default());
     }
 
     #[test]

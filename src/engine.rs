@@ -11,8 +11,8 @@ use std::time::Duration;
 use crate::config::DockerConfig;
 use crate::container::{CONNECTION_MARKER, ContainerSpec, ExecSpec, ServiceSpec};
 use crate::docker::{
-    BuildSpec, ContainerState, Docker, DockerError, Labels, ManagedContainer, ManagedNetwork,
-    ManagedVolume, NetworkOwner,
+    BuildSpec, ContainerState, Docker, DockerError, ImageConfig, Labels, ManagedContainer,
+    ManagedNetwork, ManagedVolume, NetworkOwner, Whereabouts,
 };
 use crate::exec::{self, Ended};
 use crate::network::Network;
@@ -132,6 +132,16 @@ pub trait Engine {
         args: &[&str],
         passed: Passed,
     ) -> Result<Probe, DockerError>;
+    /// Starts a service's image on its own, hardened as a session's service, to try
+    /// it (`verify-image --service`): a container, so only `session::Effects` can ask
+    /// for it.
+    fn probe_service(&mut self, spec: &ServiceSpec, passed: Passed) -> Result<(), DockerError>;
+    /// A container's state, exit code and address; `None` when it does not exist.
+    fn whereabouts(&mut self, container: &str) -> Result<Option<Whereabouts>, DockerError>;
+    /// The last lines a container printed.
+    fn logs(&mut self, container: &str, lines: usize) -> Result<String, DockerError>;
+    /// What an image's config says (ports, volumes, user).
+    fn image_config(&mut self, image: &str) -> Result<ImageConfig, DockerError>;
     /// Builds a project's image, each line of output to `output`: an image, so only
     /// `session::Effects` can ask for it.
     fn build(
@@ -252,6 +262,22 @@ impl Engine for DockerEngine {
             stdout,
             stderr,
         })
+    }
+
+    fn probe_service(&mut self, spec: &ServiceSpec, _: Passed) -> Result<(), DockerError> {
+        self.docker.probe_service(spec)
+    }
+
+    fn whereabouts(&mut self, container: &str) -> Result<Option<Whereabouts>, DockerError> {
+        self.docker.whereabouts(container)
+    }
+
+    fn logs(&mut self, container: &str, lines: usize) -> Result<String, DockerError> {
+        self.docker.logs(container, lines)
+    }
+
+    fn image_config(&mut self, image: &str) -> Result<ImageConfig, DockerError> {
+        self.docker.image_config(image)
     }
 
     fn build(

@@ -58,6 +58,28 @@ impl SystemHost {
     }
 }
 
+/// Whether `address` accepts a TCP connection before `until`, tried again every
+/// 50 ms (each try at most 250 ms) until then.
+pub fn wait_for_port(address: std::net::SocketAddrV4, until: Millis) -> bool {
+    const ATTEMPT: std::time::Duration = std::time::Duration::from_millis(250);
+    const PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+    loop {
+        let left = until - now_millis();
+        if left <= 0 {
+            return false;
+        }
+        let patience = ATTEMPT.min(std::time::Duration::from_millis(left as u64));
+        let started = std::time::Instant::now();
+        if std::net::TcpStream::connect_timeout(&address.into(), patience).is_ok() {
+            return true;
+        }
+        // Refused at once (nothing listens yet): a short pause, not a busy loop.
+        if let Some(rest) = PAUSE.checked_sub(started.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+}
+
 /// The time now, in milliseconds since the epoch.
 pub fn now_millis() -> Millis {
     SystemTime::now()
@@ -139,23 +161,7 @@ impl Host for SystemHost {
     }
 
     fn wait_for_port(&self, address: std::net::SocketAddrV4, until: Millis) -> bool {
-        const ATTEMPT: std::time::Duration = std::time::Duration::from_millis(250);
-        const PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
-        loop {
-            let left = until - now_millis();
-            if left <= 0 {
-                return false;
-            }
-            let patience = ATTEMPT.min(std::time::Duration::from_millis(left as u64));
-            let started = std::time::Instant::now();
-            if std::net::TcpStream::connect_timeout(&address.into(), patience).is_ok() {
-                return true;
-            }
-            // Refused at once (nothing listens yet): a short pause, not a busy loop.
-            if let Some(rest) = PAUSE.checked_sub(started.elapsed()) {
-                std::thread::sleep(rest);
-            }
-        }
+        wait_for_port(address, until)
     }
 
     fn is_registered(&self, user: &UserName) -> bool {

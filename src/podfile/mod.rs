@@ -18,7 +18,7 @@ use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-pub use model::{Dotfiles, EnvValue, Package, Podfile};
+pub use model::{Dotfiles, EnvName, EnvValue, Package, Podfile};
 
 #[cfg(test)]
 pub fn parse_yaml_for_tests(text: &str) -> Podfile {

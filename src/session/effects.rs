@@ -96,6 +96,28 @@ impl<E: Engine> Effects<E> {
         result
     }
 
+    /// Starts a service's image on its own to try it (`verify-image --service`); it is
+    /// removed with `remove_probe`.
+    pub fn probe_service(
+        &mut self,
+        spec: &crate::container::ServiceSpec,
+    ) -> Result<(), DockerError> {
+        let passed = Passed {
+            _only_effects_makes_this: (),
+        };
+        let result = self.engine.probe_service(spec, passed);
+        match &result {
+            Ok(()) => log::debug!("started {} to try image {}", spec.container, spec.image),
+            Err(err) => log::warn!("could not try image {}: {err}", spec.image),
+        }
+        result
+    }
+
+    /// Removes what `probe_service` started.
+    pub fn remove_probe(&mut self, container: &str) -> Result<(), DockerError> {
+        self.apply(Effect::RemoveContainer(container), Reason::Probed)
+    }
+
     /// The engine, for questions (its changes need a `Passed`, which only this module
     /// can give).
     pub fn engine(&mut self) -> &mut E {

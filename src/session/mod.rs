@@ -30,7 +30,7 @@ use std::time::Duration;
 pub use effects::{Effects, Passed};
 pub use plan::Reason;
 use plan::{AfterExec, AtRelease, ConnectPlan, Decision, Healing, NameHolder, Repair};
-pub use services::{ServiceFailure, ServiceSettings};
+pub use services::{ServiceFailure, ServiceSettings, check_service};
 
 use crate::config::SessionMode;
 use crate::container::{self, ContainerSpec, ExecSpec, Identity, Service, ServiceSpec};

@@ -86,6 +86,8 @@ pub enum Reason {
     Undone,
     /// A running session's service was gone or stopped.
     ServiceMissing,
+    /// An image was tried (`verify-image`) and its container is done with.
+    Probed,
 }
 
 impl fmt::Display for Reason {
@@ -107,6 +109,7 @@ impl fmt::Display for Reason {
             Reason::ProjectRemoved => "project removed",
             Reason::Undone => "its session could not be made",
             Reason::ServiceMissing => "a service of a running session was gone or stopped",
+            Reason::Probed => "an image was tried",
         })
     }
 }

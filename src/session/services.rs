@@ -13,9 +13,12 @@ use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use super::plan::{self, NameHolder, Reason};
-use super::{SessionError, Sessions};
+use super::{Effects, SessionError, Sessions};
 use crate::container::{ContainerSpec, ServiceLimits, ServiceSpec};
-use crate::docker::{ContainerState, DockerError, ManagedContainer, ManagedNetwork, NetworkOwner};
+use crate::docker::{
+    ContainerState, DockerError, ImageConfig, ManagedContainer, ManagedNetwork, NetworkOwner,
+    Whereabouts,
+};
 use crate::engine::{Effect, Engine};
 use crate::exec::write_stderr;
 use crate::host::Host;
@@ -409,4 +412,111 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         }
         Ok(removed)
     }
+}
+
+/// What trying a service's image on its own found (`verify-image --service`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceCheck {
+    pub config: ImageConfig,
+    /// Each port tried, and how long it took to accept a connection (`None`: it
+    /// did not within the time given).
+    pub ports: Vec<(u16, Option<Duration>)>,
+    /// How it was at the end.
+    pub end: Option<Whereabouts>,
+    /// Its last lines, when it stopped or a port did not answer.
+    pub logs: String,
+}
+
+/// How many of its last lines a tried service shows.
+const PROBE_LOG_LINES: usize = 5;
+
+/// Starts `spec`'s image (pulled within `pull_timeout` if the engine lacks it)
+/// hardened as a session's service would be, alone on docker's default network,
+/// waits up to `timeout` for its ports (`spec.ports`, else the ports the image
+/// exposes), and removes it again.
+pub fn check_service<E: Engine>(
+    effects: &mut Effects<E>,
+    mut spec: ServiceSpec,
+    timeout: Duration,
+    pull_timeout: Duration,
+) -> Result<ServiceCheck, DockerError> {
+    let config = match effects.engine().image_config(&spec.image) {
+        Err(DockerError::ImageUnavailable { .. }) => {
+            let pull = Effect::PullImage {
+                image: &spec.image,
+                timeout: pull_timeout,
+            };
+            effects.apply(pull, Reason::Probed)?;
+            effects.engine().image_config(&spec.image)?
+        }
+        other => other?,
+    };
+    if spec.ports.is_empty() {
+        spec.ports.clone_from(&config.exposed);
+    }
+    effects.probe_service(&spec)?;
+    let watched = watch(effects.engine(), &spec, timeout);
+    if let Err(err) = effects.remove_probe(&spec.container) {
+        log::warn!("could not remove {}: {err}", spec.container);
+    }
+    let (ports, end, logs) = watched?;
+    Ok(ServiceCheck {
+        config,
+        ports,
+        end,
+        logs,
+    })
+}
+
+type Watched = (Vec<(u16, Option<Duration>)>, Option<Whereabouts>, String);
+
+fn watch<E: Engine>(
+    engine: &mut E,
+    spec: &ServiceSpec,
+    timeout: Duration,
+) -> Result<Watched, DockerError> {
+    let started = std::time::Instant::now();
+    let until = crate::host::now_millis() + timeout.as_millis() as i64;
+    // Its address once it has one, or the news that it stopped.
+    let mut seen = engine.whereabouts(&spec.container)?;
+    while seen
+        .as_ref()
+        .is_some_and(|seen| seen.running && seen.address.is_none())
+        && started.elapsed() < timeout
+    {
+        std::thread::sleep(Duration::from_millis(50));
+        seen = engine.whereabouts(&spec.container)?;
+    }
+    let address = seen.as_ref().and_then(|seen| seen.address);
+    let mut ports = Vec::new();
+    let mut stopped = address.is_none();
+    for port in &spec.ports {
+        let mut answered = None;
+        // A second at a time, so that a server that stopped is not waited for.
+        while let Some(address) = address.filter(|_| !stopped) {
+            let slice = (crate::host::now_millis() + 1000).min(until);
+            if crate::host::wait_for_port(SocketAddrV4::new(address, *port), slice) {
+                answered = Some(started.elapsed());
+                break;
+            }
+            stopped = !engine
+                .whereabouts(&spec.container)?
+                .is_some_and(|seen| seen.running);
+            if slice >= until {
+                break;
+            }
+        }
+        ports.push((*port, answered));
+    }
+    // A moment more for a server that dies right after it starts listening.
+    std::thread::sleep(Duration::from_millis(200));
+    let end = engine.whereabouts(&spec.container)?;
+    let healthy = end.as_ref().is_some_and(|end| end.running)
+        && ports.iter().all(|(_, answered)| answered.is_some());
+    let logs = if healthy {
+        String::new()
+    } else {
+        engine.logs(&spec.container, PROBE_LOG_LINES)?
+    };
+    Ok((ports, end, logs))
 }

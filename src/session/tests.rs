@@ -285,6 +285,22 @@ impl Engine for FakeEngine {
         unreachable!("the lifecycle runs no probes")
     }
 
+    fn probe_service(&mut self, _: &ServiceSpec, _: Passed) -> Result<(), DockerError> {
+        unreachable!("the lifecycle runs no probes")
+    }
+
+    fn whereabouts(&mut self, _: &str) -> Result<Option<crate::docker::Whereabouts>, DockerError> {
+        unreachable!("the lifecycle runs no probes")
+    }
+
+    fn logs(&mut self, _: &str, _: usize) -> Result<String, DockerError> {
+        unreachable!("the lifecycle runs no probes")
+    }
+
+    fn image_config(&mut self, _: &str) -> Result<crate::docker::ImageConfig, DockerError> {
+        unreachable!("the lifecycle runs no probes")
+    }
+
     fn build(
         &mut self,
         spec: &crate::docker::BuildSpec,

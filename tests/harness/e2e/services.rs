@@ -85,7 +85,9 @@ fn redis_script(host: &str, commands: &[&str]) -> String {
 
 /// Waits until nothing of the session is left; how long that took after `since`.
 fn gone_after(server: &Server, user: &Account, project: &str, since: Instant) -> Duration {
-    let gone = server.wait_until(Duration::from_secs(30), || remains(user, project).is_empty());
+    let gone = server.wait_until(Duration::from_secs(30), || {
+        remains(user, project).is_empty()
+    });
     assert!(
         gone.is_some(),
         "left behind: {:?}\n{}",
@@ -131,7 +133,10 @@ fn a_projects_database_answers_by_name_and_goes_with_the_session() {
     let container = container_of(user, &project);
     let there = remains(user, &project);
     assert!(there.contains(&container), "{there:?}");
-    assert!(there.contains(&format!("{container}.postgres")), "{there:?}");
+    assert!(
+        there.contains(&format!("{container}.postgres")),
+        "{there:?}"
+    );
     assert!(there.contains(&format!("{container}.net")), "{there:?}");
     assert!(
         there
@@ -191,7 +196,10 @@ fn the_same_service_name_is_another_server_in_each_session_and_no_user_reaches_a
     assert_eq!(ask(alice, &two, &["GET k", "PING"]), "$-1\n+PONG\n");
     // …and in bob's session of the same project, bob's own.
     assert_eq!(ask(bob, &one, &["GET k", "PING"]), "$-1\n+PONG\n");
-    assert_eq!(ask(alice, &one, &["GET k", "PING"]), "$9\nalice-one\n+PONG\n");
+    assert_eq!(
+        ask(alice, &one, &["GET k", "PING"]),
+        "$9\nalice-one\n+PONG\n"
+    );
 
     // Not by its address either: bob's container cannot open alice's.
     let list = server.podspawn(&["list", "--json"]);
@@ -200,9 +208,14 @@ fn the_same_service_name_is_another_server_in_each_session_and_no_user_reaches_a
         .as_array()
         .unwrap()
         .iter()
-        .find(|session| session["user"] == alice.name.as_str() && session["project"] == one.as_str())
+        .find(|session| {
+            session["user"] == alice.name.as_str() && session["project"] == one.as_str()
+        })
         .expect("alice's session is listed");
-    let address = alices["services"][0]["address"].as_str().unwrap().to_string();
+    let address = alices["services"][0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(alices["services"][0]["status"], "running");
     let probe = format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{address}/6379' && echo reached");
 
@@ -223,12 +236,19 @@ fn a_terminal_sees_its_services_start_and_ssh_l_reaches_one_by_its_address() {
     let wait = Duration::from_secs(30);
     let redis = &service_images().1;
     assert!(
-        terminal.expect(&format!("Starting companion service: cache ({redis})... done"), wait),
+        terminal.expect(
+            &format!("Starting companion service: cache ({redis})... done"),
+            wait
+        ),
         "{}\n{}",
         terminal.seen,
         server.podspawn_log()
     );
-    assert!(terminal.expect("podspawn: services cache at ", wait), "{}", terminal.seen);
+    assert!(
+        terminal.expect("podspawn: services cache at ", wait),
+        "{}",
+        terminal.seen
+    );
     let banner = terminal.seen.clone();
     let address = banner
         .split("podspawn: services cache at ")
@@ -247,7 +267,11 @@ fn a_terminal_sees_its_services_start_and_ssh_l_reaches_one_by_its_address() {
         .port();
     let forward = format!("{port}:{address}:6379");
     let mut tunnel = server
-        .ssh(user, &["-N", "-o", "ExitOnForwardFailure=yes", "-L", &forward], None)
+        .ssh(
+            user,
+            &["-N", "-o", "ExitOnForwardFailure=yes", "-L", &forward],
+            None,
+        )
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
@@ -256,7 +280,9 @@ fn a_terminal_sees_its_services_start_and_ssh_l_reaches_one_by_its_address() {
         let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
             return false;
         };
-        stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
         let _ = stream.write_all(b"PING\r\n");
         let mut reply = [0u8; 7];
         let read = stream.read(&mut reply).unwrap_or(0);
@@ -265,7 +291,11 @@ fn a_terminal_sees_its_services_start_and_ssh_l_reaches_one_by_its_address() {
     });
     let _ = tunnel.kill();
     let _ = tunnel.wait();
-    assert!(reached.is_some(), "through -L: {answer:?}\n{}", server.sshd_log());
+    assert!(
+        reached.is_some(),
+        "through -L: {answer:?}\n{}",
+        server.sshd_log()
+    );
 }
 
 #[test]
@@ -287,7 +317,11 @@ fn a_sigkilled_spawn_still_has_its_session_and_services_reaped() {
             .iter()
             .any(|line| line.contains("sleep 300"))
     });
-    assert!(started.is_some(), "never started\n{}", server.podspawn_log());
+    assert!(
+        started.is_some(),
+        "never started\n{}",
+        server.podspawn_log()
+    );
     assert!(remains(user, &project).contains(&format!("{container}.cache")));
     // The connection's own spawn, killed so that no exit path of its runs.
     let killed = Command::new("pkill")
@@ -318,13 +352,66 @@ fn a_podfile_with_a_host_path_volume_is_refused_and_leaves_nothing() {
     let output = server.podspawn(&["add-project", &project, "--repo", repo.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1), "{}", server.explain(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let said: Vec<&str> = stderr.lines().filter(|line| line.starts_with("podspawn:")).collect();
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("podspawn:"))
+        .collect();
     assert_eq!(said.len(), 1, "{stderr}");
     assert!(
-        said[0].contains("podfile.yaml, line 6: services[0].volumes") && said[0].contains("host path"),
+        said[0].contains("podfile.yaml, line 6: services[0].volumes")
+            && said[0].contains("host path"),
         "{stderr}"
     );
     let projects = server.podspawn(&["list", "--projects", "--json"]);
     assert_eq!(stdout(&projects), "[]\n");
     assert!(labelled("images", &format!("podspawn.project={project}")).is_empty());
+}
+
+#[test]
+fn verify_image_tries_a_service_image_as_a_session_would_run_it() {
+    let server = crate::server_or_skip!("60s", 0);
+    let (postgres, redis) = service_images();
+    let verify = |args: &[&str]| {
+        let mut all = vec!["verify-image", "--service"];
+        all.extend(args);
+        server.podspawn(&all)
+    };
+    let output = verify(&["--env", "POSTGRES_PASSWORD=x", postgres]);
+    assert!(output.status.success(), "{}", server.explain(&output));
+    let report = stdout(&output);
+    assert!(
+        report.contains(
+            "✓ keeps running as a service (capabilities CHOWN DAC_OVERRIDE FOWNER SETGID SETUID, \
+             no new privileges"
+        ),
+        "{report}"
+    );
+    assert!(report.contains("✓ port 5432 "), "{report}");
+    assert!(
+        report.contains("⚠ volume /var/lib/postgresql/data:"),
+        "{report}"
+    );
+    // Without its password the image stops: said, with its own last words.
+    let output = verify(&[postgres]);
+    assert_eq!(output.status.code(), Some(1), "{}", server.explain(&output));
+    let report = stdout(&output);
+    assert!(report.contains("✗ stopped (exit "), "{report}");
+    assert!(report.contains("POSTGRES_PASSWORD is required"), "{report}");
+    // Too few capabilities for its start: the same image stops.
+    let config = server.root.join("config.yaml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}services:\n  capabilities: [SETUID, SETGID]\n"),
+    )
+    .unwrap();
+    let output = verify(&["--port", "6379", redis]);
+    assert_eq!(output.status.code(), Some(1), "{}", server.explain(&output));
+    assert!(
+        stdout(&output).contains("Operation not permitted"),
+        "{}",
+        stdout(&output)
+    );
+    // Nothing of the tries is left.
+    assert!(labelled("ps", "podspawn.session=probe").is_empty());
 }
