@@ -772,6 +772,12 @@ pub const COMMENTED_DEFAULT: &str = "\
 #  agent_dir: /var/lib/podspawn/agents
 #network:
 #  pool: 10.214.0.0/16                # a /28 per user, by uid
+#  services_pool: 10.215.0.0/16       # sessions with services: a /25 per user, a /29 per session
+#services:                            # a Podfile's companion services
+#  share: 0.5                         # each one's share of the session's cpus, memory, pids
+#  ready_timeout: 30s                 # a new session waits this long for their ports
+#  capabilities: [CHOWN, DAC_OVERRIDE, FOWNER, SETGID, SETUID]  # all others are dropped
+#  persist_volumes: false             # true: their named volumes outlive the session
 #log:
 #  level: info                        # off | error | warn | info | debug | trace
 #  # file: /var/log/podspawn/podspawn.log  (unset = syslog)
@@ -837,7 +843,26 @@ pub(crate) fn parse(text: &str) -> Result<ServerConfig, (Option<usize>, String)>
     if !yaml::has_content(text) {
         return Ok(ServerConfig::default());
     }
-    yaml::from_str(text)
+    let config: ServerConfig = yaml::from_str(text)?;
+    let network = &config.network;
+    if network.pool.overlaps(&network.services_pool) {
+        let line = text
+            .lines()
+            .position(|line| line.trim_start().starts_with("services_pool:"))
+            .or_else(|| {
+                text.lines()
+                    .position(|line| line.trim_start().starts_with("pool:"))
+            })
+            .map(|index| index + 1);
+        return Err((
+            line,
+            format!(
+                "network.services_pool: {} overlaps network.pool {}; give each its own range",
+                network.services_pool, network.pool
+            ),
+        ));
+    }
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -876,6 +901,21 @@ mod tests {
     }
 
     #[test]
+    fn the_two_pools_may_not_overlap() {
+        let (line, message) =
+            parse_err("network:\n  pool: 10.0.0.0/16\n  services_pool: 10.0.128.0/17\n");
+        assert_eq!(line, Some(3));
+        assert!(
+            message
+                .contains("network.services_pool: 10.0.128.0/17 overlaps network.pool 10.0.0.0/16"),
+            "{message}"
+        );
+        let (line, _) = parse_err("network:\n  pool: 10.215.0.0/16\n");
+        assert_eq!(line, Some(2));
+        assert!(parse("network:\n  pool: 10.0.0.0/16\n  services_pool: 10.1.0.0/16\n").is_ok());
+    }
+
+    #[test]
     fn the_commented_default_config_is_the_defaults() {
         // As written, it is all comments: every default.
         assert_eq!(
@@ -903,11 +943,25 @@ mod tests {
         let config = parse(include_str!("../contrib/config.example.yaml")).unwrap();
         assert_eq!(config.session.grace_period.0, Duration::from_secs(300));
         assert_eq!(config.defaults.cpus, Cpus(1.5));
+        assert_eq!(config.services.share, Share(0.5));
     }
 
     #[test]
     fn defaults_match_the_documented_values() {
         let config = ServerConfig::default();
+        assert_eq!(config.network.services_pool.to_string(), "10.215.0.0/16");
+        assert_eq!(config.services.ready_timeout.0, Duration::from_secs(30));
+        let capabilities: Vec<&str> = config
+            .services
+            .capabilities
+            .iter()
+            .map(|capability| capability.0.as_str())
+            .collect();
+        assert_eq!(
+            capabilities,
+            ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"]
+        );
+        assert!(!config.services.persist_volumes);
         assert_eq!(config.docker.binary, "docker");
         assert_eq!(config.docker.host, None);
         assert_eq!(config.defaults.shell, AbsolutePath::from("/bin/bash"));

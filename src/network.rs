@@ -95,6 +95,11 @@ impl Range {
     fn collide(&self, uid: u32, other: u32) -> bool {
         uid != other && uid % self.blocks() == other % self.blocks()
     }
+
+    fn overlaps(&self, other: &Range) -> bool {
+        let prefix = self.prefix.min(other.prefix);
+        self.base & mask(prefix) == other.base & mask(prefix)
+    }
 }
 
 impl fmt::Display for Range {
@@ -127,6 +132,11 @@ impl Pool {
     /// True when two uids share a block (their networks would overlap).
     pub fn collide(&self, uid: u32, other: u32) -> bool {
         self.0.collide(uid, other)
+    }
+
+    /// True when the two pools share addresses.
+    pub fn overlaps(&self, services: &ServicesPool) -> bool {
+        self.0.overlaps(&services.0)
     }
 }
 

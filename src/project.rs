@@ -614,6 +614,14 @@ pub fn remove<E: Engine, H: Host>(
     }
     let _lock = sessions.lock_project(name, config.defaults.build_timeout.0)?;
     let destroyed = sessions.remove_project(name)?;
+    // Volumes kept across the project's sessions (every user's) go with it.
+    if config.services.persist_volumes {
+        let kept = sessions.remove_kept_volumes(
+            |volume| volume.project == name.as_str(),
+            Reason::ProjectRemoved,
+        );
+        log::info!("removed {kept} kept volume(s) of project {name}");
+    }
     remove_dir(&clone_dir(config, name))?;
     let log = build_log(config, name);
     if log.exists() {

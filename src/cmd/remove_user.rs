@@ -114,6 +114,17 @@ fn remove_user(config: &ServerConfig, args: &RemoveUserArgs) -> Result<(), Error
             session::remove_user_network(&mut super::effects(config), &user),
         ),
     };
+    // Volumes kept across the user's sessions go with the user.
+    if let Some(sessions) = sessions
+        .as_mut()
+        .filter(|_| config.services.persist_volumes)
+    {
+        let kept = sessions.remove_kept_volumes(
+            |volume| volume.user == user.as_str(),
+            session::Reason::UserRemoved,
+        );
+        log::info!("removed {kept} kept volume(s) of {user}");
+    }
     // The keepers of those sessions now see them gone and exit: they must get the
     // lock to see it, before the account below can be deleted.
     drop(held);

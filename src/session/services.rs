@@ -80,6 +80,15 @@ pub fn banner(services: &[ServiceSpec]) -> Option<String> {
 }
 
 impl<E: Engine, H: Host> Sessions<E, H> {
+    /// See `remove_kept_volumes`.
+    pub fn remove_kept_volumes(
+        &mut self,
+        owned: impl Fn(&crate::docker::ManagedVolume) -> bool,
+        reason: Reason,
+    ) -> usize {
+        remove_kept_volumes(&mut self.effects, owned, reason)
+    }
+
     /// Under the user's lock, with no row for the session yet: its private network.
     /// One of that name is an earlier session's, left by a crash, and so is whatever
     /// of podspawn's still carries this user's and project's labels: they go first. A
@@ -412,6 +421,32 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         }
         Ok(removed)
     }
+}
+
+/// The volumes kept across sessions (`services.persist_volumes`) that `owned` picks
+/// (a removed user's, a removed project's), removed; one that will not go now is
+/// logged, and `cleanup` removes it later. Returns how many went.
+pub fn remove_kept_volumes<E: Engine>(
+    effects: &mut Effects<E>,
+    owned: impl Fn(&crate::docker::ManagedVolume) -> bool,
+    reason: Reason,
+) -> usize {
+    let volumes = match effects.engine().volumes() {
+        Ok(volumes) => volumes,
+        Err(err) => {
+            log::warn!("kept volumes stay until the next cleanup: {err}");
+            return 0;
+        }
+    };
+    volumes
+        .iter()
+        .filter(|volume| volume.session.is_empty() && owned(volume))
+        .filter(|volume| {
+            effects
+                .apply(Effect::RemoveVolume(&volume.name), reason)
+                .is_ok()
+        })
+        .count()
 }
 
 /// What trying a service's image on its own found (`verify-image --service`).

@@ -1299,6 +1299,24 @@ fn kept_volumes_outlive_their_session_and_are_the_next_ones() {
     f.sessions.connect(&api, &settings).unwrap();
     let postgres = &f.sessions.engine().services["podspawn-alice-api.postgres"];
     assert_eq!(postgres.volumes[0].name, "podspawn-alice-api.postgres-data");
+    // While a session uses them they stay; with the user they go.
+    let of_alice = |volume: &ManagedVolume| volume.user == "alice";
+    assert_eq!(
+        f.sessions
+            .remove_kept_volumes(of_alice, Reason::UserRemoved),
+        0
+    );
+    let row = f.sessions.state.session(&alice(), "api").unwrap().unwrap();
+    f.sessions.host.now += 61_000;
+    f.sessions
+        .keeper_tick(&alice(), "api", &row.keeper.unwrap())
+        .unwrap();
+    assert_eq!(
+        f.sessions
+            .remove_kept_volumes(of_alice, Reason::UserRemoved),
+        2
+    );
+    assert!(f.sessions.engine().volumes.is_empty());
 }
 
 #[test]
