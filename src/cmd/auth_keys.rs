@@ -154,16 +154,17 @@ fn authorized_lines(config: &ServerConfig, args: &AuthKeysArgs) -> String {
     };
     // Forwarding may reach the user's own containers (one address per session slot,
     // and on the private network of a session with services, its container's and
-    // its services') and nothing else.
+    // its services') and nothing else. Slot 0 is the default session's, which has
+    // no services (only a project's has).
     let forward_to: Vec<_> = match accounts::uid_of(user.as_str()) {
         Some(uid) => {
             let network = config.network.pool.for_user(user.as_str(), uid);
-            let slots = 0..config.session.max_per_user;
             let services = &config.network.services_pool;
-            slots
-                .clone()
+            (0..config.session.max_per_user)
                 .map(|slot| network.address(slot))
-                .chain(slots.flat_map(|slot| services.addresses(uid, slot)))
+                .chain(
+                    (1..config.session.max_per_user).flat_map(|slot| services.addresses(uid, slot)),
+                )
                 .collect()
         }
         None => {
