@@ -267,7 +267,8 @@ pub struct NetworkConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServicesConfig {
-    /// Each service's share of the session's cpus, memory and pids limit.
+    /// The share of the session's cpus, memory and pids limit its services have
+    /// together, in equal parts.
     pub share: Share,
     /// How long a session's first connection waits for its services' ports to accept
     /// connections before it opens the session anyway (saying so on a terminal).
@@ -774,7 +775,7 @@ pub const COMMENTED_DEFAULT: &str = "\
 #  pool: 10.214.0.0/16                # a /28 per user, by uid
 #  services_pool: 10.215.0.0/16       # sessions with services: a /25 per user, a /29 per session
 #services:                            # a Podfile's companion services
-#  share: 0.5                         # each one's share of the session's cpus, memory, pids
+#  share: 0.5                         # their share (together) of the session's cpus, memory, pids
 #  ready_timeout: 30s                 # a new session waits this long for their ports
 #  capabilities: [CHOWN, DAC_OVERRIDE, FOWNER, SETGID, SETUID]  # all others are dropped
 #  persist_volumes: false             # true: their named volumes outlive the session

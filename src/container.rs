@@ -111,12 +111,20 @@ pub fn service_container_name(container: &str, service: &str) -> String {
 
 /// A service's named volume: the session's own (`persistent` false: it carries the
 /// session id, so a later session never finds an earlier one's data), or one kept
-/// for the user and project across sessions.
-pub fn volume_name(container: &str, session_id: &str, volume: &str, persistent: bool) -> String {
+/// for the user and project across sessions. Its parts are `.`-separated, which no
+/// user, project or volume name holds: `alice`'s `api-x` and `alice-api`'s `x` never
+/// share one (docker would reuse a volume of the same name, labels and all).
+pub fn volume_name(
+    user: &UserName,
+    project: &str,
+    session_id: &str,
+    volume: &str,
+    persistent: bool,
+) -> String {
     if persistent {
-        format!("{container}.{volume}")
+        format!("podspawn-{user}.{project}.{volume}")
     } else {
-        format!("{container}.{session_id}.{volume}")
+        format!("podspawn-{user}.{project}.{session_id}.{volume}")
     }
 }
 
@@ -148,7 +156,8 @@ pub struct VolumeMount {
 /// How a session's services run, from the server config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceLimits {
-    /// Each service's share of the session's cpus, memory and pids limit.
+    /// The share of the session's cpus, memory and pids limit its services have
+    /// together (each an equal part).
     pub share: f64,
     pub capabilities: Vec<String>,
     pub persist_volumes: bool,
@@ -184,10 +193,17 @@ pub struct ServiceSpec {
 }
 
 impl ServiceLimits {
-    /// A service's cpus, memory and pids limit: its share of a session's, never
-    /// less than a server needs to start at all.
-    pub fn of_session(&self, cpus: f64, memory_bytes: u64, pids_limit: u32) -> (f64, u64, u32) {
-        let share = |value: f64| value * self.share;
+    /// The cpus, memory and pids limit of each of a session's `services`: together
+    /// they have `share` of the session's, in equal parts — however many a Podfile
+    /// declares — and each never less than a server needs to start at all.
+    pub fn of_session(
+        &self,
+        cpus: f64,
+        memory_bytes: u64,
+        pids_limit: u32,
+        services: usize,
+    ) -> (f64, u64, u32) {
+        let share = |value: f64| value * self.share / services.max(1) as f64;
         (
             // docker takes cpus to two decimals; a share never rounds to nothing.
             (share(cpus) * 100.0).round().max(1.0) / 100.0,
@@ -198,16 +214,21 @@ impl ServiceLimits {
 }
 
 impl ServiceSpec {
-    /// Service number `index` of the session whose container is `session`, on the
-    /// session's network.
+    /// Service number `index` of the `services` of the session whose container is
+    /// `session`, on the session's network.
     pub fn of(
         service: &Service,
+        services: usize,
         session: &ContainerSpec,
         index: usize,
         limits: &ServiceLimits,
     ) -> ServiceSpec {
-        let (cpus, memory_bytes, pids_limit) =
-            limits.of_session(session.cpus, session.memory_bytes, session.pids_limit);
+        let (cpus, memory_bytes, pids_limit) = limits.of_session(
+            session.cpus,
+            session.memory_bytes,
+            session.pids_limit,
+            services,
+        );
         ServiceSpec {
             container: service_container_name(&session.name, &service.name),
             name: service.name.clone(),
@@ -224,7 +245,8 @@ impl ServiceSpec {
                 .iter()
                 .map(|volume| ServiceVolume {
                     name: volume_name(
-                        &session.name,
+                        &session.user.name,
+                        &session.project,
                         &session.session_id,
                         &volume.name,
                         limits.persist_volumes,

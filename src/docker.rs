@@ -1169,7 +1169,9 @@ pub fn service_probe_args(spec: &ServiceSpec) -> Vec<String> {
 }
 
 fn service_args(spec: &ServiceSpec, on_session_network: bool) -> Vec<String> {
-    let mut args = strings(&["run", "--detach", "--init"]);
+    // Its image is here already (add-project made sure); one that went is a
+    // service that cannot start, not a pull of unbounded length under a user's lock.
+    let mut args = strings(&["run", "--detach", "--init", "--pull", "never"]);
     args.extend(["--name".into(), spec.container.clone()]);
     args.extend(["--hostname".into(), spec.name.clone()]);
     let labels = [

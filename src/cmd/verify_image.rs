@@ -122,10 +122,10 @@ fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {
 /// `verify-image --service`: the image tried as a session's service would run.
 fn verify_service(config: &ServerConfig, image: &str, args: &ServiceArgs) -> Result<(), Error> {
     let settings = super::spawn::settings(config);
-    // The share of a session's limits a session's service would get.
+    // What a session's only service would get of its limits.
     let limits = &settings.services.limits;
     let (cpus, memory_bytes, pids_limit) =
-        limits.of_session(settings.cpus, settings.memory_bytes, settings.pids_limit);
+        limits.of_session(settings.cpus, settings.memory_bytes, settings.pids_limit, 1);
     let spec = crate::container::ServiceSpec {
         container: format!("podspawn-probe-{}", std::process::id()),
         name: "probe".to_string(),

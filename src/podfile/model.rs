@@ -273,6 +273,17 @@ fn services<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Service>, 
                 service.name.0
             )));
         }
+        let targets = &service.volumes;
+        if let Some(twice) = targets.iter().enumerate().find(|(at, volume)| {
+            targets[..*at]
+                .iter()
+                .any(|earlier| earlier.target == volume.target)
+        }) {
+            return Err(de::Error::custom(format!(
+                "service \"{}\" mounts two volumes at {}",
+                service.name.0, twice.1.target
+            )));
+        }
         if service.ports.len() > MAX_PORTS {
             return Err(de::Error::custom(format!(
                 "service \"{}\" lists {} ports; at most {MAX_PORTS}",
@@ -290,6 +301,12 @@ const MAX_PORTS: usize = 16;
 fn required_image<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     let text = String::deserialize(deserializer)?;
     crate::container::check_image(&text).map_err(de::Error::custom)?;
+    // Project images are built here for their project alone, never fetched.
+    if crate::image::is_project_image(&text) {
+        return Err(de::Error::custom(format!(
+            "{text:?} is a podspawn project's image, not a service's"
+        )));
+    }
     Ok(text)
 }
 
@@ -365,11 +382,14 @@ impl Volume {
             && name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c));
-        let target_ok = target.starts_with('/')
-            && !target.contains([',', '\n', '\0'])
-            && !target.split('/').any(|part| part == "..");
+        // A plain absolute path below `/`: it reaches docker's comma-separated
+        // `--mount`, where quotes and commas would be read as syntax.
+        let target_ok = check_workspace(target).is_ok();
         if !name_ok || !target_ok {
-            return Err(format!("{text:?} is not NAME:/path[:ro]"));
+            return Err(format!(
+                "{text:?} is not NAME:/path[:ro] (a name of letters, digits, '_' and '-'; \
+                 an absolute path of letters, digits, '_', '.', '-' and '/', not / itself)"
+            ));
         }
         Ok(Volume {
             name: name.to_string(),
@@ -759,6 +779,31 @@ on_start: |
                 "services:\n  - name: db\n    image: pg\n    volumes: [a.b:/d]\n",
                 "services[0].volumes",
                 "not NAME:/path",
+            ),
+            (
+                "services:\n  - name: db\n    image: pg\n    volumes: [\"data:/\"]\n",
+                "services[0].volumes",
+                "not NAME:/path",
+            ),
+            (
+                "services:\n  - name: db\n    image: pg\n    volumes: [\"data:/a/./b\"]\n",
+                "services[0].volumes",
+                "not NAME:/path",
+            ),
+            (
+                "services:\n  - name: db\n    image: pg\n    volumes: [\"data:/a\\\"b\"]\n",
+                "services[0].volumes",
+                "not NAME:/path",
+            ),
+            (
+                "services:\n  - name: db\n    image: pg\n    volumes: [a:/d, b:/d]\n",
+                "services",
+                "two volumes at /d",
+            ),
+            (
+                "services:\n  - name: db\n    image: podspawn/api:0123456789ab\n",
+                "image",
+                "a podspawn project's image",
             ),
             (
                 "services:\n  - name: db\n    image: pg\n  - name: db\n    image: redis\n",

@@ -767,7 +767,8 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             .iter()
             .enumerate()
             .map(|(index, service)| {
-                ServiceSpec::of(service, &spec, index, &settings.services.limits)
+                let count = request.services.len();
+                ServiceSpec::of(service, count, &spec, index, &settings.services.limits)
             })
             .collect();
         if !services.is_empty() {

@@ -307,7 +307,7 @@ impl<E: Engine, H: Host> Sessions<E, H> {
 
     /// Under the user's lock, for `cleanup`: the services of a running session whose
     /// containers are gone or stopped (by `managed`, asked again for one it does not
-    /// list), made again as they were. Returns how many.
+    /// list), made again as they were. Returns how many were.
     pub(super) fn reconcile_services(
         &mut self,
         session: &SessionRow,
@@ -325,13 +325,22 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             if running {
                 continue;
             }
-            self.effects.apply(
-                Effect::RemoveContainer(&service.container),
-                Reason::ServiceMissing,
-            )?;
-            self.effects
-                .apply(Effect::CreateService(&service), Reason::ServiceMissing)?;
-            restarted += 1;
+            // One that cannot be made now (its image gone, a setting docker refuses)
+            // is logged (by `Effects`) and tried again next pass; it never stops the
+            // pass for the sessions after it.
+            let remade = self
+                .effects
+                .apply(
+                    Effect::RemoveContainer(&service.container),
+                    Reason::ServiceMissing,
+                )
+                .and_then(|()| {
+                    self.effects
+                        .apply(Effect::CreateService(&service), Reason::ServiceMissing)
+                });
+            if remade.is_ok() {
+                restarted += 1;
+            }
         }
         Ok(restarted)
     }

@@ -1184,17 +1184,19 @@ fn a_session_with_services_has_a_network_of_its_own_and_its_services_on_it() {
     assert_eq!(postgres.network, "podspawn-alice-api.net");
     assert_eq!(postgres.address.to_string(), "10.215.244.139");
     assert_eq!(cache.address.to_string(), "10.215.244.140");
-    // Half of the session's limits each (its 100 pids make 50, less than a service
-    // is ever given), and only the configured capabilities.
+    // Half of the session's limits for the two together, a quarter each (its 100
+    // pids make 25, less than a service is ever given), and only the configured
+    // capabilities.
     assert_eq!(
         (postgres.cpus, postgres.memory_bytes, postgres.pids_limit),
-        (1.0, 1 << 29, 64)
+        (0.5, 1 << 28, 64)
     );
+    assert_eq!(cache.memory_bytes, 1 << 28);
     assert_eq!(postgres.capabilities, ["CHOWN", "SETUID"]);
     // Its volume is the session's own.
     assert_eq!(
         postgres.volumes[0].name,
-        format!("podspawn-alice-api.{}.postgres-data", row.session_id)
+        format!("podspawn-alice.api.{}.postgres-data", row.session_id)
     );
     // The container and both services were asked for together, after the network.
     let applied = &engine.applied;
@@ -1292,13 +1294,13 @@ fn kept_volumes_outlive_their_session_and_are_the_next_ones() {
     assert_eq!(
         f.sessions.engine().volumes.keys().collect::<Vec<_>>(),
         [
-            "podspawn-alice-api.cache-data",
-            "podspawn-alice-api.postgres-data"
+            "podspawn-alice.api.cache-data",
+            "podspawn-alice.api.postgres-data"
         ]
     );
     f.sessions.connect(&api, &settings).unwrap();
     let postgres = &f.sessions.engine().services["podspawn-alice-api.postgres"];
-    assert_eq!(postgres.volumes[0].name, "podspawn-alice-api.postgres-data");
+    assert_eq!(postgres.volumes[0].name, "podspawn-alice.api.postgres-data");
     // While a session uses them they stay; with the user they go.
     let of_alice = |volume: &ManagedVolume| volume.user == "alice";
     assert_eq!(

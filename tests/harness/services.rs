@@ -148,7 +148,6 @@ fn a_sessions_service_runs_beside_it_on_its_own_network_hardened_and_labelled() 
         .unwrap();
     let argv = db.argv.join(" ");
     for expected in [
-        "run --detach --init",
         "--hostname db",
         "--label podspawn.service=db",
         // Half the session's cpus, memory and pids.
@@ -164,7 +163,7 @@ fn a_sessions_service_runs_beside_it_on_its_own_network_hardened_and_labelled() 
     }
     let mount = db.flag("--mount").unwrap();
     assert!(
-        mount.starts_with(&format!("type=volume,source={container}."))
+        mount.starts_with(&format!("type=volume,source=podspawn-{}.api.", user.name))
             && mount.contains(".data,target=/var/lib/db,volume-label=podspawn.managed=true,")
             && mount.contains(",volume-label=podspawn.project=api,volume-label=podspawn.session="),
         "{mount}"
@@ -174,8 +173,8 @@ fn a_sessions_service_runs_beside_it_on_its_own_network_hardened_and_labelled() 
         assert!(!db.argv.iter().any(|arg| arg == refused), "{argv}");
     }
     assert!(
-        !db.argv.iter().any(|arg| arg.starts_with("--pull")),
-        "a service's image may be pulled, as the default image may"
+        argv.starts_with("run --detach --init --pull never "),
+        "its image is there already, never pulled under the user's lock: {argv}"
     );
 }
 

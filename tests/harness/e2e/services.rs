@@ -54,12 +54,13 @@ fn remains(user: &Account, project: &str) -> Vec<String> {
         let output = Command::new("docker").args(&args).output().unwrap();
         stdout(&output).lines().map(str::to_string).collect()
     };
+    let volume_prefix = format!("podspawn-{}.{project}.", user.name);
     for kind in ["ps", "network", "volume"] {
-        found.extend(
-            names(kind)
-                .into_iter()
-                .filter(|name| name.starts_with(&container)),
-        );
+        found.extend(names(kind).into_iter().filter(|name| {
+            name == &container
+                || name.starts_with(&format!("{container}."))
+                || name.starts_with(&volume_prefix)
+        }));
     }
     found.sort();
     found
@@ -138,10 +139,11 @@ fn a_projects_database_answers_by_name_and_goes_with_the_session() {
         "{there:?}"
     );
     assert!(there.contains(&format!("{container}.net")), "{there:?}");
+    let volume_prefix = format!("podspawn-{}.{project}.", user.name);
     assert!(
         there
             .iter()
-            .any(|name| name.starts_with(&format!("{container}.")) && name.ends_with(".pgdata")),
+            .any(|name| name.starts_with(&volume_prefix) && name.ends_with(".pgdata")),
         "the session's own volume: {there:?}"
     );
     // Hardened as the session's container, where the image allows.
