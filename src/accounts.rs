@@ -106,6 +106,14 @@ pub fn uid_of(name: &str) -> Option<u32> {
         .map(|entry| entry.uid)
 }
 
+/// Every account's name and uid, from one read of /etc/passwd.
+pub fn uids() -> Result<Vec<(String, u32)>, LookupError> {
+    let text = read(PASSWD)?;
+    Ok(passwd_entries(&text)
+        .map(|entry| (entry.name.to_string(), entry.uid))
+        .collect())
+}
+
 /// The name of group `gid`, if it has one.
 pub fn group_name(gid: u32) -> Result<Option<String>, LookupError> {
     let text = read(GROUP)?;

@@ -35,6 +35,31 @@ pub trait Host {
     /// Whether `address` accepts a TCP connection before `until` (a companion
     /// service's port, tried again and again until then).
     fn wait_for_port(&self, address: std::net::SocketAddrV4, until: Millis) -> bool;
+    /// Every registered user but `user`, with their uid (those with an account).
+    fn other_users(&self, user: &UserName) -> Vec<(String, u32)>;
+}
+
+/// The users registered in `store` but `user`, each with their account's uid (a
+/// user without an account is left out: they have no addresses).
+pub fn other_users(store: &KeyStore, user: &UserName) -> Vec<(String, u32)> {
+    let users = match store.users() {
+        Ok(users) => users,
+        Err(err) => {
+            log::error!("cannot list the registered users: {err}");
+            return Vec::new();
+        }
+    };
+    let accounts = crate::accounts::uids().unwrap_or_default();
+    users
+        .iter()
+        .filter(|other| *other != user)
+        .filter_map(|other| {
+            accounts
+                .iter()
+                .find(|(name, _)| name == other.as_str())
+                .map(|(name, uid)| (name.clone(), *uid))
+        })
+        .collect()
 }
 
 /// The signal that wakes a keeper: its default action is to be ignored, so a keeper
@@ -162,6 +187,10 @@ impl Host for SystemHost {
 
     fn wait_for_port(&self, address: std::net::SocketAddrV4, until: Millis) -> bool {
         wait_for_port(address, until)
+    }
+
+    fn other_users(&self, user: &UserName) -> Vec<(String, u32)> {
+        other_users(&self.keys, user)
     }
 
     fn is_registered(&self, user: &UserName) -> bool {

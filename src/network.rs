@@ -216,6 +216,29 @@ impl<'de> Deserialize<'de> for ServicesPool {
     }
 }
 
+/// The first other user (name) whose uid shares `uid`'s block of the user pool, and
+/// the first whose uid shares it of the services pool, among `others` (registered
+/// users and their uids): those addresses would be both users', so neither may have
+/// them. `add-user` refuses such a pair; users registered otherwise (an older
+/// podspawn, key files written by hand) are found here.
+pub fn sharing<'a>(
+    uid: u32,
+    others: &'a [(String, u32)],
+    pool: &Pool,
+    services: &ServicesPool,
+) -> (Option<&'a str>, Option<&'a str>) {
+    let first = |collide: &dyn Fn(u32) -> bool| {
+        others
+            .iter()
+            .find(|(_, other)| collide(*other))
+            .map(|(name, _)| name.as_str())
+    };
+    (
+        first(&|other| pool.collide(uid, other)),
+        first(&|other| services.collide(uid, other)),
+    )
+}
+
 fn mask(prefix: u8) -> u32 {
     if prefix == 0 {
         0
@@ -335,5 +358,23 @@ mod tests {
             assert!(ServicesPool::parse(bad).is_err(), "{bad} accepted");
         }
         assert!(ServicesPool::parse("10.215.0.0/21").is_ok());
+    }
+
+    #[test]
+    fn users_who_share_a_block_are_named_for_each_pool() {
+        let pool = Pool::default();
+        let services = ServicesPool::default();
+        let others = [
+            ("bob".to_string(), 1002),
+            ("carol".to_string(), 1001 + 512),
+            ("dave".to_string(), 1001 + 4096),
+        ];
+        assert_eq!(
+            sharing(1001, &others, &pool, &services),
+            (Some("dave"), Some("carol"))
+        );
+        assert_eq!(sharing(1003, &others, &pool, &services), (None, None));
+        // A user is never their own neighbour.
+        assert_eq!(sharing(1002, &others[..1], &pool, &services), (None, None));
     }
 }

@@ -209,28 +209,22 @@ fn refuse_network_collision(
     user: &UserName,
     uid: u32,
 ) -> Result<(), Error> {
-    let pool = config.network.pool;
-    let services_pool = config.network.services_pool;
-    for other in store.users()? {
-        if other == *user {
-            continue;
-        }
-        let Some(other_uid) = accounts::uid_of(other.as_str()) else {
-            continue;
-        };
-        let shared = if pool.collide(uid, other_uid) {
-            format!("network.pool {pool}")
-        } else if services_pool.collide(uid, other_uid) {
-            format!("network.services_pool {services_pool}")
-        } else {
-            continue;
-        };
-        return Err(Error::Refused(format!(
-            "{user} (uid {uid}) and {other} (uid {other_uid}) would share a network in \
-                 {shared}; give it a larger range"
-        )));
-    }
-    Ok(())
+    let (pool, services_pool) = (&config.network.pool, &config.network.services_pool);
+    let others = crate::host::other_users(store, user);
+    let (network, services) = crate::network::sharing(uid, &others, pool, services_pool);
+    let (other, shared) = match (network, services) {
+        (Some(other), _) => (other, format!("network.pool {pool}")),
+        (None, Some(other)) => (other, format!("network.services_pool {services_pool}")),
+        (None, None) => return Ok(()),
+    };
+    let other_uid = others
+        .iter()
+        .find(|(name, _)| name == other)
+        .map_or(0, |(_, uid)| *uid);
+    Err(Error::Refused(format!(
+        "{user} (uid {uid}) and {other} (uid {other_uid}) would share a network in \
+         {shared}; give it a larger range"
+    )))
 }
 
 #[cfg(test)]

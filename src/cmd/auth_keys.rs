@@ -156,16 +156,35 @@ fn authorized_lines(config: &ServerConfig, args: &AuthKeysArgs) -> String {
     // and on the private network of a session with services, its container's and
     // its services') and nothing else. Slot 0 is the default session's, which has
     // no services (only a project's has).
+    // Addresses another registered user's uid would be given too are neither's.
     let forward_to: Vec<_> = match accounts::uid_of(user.as_str()) {
         Some(uid) => {
-            let network = config.network.pool.for_user(user.as_str(), uid);
+            let pool = &config.network.pool;
             let services = &config.network.services_pool;
-            (0..config.session.max_per_user)
-                .map(|slot| network.address(slot))
-                .chain(
-                    (1..config.session.max_per_user).flat_map(|slot| services.addresses(uid, slot)),
-                )
-                .collect()
+            let others = crate::host::other_users(&store, &user);
+            let (shares_network, shares_services) =
+                crate::network::sharing(uid, &others, pool, services);
+            let slots = 0..config.session.max_per_user;
+            let mut addresses = Vec::new();
+            match shares_network {
+                None => {
+                    let network = pool.for_user(user.as_str(), uid);
+                    addresses.extend(slots.clone().map(|slot| network.address(slot)));
+                }
+                Some(other) => log::warn!(
+                    "{user} and {other} share a block of network.pool {pool}: no forwarding to it"
+                ),
+            }
+            match shares_services {
+                None => {
+                    addresses.extend(slots.skip(1).flat_map(|slot| services.addresses(uid, slot)))
+                }
+                Some(other) => log::warn!(
+                    "{user} and {other} share a block of network.services_pool {services}: \
+                     no forwarding to it"
+                ),
+            }
+            addresses
         }
         None => {
             log::warn!("{user} has no Unix account; their keys allow no port forwarding");

@@ -111,6 +111,7 @@ fn doctor(config: &ServerConfig, args: &DoctorArgs) -> Result<(), Error> {
     check_database(&mut report, config);
     check_projects(&mut report, config);
     check_docker_members(&mut report, config);
+    check_networks(&mut report, config);
     check_cleanup(&mut report);
     if report.bad > 0 {
         return Err(Error::Refused(format!("{} problem(s) found", report.bad)));
@@ -552,6 +553,100 @@ fn check_docker_members(report: &mut Report, config: &ServerConfig) {
     }
 }
 
+/// Addresses podspawn forwards to must be the user's alone: no two registered users
+/// in one block of a pool (add-user refuses that, but an older podspawn or key files
+/// written by hand did not), and no route of the host's own into the pools (a VPN's,
+/// say), which forwarding would then reach.
+fn check_networks(report: &mut Report, config: &ServerConfig) {
+    let store = KeyStore::new(config.auth.key_dir.as_path());
+    let (pool, services) = (&config.network.pool, &config.network.services_pool);
+    let mut shared = Vec::new();
+    for user in store.users().unwrap_or_default() {
+        let Some(uid) = crate::accounts::uid_of(user.as_str()) else {
+            continue;
+        };
+        let others = crate::host::other_users(&store, &user);
+        let (network, service) = crate::network::sharing(uid, &others, pool, services);
+        for (other, pool) in [
+            (network, "network.pool"),
+            (service, "network.services_pool"),
+        ] {
+            if let Some(other) = other.filter(|other| user.as_str() < *other) {
+                shared.push(format!("{user} and {other} in {pool}"));
+            }
+        }
+    }
+    if shared.is_empty() {
+        report.line(
+            Mark::Good,
+            "every registered user's addresses are theirs alone",
+            None,
+        );
+    } else {
+        report.line(
+            Mark::Bad,
+            &format!(
+                "users share a block of addresses (neither may forward to it, and their \
+                 sessions' networks would overlap): {}",
+                shared.join("; ")
+            ),
+            Some("give that pool a larger range in the config".into()),
+        );
+    }
+    let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    for (iface, cidr) in foreign_routes(&routes, &[pool.to_string(), services.to_string()]) {
+        report.line(
+            Mark::Warn,
+            &format!(
+                "this host routes {cidr} through {iface}, inside podspawn's pools: \
+                 a user's forwarding could reach what is there"
+            ),
+            Some(
+                "move network.pool / network.services_pool to a range the host does not use".into(),
+            ),
+        );
+    }
+}
+
+/// Routes of `/proc/net/route` (other than the default route and docker's own
+/// bridges) into any of `pools`: (interface, destination/prefix).
+fn foreign_routes(table: &str, pools: &[String]) -> Vec<(String, String)> {
+    let parse_pool = |pool: &String| {
+        let (address, prefix) = pool.split_once('/')?;
+        let address: std::net::Ipv4Addr = address.parse().ok()?;
+        Some((u32::from(address), prefix.parse::<u32>().ok()?))
+    };
+    let pools: Vec<(u32, u32)> = pools.iter().filter_map(parse_pool).collect();
+    // The kernel prints each address's network-order bytes as a native integer.
+    let hex = |field: &str| u32::from_str_radix(field, 16).ok().map(u32::from_be);
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (iface, destination, mask) =
+                (fields.first()?, hex(fields.get(1)?)?, hex(fields.get(7)?)?);
+            let prefix = mask.count_ones();
+            let ours = iface.starts_with("br-") || iface.starts_with("docker");
+            let overlaps = pools.iter().any(|(base, pool_prefix)| {
+                let common = prefix.min(*pool_prefix);
+                let shared = if common == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - common)
+                };
+                base & shared == destination & shared
+            });
+            (prefix > 0 && !ours && overlaps).then(|| {
+                (
+                    iface.to_string(),
+                    format!("{}/{prefix}", std::net::Ipv4Addr::from(destination)),
+                )
+            })
+        })
+        .collect()
+}
+
 fn check_cleanup(report: &mut Report) {
     let timers = [
         "/etc/systemd/system/podspawn-cleanup.timer",
@@ -576,6 +671,25 @@ fn check_cleanup(report: &mut Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_into_the_pools_are_found_but_not_dockers_own_or_the_default() {
+        let table = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n\
+                     eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+                     docker0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
+                     br-1a2b\t90F3D60A\t00000000\t0001\t0\t0\t0\tF0FFFFFF\t0\t0\t0\n\
+                     tun0\t0000000A\t00000000\t0001\t0\t0\t0\t000000FF\t0\t0\t0\n\
+                     wg0\t0000D70A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
+        let pools = ["10.214.0.0/16".to_string(), "10.215.0.0/16".to_string()];
+        assert_eq!(
+            foreign_routes(table, &pools),
+            [
+                ("tun0".to_string(), "10.0.0.0/8".to_string()),
+                ("wg0".to_string(), "10.215.0.0/16".to_string())
+            ]
+        );
+        assert!(foreign_routes(table, &["192.168.7.0/24".to_string()]).is_empty());
+    }
 
     #[test]
     fn hidden_processes_are_found_unless_the_docker_group_is_exempt() {

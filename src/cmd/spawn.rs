@@ -215,7 +215,13 @@ pub fn settings(config: &ServerConfig) -> Settings {
                     .collect(),
                 persist_volumes: config.services.persist_volumes,
             },
-            ready_timeout: config.services.ready_timeout.0,
+            // The host reaches the containers of a local engine only.
+            ready_timeout: config
+                .docker
+                .host
+                .as_deref()
+                .is_none_or(|host| host.starts_with("unix://"))
+                .then_some(config.services.ready_timeout.0),
         },
     }
 }

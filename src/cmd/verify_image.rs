@@ -8,6 +8,8 @@
 //! privileges, a service's limits — and reports whether it keeps running, which of
 //! its ports accept connections and how soon, and the volumes it declares.
 
+use std::time::Duration;
+
 use lexopt::prelude::*;
 
 use super::{Command, Context, Outcome};
@@ -127,12 +129,18 @@ fn verify_service(config: &ServerConfig, image: &str, args: &ServiceArgs) -> Res
     let (cpus, memory_bytes, pids_limit) =
         limits.of_session(settings.cpus, settings.memory_bytes, settings.pids_limit, 1);
     let spec = crate::container::ServiceSpec {
-        container: format!("podspawn-probe-{}", std::process::id()),
+        container: format!("podspawn.probe.{}", std::process::id()),
         name: "probe".to_string(),
         image: image.to_string(),
         user: String::new(),
         project: String::new(),
-        session_id: "probe".to_string(),
+        // Nobody's: cleanup removes it if this command never does, once its time
+        // (the wait, and a minute) is up.
+        session_id: crate::session::probe_label(
+            crate::host::now_millis()
+                + (settings.services.ready_timeout.unwrap_or_default() + Duration::from_secs(60))
+                    .as_millis() as i64,
+        ),
         network: "bridge".to_string(),
         address: std::net::Ipv4Addr::UNSPECIFIED,
         ports: args.ports.clone(),
@@ -144,7 +152,15 @@ fn verify_service(config: &ServerConfig, image: &str, args: &ServiceArgs) -> Res
         pids_limit,
         capabilities: limits.capabilities.clone(),
     };
-    let timeout = settings.services.ready_timeout;
+    let timeout = settings
+        .services
+        .ready_timeout
+        .ok_or_else(|| {
+            Error::Refused(
+                "the engine is not on this host (docker.host): its containers' ports cannot be tried from here"
+                    .to_string(),
+            )
+        })?;
     println!("verify-image --service {image}");
     let check = crate::session::check_service(
         &mut super::effects(config),

@@ -28,8 +28,8 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use effects::{Effects, Passed};
-pub use plan::Reason;
 use plan::{AfterExec, AtRelease, ConnectPlan, Decision, Healing, NameHolder, Repair};
+pub use plan::{Reason, probe_label};
 pub use services::{ServiceFailure, ServiceSettings, check_service};
 
 use crate::config::SessionMode;
@@ -111,6 +111,11 @@ pub enum SessionError {
         container: String,
         holder: UserName,
     },
+    /// The session's private network would have addresses that are another
+    /// registered user's too (their uids share a block of `network.services_pool`).
+    AddressesShared {
+        other: String,
+    },
     /// The session's image is not there, and it says how it is built (a signal
     /// within `connect`, which builds it outside the user's lock and tries again).
     ImageMissing,
@@ -164,6 +169,9 @@ impl SessionError {
             SessionError::ImageMissing => {
                 "your session's image is missing; tell your admin".to_string()
             }
+            SessionError::AddressesShared { .. } => {
+                "your session's services would share addresses with another user's; tell your admin (network.services_pool)".to_string()
+            }
             SessionError::BuildFailed {
                 image, step, log, ..
             } => format!(
@@ -216,6 +224,10 @@ impl fmt::Display for SessionError {
                 )
             }
             SessionError::ImageMissing => f.write_str("the session's image is missing"),
+            SessionError::AddressesShared { other } => write!(
+                f,
+                "refused a session with services: its addresses in network.services_pool would be {other}'s too (uids in one block; give the pool a larger range)"
+            ),
             SessionError::BuildFailed {
                 image,
                 step,
@@ -772,6 +784,15 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             })
             .collect();
         if !services.is_empty() {
+            // Addresses another registered user's uid would be given too are
+            // neither's (their key lines would forward to each other's services).
+            let others = self.host.other_users(&user.name);
+            let pools = (&settings.pool, &settings.services.pool);
+            if let (_, Some(other)) = crate::network::sharing(user.uid, &others, pools.0, pools.1) {
+                return Err(SessionError::AddressesShared {
+                    other: other.to_string(),
+                });
+            }
             self.make_session_network(&spec)?;
         }
         let mut effects = vec![Effect::CreateContainer(&spec)];
@@ -1124,7 +1145,7 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                 _ => {}
             }
         }
-        for container in plan::orphans(&managed, &owned) {
+        for container in plan::orphans(&managed, &owned, self.host.now()) {
             // Judged under its user's lock, on a fresh look: a connection may have
             // made it and its row since the list.
             let owner = UserName::parse(&container.user).ok();

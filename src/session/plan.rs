@@ -302,14 +302,31 @@ pub fn stale_networks<'a>(
     Ok(stale)
 }
 
-/// podspawn's containers that no session owns.
+/// The `podspawn.session` label of an image being tried (`verify-image --service`)
+/// until `until`: no session's, and not an orphan before then.
+pub fn probe_label(until: Millis) -> String {
+    format!("{PROBE}{until}")
+}
+
+const PROBE: &str = "probe-until-";
+
+/// podspawn's containers that no session owns (an image being tried is nobody's,
+/// but not an orphan until its time is up, `now`).
 pub fn orphans<'a>(
     managed: &'a [ManagedContainer],
     owned: &std::collections::BTreeSet<String>,
+    now: Millis,
 ) -> Vec<&'a ManagedContainer> {
+    let being_tried = |container: &ManagedContainer| {
+        container
+            .session
+            .strip_prefix(PROBE)
+            .and_then(|until| until.parse::<Millis>().ok())
+            .is_some_and(|until| now < until)
+    };
     managed
         .iter()
-        .filter(|container| !owned.contains(&container.name))
+        .filter(|container| !owned.contains(&container.name) && !being_tried(container))
         .collect()
 }
 
@@ -653,13 +670,22 @@ mod tests {
             session: String::new(),
             service: String::new(),
         };
-        let managed = [container("podspawn-alice"), container("podspawn-bob")];
+        let probe = |name: &str, until: Millis| ManagedContainer {
+            session: probe_label(until),
+            ..container(name)
+        };
+        let managed = [
+            container("podspawn-alice"),
+            container("podspawn-bob"),
+            probe("podspawn-probe-1", NOW + 1),
+            probe("podspawn-probe-2", NOW),
+        ];
         let owned = ["podspawn-alice".to_string()].into();
-        let names: Vec<&str> = orphans(&managed, &owned)
+        let names: Vec<&str> = orphans(&managed, &owned, NOW)
             .iter()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(names, ["podspawn-bob"]);
+        assert_eq!(names, ["podspawn-bob", "podspawn-probe-2"]);
 
         let network = |user: &str| ManagedNetwork {
             name: format!("podspawn-{user}"),

@@ -21,7 +21,7 @@ use crate::docker::{
 };
 use crate::engine::{Effect, Engine};
 use crate::exec::write_stderr;
-use crate::host::Host;
+use crate::host::{Host, Millis};
 use crate::keys::UserName;
 use crate::network::ServicesPool;
 use crate::state::SessionRow;
@@ -31,8 +31,17 @@ use crate::state::SessionRow;
 pub struct ServiceSettings {
     pub pool: ServicesPool,
     pub limits: ServiceLimits,
-    /// How long a new session's first connection waits for its services' ports.
-    pub ready_timeout: Duration,
+    /// How long a new session's first connection waits for its services' ports;
+    /// `None` when the engine is elsewhere and they cannot be tried from here.
+    pub ready_timeout: Option<Duration>,
+}
+
+/// How a service's wait ended.
+enum Readiness {
+    Ready,
+    Stopped,
+    /// This port did not answer in time.
+    Silent(u16),
 }
 
 /// A service a new session could not make.
@@ -257,14 +266,16 @@ impl<E: Engine, H: Host> Sessions<E, H> {
 
     /// A new session's first connection, before its program: each service's ports
     /// are waited for, at most `timeout` in all (they started together, so waiting
-    /// for one after another costs no more than the slowest). An interactive
-    /// terminal sees a line per service, as it comes; the log hears of what fails.
+    /// for one after another costs no more than the slowest), and a service that
+    /// stops meanwhile is not waited for. `None`: the engine is not on this host, so
+    /// its containers' ports cannot be tried from here. An interactive terminal sees
+    /// a line per service, as it comes; the log hears of what fails.
     pub(super) fn wait_for_services(
-        &self,
+        &mut self,
         services: &[ServiceSpec],
         failures: &[ServiceFailure],
         interactive: bool,
-        timeout: Duration,
+        timeout: Option<Duration>,
     ) {
         let show = |text: &str| {
             if interactive {
@@ -272,7 +283,6 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             }
         };
         let started = self.host.now();
-        let until = started + timeout.as_millis() as i64;
         for service in services {
             show(&format!(
                 "Starting companion service: {} ({})... ",
@@ -282,14 +292,21 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                 show(&format!("failed: {}\n", failure.message));
                 continue;
             }
-            let silent = service.ports.iter().find(|port| {
-                !self
-                    .host
-                    .wait_for_port(SocketAddrV4::new(service.address, **port), until)
-            });
-            match silent {
-                None => show("done\n"),
-                Some(port) => {
+            let Some(timeout) = timeout else {
+                show("started\n");
+                continue;
+            };
+            match self.await_ports(service, started + timeout.as_millis() as i64, timeout) {
+                Readiness::Ready => show("done\n"),
+                Readiness::Stopped => {
+                    log::warn!(
+                        "service {} of {} stopped before it answered",
+                        service.name,
+                        service.container
+                    );
+                    show("it stopped; the session opens anyway\n");
+                }
+                Readiness::Silent(port) => {
                     log::warn!(
                         "service {} of {} did not answer on port {port} within {}s",
                         service.name,
@@ -303,6 +320,41 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                 }
             }
         }
+    }
+
+    /// Waits until each of `service`'s ports accepts a connection, at most until
+    /// `until`, asking the engine after each second without one whether the service
+    /// still runs.
+    fn await_ports(
+        &mut self,
+        service: &ServiceSpec,
+        until: Millis,
+        timeout: Duration,
+    ) -> Readiness {
+        // A second at a time, and never more seconds than the timeout has (a clock
+        // that does not move, as in tests, ends the wait all the same).
+        let mut seconds_left = timeout.as_secs();
+        for port in &service.ports {
+            let address = SocketAddrV4::new(service.address, *port);
+            loop {
+                let slice = (self.host.now() + 1000).min(until);
+                if self.host.wait_for_port(address, slice) {
+                    break;
+                }
+                if slice >= until || seconds_left == 0 {
+                    return Readiness::Silent(*port);
+                }
+                seconds_left -= 1;
+                let state = self.effects.engine().state(&service.container);
+                if matches!(
+                    state,
+                    Ok(ContainerState::NotRunning | ContainerState::Missing)
+                ) {
+                    return Readiness::Stopped;
+                }
+            }
+        }
+        Readiness::Ready
     }
 
     /// Under the user's lock, for `cleanup`: the services of a running session whose

@@ -45,6 +45,8 @@ struct FakeEngine {
     volumes: BTreeMap<String, ManagedVolume>,
     /// Service images that cannot be had.
     missing_images: BTreeSet<String>,
+    /// Services (by name) that stop as soon as they start.
+    stop_at_once: BTreeSet<String>,
 }
 
 impl Engine for FakeEngine {
@@ -105,6 +107,9 @@ impl Engine for FakeEngine {
                             },
                         },
                     );
+                }
+                if self.stop_at_once.contains(&spec.name) {
+                    self.stopped.insert(spec.container.clone());
                 }
                 self.services.insert(spec.container.clone(), spec.clone());
             }
@@ -435,6 +440,13 @@ impl Host for FakeHost {
     fn wake(&self, keeper: &ProcessId) {
         self.woken.borrow_mut().push(keeper.pid);
     }
+    fn other_users(&self, user: &UserName) -> Vec<(String, u32)> {
+        self.accounts
+            .iter()
+            .filter(|(name, _)| name.as_str() != user.as_str() && !self.removed.contains(*name))
+            .map(|(name, uid)| (name.clone(), *uid))
+            .collect()
+    }
     fn wait_for_port(&self, address: std::net::SocketAddrV4, _: Millis) -> bool {
         self.asked_ports.borrow_mut().push(address);
         !self.silent_ports.contains(&address.port())
@@ -471,7 +483,7 @@ fn fixture(mode: SessionMode) -> (Fixture, Settings) {
                 capabilities: vec!["CHOWN".into(), "SETUID".into()],
                 persist_volumes: false,
             },
-            ready_timeout: Duration::from_secs(30),
+            ready_timeout: Some(Duration::from_secs(30)),
         },
     };
     (Fixture { _db: db, sessions }, settings)
@@ -1471,4 +1483,66 @@ fn the_overview_shows_each_sessions_services() {
             ("cache".to_string(), Some(ContainerState::Missing)),
         ]
     );
+}
+
+#[test]
+fn a_session_whose_services_would_share_another_users_addresses_is_refused() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    // bob's uid is alice's plus the services pool's 512 blocks.
+    f.sessions.host.accounts.insert("bob".into(), 1001 + 512);
+    let api = with_services(&mut f, "api", api_services());
+    let err = f.sessions.connect(&api, &settings).unwrap_err();
+    assert!(
+        matches!(&err, SessionError::AddressesShared { other } if other == "bob"),
+        "{err}"
+    );
+    assert!(err.user_message().contains("network.services_pool"));
+    let engine = f.sessions.engine();
+    assert!(engine.running.is_empty() && engine.services.is_empty());
+    assert!(engine.networks.is_empty());
+    // A session without services is on alice's own network, which is hers alone.
+    f.connect(&settings);
+}
+
+#[test]
+fn a_service_that_stops_is_not_waited_for() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.sessions.engine().stop_at_once.insert("postgres".into());
+    f.sessions.host.silent_ports.insert(5432);
+    let api = with_services(&mut f, "api", api_services());
+    assert_eq!(f.sessions.connect(&api, &settings).unwrap(), 0);
+    let asked: Vec<u16> = f
+        .sessions
+        .host
+        .asked_ports
+        .borrow()
+        .iter()
+        .map(|address| address.port())
+        .collect();
+    // One try at the stopped one's port, then on to the next service.
+    assert_eq!(asked, [5432, 6379]);
+}
+
+#[test]
+fn a_silent_port_is_waited_for_no_longer_than_the_timeout_has_seconds() {
+    let (mut f, mut settings) = fixture(SessionMode::GracePeriod);
+    settings.services.ready_timeout = Some(Duration::from_secs(3));
+    f.sessions.host.silent_ports.insert(5432);
+    let api = with_services(&mut f, "api", api_services());
+    assert_eq!(f.sessions.connect(&api, &settings).unwrap(), 0);
+    let tries = f
+        .sessions
+        .host
+        .asked_ports
+        .borrow()
+        .iter()
+        .filter(|address| address.port() == 5432)
+        .count();
+    assert_eq!(tries, 4, "a try a second, and one more");
+    // With the engine elsewhere, nothing is tried at all.
+    let (mut f, mut settings) = fixture(SessionMode::GracePeriod);
+    settings.services.ready_timeout = None;
+    let api = with_services(&mut f, "api", api_services());
+    assert_eq!(f.sessions.connect(&api, &settings).unwrap(), 0);
+    assert!(f.sessions.host.asked_ports.borrow().is_empty());
 }

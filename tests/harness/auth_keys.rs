@@ -32,6 +32,36 @@ fn registered(env: &TestEnv, user: &str, keys: &[&str]) {
 }
 
 #[test]
+fn addresses_two_registered_users_would_share_are_neither_users() {
+    // daemon (uid 1) and www-data (uid 33), as base-passwd makes them everywhere,
+    // share a block of a services pool of 16 blocks (a /21), not of network.pool.
+    let env = TestEnv::new();
+    let config = fs::read_to_string(env.config_path()).unwrap();
+    env.write_config_text(&format!(
+        "{config}network:\n  services_pool: 10.215.0.0/21\nsession:\n  max_per_user: 2\n"
+    ));
+    env.write_key_file("daemon", &format!("{ED25519}\n"));
+    let alone = env
+        .podspawn(&["auth-keys", "daemon"])
+        .assert_success()
+        .stdout();
+    assert_eq!(alone.matches("permitopen=").count(), 2 + 5, "{alone}");
+    // The second one written by hand (add-user would refuse it): the services'
+    // addresses go from both users' key lines, their own networks' stay.
+    env.write_key_file("www-data", &format!("{ED25519_OTHER}\n"));
+    for user in ["daemon", "www-data"] {
+        let lines = env.podspawn(&["auth-keys", user]).assert_success().stdout();
+        assert_eq!(lines.matches("permitopen=").count(), 2, "{lines}");
+        assert!(!lines.contains("permitopen=\"10.215."), "{lines}");
+    }
+    let log = fs::read_to_string(env.log_path()).unwrap_or_default();
+    assert!(
+        log.contains("daemon and www-data share a block of network.services_pool 10.215.0.0/21"),
+        "{log}"
+    );
+}
+
+#[test]
 fn a_registered_user_gets_one_forced_command_line_per_key() {
     let env = TestEnv::new();
     registered(&env, "alice", &[ED25519, ECDSA]);
