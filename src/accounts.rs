@@ -106,10 +106,12 @@ pub fn uid_of(name: &str) -> Option<u32> {
         .map(|entry| entry.uid)
 }
 
-/// Every account's name and uid, from one read of /etc/passwd.
-pub fn uids() -> Result<Vec<(String, u32)>, LookupError> {
+/// The uid of each account among `names` (sorted) that exists, from one read of
+/// /etc/passwd (`auth-keys` asks for every registered user's on each key).
+pub fn uids_of(names: &[&str]) -> Result<Vec<(String, u32)>, LookupError> {
     let text = read(PASSWD)?;
     Ok(passwd_entries(&text)
+        .filter(|entry| names.binary_search(&entry.name).is_ok())
         .map(|entry| (entry.name.to_string(), entry.uid))
         .collect())
 }

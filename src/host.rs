@@ -40,26 +40,33 @@ pub trait Host {
 }
 
 /// The users registered in `store` but `user`, each with their account's uid (a
-/// user without an account is left out: they have no addresses).
-pub fn other_users(store: &KeyStore, user: &UserName) -> Vec<(String, u32)> {
+/// user without an account is left out: they have no addresses); and `user`'s own
+/// uid, if they have an account. One listing of the store, one read of /etc/passwd.
+pub fn registered_uids(store: &KeyStore, user: &UserName) -> (Option<u32>, Vec<(String, u32)>) {
     let users = match store.users() {
         Ok(users) => users,
         Err(err) => {
             log::error!("cannot list the registered users: {err}");
-            return Vec::new();
+            Vec::new()
         }
     };
-    let accounts = crate::accounts::uids().unwrap_or_default();
-    users
+    // Sorted, as the store lists them, with `user` in its place.
+    let mut names: Vec<&str> = users.iter().map(UserName::as_str).collect();
+    if let Err(at) = names.binary_search(&user.as_str()) {
+        names.insert(at, user.as_str());
+    }
+    let mut uids = crate::accounts::uids_of(&names).unwrap_or_default();
+    let own = uids
         .iter()
-        .filter(|other| *other != user)
-        .filter_map(|other| {
-            accounts
-                .iter()
-                .find(|(name, _)| name == other.as_str())
-                .map(|(name, uid)| (name.clone(), *uid))
-        })
-        .collect()
+        .position(|(name, _)| name == user.as_str())
+        .map(|at| uids.remove(at).1);
+    (own, uids)
+}
+
+/// The users registered in `store` but `user`, with their uids (see
+/// `registered_uids`).
+pub fn other_users(store: &KeyStore, user: &UserName) -> Vec<(String, u32)> {
+    registered_uids(store, user).1
 }
 
 /// The signal that wakes a keeper: its default action is to be ignored, so a keeper

@@ -10,7 +10,6 @@
 use std::io::Write;
 
 use super::{Command, Context, Outcome};
-use crate::accounts;
 use crate::cli::{Args, UsageError};
 use crate::config::ServerConfig;
 use crate::error::Error;
@@ -157,11 +156,11 @@ fn authorized_lines(config: &ServerConfig, args: &AuthKeysArgs) -> String {
     // its services') and nothing else. Slot 0 is the default session's, which has
     // no services (only a project's has).
     // Addresses another registered user's uid would be given too are neither's.
-    let forward_to: Vec<_> = match accounts::uid_of(user.as_str()) {
+    let (uid, others) = crate::host::registered_uids(&store, &user);
+    let forward_to: Vec<_> = match uid {
         Some(uid) => {
             let pool = &config.network.pool;
             let services = &config.network.services_pool;
-            let others = crate::host::other_users(&store, &user);
             let (shares_network, shares_services) =
                 crate::network::sharing(uid, &others, pool, services);
             let slots = 0..config.session.max_per_user;

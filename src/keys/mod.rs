@@ -198,11 +198,15 @@ impl PublicKey {
         let forwarding = if forward_to.is_empty() {
             "X11-forwarding".to_string()
         } else {
-            let permits: Vec<String> = forward_to
-                .iter()
-                .map(|address| format!("permitopen=\"{address}:*\""))
-                .collect();
-            format!("port-forwarding,X11-forwarding,{}", permits.join(","))
+            // Written in place: sshd runs this for every key offered, and a line may
+            // name dozens of addresses.
+            use std::fmt::Write;
+            let mut options = String::with_capacity(32 + 32 * forward_to.len());
+            options.push_str("port-forwarding,X11-forwarding");
+            for address in forward_to {
+                let _ = write!(options, ",permitopen=\"{address}:*\"");
+            }
+            options
         };
         format!(
             "command=\"{} spawn --user {user}\",restrict,pty,agent-forwarding,{forwarding} {}",
