@@ -91,10 +91,11 @@ impl SystemHost {
 }
 
 /// Whether `address` accepts a TCP connection before `until`, tried again every
-/// 50 ms (each try at most 250 ms) until then.
+/// 10 ms (each try at most 250 ms) until then: a refused try costs microseconds, and
+/// a new session's first program waits for this.
 pub fn wait_for_port(address: std::net::SocketAddrV4, until: Millis) -> bool {
     const ATTEMPT: std::time::Duration = std::time::Duration::from_millis(250);
-    const PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+    const PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
     loop {
         let left = until - now_millis();
         if left <= 0 {
