@@ -596,8 +596,23 @@ impl Docker {
 
     /// Every volume podspawn made.
     pub fn list_managed_volumes(&self) -> Result<Vec<ManagedVolume>, DockerError> {
+        Ok(self
+            .list_owned("volume")?
+            .into_iter()
+            .map(|[name, user, project, session]| ManagedVolume {
+                name,
+                user,
+                project,
+                session,
+            })
+            .collect())
+    }
+
+    /// `docker network ls` or `docker volume ls` of what carries
+    /// `podspawn.managed=true`: each one's name, user, project and session labels.
+    fn list_owned(&self, kind: &str) -> Result<Vec<[String; 4]>, DockerError> {
         let args = vec![
-            "volume".to_string(),
+            kind.to_string(),
             "ls".to_string(),
             "--filter".to_string(),
             format!("label={LABEL_MANAGED}=true"),
@@ -617,12 +632,7 @@ impl Docker {
                 let [name, user, project, session] = fields[..] else {
                     return None;
                 };
-                Some(ManagedVolume {
-                    name: name.to_string(),
-                    user: user.to_string(),
-                    project: project.to_string(),
-                    session: session.to_string(),
-                })
+                Some([name, user, project, session].map(str::to_string))
             })
             .collect())
     }
@@ -761,33 +771,14 @@ impl Docker {
 
     /// Every network podspawn made.
     pub fn list_managed_networks(&self) -> Result<Vec<ManagedNetwork>, DockerError> {
-        let args = vec![
-            "network".to_string(),
-            "ls".to_string(),
-            "--filter".to_string(),
-            format!("label={LABEL_MANAGED}=true"),
-            "--format".to_string(),
-            format!(
-                "{{{{.Name}}}}\t{{{{.Label \"{LABEL_USER}\"}}}}\t{{{{.Label \"{LABEL_PROJECT}\"}}}}\t{{{{.Label \"{LABEL_SESSION}\"}}}}"
-            ),
-        ];
-        let (status, stdout, stderr) = self.run(&args)?;
-        if !status.success() {
-            return Err(self.failed(&args, status, stderr));
-        }
-        Ok(stdout
-            .lines()
-            .filter_map(|line| {
-                let fields: Vec<&str> = line.split('\t').collect();
-                let [name, user, project, session] = fields[..] else {
-                    return None;
-                };
-                Some(ManagedNetwork {
-                    name: name.to_string(),
-                    user: user.to_string(),
-                    project: project.to_string(),
-                    session: session.to_string(),
-                })
+        Ok(self
+            .list_owned("network")?
+            .into_iter()
+            .map(|[name, user, project, session]| ManagedNetwork {
+                name,
+                user,
+                project,
+                session,
             })
             .collect())
     }
