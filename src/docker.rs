@@ -30,6 +30,13 @@ pub const LABEL_SERVICE: &str = "podspawn.service";
 /// The PATH docker runs with (and on which a bare `docker.binary` is looked up).
 pub const FIXED_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// What a `docker run --detach` makes, for telling its failures apart.
+struct Run<'a> {
+    name: &'a str,
+    network: Option<&'a str>,
+    image: &'a str,
+}
+
 /// How to run the docker CLI.
 #[derive(Debug, Clone)]
 pub struct Docker {
@@ -385,21 +392,33 @@ impl Docker {
 
     /// `docker run --detach …`: creates and starts a session's container.
     pub fn create(&self, spec: &ContainerSpec) -> Result<(), DockerError> {
-        let args = run_args(spec);
-        let (status, _, stderr) = self.run(&args)?;
+        let run = Run {
+            name: &spec.name,
+            network: Some(&spec.network.name),
+            image: &spec.image,
+        };
+        self.run_detached(&run_args(spec), &run)
+    }
+
+    /// Runs a `docker run --detach` and says why it failed: the name taken, the
+    /// network missing (when it names one), the image not to be had, or else
+    /// docker's own words.
+    fn run_detached(&self, args: &[String], run: &Run) -> Result<(), DockerError> {
+        let (status, _, stderr) = self.run(args)?;
         if status.success() {
             return Ok(());
         }
         if stderr.contains("is already in use") {
             return Err(DockerError::NameInUse {
-                name: spec.name.clone(),
+                name: run.name.to_string(),
             });
         }
-        if stderr.contains(&format!("network {} not found", spec.network.name))
-            || stderr.contains("No such network")
+        if let Some(network) = run.network
+            && (stderr.contains(&format!("network {network} not found"))
+                || stderr.contains("No such network"))
         {
             return Err(DockerError::NetworkMissing {
-                network: spec.network.name.clone(),
+                network: network.to_string(),
             });
         }
         if stderr.contains("Unable to find image")
@@ -408,11 +427,11 @@ impl Docker {
             || stderr.contains("manifest unknown")
         {
             return Err(DockerError::ImageUnavailable {
-                image: spec.image.clone(),
+                image: run.image.to_string(),
                 stderr,
             });
         }
-        Err(self.failed(&args, status, stderr))
+        Err(self.failed(args, status, stderr))
     }
 
     /// `docker network create` for a user's network (one that exists is fine), or
@@ -448,54 +467,22 @@ impl Docker {
 
     /// `docker run --detach …` of a session's companion service.
     pub fn create_service(&self, spec: &ServiceSpec) -> Result<(), DockerError> {
-        let args = service_run_args(spec);
-        let (status, _, stderr) = self.run(&args)?;
-        if status.success() {
-            return Ok(());
-        }
-        if stderr.contains("is already in use") {
-            return Err(DockerError::NameInUse {
-                name: spec.container.clone(),
-            });
-        }
-        if stderr.contains(&format!("network {} not found", spec.network))
-            || stderr.contains("No such network")
-        {
-            return Err(DockerError::NetworkMissing {
-                network: spec.network.clone(),
-            });
-        }
-        if stderr.contains("Unable to find image")
-            || stderr.contains("No such image")
-            || stderr.contains("pull access denied")
-            || stderr.contains("manifest unknown")
-        {
-            return Err(DockerError::ImageUnavailable {
-                image: spec.image.clone(),
-                stderr,
-            });
-        }
-        Err(self.failed(&args, status, stderr))
+        let run = Run {
+            name: &spec.container,
+            network: Some(&spec.network),
+            image: &spec.image,
+        };
+        self.run_detached(&service_run_args(spec), &run)
     }
 
     /// `docker run --detach` of a service's image on its own, to try it.
     pub fn probe_service(&self, spec: &ServiceSpec) -> Result<(), DockerError> {
-        let args = service_probe_args(spec);
-        let (status, _, stderr) = self.run(&args)?;
-        if status.success() {
-            return Ok(());
-        }
-        if stderr.contains("Unable to find image")
-            || stderr.contains("No such image")
-            || stderr.contains("pull access denied")
-            || stderr.contains("manifest unknown")
-        {
-            return Err(DockerError::ImageUnavailable {
-                image: spec.image.clone(),
-                stderr,
-            });
-        }
-        Err(self.failed(&args, status, stderr))
+        let run = Run {
+            name: &spec.container,
+            network: None,
+            image: &spec.image,
+        };
+        self.run_detached(&service_probe_args(spec), &run)
     }
 
     /// A container's address on its (first) network, its exit code once it has
