@@ -15,13 +15,14 @@
 //!   decide whether the command ever ran before the user sees it.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use crate::container::WindowSize;
 use crate::docker;
 
 /// How a supervised exec ended.
@@ -44,6 +45,23 @@ pub fn exit_code(status: ExitStatus) -> i32 {
         (None, Some(signal)) => 128 + signal,
         (None, None) => 1,
     }
+}
+
+/// The size of the terminal on `fd`; none when it is not a terminal or has no size.
+pub fn terminal_size(fd: RawFd) -> Option<WindowSize> {
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) } != 0 {
+        return None;
+    }
+    (size.ws_row > 0 && size.ws_col > 0).then_some(WindowSize {
+        rows: size.ws_row,
+        cols: size.ws_col,
+    })
 }
 
 /// Runs `command` with our stdin and stdout, relaying its stderr, until it exits or

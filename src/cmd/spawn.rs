@@ -331,6 +331,10 @@ fn connect(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
             .map(ProjectName::to_string)
             .unwrap_or_default(),
         env,
+        window: routed
+            .tty
+            .then(|| crate::exec::terminal_size(libc::STDIN_FILENO))
+            .flatten(),
         routed,
         agent_dir: agent_dir.map(|dir| dir.display().to_string()),
         image: environment.as_ref().map_or_else(

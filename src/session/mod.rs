@@ -270,6 +270,8 @@ pub struct ConnectRequest {
     /// The project or scratch environment; empty for the user's default one.
     pub project: String,
     pub routed: Routed,
+    /// The size of the client's terminal, when it has one.
+    pub window: Option<container::WindowSize>,
     /// Environment for the program, after podspawn's own (TERM, LANG, the
     /// project's, …).
     pub env: Vec<(String, String)>,
@@ -607,6 +609,9 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         );
         if attached.created {
             argv = container::after_setup(argv);
+        }
+        if let Some(size) = request.window.filter(|_| request.routed.tty) {
+            argv = container::sized_terminal(argv, size);
         }
         let mut env = request.env.clone();
         env.push((

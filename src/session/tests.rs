@@ -503,6 +503,7 @@ fn request(program: Program) -> ConnectRequest {
             program,
             tty: false,
         },
+        window: None,
         env: vec![("LANG".into(), "C.UTF-8".into())],
         agent_dir: None,
         image: "img".into(),
@@ -575,6 +576,38 @@ fn the_first_connection_creates_and_a_second_reattaches() {
     assert_eq!(marker.0, "PODSPAWN_CONNECTION");
     assert!(marker.1.starts_with("session1-"));
     assert_eq!(f.sessions.host.keepers.len(), 1, "one keeper, still alive");
+}
+
+#[test]
+fn a_terminal_gets_the_clients_size_before_its_program_and_pipes_get_nothing() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    let window = Some(crate::container::WindowSize {
+        rows: 50,
+        cols: 132,
+    });
+    let on_a_terminal = ConnectRequest {
+        routed: Routed {
+            program: Program::Shell,
+            tty: true,
+        },
+        window,
+        ..request(Program::Shell)
+    };
+    f.sessions.connect(&on_a_terminal, &settings).unwrap();
+    let on_pipes = ConnectRequest {
+        routed: Routed {
+            program: Program::Command("true".into()),
+            tty: false,
+        },
+        window,
+        ..request(Program::Shell)
+    };
+    f.sessions.connect(&on_pipes, &settings).unwrap();
+    let execs = f.sessions.engine().execs.clone();
+    // The size is set first, before even the wait for a new container's setup.
+    assert_eq!(execs[0].argv[3..6], ["podspawn-size", "50", "132"]);
+    assert_eq!(execs[0].argv[9], "podspawn-wait");
+    assert!(!execs[1].argv.iter().any(|arg| arg == "podspawn-size"));
 }
 
 #[test]

@@ -198,9 +198,13 @@ fn exec_argv_with_and_without_a_terminal() {
     assert_eq!(tty.argv[..3], ["exec", "--interactive", "--tty"]);
     assert!(tty.flags("--env").contains(&"TERM=xterm-256color"));
     let at = tty.argv.iter().position(|arg| *arg == container).unwrap();
+    // The terminal's size is set before anything runs (an engine before API 1.42
+    // would start the shell on a 0x0 terminal).
     assert_eq!(tty.argv[at + 1..at + 3], ["/bin/sh", "-c"]);
+    assert_eq!(tty.argv[at + 4..at + 7], ["podspawn-size", "24", "80"]);
+    assert_eq!(tty.argv[at + 7..at + 9], ["/bin/sh", "-c"]);
     assert_eq!(
-        tty.argv[at + 4..],
+        tty.argv[at + 10..],
         ["podspawn-shell", "/bin/bash"],
         "a login shell, reattached"
     );
