@@ -11,6 +11,7 @@
 use std::fmt;
 
 use crate::cli::UsageError;
+use crate::client::ClientError;
 use crate::cmd::spawn::SpawnError;
 use crate::config::ConfigError;
 use crate::keys::NameError;
@@ -33,6 +34,8 @@ pub enum Error {
     Session(SessionError),
     Spawn(SpawnError),
     Project(ProjectError),
+    /// A laptop command's (`setup`, `connect`).
+    Client(ClientError),
 }
 
 /// A command line that does not parse.
@@ -55,7 +58,8 @@ impl Error {
             | Error::NotPermitted(_)
             | Error::Refused(_)
             | Error::Session(_)
-            | Error::Project(_) => EXIT_FAILURE,
+            | Error::Project(_)
+            | Error::Client(_) => EXIT_FAILURE,
         }
     }
 
@@ -80,6 +84,7 @@ impl fmt::Display for Error {
             Error::Session(err) => err.fmt(f),
             Error::Spawn(err) => err.fmt(f),
             Error::Project(err) => err.fmt(f),
+            Error::Client(err) => err.fmt(f),
         }
     }
 }
@@ -105,4 +110,5 @@ from_error! {
     SessionError => Session,
     SpawnError => Spawn,
     ProjectError => Project,
+    ClientError => Client,
 }

@@ -7,6 +7,7 @@
 mod accounts;
 mod agent;
 mod cli;
+mod client;
 mod cmd;
 mod config;
 mod container;
@@ -14,6 +15,7 @@ mod docker;
 mod engine;
 mod error;
 mod exec;
+mod files;
 mod host;
 mod image;
 mod keys;

@@ -332,6 +332,9 @@ fn run_for(
             .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
     );
     let deadline = std::time::Instant::now() + timeout;
+    // Most tools are done within milliseconds (`getent` on a connection's path
+    // among them): look again soon, then less often.
+    let mut pause = std::time::Duration::from_millis(1);
     let status = loop {
         if let Some(status) = child.try_wait().map_err(|err| failure(err.to_string()))? {
             break status;
@@ -345,7 +348,8 @@ fn run_for(
                 timeout.as_secs()
             )));
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(20));
     };
     // A process it left behind may still hold the pipes: what was said by now is
     // what there is. (Its group is not killed once it is reaped: the id is free.)
@@ -364,6 +368,71 @@ fn run_for(
     } else {
         stderr
     }))
+}
+
+/// Whether the ssh client reads `config` without complaint (`ssh -G -F CONFIG`, for
+/// a host no `.pod` block matches, so no `Match exec` of podspawn's runs).
+/// `Ok(false)`: there is no ssh client to ask.
+pub fn ssh_reads(config: &Path) -> Result<bool, ToolError> {
+    let ssh = tool("ssh");
+    if !Path::new(&ssh).is_file() {
+        return Ok(false);
+    }
+    let config = config.display().to_string();
+    run_for(
+        &ssh,
+        &["-G", "-F", &config, "podspawn-setup-check.invalid"],
+        &[],
+        std::time::Duration::from_secs(30),
+    )?;
+    Ok(true)
+}
+
+/// The ssh client's version line (`OpenSSH_9.2p1 …`), if there is a client.
+pub fn ssh_version() -> Option<String> {
+    let output = Command::new(tool("ssh"))
+        .arg("-V")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
+/// The addresses of host name `host`, in the order the system's resolver gives them,
+/// as `getent ahosts` finds them: through the host's own NSS set-up (files, DNS,
+/// mDNS, systemd-resolved), which a statically linked podspawn must not load into
+/// itself. The error is one plain phrase.
+pub fn resolve_host(
+    host: &str,
+    timeout: std::time::Duration,
+) -> Result<Vec<std::net::IpAddr>, String> {
+    let output =
+        run_for(&tool("getent"), &["ahosts", "--", host], &[], timeout).map_err(|err| {
+            // getent's own word for "no such key" is its exit status 2, and silence.
+            if err.detail == "exit status: 2" {
+                "no such host".to_string()
+            } else {
+                err.to_string()
+            }
+        })?;
+    let mut addresses = Vec::new();
+    for line in output.lines() {
+        let Some(address) = line.split_whitespace().next() else {
+            continue;
+        };
+        if let Ok(address) = address.parse::<std::net::IpAddr>()
+            && !addresses.contains(&address)
+        {
+            addresses.push(address);
+        }
+    }
+    if addresses.is_empty() {
+        return Err("no address".to_string());
+    }
+    Ok(addresses)
 }
 
 /// Deletes an account (its shared home stays: it is not the account's).

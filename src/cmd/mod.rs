@@ -19,6 +19,7 @@ mod add_project;
 mod add_user;
 mod auth_keys;
 mod cleanup;
+mod connect;
 mod doctor;
 mod help;
 mod keeper;
@@ -26,6 +27,7 @@ mod list;
 mod remove_project;
 mod remove_user;
 pub mod server_setup;
+mod setup;
 pub mod spawn;
 mod update_project;
 mod verify_image;
@@ -45,6 +47,8 @@ pub const ALL: &[Command] = &[
     verify_image::COMMAND,
     auth_keys::COMMAND,
     spawn::COMMAND,
+    setup::COMMAND,
+    connect::COMMAND,
     version::COMMAND,
     help::COMMAND,
     keeper::COMMAND,
@@ -169,12 +173,17 @@ Called by sshd:
                       print USER's keys for AuthorizedKeysCommand
   spawn --user NAME   run the SSH session in NAME's container (the forced command)
 
+On a laptop:
+  setup               make ssh USER@NAME.pod work (--remove takes it out again)
+  connect USER HOST PORT
+                      ssh's ProxyCommand for NAME.pod (setup writes it)
+
 Other:
   version             print the version
   help [COMMAND]      print this help, or a command's
 
 The server config is /etc/podspawn/config.yaml; --config PATH (or PODSPAWN_CONFIG)
-names another. Each command takes --help.
+names another. A laptop's is ~/.podspawn/config.yaml. Each command takes --help.
 ";
 
 #[cfg(test)]

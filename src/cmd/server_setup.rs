@@ -14,7 +14,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::accounts;
@@ -313,13 +313,13 @@ fn wildcard(pattern: &str, text: &str) -> bool {
 fn apply_sshd_config(path: &Path, original: &str, edited: &str) -> Result<(), Error> {
     let backup = PathBuf::from(format!("{}.podspawn.bak", path.display()));
     let meta = fs::metadata(path).map_err(|err| io_refusal(path, "read", err))?;
-    write_atomically(&backup, original.as_bytes(), meta.mode() & 0o7777)
+    crate::files::write_atomically(&backup, original.as_bytes(), meta.mode() & 0o7777)
         .map_err(|err| io_refusal(&backup, "write", err))?;
     println!("backed up {} to {}", path.display(), backup.display());
-    write_atomically(path, edited.as_bytes(), meta.mode() & 0o7777)
+    crate::files::write_atomically(path, edited.as_bytes(), meta.mode() & 0o7777)
         .map_err(|err| io_refusal(path, "write", err))?;
     if let Err(err) = system::sshd_test(path) {
-        write_atomically(path, original.as_bytes(), meta.mode() & 0o7777)
+        crate::files::write_atomically(path, original.as_bytes(), meta.mode() & 0o7777)
             .map_err(|restore| io_refusal(path, "restore (the backup is next to it)", restore))?;
         return Err(Error::Refused(format!(
             "sshd rejected the edited {} ({}); the original is restored",
@@ -329,29 +329,6 @@ fn apply_sshd_config(path: &Path, original: &str, edited: &str) -> Result<(), Er
     }
     println!("appended AuthorizedKeysCommand to {}", path.display());
     Ok(())
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename, with `mode`.
-fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    use std::io::Write;
-    let temporary = PathBuf::from(format!("{}.podspawn.new", path.display()));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&temporary)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&temporary, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temporary);
-    }
-    result
 }
 
 fn group_id(name: &str) -> Result<Option<u32>, Error> {
@@ -511,7 +488,7 @@ fn write_default_config(path: &Path) -> Result<(), Error> {
         fs::set_permissions(parent, fs::Permissions::from_mode(0o755))
             .map_err(|err| io_refusal(parent, "chmod", err))?;
     }
-    write_atomically(path, COMMENTED_DEFAULT.as_bytes(), 0o644)
+    crate::files::write_atomically(path, COMMENTED_DEFAULT.as_bytes(), 0o644)
         .map_err(|err| io_refusal(path, "write", err))
 }
 

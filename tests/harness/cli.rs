@@ -16,6 +16,8 @@ const COMMANDS: &[&str] = &[
     "verify-image",
     "auth-keys",
     "spawn",
+    "setup",
+    "connect",
     "version",
     "help",
 ];

@@ -6,6 +6,7 @@ mod support;
 mod add_user;
 mod auth_keys;
 mod cli;
+mod client;
 mod config;
 mod doctor;
 mod e2e;

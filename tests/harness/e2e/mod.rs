@@ -9,6 +9,7 @@
 //! it may leave is `/run/sshd`, sshd's standard privilege-separation directory, made
 //! when missing because sshd refuses to start without it.
 
+mod client;
 mod forwarding;
 mod lifecycle;
 mod privilege;
@@ -67,6 +68,7 @@ macro_rules! server_or_skip {
 }
 
 /// A Unix account made for a test.
+#[derive(Clone)]
 pub struct Account {
     pub name: String,
     pub uid: u32,
@@ -364,6 +366,22 @@ impl Server {
             .unwrap();
         }
         panic!("sshd did not start:\n{}", self.sshd_log());
+    }
+
+    /// The server gets a new host key, as a reinstalled or impersonated one would.
+    pub fn new_host_key(&mut self) {
+        if let Some(mut sshd) = self.sshd.take() {
+            let _ = sshd.kill();
+            let _ = sshd.wait();
+        }
+        let key = self.root.join("ssh_host_ed25519_key");
+        let _ = fs::remove_file(&key);
+        let _ = fs::remove_file(key.with_extension("pub"));
+        assert!(run_quietly(
+            "ssh-keygen",
+            &["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()]
+        ));
+        self.start_sshd();
     }
 
     pub fn sshd_log(&self) -> String {

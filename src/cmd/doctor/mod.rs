@@ -1,6 +1,10 @@
 //! `podspawn doctor`: checks this host the way podspawn needs it and says, for each
 //! thing that is wrong, how to fix it. ✓ fine, ✗ broken (the exit code is 1 if
 //! anything is), ⚠ works but weakens the privilege model, ℹ for information.
+//!
+//! A server is checked here; a laptop (no server config, or `--client`) in `client`.
+
+mod client;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -28,7 +32,7 @@ pub const COMMAND: Command = Command {
 };
 
 const USAGE: &str = "\
-Usage: podspawn doctor [--sshd-config PATH]
+Usage: podspawn doctor [--sshd-config PATH] [--client | --server]
 
 Checks this host: sshd_config has podspawn's AuthorizedKeysCommand and sshd -t
 accepts it; the binary is root:docker 2755; the key, state, lock and agent
@@ -37,36 +41,61 @@ image; the state database is intact; no podspawn user is in the docker group;
 a cleanup timer or cron job is there (optional). Each problem comes with its fix.
 Exits 1 when anything is wrong.
 
+On a laptop (no server config; or --client) it checks the client side instead:
+the ssh client, podspawn's block in ~/.ssh/config, ~/.podspawn/config.yaml, and
+that each server it names answers.
+
 Options:
   --sshd-config PATH  check this file instead of /etc/ssh/sshd_config
+  --client            check the laptop side, whatever this host has
+  --server            check the server side, even with no server config
   -h, --help          print this help
 ";
 
-/// `doctor [--sshd-config PATH]`.
+/// `doctor [--sshd-config PATH] [--client | --server]`.
 #[derive(Debug, PartialEq, Eq)]
 struct DoctorArgs {
     sshd_config: PathBuf,
+    /// `Some(true)`: the client side; `Some(false)`: the server's; `None`: as found.
+    client: Option<bool>,
 }
 
 /// `None`: help.
 fn parse(args: &mut Args) -> Result<Option<DoctorArgs>, UsageError> {
     const NAME: &str = "doctor";
     let mut sshd_config = PathBuf::from("/etc/ssh/sshd_config");
+    let mut client = None;
     while let Some(arg) = args.next()? {
         match arg {
             Short('h') | Long("help") => return Ok(None),
             Long("sshd-config") => sshd_config = PathBuf::from(args.value_os()?),
+            Long("client") if client != Some(false) => client = Some(true),
+            Long("server") if client != Some(true) => client = Some(false),
+            Long("client") | Long("server") => {
+                return Err(args.error("--client and --server exclude each other".to_string()));
+            }
             other => return Err(Args::unexpected(NAME, &other)),
         }
     }
-    Ok(Some(DoctorArgs { sshd_config }))
+    Ok(Some(DoctorArgs {
+        sshd_config,
+        client,
+    }))
 }
 
 fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {
     let Some(args) = parse(args)? else {
         return Ok(Outcome::Print(USAGE.into()));
     };
-    super::admin(context, |config| doctor(config, &args))
+    if args.client == Some(true) {
+        return client::doctor(None).map(|()| Outcome::Done);
+    }
+    super::admin(context, |config| {
+        if args.client.is_none() && !config.source.exists() {
+            return client::doctor(Some(&config.source));
+        }
+        doctor(config, &args)
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +106,7 @@ enum Mark {
     Info,
 }
 
+#[derive(Default)]
 struct Report {
     bad: usize,
 }
