@@ -269,6 +269,16 @@ fn run_for(
     env: &[(&str, &str)],
     timeout: std::time::Duration,
 ) -> Result<String, ToolError> {
+    run_both(program, args, env, timeout).map(|(stdout, _)| stdout)
+}
+
+/// `run_for`, giving what the tool said on stdout and on stderr when it succeeds.
+fn run_both(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: std::time::Duration,
+) -> Result<(String, String), ToolError> {
     let argv: Vec<String> = std::iter::once(program.to_string())
         .chain(args.iter().map(|arg| arg.to_string()))
         .collect();
@@ -357,7 +367,10 @@ fn run_for(
     let stdout = collect(stdout, until);
     let stderr = collect(stderr, until);
     if status.success() {
-        return Ok(String::from_utf8_lossy(&stdout).into_owned());
+        return Ok((
+            String::from_utf8_lossy(&stdout).into_owned(),
+            String::from_utf8_lossy(&stderr).into_owned(),
+        ));
     }
     let stderr = String::from_utf8_lossy(&stderr)
         .split_whitespace()
@@ -383,22 +396,37 @@ pub fn ssh_reads(config: &Path) -> Result<bool, ToolError> {
         &ssh,
         &["-G", "-F", &config, "podspawn-setup-check.invalid"],
         &[],
-        std::time::Duration::from_secs(30),
+        SSH_TIMEOUT,
     )?;
     Ok(true)
 }
 
 /// The ssh client's version line (`OpenSSH_9.2p1 …`), if there is a client.
 pub fn ssh_version() -> Option<String> {
-    let output = Command::new(tool("ssh"))
-        .arg("-V")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    let (_, said) = run_both(&tool("ssh"), &["-V"], &[], SSH_TIMEOUT).ok()?;
+    let text = said.trim().to_string();
     (!text.is_empty()).then_some(text)
+}
+
+/// How long the ssh client may take to print its version or its options.
+const SSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The options ssh would use for `host` (`ssh -G HOST`, or `-F CONFIG`), as (keyword,
+/// value) lines in lower case: what the user's own config and podspawn's block make
+/// of it. It runs the block's `Match exec` for a `.pod` name, as a connection would.
+pub fn ssh_options(host: &str, config: Option<&Path>) -> Result<Vec<(String, String)>, ToolError> {
+    let config = config.map(|path| path.display().to_string());
+    let mut args = vec!["-G"];
+    if let Some(config) = &config {
+        args.extend(["-F", config]);
+    }
+    args.extend(["--", host]);
+    let dump = run_for(&tool("ssh"), &args, &[], SSH_TIMEOUT)?;
+    Ok(dump
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .map(|(key, value)| (key.to_ascii_lowercase(), value.to_string()))
+        .collect())
 }
 
 /// The addresses of host name `host`, in the order the system's resolver gives them,

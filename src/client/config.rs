@@ -114,35 +114,12 @@ const MAX_SIZE: u64 = 64 * 1024;
 /// `ssh NAME.pod`, so something that is not a regular file (a FIFO would block ssh)
 /// or is larger than a config can be is refused, not read.
 pub fn load(home: &Path) -> Result<Option<ClientConfig>, ConfigError> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = home.join(RELATIVE_PATH);
-    let read_error = |source| ConfigError::Read {
-        path: path.clone(),
-        source,
-    };
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&path)
-    {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(read_error(source)),
-    };
-    let meta = file.metadata().map_err(read_error)?;
-    if !meta.is_file() || meta.len() > MAX_SIZE {
-        return Err(ConfigError::Invalid {
-            path: path.clone(),
-            line: None,
-            message: format!("not a regular file of at most {} KiB", MAX_SIZE / 1024),
-        });
+    match super::read_regular(&path, MAX_SIZE) {
+        Ok(None) => Ok(None),
+        Ok(Some(bytes)) => parse(&path, &bytes).map(Some),
+        Err(source) => Err(ConfigError::Read { path, source }),
     }
-    let mut bytes = Vec::new();
-    file.take(MAX_SIZE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_error)?;
-    parse(&path, &bytes).map(Some)
 }
 
 pub fn parse(path: &Path, bytes: &[u8]) -> Result<ClientConfig, ConfigError> {
@@ -258,11 +235,12 @@ impl<'de> Deserialize<'de> for Server {
     }
 }
 
-/// A `.pod` name's project: `api.pod` → `api`. Host names reach ssh's config in
-/// lower case already; anything else is not a name podspawn can route.
+/// A `.pod` name's project: `api.pod` (or `API.Pod`: host names are not case
+/// sensitive) → `api`; `None` for a name that does not end in `.pod`.
 pub fn project_of(pod_name: &str) -> Option<Result<ProjectName, String>> {
-    let name = pod_name.strip_suffix(".pod")?;
-    Some(ProjectName::parse(&name.to_ascii_lowercase()))
+    let lower = pod_name.to_ascii_lowercase();
+    let name = lower.strip_suffix(".pod")?;
+    Some(ProjectName::parse(name))
 }
 
 /// `mappings:` keys are `NAME` or `NAME.pod`; two spellings of one name are an error.
@@ -411,6 +389,7 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         let err = load(&home).unwrap_err().to_string();
         assert!(err.contains("not a regular file"), "{err}");
+        assert!(err.contains(RELATIVE_PATH), "{err}");
         std::fs::remove_dir_all(&home).unwrap();
     }
 
@@ -418,6 +397,7 @@ mod tests {
     fn only_pod_names_have_projects() {
         assert_eq!(project_of("api.pod").unwrap().unwrap().as_str(), "api");
         assert_eq!(project_of("API.pod").unwrap().unwrap().as_str(), "api");
+        assert_eq!(project_of("Api.POD").unwrap().unwrap().as_str(), "api");
         assert!(project_of("a.b.pod").unwrap().is_err());
         assert!(project_of("devbox.company.com").is_none());
     }

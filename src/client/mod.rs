@@ -142,8 +142,8 @@ impl fmt::Display for ClientError {
             ),
             ClientError::Unprepared { host } => write!(
                 f,
-                "not connecting to {host}: ssh could not be given its project and host key name \
-                 (see the line above; `podspawn doctor` checks the set-up)"
+                "not connecting to {host}: podspawn's options for it (its project, its server's \
+                 host key name) did not reach ssh; `podspawn doctor` finds out why"
             ),
             ClientError::Resolve {
                 server,
@@ -212,6 +212,144 @@ fn plain_io(err: &io::Error) -> String {
         Some(at) => text[..at].to_string(),
         None => text,
     }
+}
+
+/// `~/.ssh/config` as podspawn reads and edits it: the file a link there points to
+/// (dotfiles kept in a repo stay where they are), its text if it exists, its mode.
+pub struct SshConfigFile {
+    pub path: PathBuf,
+    pub original: Option<String>,
+    pub mode: u32,
+}
+
+impl SshConfigFile {
+    /// The most an ssh config podspawn edits may hold.
+    const MAX_SIZE: u64 = 1 << 20;
+
+    pub fn read(paths: &ClientPaths) -> Result<SshConfigFile, ClientError> {
+        use std::os::unix::fs::MetadataExt;
+        let named = paths.ssh_config();
+        let path = match std::fs::symlink_metadata(&named) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                std::fs::canonicalize(&named).map_err(|source| ClientError::File {
+                    path: named.clone(),
+                    action: "follow the link",
+                    source,
+                })?
+            }
+            _ => named,
+        };
+        let unreadable = |problem: String| ClientError::SshConfig {
+            path: path.clone(),
+            problem,
+        };
+        let Some(bytes) = read_regular(&path, Self::MAX_SIZE)
+            .map_err(|err| unreadable(format!("cannot be read: {err}")))?
+        else {
+            // ssh refuses a config others can write.
+            return Ok(SshConfigFile {
+                path,
+                original: None,
+                mode: 0o600,
+            });
+        };
+        let mode = std::fs::metadata(&path)
+            .map(|meta| meta.mode() & 0o7777)
+            .map_err(|err| unreadable(format!("cannot be read: {err}")))?;
+        let original = String::from_utf8(bytes).map_err(|_| {
+            unreadable("is not UTF-8 text; podspawn edits only text it can read back".to_string())
+        })?;
+        Ok(SshConfigFile {
+            path,
+            original: Some(original),
+            mode,
+        })
+    }
+}
+
+/// Refuses to write into a home that is not the caller's: `sudo podspawn setup`
+/// with the user's `HOME` kept would leave them a `~/.ssh/config` owned by root,
+/// which their ssh then cannot read at all.
+pub fn refuse_another_users_home(paths: &ClientPaths) -> Result<(), ClientError> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(&paths.home)
+        .map_err(|source| ClientError::File {
+            path: paths.home.clone(),
+            action: "read",
+            source,
+        })?
+        .uid();
+    let caller = unsafe { libc::geteuid() };
+    if owner == caller {
+        return Ok(());
+    }
+    Err(ClientError::SshConfig {
+        path: paths.home.clone(),
+        problem: format!(
+            "is uid {owner}'s home, and this runs as uid {caller} (sudo keeping HOME?): \
+             run podspawn setup as the home's own user"
+        ),
+    })
+}
+
+/// This podspawn's path as the developer reaches it, for ssh's config to run: the
+/// link on PATH they ran (`~/.local/bin/podspawn`, a package manager's link to a
+/// versioned file) rather than the file behind it, which an upgrade replaces.
+pub fn own_binary() -> Result<PathBuf, ClientError> {
+    use std::os::unix::fs::MetadataExt;
+    let running = std::env::current_exe().map_err(|source| ClientError::File {
+        path: PathBuf::from("/proc/self/exe"),
+        action: "find",
+        source,
+    })?;
+    let same = |path: &Path| match (std::fs::metadata(path), std::fs::metadata(&running)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    let invoked = std::env::args_os().next().map(PathBuf::from);
+    let found = invoked.and_then(|invoked| {
+        if invoked.is_absolute() {
+            return Some(invoked);
+        }
+        if invoked.components().count() != 1 {
+            return None;
+        }
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .filter(|dir| dir.is_absolute())
+            .map(|dir| dir.join(&invoked))
+            .find(|candidate| candidate.is_file())
+    });
+    Ok(found.filter(|path| same(path)).unwrap_or(running))
+}
+
+/// The bytes of the regular file at `path` (a link to one is followed), `None` when
+/// there is none. Anything else — a FIFO that would block ssh with it, a device — or
+/// a file larger than `limit` is an error, found on the open file itself.
+pub fn read_regular(path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    if meta.len() > limit {
+        return Err(io::Error::other(format!(
+            "larger than {} KiB",
+            limit / 1024
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
 }
 
 /// Makes `dir` (and its parent under home) private if podspawn creates it.

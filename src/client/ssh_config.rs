@@ -6,9 +6,11 @@
 //! `PODSPAWN_PROJECT`, but `SetEnv` expands no `%` tokens, so one `Host *.pod` block
 //! cannot say which name was asked for. A `Match … exec` command does get the name,
 //! and an `Include` placed after it inside that `Match` is read after the command ran.
-//! So the command (`connect --prepare '%h' %p`) writes `Host NAME.pod` with its
-//! `SetEnv`, the server's `HostKeyAlias` and the `ProxyCommand`, and ssh includes it
-//! at once: every name works the first time, a project or a scratch environment.
+//! So the command (`connect --prepare '%n' %p`) writes `Host NAME.pod` with its
+//! `SetEnv`, the server's `HostKeyAlias`, its port and the `ProxyCommand`, and ssh
+//! includes it at once: every name works the first time, a project or a scratch
+//! environment. What those files say is literal — the name as checked, the port as
+//! decided — so no `%` token of ssh's reaches a shell from them.
 //!
 //! The block goes first in the file (ssh takes the first value it finds for an
 //! option) and ends with `Host *`, so whatever followed it in the file applies to
@@ -28,7 +30,7 @@ pub const END: &str = "# <<< podspawn <<<";
 pub const MADE: &str = "# podspawn setup made this file: --remove deletes it";
 
 /// The per-name files' suffix, which the block's `Include` matches.
-pub const HOST_FILE_SUFFIX: &str = ".pod.conf";
+pub const HOST_FILE_SUFFIX: &str = ".conf";
 
 /// `path` as a word ssh's config and a POSIX shell both read back unchanged inside
 /// quotes; a path that could end a quoted word, start a `%` token or a comment is
@@ -55,12 +57,21 @@ pub fn quotable(path: &Path) -> Result<&str, String> {
 /// The block for `~/.ssh/config`: `binary` is the podspawn ssh runs, `hosts_dir`
 /// where `connect --prepare` writes the per-name files; `made`: setup made the file.
 ///
-/// Names holding a `'` (and users, for the `ProxyCommand`) are left out: ssh puts
-/// `%h` and `%r` into shell commands, and those words are single-quoted. (OpenSSH
-/// from 9.6, and Debian's 9.2, refuse such names on the command line already.)
+/// Names holding a `'` are left out: ssh puts `%n` into shell commands, and that
+/// word is single-quoted. (OpenSSH from 9.6, and Debian's 9.2, refuse such names
+/// on the command line already.) The second `Match`'s `ProxyCommand` is used only
+/// when the name's file did not apply (it is no podspawn name, or could not be
+/// written): that `connect` can only fail, and says why. (Nothing else may go in that
+/// `Match`: it applies to every `.pod` name, and a name's file sets only the options
+/// it has, so a `LogLevel QUIET` there would silence ssh for every name.)
 pub fn block(binary: &Path, hosts_dir: &Path, made: bool) -> Result<String, String> {
     let binary = quotable(binary)?;
     let hosts = quotable(hosts_dir)?;
+    if let Some(glob) = hosts.chars().find(|c| matches!(c, '*' | '?' | '[' | ']')) {
+        return Err(format!(
+            "{hosts} holds '{glob}', which ssh's Include would take for a pattern"
+        ));
+    }
     let made = if made {
         format!("{MADE}\n")
     } else {
@@ -70,10 +81,10 @@ pub fn block(binary: &Path, hosts_dir: &Path, made: bool) -> Result<String, Stri
         "{BEGIN}\n\
          {made}\
          # ssh NAME.pod: project NAME, on the server ~/.podspawn/config.yaml names for it.\n\
-         Match host \"*.pod,!*'*\" exec \"'{binary}' connect --prepare '%h' %p\"\n\
+         Match host \"*.pod,!*'*\" exec \"'{binary}' connect --prepare '%n' %p\"\n\
          \x20   Include \"{hosts}/*{HOST_FILE_SUFFIX}\"\n\
-         Match host \"*.pod,!*'*\" user \"*,!*'*\"\n\
-         \x20   ProxyCommand '{binary}' connect --unprepared '%r' '%h' '%p'\n\
+         Match host \"*.pod,!*'*\"\n\
+         \x20   ProxyCommand '{binary}' connect --unprepared '%n' %p\n\
          Host *\n\
          {END}\n"
     ))
@@ -170,9 +181,11 @@ pub fn remove(text: &str) -> Result<Option<Removed>, String> {
 
 /// Where a `.pod` name's connection goes, as `connect --prepare` found it.
 pub enum Target<'a> {
-    /// Project `project` on the server whose host key ssh keeps as `known_hosts_name`.
+    /// Project `project` on the server whose host key ssh keeps as
+    /// `known_hosts_name`, dialled on `port`.
     Server {
         project: &'a ProjectName,
+        port: u16,
         known_hosts_name: &'a str,
     },
     /// No server for the name: only `connect` runs, and says so in one line, which
@@ -181,20 +194,30 @@ pub enum Target<'a> {
     Nowhere,
 }
 
-/// The file ssh includes for `pod_name` (a checked `NAME.pod`).
-pub fn host_options(pod_name: &str, binary: &str, target: &Target) -> String {
+/// The file ssh includes for `spelling`, a `.pod` name as ssh was given it (checked
+/// by the caller: letters, digits, '-' and one '.'), which ssh's `Host` compares
+/// case by case. `connect` hands ssh the connection itself (`ProxyUseFdpass`), so
+/// no process of podspawn's stays between ssh and the server.
+pub fn host_options(spelling: &str, binary: &str, target: &Target) -> String {
+    let name = spelling.to_ascii_lowercase();
+    let port = match target {
+        Target::Server { port, .. } => *port,
+        Target::Nowhere => crate::client::config::SSH_PORT,
+    };
     let mut text = format!(
-        "# written by `podspawn connect --prepare` on each use of {pod_name}: \
+        "# written by `podspawn connect --prepare` on each use of {spelling}: \
          edit ~/.podspawn/config.yaml instead\n\
-         Host {pod_name}\n\
-         \x20   ProxyCommand '{binary}' connect '%r' '%h' '%p'\n"
+         Host {spelling}\n\
+         \x20   ProxyCommand '{binary}' connect --fdpass {name} {port}\n\
+         \x20   ProxyUseFdpass yes\n"
     );
     match target {
         Target::Server {
             project,
             known_hosts_name,
+            ..
         } => text.push_str(&format!(
-            "    HostKeyAlias {known_hosts_name}\n    SetEnv PODSPAWN_PROJECT={project}\n"
+            "    Port {port}\n    HostKeyAlias {known_hosts_name}\n    SetEnv PODSPAWN_PROJECT={project}\n"
         )),
         Target::Nowhere => text.push_str("    LogLevel QUIET\n"),
     }
@@ -221,12 +244,16 @@ mod tests {
         assert!(block.ends_with(&format!("Host *\n{END}\n")));
         assert!(
             block
-                .contains("exec \"'/home/sarah/.local/bin/podspawn' connect --prepare '%h' %p\"\n")
+                .contains("exec \"'/home/sarah/.local/bin/podspawn' connect --prepare '%n' %p\"\n")
         );
-        assert!(block.contains("    Include \"/home/sarah/.podspawn/ssh/*.pod.conf\"\n"));
+        assert!(block.contains("    Include \"/home/sarah/.podspawn/ssh/*.conf\"\n"));
         assert!(block.contains(
-            "ProxyCommand '/home/sarah/.local/bin/podspawn' connect --unprepared '%r' '%h' '%p'"
+            "Match host \"*.pod,!*'*\"\n    ProxyCommand '/home/sarah/.local/bin/podspawn' \
+             connect --unprepared '%n' %p\nHost *\n"
         ));
+        // %n and %p are the only tokens, and %n is always quoted.
+        assert_eq!(block.matches('%').count(), 4);
+        assert_eq!(block.matches("'%n'").count(), 2);
         assert!(!block.contains("StrictHostKeyChecking"));
     }
 
@@ -246,6 +273,11 @@ mod tests {
                 block(Path::new(path), Path::new("/h/.podspawn/ssh"), false).is_err(),
                 "{path:?}"
             );
+        }
+        // A pattern in the Include's directory would take in other files.
+        for home in ["/home/a*", "/home/a?", "/home/a[1]"] {
+            let hosts = format!("{home}/.podspawn/ssh");
+            assert!(block(Path::new("/bin/podspawn"), Path::new(&hosts), false).is_err());
         }
         assert!(quotable(Path::new("/Users/Sarah Smith/bin/podspawn")).is_ok());
     }
@@ -319,17 +351,22 @@ mod tests {
     fn a_names_file_sets_its_project_and_the_servers_key_name() {
         let project = ProjectName::parse("api").unwrap();
         let text = host_options(
-            "api.pod",
+            "API.pod",
             "/bin/podspawn",
             &Target::Server {
                 project: &project,
+                port: 2222,
                 known_hosts_name: "[127.0.0.1]:2222",
             },
         );
-        assert!(text.contains("\nHost api.pod\n"));
-        assert!(text.contains("    ProxyCommand '/bin/podspawn' connect '%r' '%h' '%p'\n"));
-        assert!(text.contains("    HostKeyAlias [127.0.0.1]:2222\n"));
+        // ssh's Host compares the spelling it was given; the rest is literal.
+        assert!(text.contains("\nHost API.pod\n"), "{text}");
+        assert!(text.contains(
+            "    ProxyCommand '/bin/podspawn' connect --fdpass api.pod 2222\n    ProxyUseFdpass yes\n"
+        ));
+        assert!(text.contains("    Port 2222\n    HostKeyAlias [127.0.0.1]:2222\n"));
         assert!(text.ends_with("    SetEnv PODSPAWN_PROJECT=api\n"));
+        assert!(!text.contains('%'));
         let nowhere = host_options("x.pod", "/bin/podspawn", &Target::Nowhere);
         assert!(nowhere.ends_with("    LogLevel QUIET\n"));
         assert!(!nowhere.contains("SetEnv"));

@@ -27,20 +27,26 @@ pub const COMMAND: Command = Command {
 };
 
 const USAGE: &str = "\
-Usage: podspawn connect USER HOST PORT
+Usage: podspawn connect [USER] HOST PORT
        podspawn connect --prepare HOST PORT
 
 ssh's ProxyCommand for NAME.pod (podspawn setup writes it into ~/.ssh/config).
 Connects to the server ~/.podspawn/config.yaml names for NAME (servers.mappings,
 else servers.default; its port, else PORT) and relays ssh's input and output to
-it. A HOST that does not end in .pod is dialled as given.
+it. A HOST that does not end in .pod is dialled as given. USER is not needed (the
+seeds' `connect %r %h %p` still works).
 
 --prepare is what ssh runs first for HOST: it writes the ssh options of HOST (its
-project PODSPAWN_PROJECT=NAME, the server's host key name) to ~/.podspawn/ssh/,
-which the block's Include reads. It prints nothing unless it fails.
+project PODSPAWN_PROJECT=NAME, the server's port and host key name) to
+~/.podspawn/ssh/, which the block's Include reads. It prints nothing unless it
+fails.
+
+With --fdpass (and ssh's ProxyUseFdpass, as setup's options have it) the
+connection itself is handed to ssh, which then talks to the server directly.
 
 Options:
   --prepare      write HOST's ssh options, then exit
+  --fdpass       hand the connection to ssh (ProxyUseFdpass) instead of relaying
   --unprepared   (the block's fallback) HOST's options could not be written
   -h, --help     print this help
 ";
@@ -55,19 +61,21 @@ enum ConnectArgs {
         host: String,
         port: u16,
         unprepared: bool,
+        fdpass: bool,
     },
 }
 
 /// `None`: help.
 fn parse(args: &mut Args) -> Result<Option<ConnectArgs>, UsageError> {
     const NAME: &str = "connect";
-    let (mut prepare, mut unprepared) = (false, false);
+    let (mut prepare, mut unprepared, mut fdpass) = (false, false, false);
     let mut words = Vec::new();
     while let Some(arg) = args.next()? {
         match arg {
             Short('h') | Long("help") => return Ok(None),
             Long("prepare") => prepare = true,
             Long("unprepared") => unprepared = true,
+            Long("fdpass") => fdpass = true,
             Value(value) => words.push(args.text(value)?),
             other => return Err(Args::unexpected(NAME, &other)),
         }
@@ -79,17 +87,19 @@ fn parse(args: &mut Args) -> Result<Option<ConnectArgs>, UsageError> {
             .ok_or_else(|| args.error(format!("{text:?} is not a port")))
     };
     match (prepare, words.as_slice()) {
-        (true, [host, number]) if !unprepared => Ok(Some(ConnectArgs::Prepare {
-            host: host.to_ascii_lowercase(),
+        (true, [host, number]) if !unprepared && !fdpass => Ok(Some(ConnectArgs::Prepare {
+            // As ssh was given it: the Host line of its file must match that.
+            host: host.to_string(),
             port: port(number)?,
         })),
         (true, _) => Err(args.error("--prepare takes HOST PORT".to_string())),
-        (false, [_user, host, number]) => Ok(Some(ConnectArgs::Connect {
+        (false, [_, host, number] | [host, number]) => Ok(Some(ConnectArgs::Connect {
             host: host.to_ascii_lowercase(),
             port: port(number)?,
             unprepared,
+            fdpass,
         })),
-        (false, _) => Err(args.error("expected USER HOST PORT".to_string())),
+        (false, _) => Err(args.error("expected [USER] HOST PORT".to_string())),
     }
 }
 
@@ -104,7 +114,8 @@ fn run(args: &mut Args, _: &Context) -> Result<Outcome, Error> {
             host,
             port,
             unprepared,
-        } => connect(&paths, &host, port, unprepared),
+            fdpass,
+        } => connect(&paths, &host, port, unprepared, fdpass),
     }
 }
 
@@ -148,7 +159,13 @@ fn project_of(host: &str) -> Option<Result<ProjectName, ClientError>> {
     })
 }
 
-fn connect(paths: &ClientPaths, host: &str, port: u16, unprepared: bool) -> Result<Outcome, Error> {
+fn connect(
+    paths: &ClientPaths,
+    host: &str,
+    port: u16,
+    unprepared: bool,
+    fdpass: bool,
+) -> Result<Outcome, Error> {
     let route = match project_of(host) {
         None => Route {
             host: host.to_string(),
@@ -169,6 +186,14 @@ fn connect(paths: &ClientPaths, host: &str, port: u16, unprepared: bool) -> Resu
         }
     };
     let socket = client::dial(&route.host, route.port, &route.why)?;
+    if fdpass {
+        client::relay::pass(socket).map_err(|source| ClientError::File {
+            path: "stdout".into(),
+            action: "hand the connection to ssh through (--fdpass needs ssh's ProxyUseFdpass)",
+            source,
+        })?;
+        return Ok(Outcome::Done);
+    }
     match client::relay::relay(socket) {
         Ok(()) => Ok(Outcome::Done),
         // A reset, ssh gone: ssh says it better, if it is still there to say it.
@@ -176,18 +201,19 @@ fn connect(paths: &ClientPaths, host: &str, port: u16, unprepared: bool) -> Resu
     }
 }
 
-/// Writes the ssh options of `host` for the block's `Include`. A name that is no
-/// project name gets none, silently (the fallback's `connect` says why, once); a name
-/// with no server gets options that leave the saying to `connect` alone.
-fn prepare(paths: &ClientPaths, host: &str, ssh_port: u16) -> Result<Outcome, Error> {
-    let Some(Ok(project)) = project_of(host) else {
+/// Writes the ssh options of `spelling` (a `.pod` name as ssh was given it) for the
+/// block's `Include`. A name that is no project name gets none, silently (the
+/// fallback's `connect` says why, once); a name with no server gets options that
+/// leave the saying to `connect` alone. The port is decided here, once: the config's,
+/// else the one ssh had when it ran this (`-p`), and the file fixes it, so a `Port`
+/// read later cannot dial one server under another's host key name.
+fn prepare(paths: &ClientPaths, spelling: &str, ssh_port: u16) -> Result<Outcome, Error> {
+    let Some(Ok(project)) = project_of(spelling) else {
         return Ok(Outcome::Exit(crate::error::EXIT_FAILURE));
     };
-    let binary = std::env::current_exe().map_err(|source| ClientError::File {
-        path: "/proc/self/exe".into(),
-        action: "find",
-        source,
-    })?;
+    let host = spelling.to_ascii_lowercase();
+    let host = host.as_str();
+    let binary = client::own_binary()?;
     let binary = ssh_config::quotable(&binary).map_err(|problem| ClientError::SshConfig {
         path: binary.clone(),
         problem,
@@ -204,15 +230,19 @@ fn prepare(paths: &ClientPaths, host: &str, ssh_port: u16) -> Result<Outcome, Er
             .known_hosts_name(route.port);
             Target::Server {
                 project: &project,
+                port: route.port,
                 known_hosts_name: &known_hosts_name,
             }
         }
         Err(_) => Target::Nowhere,
     };
-    let text = ssh_config::host_options(host, binary, &target);
+    let text = ssh_config::host_options(spelling, binary, &target);
     let dir = paths.hosts_dir();
-    let file = dir.join(format!("{project}{}", ssh_config::HOST_FILE_SUFFIX));
-    if std::fs::read(&file).is_ok_and(|written| written == text.as_bytes()) {
+    // One file per spelling: two spellings used at once never share a file.
+    let file = dir.join(format!("{spelling}{}", ssh_config::HOST_FILE_SUFFIX));
+    if client::read_regular(&file, 64 * 1024)
+        .is_ok_and(|written| written.as_deref() == Some(text.as_bytes()))
+    {
         return Ok(Outcome::Done);
     }
     client::private_dir(&dir)?;
@@ -241,7 +271,8 @@ mod tests {
             Some(ConnectArgs::Connect {
                 host: "api.pod".into(),
                 port: 22,
-                unprepared: false
+                unprepared: false,
+                fdpass: false,
             })
         );
         assert_eq!(
@@ -251,10 +282,25 @@ mod tests {
                 port: 2222
             })
         );
+        // USER is the seeds' and is not needed.
+        assert_eq!(
+            parsed(&["--fdpass", "api.pod", "2222"]).unwrap(),
+            Some(ConnectArgs::Connect {
+                host: "api.pod".into(),
+                port: 2222,
+                unprepared: false,
+                fdpass: true,
+            })
+        );
         assert!(
             parsed(&["alice", "api.pod"])
                 .unwrap_err()
-                .contains("USER HOST PORT")
+                .contains("is not a port")
+        );
+        assert!(
+            parsed(&["api.pod"])
+                .unwrap_err()
+                .contains("[USER] HOST PORT")
         );
         assert!(
             parsed(&["alice", "api.pod", "0"])

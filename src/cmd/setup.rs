@@ -9,7 +9,6 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use lexopt::prelude::*;
@@ -17,9 +16,18 @@ use lexopt::prelude::*;
 use super::{Command, Context, Outcome};
 use crate::cli::{Args, UsageError};
 use crate::client::ssh_config::{self, Added};
-use crate::client::{self, ClientError, ClientPaths};
+use crate::client::{self, ClientError, ClientPaths, SshConfigFile};
 use crate::error::Error;
 use crate::system;
+
+/// A line for the terminal; one that cannot be written (`setup | head -1`) is
+/// dropped, never a panic after the file was already changed.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 pub const COMMAND: Command = Command {
     name: "setup",
@@ -77,14 +85,6 @@ fn run(args: &mut Args, _: &Context) -> Result<Outcome, Error> {
     Ok(Outcome::Done)
 }
 
-/// `~/.ssh/config` as setup edits it: the file a link there points to (dotfiles
-/// kept in a repo stay where they are), its bytes if it exists, and its mode.
-struct SshConfig {
-    path: PathBuf,
-    original: Option<String>,
-    mode: u32,
-}
-
 fn file_error(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> ClientError {
     let path = path.to_path_buf();
     move |source| ClientError::File {
@@ -94,50 +94,15 @@ fn file_error(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> Cl
     }
 }
 
-fn read_ssh_config(paths: &ClientPaths) -> Result<SshConfig, ClientError> {
-    let named = paths.ssh_config();
-    let path = match fs::symlink_metadata(&named) {
-        Ok(meta) if meta.file_type().is_symlink() => {
-            fs::canonicalize(&named).map_err(file_error(&named, "follow the link"))?
-        }
-        _ => named,
-    };
-    match fs::metadata(&path) {
-        Ok(meta) if !meta.is_file() => Err(ClientError::SshConfig {
-            path,
-            problem: "is not a regular file".to_string(),
-        }),
-        Ok(meta) => {
-            let bytes = fs::read(&path).map_err(file_error(&path, "read"))?;
-            let original = String::from_utf8(bytes).map_err(|_| ClientError::SshConfig {
-                path: path.clone(),
-                problem: "is not UTF-8 text; podspawn edits only text it can read back".to_string(),
-            })?;
-            Ok(SshConfig {
-                path,
-                original: Some(original),
-                mode: meta.mode() & 0o7777,
-            })
-        }
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(SshConfig {
-            path,
-            original: None,
-            // ssh refuses a config others can write.
-            mode: 0o600,
-        }),
-        Err(err) => Err(file_error(&path, "read")(err)),
-    }
-}
-
 fn set_up(paths: &ClientPaths) -> Result<(), Error> {
-    let binary =
-        std::env::current_exe().map_err(file_error(Path::new("/proc/self/exe"), "find"))?;
+    client::refuse_another_users_home(paths)?;
+    let binary = client::own_binary()?;
     let ssh_dir = paths.ssh_dir();
     if !ssh_dir.exists() {
         client::private_dir(&ssh_dir)?;
-        println!("made {} (mode 0700, as ssh wants it)", ssh_dir.display());
+        say!("made {} (mode 0700, as ssh wants it)", ssh_dir.display());
     }
-    let file = read_ssh_config(paths)?;
+    let file = SshConfigFile::read(paths)?;
     let text = file.original.clone().unwrap_or_default();
     let problem = |problem: String| ClientError::SshConfig {
         path: file.path.clone(),
@@ -150,9 +115,10 @@ fn set_up(paths: &ClientPaths) -> Result<(), Error> {
             problem,
         }
     })?;
-    let (edited, verb) = match ssh_config::add(&text, &block).map_err(problem)? {
+    let added = ssh_config::add(&text, &block).map_err(problem)?;
+    let (edited, verb) = match &added {
         Added::Unchanged => {
-            println!(
+            say!(
                 "{} already has podspawn's block; nothing changed",
                 file.path.display()
             );
@@ -160,15 +126,18 @@ fn set_up(paths: &ClientPaths) -> Result<(), Error> {
             next_steps(paths);
             return Ok(());
         }
-        Added::Inserted(edited) => (edited, "added podspawn's block to"),
-        Added::Replaced(edited) => (edited, "updated podspawn's block in"),
+        Added::Inserted(edited) => (edited.clone(), "added podspawn's block to"),
+        Added::Replaced(edited) => (edited.clone(), "updated podspawn's block in"),
     };
     if file.original.is_some() {
         checked_by_ssh(&file.path, "as it is, before any change")?;
     }
     client::private_dir(&paths.hosts_dir())?;
+    // The first backup is of the file as it was before podspawn; a later one that
+    // only replaces an older block keeps it.
     let backup = backup_path(&file.path);
-    if let Some(original) = &file.original {
+    let keep_backup = matches!(added, Added::Replaced(_)) && backup.exists();
+    if let (Some(original), false) = (&file.original, keep_backup) {
         crate::files::write_atomically(&backup, original.as_bytes(), 0o600)
             .map_err(file_error(&backup, "write"))?;
     }
@@ -179,14 +148,14 @@ fn set_up(paths: &ClientPaths) -> Result<(), Error> {
         return Err(err.into());
     }
     match file.original {
-        Some(_) => println!(
+        Some(_) => say!(
             "{verb} {} (backup: {})",
             file.path.display(),
             backup.display()
         ),
-        None => println!("{verb} {} (a new file)", file.path.display()),
+        None => say!("{verb} {} (a new file)", file.path.display()),
     }
-    println!(
+    say!(
         "ssh NAME.pod now runs {} connect for every NAME.pod",
         binary.display()
     );
@@ -203,7 +172,7 @@ fn checked_by_ssh(path: &Path, when: &str) -> Result<(), ClientError> {
     match system::ssh_reads(path) {
         Ok(true) => Ok(()),
         Ok(false) => {
-            println!("(no ssh client found to check {} with)", path.display());
+            say!("(no ssh client found to check {} with)", path.display());
             Ok(())
         }
         Err(err) => Err(ClientError::SshConfig {
@@ -214,7 +183,7 @@ fn checked_by_ssh(path: &Path, when: &str) -> Result<(), ClientError> {
 }
 
 /// The file exactly as it was (or gone again, if setup made it).
-fn restore(file: &SshConfig) -> Result<(), ClientError> {
+fn restore(file: &SshConfigFile) -> Result<(), ClientError> {
     match &file.original {
         Some(original) => {
             crate::files::write_atomically(&file.path, original.as_bytes(), file.mode)
@@ -234,20 +203,21 @@ fn next_steps(paths: &ClientPaths) {
                 .iter()
                 .map(|(server, chosen)| format!("{chosen}: {server}"))
                 .collect();
-            println!("{} names {}", config.display(), servers.join(", "));
-            println!("next: ssh USER@NAME.pod (ssh USER@work.pod, say)");
+            say!("{} names {}", config.display(), servers.join(", "));
+            say!("next: ssh USER@NAME.pod (ssh USER@work.pod, say)");
         }
         Ok(_) => {
-            println!("next: name your server in {}:", config.display());
-            println!("    servers:\n      default: devbox.company.com    # HOST or HOST:PORT");
-            println!("then: ssh USER@NAME.pod (ssh USER@work.pod, say)");
+            say!("next: name your server in {}:", config.display());
+            say!("    servers:\n      default: devbox.company.com    # HOST or HOST:PORT");
+            say!("then: ssh USER@NAME.pod (ssh USER@work.pod, say)");
         }
-        Err(err) => println!("next: fix {err}"),
+        Err(err) => say!("next: fix {err}"),
     }
 }
 
 fn take_out(paths: &ClientPaths) -> Result<(), Error> {
-    let file = read_ssh_config(paths)?;
+    client::refuse_another_users_home(paths)?;
+    let file = SshConfigFile::read(paths)?;
     let removed = match &file.original {
         None => None,
         Some(text) => ssh_config::remove(text).map_err(|problem| ClientError::SshConfig {
@@ -256,13 +226,13 @@ fn take_out(paths: &ClientPaths) -> Result<(), Error> {
         })?,
     };
     match removed {
-        None => println!(
+        None => say!(
             "{} has no podspawn block; nothing changed",
             file.path.display()
         ),
         Some(removed) if removed.made && removed.rest.is_empty() => {
             fs::remove_file(&file.path).map_err(file_error(&file.path, "remove"))?;
-            println!(
+            say!(
                 "removed {} (podspawn setup had made it)",
                 file.path.display()
             );
@@ -270,7 +240,7 @@ fn take_out(paths: &ClientPaths) -> Result<(), Error> {
         Some(removed) => {
             crate::files::write_atomically(&file.path, removed.rest.as_bytes(), file.mode)
                 .map_err(file_error(&file.path, "write"))?;
-            println!("removed podspawn's block from {}", file.path.display());
+            say!("removed podspawn's block from {}", file.path.display());
         }
     }
     remove_host_files(&paths.hosts_dir())?;

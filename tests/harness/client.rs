@@ -332,8 +332,8 @@ fn connect_says_in_one_line_which_name_which_server_and_what_to_fix() {
     // that would land in the default environment.
     check(
         &["--unprepared", "u", "api.pod", "22"],
-        "not connecting to api.pod: ssh could not be given its project and host key name \
-         (see the line above; `podspawn doctor` checks the set-up)"
+        "not connecting to api.pod: podspawn's options for it (its project, its server's \
+         host key name) did not reach ssh; `podspawn doctor` finds out why"
             .to_string(),
     );
     write_client_config(&env, "servers:\n  defualt: x\n");
@@ -363,9 +363,12 @@ fn prepare_writes_each_names_ssh_options_and_nothing_for_a_name_that_is_none() {
     let api = fs::read_to_string(hosts.join("api.pod.conf")).unwrap();
     assert!(api.contains("\nHost api.pod\n"), "{api}");
     assert!(api.contains(&format!(
-        "    ProxyCommand '{PODSPAWN}' connect '%r' '%h' '%p'\n"
+        "    ProxyCommand '{PODSPAWN}' connect --fdpass api.pod 2222\n    ProxyUseFdpass yes\n"
     )));
-    assert!(api.contains("    HostKeyAlias [127.0.0.1]:2222\n"), "{api}");
+    assert!(
+        api.contains("    Port 2222\n    HostKeyAlias [127.0.0.1]:2222\n"),
+        "{api}"
+    );
     assert!(api.ends_with("    SetEnv PODSPAWN_PROJECT=api\n"), "{api}");
     assert_eq!(
         fs::metadata(hosts.join("api.pod.conf")).unwrap().mode() & 0o7777,
@@ -377,13 +380,13 @@ fn prepare_writes_each_names_ssh_options_and_nothing_for_a_name_that_is_none() {
     assert!(
         fs::read_to_string(hosts.join("work.pod.conf"))
             .unwrap()
-            .contains("    HostKeyAlias devbox\n")
+            .contains("    Port 22\n    HostKeyAlias devbox\n")
     );
     assert_eq!(prepare("work.pod", "2200"), Some(0));
     assert!(
         fs::read_to_string(hosts.join("work.pod.conf"))
             .unwrap()
-            .contains("    HostKeyAlias [devbox]:2200\n")
+            .contains("    Port 2200\n    HostKeyAlias [devbox]:2200\n")
     );
 
     write_client_config(&env, "servers:\n  mappings:\n    api: 127.0.0.1:2222\n");
@@ -444,7 +447,43 @@ fn doctor_on_a_laptop_checks_the_block_the_config_and_each_server() {
         format!("✓ {} reads well", config.display()),
         format!("✓ 127.0.0.1:{answering} (servers.default) answers: SSH-2.0-OpenSSH_9.2p1 test"),
         "✗ cannot reach 127.0.0.1:1 (servers.mappings.web): Connection refused\n    fix: check servers.mappings.web".to_string(),
+        // The test's HOME is not root's home in /etc/passwd, which ssh would read.
+        format!("⚠ HOME is {}, but ssh reads ", home(&env).display()),
+        "✓ ssh podspawn-doctor-a.pod goes through podspawn with PODSPAWN_PROJECT=podspawn-doctor-a (ssh -G)".to_string(),
+        "✓ ssh podspawn-doctor-b.pod goes through podspawn".to_string(),
     ] {
         assert!(said.contains(&expected), "{expected:?} missing from:\n{said}");
+    }
+    // The probe leaves no name's file behind.
+    assert!(
+        fs::read_dir(home(&env).join(".podspawn/ssh"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+
+    // What drops the project, or mixes two names' connections, is found from what
+    // ssh would do: a SetEnv of the user's above the block (the first one wins), and
+    // one ControlPath for every name.
+    let ssh_config = home(&env).join(".ssh/config");
+    let text = fs::read_to_string(&ssh_config).unwrap();
+    fs::write(
+        &ssh_config,
+        format!("SetEnv EDITOR=vi\nControlMaster auto\nControlPath /tmp/cm-%r@%k\n{text}"),
+    )
+    .unwrap();
+    let tangled = env.podspawn(&["doctor", "--client"]);
+    let said = tangled.stdout();
+    for expected in [
+        "✗ ssh podspawn-doctor-a.pod would not carry its project: ssh's SetEnv is \"EDITOR=vi\" \
+         (the first SetEnv line that applies wins)\n    fix: keep podspawn's block above your own SetEnv lines",
+        "⚠ ssh shares one ControlPath (/tmp/cm-root@",
+        "a second name would join the first one's connection, in the first one's project\n    \
+         fix: put %n, %h or %C into your ControlPath",
+    ] {
+        assert!(
+            said.contains(expected),
+            "{expected:?} missing from:\n{said}"
+        );
     }
 }

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{Mark, Report};
-use crate::client::config::SSH_PORT;
+use crate::client::config::{ClientConfig, SSH_PORT};
 use crate::client::ssh_config::{self, Added};
-use crate::client::{self, ClientPaths};
+use crate::client::{self, ClientPaths, SshConfigFile};
 use crate::error::Error;
 use crate::system;
 
@@ -36,7 +36,9 @@ pub(super) fn doctor(server_config: Option<&Path>) -> Result<(), Error> {
     let paths = ClientPaths::from_env()?;
     check_ssh(&mut report);
     check_block(&mut report, &paths);
-    check_config_and_servers(&mut report, &paths);
+    if let Some(config) = check_config_and_servers(&mut report, &paths) {
+        check_what_ssh_does(&mut report, &paths, &config);
+    }
     if report.bad > 0 {
         return Err(Error::Refused(format!("{} problem(s) found", report.bad)));
     }
@@ -77,30 +79,26 @@ fn check_ssh(report: &mut Report) {
 }
 
 fn check_block(report: &mut Report, paths: &ClientPaths) {
-    let path = paths.ssh_config();
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            report.line(
-                Mark::Bad,
-                &format!(
-                    "{} has no podspawn block: .pod names go nowhere",
-                    path.display()
-                ),
-                Some("podspawn setup".into()),
-            );
-            return;
-        }
+    let file = match SshConfigFile::read(paths) {
+        Ok(file) => file,
         Err(err) => {
-            report.line(
-                Mark::Bad,
-                &format!("cannot read {}: {err}", path.display()),
-                Some("podspawn setup".into()),
-            );
+            report.line(Mark::Bad, &err.to_string(), Some("podspawn setup".into()));
             return;
         }
     };
-    let binary = std::env::current_exe().unwrap_or_default();
+    let path = file.path;
+    let Some(text) = file.original else {
+        report.line(
+            Mark::Bad,
+            &format!(
+                "{} has no podspawn block: .pod names go nowhere",
+                path.display()
+            ),
+            Some("podspawn setup".into()),
+        );
+        return;
+    };
+    let binary = client::own_binary().unwrap_or_default();
     let made = ssh_config::made_by_setup(&text).unwrap_or(false);
     let expected = ssh_config::block(&binary, &paths.hosts_dir(), made);
     match expected.map(|block| ssh_config::add(&text, &block)) {
@@ -144,7 +142,8 @@ fn check_block(report: &mut Report, paths: &ClientPaths) {
     }
 }
 
-fn check_config_and_servers(report: &mut Report, paths: &ClientPaths) {
+/// The client config, when there is one that names a server.
+fn check_config_and_servers(report: &mut Report, paths: &ClientPaths) -> Option<ClientConfig> {
     let config_path = paths.config();
     let loaded = match paths.load_config() {
         Ok(Some(loaded)) => loaded,
@@ -157,11 +156,11 @@ fn check_config_and_servers(report: &mut Report, paths: &ClientPaths) {
                     config_path.display()
                 )),
             );
-            return;
+            return None;
         }
         Err(err) => {
             report.line(Mark::Bad, &err.to_string(), Some("fix that line".into()));
-            return;
+            return None;
         }
     };
     let servers = loaded.all_servers();
@@ -171,7 +170,7 @@ fn check_config_and_servers(report: &mut Report, paths: &ClientPaths) {
             &format!("{} names no server", config_path.display()),
             Some("set servers.default (HOST or HOST:PORT)".into()),
         );
-        return;
+        return None;
     }
     report.line(
         Mark::Good,
@@ -206,6 +205,113 @@ fn check_config_and_servers(report: &mut Report, paths: &ClientPaths) {
                 )),
             ),
         }
+    }
+    Some(loaded)
+}
+
+/// Names the probe gives ssh: made up (scratch environments) when there is a
+/// default server, else the mapped ones.
+fn probe_names(config: &ClientConfig) -> Vec<String> {
+    match config.servers.default {
+        Some(_) => vec!["podspawn-doctor-a".into(), "podspawn-doctor-b".into()],
+        None => config
+            .servers
+            .mappings
+            .keys()
+            .take(2)
+            .map(ToString::to_string)
+            .collect(),
+    }
+}
+
+/// What ssh itself makes of `NAME.pod` (`ssh -G`, reading the config of the account's
+/// passwd home, as every connection does): podspawn's ProxyCommand, and the project
+/// in `SetEnv` — OpenSSH takes the first `SetEnv` line that applies, so one of the
+/// user's own above podspawn's block (or `-o SetEnv` on a command line) drops it —
+/// and one ControlPath per name, or a second name joins the first one's connection.
+fn check_what_ssh_does(report: &mut Report, paths: &ClientPaths, config: &ClientConfig) {
+    // ssh reads the config of the account's home in /etc/passwd, whatever HOME says.
+    let passwd_home = crate::accounts::caller().ok().map(|account| account.home);
+    let elsewhere = passwd_home.filter(|home| Path::new(home) != paths.home);
+    if let Some(home) = &elsewhere {
+        report.line(
+            Mark::Warn,
+            &format!(
+                "HOME is {}, but ssh reads {home}/.ssh/config (the account's home): only \
+                 `ssh -F {}` sees podspawn's block",
+                paths.home.display(),
+                paths.ssh_config().display()
+            ),
+            Some(format!("podspawn setup with HOME={home}")),
+        );
+    }
+    let ssh_config = paths.ssh_config();
+    let read_as = elsewhere.as_ref().map(|_| ssh_config.as_path());
+    let mut control_paths = Vec::new();
+    for name in probe_names(config) {
+        let host = format!("{name}.pod");
+        let options = system::ssh_options(&host, read_as);
+        let _ = std::fs::remove_file(
+            paths
+                .hosts_dir()
+                .join(format!("{host}{}", ssh_config::HOST_FILE_SUFFIX)),
+        );
+        let options = match options {
+            Ok(options) => options,
+            Err(err) => {
+                report.line(Mark::Bad, &format!("ssh -G {host}: {}", err.detail), None);
+                return;
+            }
+        };
+        let option = |key: &str| {
+            options
+                .iter()
+                .find(|(found, _)| found == key)
+                .map(|(_, value)| value.as_str())
+                .unwrap_or("")
+        };
+        let wanted = format!("PODSPAWN_PROJECT={name}");
+        if !option("proxycommand").contains(" connect ") {
+            report.line(
+                Mark::Bad,
+                &format!("ssh {host} does not go through podspawn"),
+                Some("podspawn setup, as the account that runs ssh".into()),
+            );
+        } else if !option("setenv")
+            .split_whitespace()
+            .any(|pair| pair == wanted)
+        {
+            report.line(
+                Mark::Bad,
+                &format!(
+                    "ssh {host} would not carry its project: ssh's SetEnv is {:?} (the first \
+                     SetEnv line that applies wins)",
+                    option("setenv")
+                ),
+                Some("keep podspawn's block above your own SetEnv lines".into()),
+            );
+        } else {
+            report.line(
+                Mark::Good,
+                &format!("ssh {host} goes through podspawn with {wanted} (ssh -G)"),
+                None,
+            );
+        }
+        let control_path = option("controlpath").to_string();
+        if control_path != "none" {
+            control_paths.push(control_path);
+        }
+    }
+    if control_paths.len() == 2 && control_paths[0] == control_paths[1] {
+        report.line(
+            Mark::Warn,
+            &format!(
+                "ssh shares one ControlPath ({}) among .pod names: a second name would join \
+                 the first one's connection, in the first one's project",
+                control_paths[0]
+            ),
+            Some("put %n, %h or %C into your ControlPath".into()),
+        );
     }
 }
 

@@ -48,8 +48,8 @@ impl<'a> Laptop<'a> {
 
     /// The options of every client here: the laptop's ssh config, its known_hosts
     /// (a new key is taken, a changed one refused), the account's key, no prompts.
-    fn options(&self, account: &Account) -> Vec<String> {
-        let mut options: Vec<String> = vec!["-F".into(), self.path(".ssh/config")];
+    fn options(&self, account: &Account, config: &str) -> Vec<String> {
+        let mut options: Vec<String> = vec!["-F".into(), config.to_string()];
         for option in [
             format!("UserKnownHostsFile={}", self.path(".ssh/known_hosts")),
             "StrictHostKeyChecking=accept-new".to_string(),
@@ -69,9 +69,14 @@ impl<'a> Laptop<'a> {
 
     /// `program` (ssh, scp, sftp) with the laptop's options and environment.
     fn client(&self, program: &str, account: &Account) -> Command {
+        self.client_reading(program, account, &self.path(".ssh/config"))
+    }
+
+    /// The same, reading the ssh config `config` (`none`: none at all).
+    fn client_reading(&self, program: &str, account: &Account, config: &str) -> Command {
         let mut command = Command::new(program);
         command
-            .args(self.options(account))
+            .args(self.options(account, config))
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("HOME", &self.home)
@@ -144,6 +149,15 @@ fn pod_names_reach_their_environments_with_every_client_and_one_host_key() {
         "{}",
         laptop.explain(&api)
     );
+    // Host names are not case sensitive; ssh's Host lines are, so the name's file
+    // takes the spelling ssh was given.
+    let upper = laptop.ssh(user, "API.pod", "hostname");
+    assert_eq!(
+        stdout(&upper),
+        format!("podspawn-{}-api\n", user.name),
+        "{}",
+        laptop.explain(&upper)
+    );
     let work = laptop.ssh(user, "work.pod", "hostname");
     assert_eq!(
         stdout(&work),
@@ -209,6 +223,43 @@ fn pod_names_reach_their_environments_with_every_client_and_one_host_key() {
         stdout(&elsewhere).contains("No such file"),
         "{}",
         stdout(&elsewhere)
+    );
+
+    // The seeds' line by hand, without setup's block: `connect` relaying every
+    // byte, to the same place, and 16 MiB through it and back unchanged.
+    let relayed = |command: &str| {
+        let mut ssh = laptop.client_reading("ssh", user, "none");
+        ssh.args(["-o", &format!("ProxyCommand={PODSPAWN} connect %r %h %p")])
+            .args(["-o", "SetEnv=PODSPAWN_PROJECT=api"])
+            .arg(format!("{}@api.pod", user.name))
+            .args(["--", command]);
+        ssh
+    };
+    let by_hand = relayed("hostname").output().unwrap();
+    assert_eq!(
+        stdout(&by_hand),
+        format!("podspawn-{}-api\n", user.name),
+        "{}",
+        laptop.explain(&by_hand)
+    );
+    let data: Vec<u8> = (0..16u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
+        .collect();
+    let mut echo = relayed("cat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = echo.stdin.take().unwrap();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut input, &sent));
+    let echoed = echo.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(echoed.status.success(), "{}", laptop.explain(&echoed));
+    assert!(
+        echoed.stdout == data,
+        "16 MiB came back changed ({} bytes)",
+        echoed.stdout.len()
     );
 
     // VS Code's way: one ControlMaster connection through the proxy, and channels
