@@ -6,7 +6,8 @@
 #
 # As root it installs /usr/local/bin/podspawn owned root:docker, mode 2755: setgid
 # docker, so podspawn's users never need to be in the docker group. Without root it
-# installs ~/.local/bin/podspawn (for a laptop).
+# installs ~/.local/bin/podspawn, mode 0755 and nothing setgid: a laptop's, for
+# `podspawn setup` and `ssh USER@NAME.pod`.
 #
 # Environment:
 #   PODSPAWN_INSTALL_URL  where releases are: an http(s) URL or a local directory
@@ -121,4 +122,11 @@ cp "$binary" "$dir/.podspawn.new"
 chmod "$mode" "$dir/.podspawn.new"
 mv -f "$dir/.podspawn.new" "$dir/podspawn"
 "$dir/podspawn" version
+if [ -z "$owner" ]; then
+    case ":$PATH:" in
+        *":$dir:"*) ;;
+        *) say "note: $dir is not on your PATH; add it (in ~/.profile, say)" ;;
+    esac
+    say "On a laptop, next: $dir/podspawn setup   (then ssh USER@NAME.pod)"
+fi
 say "Done."

@@ -233,6 +233,22 @@ fn without_root_it_installs_to_the_users_own_bin() {
     let installed = home.join(".local/bin/podspawn");
     let meta = fs::metadata(&installed).unwrap();
     assert_eq!((meta.mode() & 0o7777, meta.uid()), (0o755, NOBODY));
+    // A laptop's install says what comes next, and that its directory is not on PATH.
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        said.contains(&format!(
+            "note: {}/.local/bin is not on your PATH",
+            home.display()
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "On a laptop, next: {}/.local/bin/podspawn setup",
+            home.display()
+        )),
+        "{said}"
+    );
 }
 
 #[test]
