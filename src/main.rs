@@ -18,6 +18,7 @@ mod exec;
 mod files;
 mod host;
 mod image;
+mod isolation;
 mod keys;
 mod lock;
 mod logging;

@@ -12,6 +12,8 @@ use std::process::{Command, Stdio};
 pub struct ToolError {
     pub argv: Vec<String>,
     pub detail: String,
+    /// The tool's exit code, when it ran and exited with one.
+    pub code: Option<i32>,
 }
 
 impl fmt::Display for ToolError {
@@ -118,6 +120,7 @@ pub fn reload_sshd(config: &Path) -> Result<String, ToolError> {
     let failure = |detail: String| ToolError {
         argv: vec!["kill".into(), "-HUP".into(), format!("$(cat {pid_file})")],
         detail,
+        code: None,
     };
     let pid: i32 = std::fs::read_to_string(&pid_file)
         .map_err(|err| failure(format!("{pid_file}: {err} (is sshd running?)")))?
@@ -285,6 +288,7 @@ fn run_both(
     let failure = |detail: String| ToolError {
         argv: argv.clone(),
         detail,
+        code: None,
     };
     // Its own process group: at the deadline, whatever it started goes with it.
     let mut child = Command::new(program)
@@ -376,12 +380,22 @@ fn run_both(
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ");
-    Err(failure(if stderr.is_empty() {
+    let mut failed = failure(if stderr.is_empty() {
         status.to_string()
     } else {
         stderr
-    }))
+    });
+    failed.code = status.code();
+    Err(failed)
 }
+
+/// `iptables ARGS` (the host's, iptables-nft or legacy: whichever Docker uses).
+pub fn iptables(args: &[&str]) -> Result<String, ToolError> {
+    run_for(&tool("iptables"), args, &[], IPTABLES_TIMEOUT)
+}
+
+/// How long one iptables call may take (it may wait for the xtables lock).
+const IPTABLES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Whether the ssh client reads `config` without complaint (`ssh -G -F CONFIG`, for
 /// a host no `.pod` block matches, so no `Match exec` of podspawn's runs).

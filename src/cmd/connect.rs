@@ -188,8 +188,8 @@ fn connect(
     let socket = client::dial(&route.host, route.port, &route.why)?;
     if fdpass {
         client::relay::pass(socket).map_err(|source| ClientError::File {
-            path: "stdout".into(),
-            action: "hand the connection to ssh through (--fdpass needs ssh's ProxyUseFdpass)",
+            path: "stdout (--fdpass needs ssh's ProxyUseFdpass)".into(),
+            action: "hand the connection to ssh through",
             source,
         })?;
         return Ok(Outcome::Done);

@@ -8,7 +8,8 @@
 //!   reloaded (not restarted: open sessions stay).
 //! - the group of podspawn's users, and the directories with their owners and modes:
 //!   keys root's 0755, state, locks and agents root:docker 2770, nothing
-//!   world-writable; the state database; a commented default config.
+//!   world-writable; the state database; a commented default config;
+//! - the host's rule that keeps podspawn's networks apart (see `isolation`).
 //!
 //! A second run changes nothing and says so; `--dry-run` prints what it would do.
 
@@ -24,6 +25,7 @@ use super::{Command, Context, Outcome};
 use crate::cli::{Args, UsageError};
 use crate::config::{COMMENTED_DEFAULT, ServerConfig};
 use crate::error::Error;
+use crate::isolation;
 use crate::keys::store::KeyStore;
 use crate::keys::{SpawnCommand, UserName};
 use crate::privilege;
@@ -50,7 +52,9 @@ Group block that stops podspawn's users from reaching the host (Unix-socket,
 tunnel and remote forwarding, ~/.ssh/rc); checks again with `sshd -t`, restoring
 the original if sshd refuses; and reloads sshd (open sessions stay). Then it
 creates the podspawn group, the key, state, lock and agent directories with their
-owners and modes, the state database and a commented default config.
+owners and modes, the state database and a commented default config, and adds
+the host's rule that keeps podspawn's networks apart (iptables, mangle table: a
+packet routed from one podspawn network to another is dropped).
 
 Running it again changes nothing and says so.
 
@@ -176,6 +180,14 @@ fn setup(config: &ServerConfig, args: &ServerSetupArgs) -> Result<(), Error> {
                 config.source.display()
             );
         }
+        match isolation::missing(config) {
+            Ok(missing) if missing.is_empty() => {}
+            Ok(missing) => println!("would add {}", missing.join(", ")),
+            Err(err) => println!(
+                "would add the rules that keep podspawn's networks apart (cannot look now: {})",
+                err.detail
+            ),
+        }
         return Ok(());
     }
 
@@ -217,6 +229,19 @@ fn setup(config: &ServerConfig, args: &ServerSetupArgs) -> Result<(), Error> {
         println!(
             "wrote a commented default config to {}",
             config.source.display()
+        );
+        changed = true;
+    }
+    let isolated = isolation::ensure(config).map_err(|err| {
+        Error::Refused(format!(
+            "cannot add the rule that keeps podspawn's networks apart: {err} (Docker's own \
+             lets packets through while networks are made)"
+        ))
+    })?;
+    if isolated {
+        println!(
+            "added the rule that keeps podspawn's networks apart (iptables -t mangle, chain {})",
+            isolation::chain(config)
         );
         changed = true;
     }

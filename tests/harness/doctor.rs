@@ -6,13 +6,16 @@ use std::os::unix::fs::PermissionsExt;
 
 use crate::support::{Rule, TestEnv, is_root};
 
+/// An engine that answers, and a host whose isolation rule is in place.
 fn healthy_engine() -> Vec<Rule> {
-    vec![
+    let mut rules = vec![
         Rule::docker(&["version", "--format", "{{.Server.Version}}"]).stdout("20.10.24\n"),
         Rule::docker(&["image", "inspect", "--format", "{{.Id}}", "test-image"])
             .stdout("sha256:abc\n"),
         Rule::program("sshd", &["-t", "-f", "*"]),
-    ]
+    ];
+    rules.extend(crate::support::iptables_set_up());
+    rules
 }
 
 #[test]
@@ -39,6 +42,7 @@ fn doctor_names_each_problem_with_its_fix_and_exits_1() {
         ),
         "✓ the container engine answers (version 20.10.24)",
         "✓ the default image test-image is here",
+        "✓ podspawn's networks are kept apart (iptables -t mangle, chain PODSPAWN-",
         "ℹ no cleanup timer or cron job",
     ] {
         assert!(
@@ -53,11 +57,42 @@ fn doctor_names_each_problem_with_its_fix_and_exits_1() {
 }
 
 #[test]
+fn doctor_says_when_the_rule_keeping_networks_apart_is_missing() {
+    let env = TestEnv::new();
+    let mut rules = vec![
+        Rule::program("iptables", &["-w", "-t", "mangle", "-S", "PODSPAWN-*"])
+            .stderr("iptables: No chain/target/match by that name.\n")
+            .exit(1),
+    ];
+    rules.extend(healthy_engine());
+    env.scenario(&rules);
+    env.write_config("defaults:\n  image: test-image\n");
+    let run = env.podspawn(&["doctor", "--sshd-config", "/nonexistent/sshd_config"]);
+    run.assert_code(1);
+    let said = run.stdout();
+    assert!(
+        said.contains(
+            "✗ podspawn's networks are kept apart only by Docker's own rules, which let packets \
+             through while networks are made: missing chain PODSPAWN-"
+        ),
+        "{said}"
+    );
+    assert!(
+        said.contains("fix: sudo podspawn server-setup (after a reboot too"),
+        "{said}"
+    );
+}
+
+#[test]
 fn doctor_reports_an_engine_that_does_not_answer() {
     let env = TestEnv::new();
-    env.scenario(&[Rule::docker(&["version", "**"])
-        .stderr("Cannot connect to the Docker daemon at unix:///var/run/docker.sock.\n")
-        .exit(1)]);
+    let mut rules = vec![
+        Rule::docker(&["version", "**"])
+            .stderr("Cannot connect to the Docker daemon at unix:///var/run/docker.sock.\n")
+            .exit(1),
+    ];
+    rules.extend(crate::support::iptables_set_up());
+    env.scenario(&rules);
     let run = env.podspawn(&["doctor", "--sshd-config", "/nonexistent/sshd_config"]);
     run.assert_code(1);
     assert!(
@@ -87,7 +122,10 @@ fn doctor_on_a_server_set_up_by_server_setup_finds_nothing_wrong() {
     env.write_config_text(&format!("{config}defaults:\n  image: test-image\n"));
     let sshd_config = env.path("sshd_config");
     fs::write(&sshd_config, "Port 22\n").unwrap();
-    env.scenario(&healthy_engine());
+    // server-setup adds the isolation rule, then doctor finds it.
+    let mut rules = crate::support::iptables_to_be_set_up();
+    rules.extend(healthy_engine());
+    env.scenario(&rules);
     // podspawn installed as it should be: root:docker 2755.
     let binary = env.path("bin/podspawn");
     crate::support::copy_executable(

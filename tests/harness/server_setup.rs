@@ -57,6 +57,13 @@ impl Setup {
     fn sshd_accepts(&self) -> Rule {
         Rule::program("sshd", &["-t", "-f", "*"])
     }
+
+    /// `rules`, and the iptables of a host server-setup has not set up yet.
+    fn scenario(&self, rules: Vec<Rule>) {
+        let mut all = rules;
+        all.extend(crate::support::iptables_to_be_set_up());
+        self.env.scenario(&all);
+    }
 }
 
 impl Drop for Setup {
@@ -84,7 +91,7 @@ fn docker_gid() -> u32 {
 fn a_first_run_adds_podspawns_lines_and_makes_the_directories() {
     let Some(setup) = Setup::new() else { return };
     let original = setup.sshd_config();
-    setup.env.scenario(&[setup.sshd_accepts()]);
+    setup.scenario(vec![setup.sshd_accepts()]);
     let run = setup.setup(&["--no-reload"]);
     run.assert_success();
     let stdout = run.stdout();
@@ -100,6 +107,37 @@ fn a_first_run_adds_podspawns_lines_and_makes_the_directories() {
         "{stdout}"
     );
     assert!(stdout.ends_with("server-setup complete\n"), "{stdout}");
+    // The rule that keeps podspawn's networks apart, where Docker never writes.
+    assert!(
+        stdout.contains("added the rule that keeps podspawn's networks apart (iptables -t mangle, chain PODSPAWN-"),
+        "{stdout}"
+    );
+    let added: Vec<Vec<String>> = setup
+        .env
+        .calls()
+        .into_iter()
+        .filter(|call| {
+            call.program == "iptables" && call.argv.get(3).is_some_and(|word| word == "-A")
+        })
+        .map(|call| call.argv[5..].to_vec())
+        .collect();
+    let pairs: Vec<(&str, &str)> = added
+        .iter()
+        .map(|rule| (rule[1].as_str(), rule[3].as_str()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("10.214.0.0/16", "10.214.0.0/16"),
+            ("10.214.0.0/16", "10.215.0.0/16"),
+            ("10.215.0.0/16", "10.214.0.0/16"),
+            ("10.215.0.0/16", "10.215.0.0/16")
+        ]
+    );
+    for rule in &added {
+        assert_eq!(rule[4..8], ["-m", "physdev", "!", "--physdev-is-bridged"]);
+        assert_eq!(rule.last().unwrap(), "DROP");
+    }
     assert_eq!(
         fs::read_to_string(format!("{path}.podspawn.bak")).unwrap(),
         original,
@@ -183,7 +221,7 @@ fn a_first_run_adds_podspawns_lines_and_makes_the_directories() {
 #[test]
 fn a_second_run_changes_nothing_and_says_so() {
     let Some(setup) = Setup::new() else { return };
-    setup.env.scenario(&[setup.sshd_accepts()]);
+    setup.scenario(vec![setup.sshd_accepts()]);
     setup.setup(&["--no-reload"]).assert_success();
     let once = setup.sshd_config();
     let backup = setup.env.path("ssh/sshd_config.podspawn.bak");
@@ -207,7 +245,7 @@ fn a_second_run_changes_nothing_and_says_so() {
 fn dry_run_prints_the_change_and_changes_nothing() {
     let Some(setup) = Setup::new() else { return };
     let original = setup.sshd_config();
-    setup.env.scenario(&[setup.sshd_accepts()]);
+    setup.scenario(vec![setup.sshd_accepts()]);
     let run = setup.setup(&["--dry-run"]);
     run.assert_success();
     let stdout = run.stdout();
@@ -223,6 +261,7 @@ fn dry_run_prints_the_change_and_changes_nothing() {
         stdout.contains("would created") || stdout.contains("would create"),
         "{stdout}"
     );
+    assert!(stdout.contains("would add chain PODSPAWN-"), "{stdout}");
     assert_eq!(setup.sshd_config(), original);
     assert!(!setup.env.path("ssh/sshd_config.podspawn.bak").exists());
     assert!(!setup.env.path("state/state.db").exists());
@@ -256,7 +295,7 @@ fn a_home_inside_the_state_directory_is_refused_and_nothing_changes() {
         &format!("home_dir: {}", home.display()),
         1,
     ));
-    setup.env.scenario(&[setup.sshd_accepts()]);
+    setup.scenario(vec![setup.sshd_accepts()]);
     setup
         .setup(&["--no-reload"])
         .assert_one_line_error(1, &format!("auth.home_dir {} is inside", home.display()))
@@ -290,7 +329,7 @@ fn a_config_sshd_rejects_after_the_edit_is_restored_byte_for_byte() {
 #[test]
 fn a_foreign_authorized_keys_command_is_refused_even_in_an_included_file() {
     let Some(setup) = Setup::new() else { return };
-    setup.env.scenario(&[setup.sshd_accepts()]);
+    setup.scenario(vec![setup.sshd_accepts()]);
     fs::write(
         setup.env.path("ssh/conf.d/50-sss.conf"),
         "AuthorizedKeysCommand /usr/bin/sss_ssh_authorizedkeys\n",
@@ -326,7 +365,7 @@ fn sshd_is_reloaded_with_sighup_when_there_is_no_systemd() {
     let mut fake_sshd = Command::new("sleep").arg("60").spawn().unwrap();
     let pid_file = setup.env.path("sshd.pid");
     fs::write(&pid_file, format!("{}\n", fake_sshd.id())).unwrap();
-    setup.env.scenario(&[
+    setup.scenario(vec![
         setup.sshd_accepts(),
         Rule::program("sshd", &["-T", "-f", "*"])
             .stdout(&format!("port 22\npidfile {}\n", pid_file.display())),
@@ -349,7 +388,7 @@ fn sshd_is_reloaded_with_sighup_when_there_is_no_systemd() {
 #[test]
 fn only_root_may_set_up_the_server() {
     let Some(setup) = Setup::new() else { return };
-    setup.env.scenario(&[setup.sshd_accepts()]);
+    setup.scenario(vec![setup.sshd_accepts()]);
     let path = setup.env.path("ssh/sshd_config").display().to_string();
     setup
         .env

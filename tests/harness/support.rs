@@ -120,9 +120,10 @@ impl TestEnv {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
         }
         install_fake(&root.join("bin/docker"));
-        // The host's account tools are strict fakes too (found on PATH before the
-        // real ones in /usr/sbin): no harness test may change the host's accounts.
-        for tool in ["useradd", "usermod", "userdel"] {
+        // The host's account tools and its firewall are strict fakes too (found on
+        // PATH before the real ones in /usr/sbin): no harness test may change the
+        // host's accounts or rules.
+        for tool in ["useradd", "usermod", "userdel", "iptables"] {
             install_fake(&root.join("bin").join(tool));
         }
         let path = OsString::from(format!(
@@ -834,6 +835,39 @@ impl Run {
         }
         self.assert_stderr_contains(needle)
     }
+}
+
+/// The fake iptables of a host without podspawn's isolation chain, as `server-setup`
+/// makes it once: the chain is looked for and made, its four rules checked and
+/// added, FORWARD's jump checked and inserted; from then on everything is there.
+pub fn iptables_to_be_set_up() -> Vec<Rule> {
+    let call = |words: &[&str]| {
+        let mut argv = vec!["-w", "-t", "mangle"];
+        argv.extend(words);
+        Rule::program("iptables", &argv)
+    };
+    let mut rules = vec![
+        call(&["-S", "PODSPAWN-*"]).exit(1).times(1),
+        call(&["-N", "PODSPAWN-*"]).times(1),
+        call(&["-C", "PODSPAWN-*", "**"]).exit(1).times(4),
+        call(&["-A", "PODSPAWN-*", "**"]).times(4),
+        call(&["-C", "FORWARD", "-j", "PODSPAWN-*"])
+            .exit(1)
+            .times(1),
+        call(&["-I", "FORWARD", "1", "-j", "PODSPAWN-*"]).times(1),
+    ];
+    rules.extend(iptables_set_up());
+    rules
+}
+
+/// The fake iptables of a host where the chain, its rules and its jump are there:
+/// it answers only the questions (`-S`, `-C`), so any change fails the test.
+pub fn iptables_set_up() -> Vec<Rule> {
+    vec![
+        Rule::program("iptables", &["-w", "-t", "mangle", "-S", "PODSPAWN-*"])
+            .stdout("-N PODSPAWN-00000000\n"),
+        Rule::program("iptables", &["-w", "-t", "mangle", "-C", "**"]),
+    ]
 }
 
 /// A tiny HTTP/1.0 server on 127.0.0.1 that answers fixed routes, standing in for

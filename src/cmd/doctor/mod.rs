@@ -142,6 +142,7 @@ fn doctor(config: &ServerConfig, args: &DoctorArgs) -> Result<(), Error> {
     check_projects(&mut report, config);
     check_docker_members(&mut report, config);
     check_networks(&mut report, config);
+    check_isolation(&mut report, config);
     check_cleanup(&mut report);
     if report.bad > 0 {
         return Err(Error::Refused(format!("{} problem(s) found", report.bad)));
@@ -675,6 +676,34 @@ fn foreign_routes(table: &str, pools: &[String]) -> Vec<(String, String)> {
             })
         })
         .collect()
+}
+
+fn check_isolation(report: &mut Report, config: &ServerConfig) {
+    let chain = crate::isolation::chain(config);
+    match crate::isolation::missing(config) {
+        Ok(missing) if missing.is_empty() => report.line(
+            Mark::Good,
+            &format!("podspawn's networks are kept apart (iptables -t mangle, chain {chain})"),
+            None,
+        ),
+        Ok(missing) => report.line(
+            Mark::Bad,
+            &format!(
+                "podspawn's networks are kept apart only by Docker's own rules, which let \
+                 packets through while networks are made: missing {}",
+                missing.join(", ")
+            ),
+            Some(
+                "sudo podspawn server-setup (after a reboot too: iptables rules do not last)"
+                    .into(),
+            ),
+        ),
+        Err(err) => report.line(
+            Mark::Bad,
+            &format!("cannot read the host's iptables rules: {}", err.detail),
+            Some("run podspawn doctor as root".into()),
+        ),
+    }
 }
 
 fn check_cleanup(report: &mut Report) {

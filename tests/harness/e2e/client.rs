@@ -211,12 +211,31 @@ fn pod_names_reach_their_environments_with_every_client_and_one_host_key() {
         .output()
         .unwrap();
     assert!(sftp.status.success(), "{}", laptop.explain(&sftp));
-    let both = laptop.ssh(user, "api.pod", "cat /tmp/by-scp.txt /tmp/by-sftp.txt");
+    // rsync runs ssh itself: the laptop's options are its -e.
+    let rsync = Command::new("rsync")
+        .arg("-e")
+        .arg(format!(
+            "ssh {}",
+            laptop.options(user, &laptop.path(".ssh/config")).join(" ")
+        ))
+        .arg(&local)
+        .arg(format!("{}@api.pod:/tmp/by-rsync.txt", user.name))
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", &laptop.home)
+        .output()
+        .unwrap();
+    assert!(rsync.status.success(), "{}", laptop.explain(&rsync));
+    let all = laptop.ssh(
+        user,
+        "api.pod",
+        "cat /tmp/by-scp.txt /tmp/by-sftp.txt /tmp/by-rsync.txt",
+    );
     assert_eq!(
-        stdout(&both),
-        "to api\nto api\n",
+        stdout(&all),
+        "to api\nto api\nto api\n",
         "{}",
-        laptop.explain(&both)
+        laptop.explain(&all)
     );
     let elsewhere = laptop.ssh(user, "work.pod", "ls /tmp/by-scp.txt 2>&1 || true");
     assert!(
@@ -224,6 +243,20 @@ fn pod_names_reach_their_environments_with_every_client_and_one_host_key() {
         "{}",
         stdout(&elsewhere)
     );
+
+    // A terminal: its size, a resize, Ctrl-C and the exit code, through the name.
+    let terminal = crate::real_engine::Terminal::start(
+        {
+            let mut ssh = laptop.client("ssh", user);
+            ssh.arg("-tt").arg(format!("{}@api.pod", user.name));
+            ssh
+        },
+        24,
+        80,
+    );
+    crate::real_engine::check_terminal_session(terminal, &|| {
+        format!("{}\n{}", server.podspawn_log(), server.sshd_log())
+    });
 
     // The seeds' line by hand, without setup's block: `connect` relaying every
     // byte, to the same place, and 16 MiB through it and back unchanged.

@@ -296,3 +296,65 @@ fn x11_forwarding_sets_display_in_the_container() {
         server.explain(&output)
     );
 }
+
+/// How many of `tries` TCP connections from `from`'s container to `address` reach
+/// it: a closed port of a reachable container answers at once ("Connection
+/// refused"); a dropped packet is a timeout.
+fn reached(server: &Server, from: &Account, address: &str, tries: usize) -> usize {
+    let probe = format!(
+        "for i in $(seq {tries}); do timeout 0.1 bash -c 'exec 3<>/dev/tcp/{address}/9' 2>&1; done \
+         | grep -c 'connect: Connection refused' || true"
+    );
+    let output = server.run(from, &probe);
+    assert!(output.status.success(), "{}", server.explain(&output));
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{}", server.explain(&output)))
+}
+
+/// Docker keeps networks apart with rules it takes out and puts back whenever any
+/// network is made (measured: 1 of 60 connections got through meanwhile);
+/// server-setup's own rule, where Docker never writes, holds throughout.
+#[test]
+fn no_connection_crosses_between_users_while_networks_come_and_go() {
+    let server = crate::server_or_skip!("60s", 2);
+    let (alice, bob) = (&server.users[0], &server.users[1]);
+    for user in [alice, bob] {
+        let started = server.run(user, "true");
+        assert!(started.status.success(), "{}", server.explain(&started));
+    }
+    let alice_address = container_address(alice);
+    // The probe sees a reachable container: alice's own.
+    assert_eq!(reached(&server, alice, &alice_address, 3), 3);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tag = server.project_name("churn");
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut made = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let name = format!("{tag}-{made}");
+                let subnet = format!("10.199.{}.0/29", made % 250);
+                let _ = Command::new("docker")
+                    .args(["network", "create", "--subnet", &subnet, &name])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+                let _ = Command::new("docker")
+                    .args(["network", "rm", &name])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+                made += 1;
+            }
+            made
+        })
+    };
+    let crossed = reached(&server, bob, &alice_address, 150);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let made = churn.join().unwrap();
+    assert!(made > 5, "only {made} networks came and went");
+    assert_eq!(crossed, 0, "bob reached alice's container {crossed} times");
+}

@@ -92,6 +92,8 @@ pub struct Server {
     pub users: Vec<Account>,
     /// An ordinary account that logs in with its own ~/.ssh/authorized_keys.
     pub plain: Account,
+    /// The host's iptables chain server-setup made for this server (removed with it).
+    isolation_chain: Option<String>,
 }
 
 /// What every client of these tests passes: no config of the machine's, no prompts
@@ -158,10 +160,11 @@ impl Server {
                 uid: 0,
                 key: PathBuf::new(),
             },
+            isolation_chain: None,
         };
         server.install(grace, use_pam);
         crate::support::ensure_sshd_privsep_dir();
-        server.server_setup();
+        server.isolation_chain = Some(server.server_setup());
         for index in 0..users {
             let account = server.register(&format!("pse{tag}u{index}"));
             server.users.push(account);
@@ -216,16 +219,23 @@ impl Server {
     }
 
     /// `podspawn server-setup --sshd-config` on this test's sshd_config: the real
-    /// path an admin takes, and what the end-to-end tests run on.
-    fn server_setup(&self) {
+    /// path an admin takes, and what the end-to-end tests run on. Returns the iptables
+    /// chain it made (this server's own: it is named after the state directory).
+    fn server_setup(&self) -> String {
         let sshd_config = self.root.join("sshd_config").display().to_string();
         let output = self.podspawn(&["server-setup", "--sshd-config", &sshd_config, "--no-reload"]);
+        let said = String::from_utf8_lossy(&output.stdout).to_string();
         assert!(
             output.status.success(),
-            "server-setup: {}{}",
-            String::from_utf8_lossy(&output.stdout),
+            "server-setup: {said}{}",
             String::from_utf8_lossy(&output.stderr)
         );
+        said.split("chain ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .filter(|chain| chain.starts_with("PODSPAWN-"))
+            .unwrap_or_else(|| panic!("server-setup named no chain: {said}"))
+            .to_string()
     }
 
     fn client_key(&self, name: &str) -> PathBuf {
@@ -637,6 +647,14 @@ impl Drop for Server {
             }
         }
         run_quietly("groupdel", &[&self.group]);
+        if let Some(chain) = &self.isolation_chain {
+            run_quietly(
+                "iptables",
+                &["-w", "-t", "mangle", "-D", "FORWARD", "-j", chain],
+            );
+            run_quietly("iptables", &["-w", "-t", "mangle", "-F", chain]);
+            run_quietly("iptables", &["-w", "-t", "mangle", "-X", chain]);
+        }
         let _ = fs::remove_dir_all(&self.root);
     }
 }
