@@ -14,8 +14,10 @@
 //! is bridged and untouched; the host's own connections to containers (sshd's
 //! forwarding, podspawn's port checks) are not forwarded, so untouched too.
 //!
-//! The chain is named after the state directory (one per installation), so that
-//! installations side by side — tests' among them — never edit each other's.
+//! Rules are only ever added: a rule of pools the config no longer names may still
+//! guard networks made on them, so it stays until the admin removes it (`doctor`
+//! names it). The chain is named after the state directory (one per installation),
+//! so installations side by side — tests' among them — never edit each other's.
 
 use crate::config::ServerConfig;
 use crate::system::{self, ToolError};
@@ -23,8 +25,9 @@ use crate::system::{self, ToolError};
 /// The table podspawn's chain is in.
 const TABLE: &str = "mangle";
 
-/// What every rule says of itself in `iptables -S`.
-const COMMENT: &str = "podspawn: no traffic between podspawn's networks";
+/// What every rule says of itself in `iptables -S` (no quote in it: iptables would
+/// print it escaped).
+const COMMENT: &str = "podspawn: no traffic between podspawn networks";
 
 /// podspawn's chain for this installation: `PODSPAWN-` and 8 hex digits of a hash of
 /// the state directory (iptables allows 28 characters).
@@ -33,40 +36,48 @@ pub fn chain(config: &ServerConfig) -> String {
     format!("PODSPAWN-{}", &digest[..8])
 }
 
-/// The rules of the chain, each as `iptables -A CHAIN` takes it: every pair of
+/// The pairs of pools the rules drop routed packets between: every pair of
 /// podspawn's pools, either way.
-pub fn rules(config: &ServerConfig) -> Vec<Vec<String>> {
+fn pairs(config: &ServerConfig) -> Vec<(String, String)> {
     let pools = [
         config.network.pool.to_string(),
         config.network.services_pool.to_string(),
     ];
-    let mut rules = Vec::new();
+    let mut pairs = Vec::new();
     for from in &pools {
         for to in &pools {
-            rules.push(
-                [
-                    "-s",
-                    from,
-                    "-d",
-                    to,
-                    "-m",
-                    "physdev",
-                    "!",
-                    "--physdev-is-bridged",
-                    "-m",
-                    "comment",
-                    "--comment",
-                    COMMENT,
-                    "-j",
-                    "DROP",
-                ]
-                .iter()
-                .map(|word| word.to_string())
-                .collect(),
-            );
+            pairs.push((from.clone(), to.clone()));
         }
     }
-    rules
+    pairs
+}
+
+/// The rules of the chain, each as `iptables -A CHAIN` takes it.
+pub fn rules(config: &ServerConfig) -> Vec<Vec<String>> {
+    pairs(config)
+        .iter()
+        .map(|(from, to)| {
+            [
+                "-s",
+                from,
+                "-d",
+                to,
+                "-m",
+                "physdev",
+                "!",
+                "--physdev-is-bridged",
+                "-m",
+                "comment",
+                "--comment",
+                COMMENT,
+                "-j",
+                "DROP",
+            ]
+            .iter()
+            .map(|word| word.to_string())
+            .collect()
+        })
+        .collect()
 }
 
 /// The jump from mangle's FORWARD to the chain.
@@ -82,61 +93,111 @@ fn iptables(words: &[&str], rule: &[String]) -> Result<String, ToolError> {
     system::iptables(&args)
 }
 
-/// Whether `rule` is in `chain` (`iptables -C`: exit 1 when it is not).
-fn has(chain: &str, rule: &[String]) -> Result<bool, ToolError> {
-    match iptables(&["-C", chain], rule) {
-        Ok(_) => Ok(true),
-        Err(err) if err.code == Some(1) => Ok(false),
+/// iptables' exit code for "no such chain or rule" (others: no permission, a
+/// problem of the tool itself).
+const NOT_THERE: Option<i32> = Some(1);
+
+/// The chain's listing (`iptables -S CHAIN`), `None` when there is no such chain.
+fn listing(chain: &str) -> Result<Option<String>, ToolError> {
+    match iptables(&["-S", chain], &[]) {
+        Ok(listed) => Ok(Some(listed)),
+        Err(err) if err.code == NOT_THERE => Ok(None),
         Err(err) => Err(err),
     }
 }
 
-/// What is missing of the chain, its rules and its jump (empty: all there).
-pub fn missing(config: &ServerConfig) -> Result<Vec<String>, ToolError> {
-    let chain = chain(config);
-    if iptables(&["-S", &chain], &[]).is_err() {
-        return Ok(vec![format!("chain {chain} in the {TABLE} table")]);
+/// Whether `rule` is in `chain` (`iptables -C`).
+fn has(chain: &str, rule: &[String]) -> Result<bool, ToolError> {
+    match iptables(&["-C", chain], rule) {
+        Ok(_) => Ok(true),
+        Err(err) if err.code == NOT_THERE => Ok(false),
+        Err(err) => Err(err),
     }
-    let mut missing = Vec::new();
-    for rule in rules(config) {
-        if !has(&chain, &rule)? {
-            missing.push(format!("rule {} in {chain}", rule[..4].join(" ")));
-        }
-    }
-    if !has("FORWARD", &jump(&chain))? {
-        missing.push(format!("the jump from {TABLE} FORWARD to {chain}"));
-    }
-    Ok(missing)
 }
 
-/// Puts the chain, its rules and its jump in place, adding only what is missing and
-/// removing rules of pools the config no longer has (so no moment is without them);
-/// says whether anything changed.
+/// What the host has of podspawn's rule, for `doctor` and `server-setup --dry-run`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Inspection {
+    /// What is missing: the chain, a rule, the jump.
+    pub missing: Vec<String>,
+    /// Rules of the chain for pools the config no longer names.
+    pub stale: Vec<String>,
+    /// Other podspawn chains mangle's FORWARD jumps to (another state directory's).
+    pub others: Vec<String>,
+}
+
+pub fn inspect(config: &ServerConfig) -> Result<Inspection, ToolError> {
+    let chain = chain(config);
+    let mut found = Inspection::default();
+    let forward = iptables(&["-S", "FORWARD"], &[])?;
+    found.others = forward
+        .lines()
+        .filter_map(|line| line.strip_prefix("-A FORWARD -j "))
+        .filter(|target| target.starts_with("PODSPAWN-") && *target != chain)
+        .map(str::to_string)
+        .collect();
+    let Some(listed) = listing(&chain)? else {
+        found
+            .missing
+            .push(format!("chain {chain} in the {TABLE} table"));
+        return Ok(found);
+    };
+    let wanted = pairs(config);
+    let there = listed_pairs(&listed);
+    for (from, to) in &wanted {
+        if !there.contains(&(from.clone(), to.clone())) {
+            found
+                .missing
+                .push(format!("the rule {from} -> {to} in {chain}"));
+        }
+    }
+    found.stale = there
+        .into_iter()
+        .filter(|pair| !wanted.contains(pair))
+        .map(|(from, to)| format!("{from} -> {to}"))
+        .collect();
+    if !has("FORWARD", &jump(&chain))? {
+        found
+            .missing
+            .push(format!("the jump from {TABLE} FORWARD to {chain}"));
+    }
+    Ok(found)
+}
+
+/// The (source, destination) pairs of the dropping rules for routed packets in
+/// `iptables -S CHAIN`'s listing of one chain.
+fn listed_pairs(listed: &str) -> Vec<(String, String)> {
+    listed
+        .lines()
+        .filter_map(|line| line.strip_prefix("-A "))
+        .filter_map(|line| line.split_once(' ').map(|(_, rule)| rule))
+        .filter(|rule| rule.contains("! --physdev-is-bridged") && rule.ends_with("-j DROP"))
+        .filter_map(|rule| {
+            let words: Vec<&str> = rule.split_whitespace().collect();
+            let value = |flag: &str| {
+                words
+                    .iter()
+                    .position(|word| *word == flag)
+                    .and_then(|at| words.get(at + 1))
+                    .map(|value| value.to_string())
+            };
+            Some((value("-s")?, value("-d")?))
+        })
+        .collect()
+}
+
+/// Puts the chain, its rules and its jump in place, adding only what is missing;
+/// says whether anything was added.
 pub fn ensure(config: &ServerConfig) -> Result<bool, ToolError> {
     let chain = chain(config);
     let mut changed = false;
-    if iptables(&["-S", &chain], &[]).is_err() {
+    if listing(&chain)?.is_none() {
         iptables(&["-N", &chain], &[])?;
         changed = true;
     }
-    let wanted = rules(config);
-    for rule in &wanted {
-        if !has(&chain, rule)? {
-            iptables(&["-A", &chain], rule)?;
-            changed = true;
-        }
-    }
-    // Rules of pools the config had before: `iptables -S CHAIN` lists them as
-    // `-A CHAIN …`, the same words `-D CHAIN` takes.
-    let listed = iptables(&["-S", &chain], &[])?;
-    let prefix = format!("-A {chain} ");
-    for line in listed.lines() {
-        let Some(rule) = line.strip_prefix(&prefix) else {
-            continue;
-        };
-        let words = split_rule(rule);
-        if !wanted.iter().any(|wanted| same_rule(wanted, &words)) {
-            iptables(&["-D", &chain], &words)?;
+    for rule in rules(config) {
+        if !has(&chain, &rule)? {
+            iptables(&["-A", &chain], &rule)?;
             changed = true;
         }
     }
@@ -145,41 +206,6 @@ pub fn ensure(config: &ServerConfig) -> Result<bool, ToolError> {
         changed = true;
     }
     Ok(changed)
-}
-
-/// One rule as `iptables -S` prints it, back into words (its only quoted word is the
-/// comment).
-fn split_rule(rule: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut rest = rule.trim();
-    while !rest.is_empty() {
-        if let Some(quoted) = rest.strip_prefix('"') {
-            let end = quoted.find('"').unwrap_or(quoted.len());
-            words.push(quoted[..end].to_string());
-            rest = quoted.get(end + 1..).unwrap_or("").trim_start();
-        } else {
-            let end = rest.find(' ').unwrap_or(rest.len());
-            words.push(rest[..end].to_string());
-            rest = rest[end..].trim_start();
-        }
-    }
-    words
-}
-
-/// Whether a listed rule is a wanted one (iptables lists `-s` with its mask, and
-/// its matches in its own order; the addresses and the target are what matter).
-fn same_rule(wanted: &[String], listed: &[String]) -> bool {
-    let value = |words: &[String], flag: &str| {
-        words
-            .iter()
-            .position(|word| word == flag)
-            .and_then(|at| words.get(at + 1))
-            .cloned()
-    };
-    ["-s", "-d", "-j"]
-        .iter()
-        .all(|flag| value(wanted, flag) == value(listed, flag))
-        && listed.iter().any(|word| word == "--physdev-is-bridged")
 }
 
 #[cfg(test)]
@@ -219,21 +245,19 @@ mod tests {
         for rule in &rules {
             assert_eq!(rule[4..8], ["-m", "physdev", "!", "--physdev-is-bridged"]);
             assert_eq!(rule.last().unwrap(), "DROP");
+            assert!(!rule.iter().any(|word| word.contains(['\'', '"', '\\'])));
         }
     }
 
     #[test]
-    fn listed_rules_are_read_back_and_recognised() {
-        let wanted = rules(&config(""));
-        let listed = split_rule(
-            "-s 10.214.0.0/16 -d 10.215.0.0/16 -m physdev ! --physdev-is-bridged -m comment \
-             --comment \"podspawn: no traffic between podspawn's networks\" -j DROP",
+    fn listed_rules_are_read_back_and_only_routed_drops_count() {
+        let listed = "-N PODSPAWN-1\n\
+            -A PODSPAWN-1 -s 10.214.0.0/16 -d 10.215.0.0/16 -m physdev ! --physdev-is-bridged -m comment --comment \"podspawn: no traffic between podspawn networks\" -j DROP\n\
+            -A PODSPAWN-1 -s 10.9.0.0/16 -d 10.9.0.0/16 -m physdev --physdev-is-bridged -j DROP\n\
+            -A PODSPAWN-1 -s 10.8.0.0/16 -d 10.8.0.0/16 -m physdev ! --physdev-is-bridged -j ACCEPT\n";
+        assert_eq!(
+            listed_pairs(listed),
+            [("10.214.0.0/16".to_string(), "10.215.0.0/16".to_string())]
         );
-        assert_eq!(listed[11], COMMENT);
-        assert!(same_rule(&wanted[1], &listed));
-        assert!(!same_rule(&wanted[0], &listed));
-        let old_pool =
-            split_rule("-s 10.9.0.0/16 -d 10.215.0.0/16 -m physdev ! --physdev-is-bridged -j DROP");
-        assert!(!wanted.iter().any(|rule| same_rule(rule, &old_pool)));
     }
 }

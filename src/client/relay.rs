@@ -52,18 +52,42 @@ pub fn relay(socket: TcpStream) -> io::Result<()> {
         .unwrap_or_else(|_| Err(io::Error::other("the sending side panicked")))
 }
 
-/// Hands `socket` to ssh through stdout, which `ProxyUseFdpass` makes a Unix
-/// socket: ssh then talks to the server itself, through no process of ours.
+/// Whether stdout is a Unix socket, as ssh's `ProxyUseFdpass` makes it: only then
+/// can the connection be handed over (a TCP socket would take the handed-over byte
+/// for data and drop the descriptor).
+pub fn can_pass() -> bool {
+    let mut domain: libc::c_int = 0;
+    let mut length = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let asked = unsafe {
+        libc::getsockopt(
+            libc::STDOUT_FILENO,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut length,
+        )
+    };
+    asked == 0 && domain == libc::AF_UNIX
+}
+
+/// Hands `socket` to ssh through stdout (see `can_pass`): ssh then talks to the
+/// server itself, through no process of ours.
 pub fn pass(socket: TcpStream) -> io::Result<()> {
     set_options(&socket);
-    let fd = socket.as_raw_fd();
+    pass_through(libc::STDOUT_FILENO, &socket)
+}
+
+/// Sends `socket`'s descriptor over the Unix socket `through`, with the one byte of
+/// data OpenSSH's receiving end expects.
+fn pass_through(through: RawFd, socket: &TcpStream) -> io::Result<()> {
     let mut byte = [0u8; 1];
     let mut payload = libc::iovec {
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: 1,
     };
+    // A control buffer aligned for `cmsghdr`, however the allocator would place bytes.
     let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut control = vec![0u8; space];
+    let mut control = vec![0u64; space.div_ceil(8)];
     let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
     message.msg_iov = &mut payload;
     message.msg_iovlen = 1;
@@ -74,10 +98,10 @@ pub fn pass(socket: TcpStream) -> io::Result<()> {
         (*header).cmsg_level = libc::SOL_SOCKET;
         (*header).cmsg_type = libc::SCM_RIGHTS;
         (*header).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(header).cast::<RawFd>(), fd);
+        std::ptr::write_unaligned(libc::CMSG_DATA(header).cast::<RawFd>(), socket.as_raw_fd());
     }
     loop {
-        if unsafe { libc::sendmsg(libc::STDOUT_FILENO, &message, 0) } == 1 {
+        if unsafe { libc::sendmsg(through, &message, libc::MSG_NOSIGNAL) } == 1 {
             return Ok(());
         }
         let err = io::Error::last_os_error();
@@ -253,6 +277,47 @@ mod tests {
             .expect("the read waited behind the pump");
         assert_eq!(&got.unwrap(), b"banner\n");
         drop(near);
+    }
+
+    /// What ssh's `mm_receive_fd` does with what `pass_through` sends: one byte, and
+    /// a descriptor that is the very connection.
+    #[test]
+    fn a_handed_over_descriptor_is_the_connection_itself() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let (ssh_end, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+        pass_through(ours.as_raw_fd(), &socket).unwrap();
+        drop(socket);
+        let mut byte = [0u8; 1];
+        let mut payload = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut control = [0u64; 8];
+        let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+        message.msg_iov = &mut payload;
+        message.msg_iovlen = 1;
+        message.msg_control = control.as_mut_ptr().cast();
+        message.msg_controllen = std::mem::size_of_val(&control) as _;
+        assert_eq!(
+            unsafe { libc::recvmsg(ssh_end.as_raw_fd(), &mut message, 0) },
+            1
+        );
+        let received = unsafe {
+            let header = libc::CMSG_FIRSTHDR(&message);
+            assert!(!header.is_null());
+            assert_eq!(
+                ((*header).cmsg_level, (*header).cmsg_type),
+                (libc::SOL_SOCKET, libc::SCM_RIGHTS)
+            );
+            std::ptr::read_unaligned(libc::CMSG_DATA(header).cast::<RawFd>())
+        };
+        let mut received = unsafe { TcpStream::from_raw_fd(received) };
+        received.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        server.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
     }
 
     /// Both ways a pump can go: spliced between a pipe and a socket, and copied

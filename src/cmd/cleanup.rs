@@ -2,7 +2,9 @@
 //! running) and reconciles the state with the engine — rows whose container is gone
 //! are dropped, missing services of running sessions are made again, podspawn's
 //! containers, networks and volumes that no row owns are removed. `--daemon` repeats it
-//! for systemd. Nothing depends on it: it only makes reclamation faster.
+//! for systemd. Nothing depends on it: it only makes reclamation faster. It also puts
+//! back the rule that keeps podspawn's networks apart (`isolation`), which a reboot or
+//! a firewall reload takes away.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,8 +35,10 @@ Usage: podspawn cleanup [--daemon [--interval DURATION]]
 One pass: destroys sessions whose grace period or max lifetime is over (with
 their services, network and volumes), drops sessions whose container is gone,
 makes a running session's missing services again, and removes podspawn's
-containers, networks and volumes that no session owns. Prints one summary line. Safe to run while users connect, and never
-needed for correctness: each session's keeper does the same for its own session.
+containers, networks and volumes that no session owns. Puts back the rule that
+keeps podspawn's networks apart if a reboot or a firewall reload took it away.
+Prints one summary line. Safe to run while users connect, and never needed for
+correctness: each session's keeper does the same for its own session.
 
 Options:
   --daemon           repeat forever (for a systemd service); stops on SIGTERM
@@ -88,6 +92,9 @@ fn cleanup(config: &ServerConfig, args: &CleanupArgs) -> Result<(), Error> {
     privilege::require_admin("cleanup", config.state_dir())?;
     let mut sessions = super::sessions(config)?;
     let Some(interval) = args.daemon_interval else {
+        if let Some(put_back) = keep_networks_apart(config) {
+            println!("{put_back}");
+        }
         let sweep = pass(&mut sessions, config.services.persist_volumes)?;
         println!("cleanup pass complete: {}", summary(&sweep));
         return Ok(());
@@ -99,6 +106,9 @@ fn cleanup(config: &ServerConfig, args: &CleanupArgs) -> Result<(), Error> {
     }
     log::info!("cleanup daemon started interval={}s", interval.as_secs());
     while !stop.load(Ordering::SeqCst) {
+        if let Some(put_back) = keep_networks_apart(config) {
+            log::warn!("{put_back}");
+        }
         match pass(&mut sessions, config.services.persist_volumes) {
             Ok(sweep) if sweep == Sweep::default() => {
                 log::debug!("cleanup pass complete: nothing to do")
@@ -114,6 +124,22 @@ fn cleanup(config: &ServerConfig, args: &CleanupArgs) -> Result<(), Error> {
     }
     log::info!("cleanup daemon stopped");
     Ok(())
+}
+
+/// Puts back the rule that keeps podspawn's networks apart, if it was gone; what it
+/// did, if anything. Failing to is logged: the pass goes on.
+fn keep_networks_apart(config: &ServerConfig) -> Option<String> {
+    match crate::isolation::ensure(config) {
+        Ok(true) => Some(format!(
+            "put back the rule that keeps podspawn's networks apart (iptables -t mangle, chain {})",
+            crate::isolation::chain(config)
+        )),
+        Ok(false) => None,
+        Err(err) => {
+            log::error!("cannot put back the rule that keeps podspawn's networks apart: {err}");
+            None
+        }
+    }
 }
 
 /// Sessions first (with their services), then the networks of users who are no

@@ -42,7 +42,8 @@ project PODSPAWN_PROJECT=NAME, the server's port and host key name) to
 fails.
 
 With --fdpass (and ssh's ProxyUseFdpass, as setup's options have it) the
-connection itself is handed to ssh, which then talks to the server directly.
+connection itself is handed to ssh, which then talks to the server directly; a
+client that gives pipes instead gets the relay.
 
 Options:
   --prepare      write HOST's ssh options, then exit
@@ -186,7 +187,9 @@ fn connect(
         }
     };
     let socket = client::dial(&route.host, route.port, &route.why)?;
-    if fdpass {
+    // A client that does not do ProxyUseFdpass (`-o ProxyUseFdpass=no`, a library
+    // reading ~/.ssh/config) gives pipes: then relay, as without --fdpass.
+    if fdpass && client::relay::can_pass() {
         client::relay::pass(socket).map_err(|source| ClientError::File {
             path: "stdout (--fdpass needs ssh's ProxyUseFdpass)".into(),
             action: "hand the connection to ssh through",

@@ -180,9 +180,9 @@ fn setup(config: &ServerConfig, args: &ServerSetupArgs) -> Result<(), Error> {
                 config.source.display()
             );
         }
-        match isolation::missing(config) {
-            Ok(missing) if missing.is_empty() => {}
-            Ok(missing) => println!("would add {}", missing.join(", ")),
+        match isolation::inspect(config) {
+            Ok(found) if found.missing.is_empty() => {}
+            Ok(found) => println!("would add {}", found.missing.join(", ")),
             Err(err) => println!(
                 "would add the rules that keep podspawn's networks apart (cannot look now: {})",
                 err.detail

@@ -281,6 +281,12 @@ fn pod_names_go_to_their_mapping_else_the_default_and_other_hosts_as_given() {
         connect_once(&env, &["u", "127.0.0.1", &direct.to_string()]),
         (Some(0), "as given".into(), String::new())
     );
+    // --fdpass with pipes for stdout (no ProxyUseFdpass): relayed all the same.
+    let piped = greeter("relayed");
+    assert_eq!(
+        connect_once(&env, &["--fdpass", "127.0.0.1", &piped.to_string()]),
+        (Some(0), "relayed".into(), String::new())
+    );
 }
 
 #[test]

@@ -59,10 +59,13 @@ fn doctor_names_each_problem_with_its_fix_and_exits_1() {
 #[test]
 fn doctor_says_when_the_rule_keeping_networks_apart_is_missing() {
     let env = TestEnv::new();
+    // Gone after a reboot, and a chain of another state directory still jumped to.
     let mut rules = vec![
         Rule::program("iptables", &["-w", "-t", "mangle", "-S", "PODSPAWN-*"])
             .stderr("iptables: No chain/target/match by that name.\n")
             .exit(1),
+        Rule::program("iptables", &["-w", "-t", "mangle", "-S", "FORWARD"])
+            .stdout("-P FORWARD ACCEPT\n-A FORWARD -j PODSPAWN-0badc0de\n"),
     ];
     rules.extend(healthy_engine());
     env.scenario(&rules);
@@ -78,9 +81,35 @@ fn doctor_says_when_the_rule_keeping_networks_apart_is_missing() {
         "{said}"
     );
     assert!(
-        said.contains("fix: sudo podspawn server-setup (after a reboot too"),
+        said.contains("fix: sudo podspawn server-setup (iptables rules do not last a reboot"),
         "{said}"
     );
+    assert!(
+        said.contains(
+            "⚠ mangle FORWARD also jumps to PODSPAWN-0badc0de, another podspawn installation's"
+        ),
+        "{said}"
+    );
+}
+
+#[test]
+fn doctor_without_the_right_to_read_iptables_says_so_not_that_the_rule_is_missing() {
+    let env = TestEnv::new();
+    let mut rules = vec![
+        Rule::program("iptables", &["-w", "-t", "mangle", "**"])
+            .stderr("iptables v1.8.9 (nf_tables): Could not fetch rule set generation id: Permission denied (you must be root)\n")
+            .exit(4),
+    ];
+    rules.extend(healthy_engine());
+    env.scenario(&rules);
+    env.write_config("defaults:\n  image: test-image\n");
+    let run = env.podspawn(&["doctor", "--sshd-config", "/nonexistent/sshd_config"]);
+    let said = run.stdout();
+    assert!(
+        said.contains("✗ cannot read the host's iptables rules: iptables v1.8.9 (nf_tables): Could not fetch rule set generation id: Permission denied (you must be root)\n    fix: run podspawn doctor as root"),
+        "{said}"
+    );
+    assert!(!said.contains("missing chain"), "{said}");
 }
 
 #[test]

@@ -120,7 +120,7 @@ fn list_shows_grace_and_missing_containers() {
 #[test]
 fn cleanup_removes_orphans_and_drops_rows_without_containers() {
     let (env, user) = env_with("  grace_period: 10m\n");
-    env.scenario(&[
+    env.scenario(&isolation_in_place(vec![
         Rule::docker(&["run", "**"]),
         Rule::docker(&["exec", "**"]),
         // Our session's container is gone; someone else's is an orphan.
@@ -134,7 +134,7 @@ fn cleanup_removes_orphans_and_drops_rows_without_containers() {
         // The image of a project that is no longer registered goes too.
         Rule::docker(&["image", "ls", "**"]).stdout("podspawn/gone:0123456789ab\tsha256:abc\n"),
         Rule::docker(&["image", "rm", "podspawn/gone:0123456789ab"]),
-    ]);
+    ]));
     env.spawn(&user)
         .var("SSH_ORIGINAL_COMMAND", "true")
         .run()
@@ -158,7 +158,7 @@ fn cleanup_removes_orphans_and_drops_rows_without_containers() {
 fn cleanup_expires_sessions_whose_keeper_is_gone() {
     let (env, user) = env_with("  grace_period: 1s\n");
     let container = format!("podspawn-{}", user.name);
-    env.scenario(&[
+    env.scenario(&isolation_in_place(vec![
         Rule::docker(&["run", "**"]),
         Rule::docker(&["exec", "**"]),
         Rule::docker(&["ps", "**"])
@@ -167,7 +167,7 @@ fn cleanup_expires_sessions_whose_keeper_is_gone() {
         Rule::docker(&["network", "ls", "**"]),
         Rule::docker(&["volume", "ls", "**"]),
         Rule::docker(&["image", "ls", "**"]),
-    ]);
+    ]));
     // A keeper that died (an OOM kill, say): cleanup must do its job.
     env.spawn(&user)
         .var("SSH_ORIGINAL_COMMAND", "true")
@@ -183,6 +183,39 @@ fn cleanup_expires_sessions_whose_keeper_is_gone() {
     env.podspawn(&["cleanup"])
         .assert_success()
         .assert_stdout("cleanup pass complete: grace_expired=1 lifetime_expired=0 orphans_removed=0 rows_dropped=0 services_restarted=0 networks_removed=0 volumes_removed=0 images_removed=0\n");
+}
+
+/// `rules`, on a host whose rule keeping podspawn's networks apart is in place:
+/// cleanup looks for it on every pass.
+fn isolation_in_place(mut rules: Vec<Rule>) -> Vec<Rule> {
+    rules.extend(crate::support::iptables_set_up());
+    rules
+}
+
+#[test]
+fn cleanup_puts_back_the_rule_that_keeps_networks_apart() {
+    let env = TestEnv::new();
+    let mut rules = crate::support::iptables_to_be_set_up();
+    rules.extend([
+        ps(&[]),
+        Rule::docker(&["network", "ls", "**"]),
+        Rule::docker(&["volume", "ls", "**"]),
+        Rule::docker(&["image", "ls", "**"]),
+    ]);
+    env.scenario(&rules);
+    let run = env.podspawn(&["cleanup"]);
+    run.assert_success();
+    let said = run.stdout();
+    assert!(
+        said.starts_with(
+            "put back the rule that keeps podspawn's networks apart (iptables -t mangle, chain PODSPAWN-"
+        ),
+        "{said}"
+    );
+    // Once there, the next pass only looks.
+    env.podspawn(&["cleanup"])
+        .assert_success()
+        .assert_stdout("cleanup pass complete: grace_expired=0 lifetime_expired=0 orphans_removed=0 rows_dropped=0 services_restarted=0 networks_removed=0 volumes_removed=0 images_removed=0\n");
 }
 
 /// Kills the keepers started for this tree (found by the config on their command line).
@@ -205,7 +238,7 @@ fn kill_keepers(env: &TestEnv) {
 #[test]
 fn cleanup_daemon_repeats_until_sigterm() {
     let env = TestEnv::new();
-    env.scenario(&[
+    env.scenario(&isolation_in_place(vec![
         ps(&[("podspawn-ghost", "exited", "ghost", "abc")]).times(1),
         ps(&[]),
         // A network of a user who is not registered (any more) goes too.
@@ -217,7 +250,7 @@ fn cleanup_daemon_repeats_until_sigterm() {
         Rule::docker(&["image", "ls", "**"]),
         Rule::docker(&["network", "rm", "podspawn-ghost"]),
         Rule::docker(&["rm", "**"]),
-    ]);
+    ]));
     let daemon = env
         .invoke(&["cleanup", "--daemon", "--interval", "1s"])
         .start();

@@ -860,12 +860,23 @@ pub fn iptables_to_be_set_up() -> Vec<Rule> {
     rules
 }
 
-/// The fake iptables of a host where the chain, its rules and its jump are there:
-/// it answers only the questions (`-S`, `-C`), so any change fails the test.
+/// The fake iptables of a host where the chain, its rules for the default pools
+/// and its jump are there: it answers only the questions (`-S`, `-C`), so any change
+/// fails the test.
 pub fn iptables_set_up() -> Vec<Rule> {
+    let mut listing = "-N PODSPAWN-00000000\n".to_string();
+    for from in ["10.214.0.0/16", "10.215.0.0/16"] {
+        for to in ["10.214.0.0/16", "10.215.0.0/16"] {
+            listing += &format!(
+                "-A PODSPAWN-00000000 -s {from} -d {to} -m physdev ! --physdev-is-bridged \
+                 -m comment --comment \"podspawn: no traffic between podspawn networks\" -j DROP\n"
+            );
+        }
+    }
     vec![
-        Rule::program("iptables", &["-w", "-t", "mangle", "-S", "PODSPAWN-*"])
-            .stdout("-N PODSPAWN-00000000\n"),
+        Rule::program("iptables", &["-w", "-t", "mangle", "-S", "FORWARD"])
+            .stdout("-P FORWARD ACCEPT\n"),
+        Rule::program("iptables", &["-w", "-t", "mangle", "-S", "PODSPAWN-*"]).stdout(&listing),
         Rule::program("iptables", &["-w", "-t", "mangle", "-C", "**"]),
     ]
 }

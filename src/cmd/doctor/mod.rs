@@ -680,29 +680,62 @@ fn foreign_routes(table: &str, pools: &[String]) -> Vec<(String, String)> {
 
 fn check_isolation(report: &mut Report, config: &ServerConfig) {
     let chain = crate::isolation::chain(config);
-    match crate::isolation::missing(config) {
-        Ok(missing) if missing.is_empty() => report.line(
+    let found = match crate::isolation::inspect(config) {
+        Ok(found) => found,
+        Err(err) => {
+            report.line(
+                Mark::Bad,
+                &format!("cannot read the host's iptables rules: {}", err.detail),
+                Some("run podspawn doctor as root".into()),
+            );
+            return;
+        }
+    };
+    if found.missing.is_empty() {
+        report.line(
             Mark::Good,
             &format!("podspawn's networks are kept apart (iptables -t mangle, chain {chain})"),
             None,
-        ),
-        Ok(missing) => report.line(
+        );
+    } else {
+        report.line(
             Mark::Bad,
             &format!(
                 "podspawn's networks are kept apart only by Docker's own rules, which let \
                  packets through while networks are made: missing {}",
-                missing.join(", ")
+                found.missing.join(", ")
             ),
             Some(
-                "sudo podspawn server-setup (after a reboot too: iptables rules do not last)"
+                "sudo podspawn server-setup (iptables rules do not last a reboot; the \
+                 cleanup timer puts them back)"
                     .into(),
             ),
-        ),
-        Err(err) => report.line(
-            Mark::Bad,
-            &format!("cannot read the host's iptables rules: {}", err.detail),
-            Some("run podspawn doctor as root".into()),
-        ),
+        );
+    }
+    if !found.stale.is_empty() {
+        report.line(
+            Mark::Info,
+            &format!(
+                "{chain} also drops {} (pools the config no longer names); once no network \
+                 uses them: iptables -t mangle -L {chain} --line-numbers, then \
+                 iptables -t mangle -D {chain} NUMBER",
+                found.stale.join(", ")
+            ),
+            None,
+        );
+    }
+    for other in &found.others {
+        report.line(
+            Mark::Warn,
+            &format!(
+                "mangle FORWARD also jumps to {other}, another podspawn installation's (an \
+                 old state directory's?), still dropping its pools' traffic"
+            ),
+            Some(format!(
+                "if it is no longer used: iptables -t mangle -D FORWARD -j {other} && \
+                 iptables -t mangle -F {other} && iptables -t mangle -X {other}"
+            )),
+        );
     }
 }
 

@@ -149,6 +149,20 @@ fn pod_names_reach_their_environments_with_every_client_and_one_host_key() {
         "{}",
         laptop.explain(&api)
     );
+    // A client that will not take the connection handed over gets it relayed.
+    let no_fdpass = laptop
+        .client("ssh", user)
+        .args(["-o", "ProxyUseFdpass=no"])
+        .arg(format!("{}@api.pod", user.name))
+        .args(["--", "hostname"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&no_fdpass),
+        format!("podspawn-{}-api\n", user.name),
+        "{}",
+        laptop.explain(&no_fdpass)
+    );
     // Host names are not case sensitive; ssh's Host lines are, so the name's file
     // takes the spelling ssh was given.
     let upper = laptop.ssh(user, "API.pod", "hostname");

@@ -118,6 +118,24 @@ fn base_options(extra: &[&str]) -> Vec<String> {
     options
 }
 
+/// The iptables chain server-setup makes for a state directory: `PODSPAWN-` and the
+/// first 8 hex digits of the SHA-256 of its path.
+fn isolation_chain_of(state_dir: &Path) -> String {
+    use std::io::Write;
+    let mut sha = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sha.stdin
+        .take()
+        .unwrap()
+        .write_all(state_dir.as_os_str().as_encoded_bytes())
+        .unwrap();
+    let output = sha.wait_with_output().unwrap();
+    format!("PODSPAWN-{}", &String::from_utf8_lossy(&output.stdout)[..8])
+}
+
 fn run_quietly(program: &str, args: &[&str]) -> bool {
     Command::new(program)
         .args(args)
@@ -164,7 +182,11 @@ impl Server {
         };
         server.install(grace, use_pam);
         crate::support::ensure_sshd_privsep_dir();
-        server.isolation_chain = Some(server.server_setup());
+        // Known before server-setup runs, so that the chain goes with the server
+        // however far server-setup gets.
+        let chain = isolation_chain_of(&server.root.join("state"));
+        server.isolation_chain = Some(chain.clone());
+        assert_eq!(server.server_setup(), chain);
         for index in 0..users {
             let account = server.register(&format!("pse{tag}u{index}"));
             server.users.push(account);
@@ -648,12 +670,15 @@ impl Drop for Server {
         }
         run_quietly("groupdel", &[&self.group]);
         if let Some(chain) = &self.isolation_chain {
-            run_quietly(
-                "iptables",
-                &["-w", "-t", "mangle", "-D", "FORWARD", "-j", chain],
-            );
-            run_quietly("iptables", &["-w", "-t", "mangle", "-F", chain]);
-            run_quietly("iptables", &["-w", "-t", "mangle", "-X", chain]);
+            for action in [
+                &["-D", "FORWARD", "-j", chain][..],
+                &["-F", chain],
+                &["-X", chain],
+            ] {
+                let mut args = vec!["-w", "10", "-t", "mangle"];
+                args.extend(action);
+                run_quietly("iptables", &args);
+            }
         }
         let _ = fs::remove_dir_all(&self.root);
     }
