@@ -782,7 +782,7 @@ pub const COMMENTED_DEFAULT: &str = "\
 #log:
 #  level: info                        # off | error | warn | info | debug | trace
 #  # file: /var/log/podspawn/podspawn.log  (unset = syslog)
-#  # audit_log: /var/log/podspawn/audit.jsonl
+#  # audit_log: unset = no audit log; this file sets one below
 #
 # Projects: `podspawn add-project NAME --repo REPO` registers one in the state
 # database (podspawn never rewrites this file). A project may also be declared
@@ -791,6 +791,11 @@ pub const COMMENTED_DEFAULT: &str = "\
 #   api:
 #     repo: github.com/company/node-api
 #     branch: main                   # optional; default: the repo's default branch
+
+# The audit log: one JSON object per connection, command, engine change, build,
+# registration and refusal (see podspawn's README). Remove these lines for none.
+log:
+  audit_log: /var/log/podspawn/audit.jsonl
 ";
 
 /// Why the config could not be used.
@@ -918,10 +923,12 @@ mod tests {
 
     #[test]
     fn the_commented_default_config_is_the_defaults() {
-        // As written, it is all comments: every default.
+        // As written, it is every default, and an audit log.
+        let written = parse(COMMENTED_DEFAULT).unwrap();
+        assert_eq!(written.auth.group, GroupName("podspawn".into()));
         assert_eq!(
-            parse(COMMENTED_DEFAULT).unwrap().auth.group,
-            GroupName("podspawn".into())
+            written.log.audit_log,
+            Some(AbsolutePath::from("/var/log/podspawn/audit.jsonl"))
         );
         // Uncommented, it must parse to exactly the defaults.
         let uncommented: String = COMMENTED_DEFAULT

@@ -85,6 +85,8 @@ pub enum ExecEnd {
     Exited { code: i32, held_stderr: Vec<u8> },
     /// The client went away; what ran for it in the container has been ended.
     Disconnected { signal: i32 },
+    /// An admin ended the session (`podspawn stop`).
+    Stopped,
 }
 
 /// What a probe run of an image printed.
@@ -323,6 +325,7 @@ impl Engine for DockerEngine {
                 let _ = child.wait();
                 Ok(ExecEnd::Disconnected { signal })
             }
+            Ended::Stopped => Ok(ExecEnd::Stopped),
         }
     }
 }

@@ -36,6 +36,15 @@ pub enum Ended {
     /// The client went away (SIGHUP, SIGTERM, or stdout's reader vanished) while the
     /// child still ran; `signal` is what podspawn exits with (128 + signal).
     Disconnected { signal: i32, child: Child },
+    /// An admin ended the session (`stop` sent `host::STOP_SIGNAL`), and with its
+    /// container went the child.
+    Stopped,
+}
+
+/// Catches `stop`'s signal from now on (its default would end this process before
+/// it could tell its user why). Call early: before the connection is recorded.
+pub fn catch_stop() -> io::Result<()> {
+    Signals::installed().map(|_| ())
 }
 
 /// The exit code for a child's status: its code, or 128 + the signal that ended it.
@@ -91,6 +100,9 @@ pub fn supervise(mut command: Command) -> io::Result<Ended> {
         if let Some(status) = child.try_wait()? {
             if let Some(stderr) = stderr.take() {
                 drain(stderr, &mut relay);
+            }
+            if signals.stopped() {
+                return Ok(Ended::Stopped);
             }
             return Ok(Ended::Exited {
                 status,
@@ -271,6 +283,8 @@ impl TerminalLines {
 struct Signals {
     read: UnixStream,
     termination: Arc<AtomicUsize>,
+    /// `stop`'s signal came.
+    stop: Arc<AtomicBool>,
 }
 
 impl Signals {
@@ -289,16 +303,31 @@ impl Signals {
         let (read, write) = UnixStream::pair()?;
         read.set_nonblocking(true)?;
         let termination = Arc::new(AtomicUsize::new(0));
-        for signal in [libc::SIGCHLD, libc::SIGHUP, libc::SIGTERM] {
+        let stop = Arc::new(AtomicBool::new(false));
+        for signal in [
+            libc::SIGCHLD,
+            libc::SIGHUP,
+            libc::SIGTERM,
+            crate::host::STOP_SIGNAL,
+        ] {
             signal_hook::low_level::pipe::register(signal, write.try_clone()?)?;
         }
+        signal_hook::flag::register(crate::host::STOP_SIGNAL, stop.clone())?;
         for signal in [libc::SIGHUP, libc::SIGTERM] {
             signal_hook::flag::register_usize(signal, termination.clone(), signal as usize)?;
         }
         for signal in [libc::SIGINT, libc::SIGQUIT] {
             signal_hook::flag::register(signal, Arc::new(AtomicBool::new(false)))?;
         }
-        Ok(Signals { read, termination })
+        Ok(Signals {
+            read,
+            termination,
+            stop,
+        })
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
     }
 
     fn read_fd(&self) -> i32 {

@@ -32,6 +32,9 @@ pub trait Host {
     fn is_registered(&self, user: &UserName) -> bool;
     /// Asks a session's keeper to look now rather than at its next tick.
     fn wake(&self, keeper: &ProcessId);
+    /// Tells a connection's spawn that an admin is ending its session (`stop`): when
+    /// its program ends, it says so rather than making the session again.
+    fn tell_stopped(&self, connection: &ProcessId);
     /// Whether `address` accepts a TCP connection before `until` (a companion
     /// service's port, tried again and again until then).
     fn wait_for_port(&self, address: std::net::SocketAddrV4, until: Millis) -> bool;
@@ -73,6 +76,9 @@ pub fn other_users(store: &KeyStore, user: &UserName) -> Vec<(String, u32)> {
 /// that does not listen yet (it has just started) misses nothing it would not see on
 /// its first look anyway.
 pub const WAKE_SIGNAL: i32 = libc::SIGWINCH;
+
+/// What `stop` sends a connection's spawn (which catches it from its start).
+pub const STOP_SIGNAL: i32 = libc::SIGUSR1;
 
 pub struct SystemHost {
     /// The server config this process read, when not the default, for the keeper to
@@ -191,6 +197,13 @@ impl Host for SystemHost {
         // The keeper runs as the caller (or the caller is root); the pid was checked
         // to be that very process just before.
         unsafe { libc::kill(keeper.pid, WAKE_SIGNAL) };
+    }
+
+    fn tell_stopped(&self, connection: &ProcessId) {
+        // Only that very process: a pid used again since is someone else's.
+        if crate::process::identify(connection.pid).as_ref() == Some(connection) {
+            unsafe { libc::kill(connection.pid, STOP_SIGNAL) };
+        }
     }
 
     fn wait_for_port(&self, address: std::net::SocketAddrV4, until: Millis) -> bool {

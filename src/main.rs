@@ -6,6 +6,7 @@
 
 mod accounts;
 mod agent;
+mod audit;
 mod cli;
 mod client;
 mod cmd;

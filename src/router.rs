@@ -31,6 +31,27 @@ pub enum Program {
     Command(OsString),
 }
 
+impl Program {
+    /// What kind of session this is, as the audit log says: `shell`, `sftp`, `scp`,
+    /// `rsync`, or `command` for anything else.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Program::Shell => "shell",
+            Program::Sftp => "sftp",
+            Program::Command(command) => {
+                let bytes = command.as_encoded_bytes();
+                if bytes.starts_with(b"scp ") {
+                    "scp"
+                } else if bytes.starts_with(b"rsync --server") {
+                    "rsync"
+                } else {
+                    "command"
+                }
+            }
+        }
+    }
+}
+
 pub fn route(original_command: Option<&OsStr>, tty: bool) -> Routed {
     let program = match original_command {
         None => Program::Shell,
@@ -182,5 +203,15 @@ mod tests {
                 tty: false
             }
         );
+    }
+
+    #[test]
+    fn kinds_name_what_the_client_runs() {
+        let kind = |command: Option<&str>| route(command.map(OsStr::new), false).program.kind();
+        assert_eq!(kind(None), "shell");
+        assert_eq!(kind(Some("/usr/lib/openssh/sftp-server")), "sftp");
+        assert_eq!(kind(Some("scp -t /tmp")), "scp");
+        assert_eq!(kind(Some("rsync --server -vlogDtpre.iLsfxC . /x")), "rsync");
+        assert_eq!(kind(Some("make test")), "command");
     }
 }

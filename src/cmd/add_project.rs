@@ -6,11 +6,12 @@ use std::io::Write;
 use lexopt::prelude::*;
 
 use super::{Command, Context, Outcome};
+use crate::audit::Event;
 use crate::cli::{Args, UsageError};
 use crate::config::ServerConfig;
 use crate::error::Error;
 use crate::privilege;
-use crate::project::{self, ProjectName};
+use crate::project::{self, ProjectError, ProjectName};
 
 pub const COMMAND: Command = Command {
     name: "add-project",
@@ -78,8 +79,14 @@ fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {
 
 fn add_project(config: &ServerConfig, args: &AddProjectArgs) -> Result<(), Error> {
     privilege::require_admin("add-project", config.state_dir())?;
-    let name = ProjectName::parse(&args.name).map_err(Error::Refused)?;
-    let repo = project::normalize_repo(&args.repo).map_err(Error::Refused)?;
+    let name = ProjectName::parse(&args.name).map_err(|err| {
+        audit_refusal("project_name", &args.name, &err);
+        Error::Refused(err)
+    })?;
+    let repo = project::normalize_repo(&args.repo).map_err(|err| {
+        audit_refusal("repo", &args.name, &err);
+        Error::Refused(err)
+    })?;
     let mut sessions = super::sessions(config)?;
     println!("Building project {name} from {repo}...");
     let registered = project::add(
@@ -89,12 +96,34 @@ fn add_project(config: &ServerConfig, args: &AddProjectArgs) -> Result<(), Error
         &repo,
         args.branch.as_deref(),
         &mut show,
-    )?;
+    )
+    .inspect_err(|err| {
+        if let ProjectError::Podfile(_) | ProjectError::Refused(_) = err {
+            audit_refusal("podfile", name.as_str(), &err.to_string());
+        }
+    })?;
+    crate::audit::record(
+        Event::new("project.add")
+            .with("project", name.as_str())
+            .with("repo", repo.as_str())
+            .with("commit", registered.row.commit.as_str())
+            .with("image", registered.row.image.as_str()),
+    );
     for warning in &registered.warnings {
         eprintln!("warning: {}", crate::logging::one_safe_line(warning));
     }
     println!("project {name} registered, image: {}", registered.row.image);
     Ok(())
+}
+
+/// A registration refused by policy, for the audit log.
+pub fn audit_refusal(reason: &str, project: &str, error: &str) {
+    crate::audit::record(
+        Event::new("refused")
+            .with("reason", reason)
+            .with("project", project)
+            .with("error", error),
+    );
 }
 
 /// Shows a part of a progress line at once.

@@ -132,6 +132,12 @@ fn add_user(config: &ServerConfig, args: &AddUserArgs) -> Result<(), Error> {
         );
     }
     println!("added {} key(s) for {user}", outcome.added);
+    crate::audit::record(
+        crate::audit::Event::new("user.add")
+            .with("user", user.as_str())
+            .with("keys_added", outcome.added)
+            .with("account_created", created),
+    );
     Ok(())
 }
 

@@ -85,7 +85,9 @@ fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {
     let Some(args) = parse(args)? else {
         return Ok(Outcome::Print(USAGE.into()));
     };
-    super::admin(context, |config| cleanup(config, &args))
+    super::admin_as(context, crate::audit::Actor::Cleanup, |config| {
+        cleanup(config, &args)
+    })
 }
 
 fn cleanup(config: &ServerConfig, args: &CleanupArgs) -> Result<(), Error> {

@@ -70,6 +70,7 @@ fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {
         return Ok(Outcome::Print(USAGE.into()));
     };
     let config = super::service_config(context, "keeper")?;
+    crate::audit::start(&config.log, crate::audit::Actor::Keeper, None);
     if let Err(err) = keep(&config, &args) {
         log::error!("keeper of {}: {err}", args.user);
         return Err(err);

@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::path::PathBuf;
 
+use crate::audit::{self, Actor};
 use crate::cli::Args;
 use crate::config::{self, ServerConfig};
 use crate::engine::DockerEngine;
@@ -29,6 +30,7 @@ mod remove_user;
 pub mod server_setup;
 mod setup;
 pub mod spawn;
+mod stop;
 mod update_project;
 mod verify_image;
 mod version;
@@ -42,6 +44,7 @@ pub const ALL: &[Command] = &[
     update_project::COMMAND,
     remove_project::COMMAND,
     list::COMMAND,
+    stop::COMMAND,
     cleanup::COMMAND,
     doctor::COMMAND,
     verify_image::COMMAND,
@@ -117,13 +120,24 @@ pub fn effects(config: &ServerConfig) -> Effects<DockerEngine> {
     Effects::new(DockerEngine::new(&config.docker))
 }
 
-/// Runs an admin command with the server config and stderr logging.
+/// Runs an admin command with the server config, stderr logging and the audit log
+/// (its events by `admin:<uid>`).
 pub fn admin(
     context: &Context,
     run: impl FnOnce(&ServerConfig) -> Result<(), Error>,
 ) -> Result<Outcome, Error> {
+    admin_as(context, Actor::Admin(unsafe { libc::getuid() }), run)
+}
+
+/// `admin`, its audit events by `actor` (`cleanup`).
+pub fn admin_as(
+    context: &Context,
+    actor: Actor,
+    run: impl FnOnce(&ServerConfig) -> Result<(), Error>,
+) -> Result<Outcome, Error> {
     let config = context.load_config().result?;
     logging::init_admin(config.log.level.0);
+    audit::start(&config.log, actor, None);
     run(&config)?;
     Ok(Outcome::Done)
 }
@@ -164,6 +178,7 @@ Admin commands (run as root):
   update-project NAME fetch a project's branch, rebuild if its image changed
   remove-project NAME remove a project (--force: end its sessions too)
   list                show sessions and their live connections (--json)
+  stop USER[@PROJECT] end a session now (its connections are told why)
   cleanup             expire sessions and remove orphans now (--daemon to repeat)
   doctor              check this host's set-up and say how to fix what is wrong
   verify-image IMAGE  check an image for a shell, sftp-server, scp, rsync, git, UTF-8

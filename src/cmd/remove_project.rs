@@ -65,5 +65,10 @@ fn remove_project(config: &ServerConfig, args: &RemoveProjectArgs) -> Result<(),
     let mut sessions = super::sessions(config)?;
     let destroyed = project::remove(config, &mut sessions, &name, args.force)?;
     println!("removed project {name} ({destroyed} session(s) destroyed)");
+    crate::audit::record(
+        crate::audit::Event::new("project.remove")
+            .with("project", name.as_str())
+            .with("sessions_destroyed", destroyed),
+    );
     Ok(())
 }

@@ -141,6 +141,11 @@ fn remove_user(config: &ServerConfig, args: &RemoveUserArgs) -> Result<(), Error
         }
     }
     println!("removed user {user} ({destroyed} session(s) destroyed)");
+    crate::audit::record(
+        crate::audit::Event::new("user.remove")
+            .with("user", user.as_str())
+            .with("sessions_destroyed", destroyed),
+    );
     Ok(())
 }
 

@@ -149,7 +149,20 @@ fn setup(config: &ServerConfig, args: &ServerSetupArgs) -> Result<(), Error> {
     let docker_gid = group_id("docker")?.ok_or_else(|| {
         Error::Refused("there is no docker group: install Docker first".to_string())
     })?;
-    let dirs = directories(config, docker_gid);
+    // The audit log of the config this run writes, if it writes one.
+    let audit_log = if config.source.exists() {
+        config
+            .log
+            .audit_log
+            .as_ref()
+            .map(|path| path.as_path().to_path_buf())
+    } else {
+        crate::config::parse(COMMENTED_DEFAULT)
+            .ok()
+            .and_then(|default| default.log.audit_log)
+            .map(|path| path.as_path().to_path_buf())
+    };
+    let dirs = directories(config, docker_gid, audit_log.as_deref());
     let mut changed = false;
 
     if args.dry_run {
@@ -167,6 +180,9 @@ fn setup(config: &ServerConfig, args: &ServerSetupArgs) -> Result<(), Error> {
         }
         if !config.state.db_path.as_path().exists() {
             println!("would create {}", config.state.db_path.as_path().display());
+        }
+        if let Some(path) = audit_log.as_ref().filter(|path| !path.exists()) {
+            println!("would make the audit log {}", path.display());
         }
         for (user, home) in homes_to_move(config)? {
             println!(
@@ -223,6 +239,9 @@ fn setup(config: &ServerConfig, args: &ServerSetupArgs) -> Result<(), Error> {
         }
     }
     changed |= create_database(config, docker_gid)?;
+    if let Some(path) = &audit_log {
+        changed |= create_audit_log(path, docker_gid)?;
+    }
     changed |= move_homes(config)?;
     if !config.source.exists() {
         write_default_config(&config.source)?;
@@ -361,7 +380,7 @@ fn group_id(name: &str) -> Result<Option<u32>, Error> {
 }
 
 /// podspawn's directories, with the owners and modes of the privilege model.
-fn directories(config: &ServerConfig, docker_gid: u32) -> Vec<Dir> {
+fn directories(config: &ServerConfig, docker_gid: u32, audit_log: Option<&Path>) -> Vec<Dir> {
     let shared = |path: &Path| Dir {
         path: path.to_path_buf(),
         group: Some(docker_gid),
@@ -381,15 +400,51 @@ fn directories(config: &ServerConfig, docker_gid: u32) -> Vec<Dir> {
         root_only(config.auth.home_dir.as_path()),
         root_only(config.docker.config_dir.as_path()),
     ];
-    if let Some(parent) = config
-        .log
-        .file
-        .as_ref()
-        .and_then(|file| file.as_path().parent())
-    {
-        dirs.push(shared(parent));
+    let logs = [
+        config.log.file.as_ref().map(|file| file.as_path()),
+        audit_log,
+    ];
+    for parent in logs.into_iter().flatten().filter_map(Path::parent) {
+        if !dirs.iter().any(|dir| dir.path == parent) {
+            dirs.push(shared(parent));
+        }
     }
     dirs
+}
+
+/// The audit log, `root:docker` 0660 (spawn appends as the user with the docker
+/// group, and never makes it: it would be the user's); true if it changed it.
+fn create_audit_log(path: &Path, docker_gid: u32) -> Result<bool, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mode = crate::audit::FILE_MODE;
+    let file = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|err| io_refusal(path, "create", err))?;
+    let meta = file
+        .metadata()
+        .map_err(|err| io_refusal(path, "inspect", err))?;
+    if !meta.is_file() {
+        return Err(Error::Refused(format!(
+            "{} should be a file, and is not",
+            path.display()
+        )));
+    }
+    if meta.uid() == 0 && meta.gid() == docker_gid && meta.mode() & 0o7777 == mode {
+        return Ok(false);
+    }
+    std::os::unix::fs::fchown(&file, Some(0), Some(docker_gid))
+        .map_err(|err| io_refusal(path, "chown", err))?;
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|err| io_refusal(path, "chmod", err))?;
+    println!(
+        "made the audit log {} (root:docker {mode:o})",
+        path.display()
+    );
+    Ok(true)
 }
 
 /// What `make_dir` would do to `dir`, or `None` if it is right already. Only

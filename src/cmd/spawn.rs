@@ -10,6 +10,7 @@ use std::fmt;
 
 use crate::accounts;
 use crate::agent;
+use crate::audit::{self, Actor, Event};
 use lexopt::prelude::*;
 
 use super::{Command, Context, Outcome};
@@ -95,6 +96,14 @@ fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {
         Ok(code) => Ok(Outcome::Exit(code.clamp(0, 255) as u8)),
         Err(err) => {
             log::error!("{err}");
+            if let Some(reason) = err.refusal() {
+                audit::record(
+                    Event::new("refused")
+                        .with("reason", reason)
+                        .with("user", args.user.as_str())
+                        .with("error", err.to_string()),
+                );
+            }
             Err(err.into())
         }
     }
@@ -129,6 +138,21 @@ pub enum SpawnError {
 }
 
 impl SpawnError {
+    /// The policy this connection was refused by, for the audit log (`None`: it
+    /// failed rather than being refused).
+    fn refusal(&self) -> Option<&'static str> {
+        match self {
+            SpawnError::NotYou { .. } => Some("other_user"),
+            SpawnError::Root => Some("root"),
+            SpawnError::NotRegistered(_) => Some("not_registered"),
+            SpawnError::BadProject(_) => Some("project_name"),
+            SpawnError::Session(SessionError::TooManySessions { .. }) => Some("session_limit"),
+            SpawnError::Session(SessionError::NameTaken { .. }) => Some("name_taken"),
+            SpawnError::Session(SessionError::Foreign { .. }) => Some("foreign_container"),
+            _ => None,
+        }
+    }
+
     /// The one line the SSH user sees.
     pub fn user_message(&self) -> String {
         match self {
@@ -247,7 +271,28 @@ fn asked_project(args: &SpawnArgs) -> Result<Option<ProjectName>, SpawnError> {
 /// Runs the connection; returns the exit code of the command in the container.
 fn connect(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
     let user = UserName::parse(&args.user).map_err(SpawnError::Name)?;
+    // `stop`'s signal must find a handler from the moment this connection could be
+    // recorded: by default it would end this process without a word to its user.
+    if let Err(err) = crate::exec::catch_stop() {
+        log::warn!("cannot catch stop's signal: {err}");
+    }
     let caller = accounts::caller().map_err(|err| SpawnError::Account(err.to_string()))?;
+    audit::start(
+        &config.log,
+        Actor::User(caller.name.clone()),
+        std::env::var("SSH_CONNECTION").ok().as_deref(),
+    );
+    // A config named in the environment is not read with the borrowed group: an
+    // attempt worth an admin's eye.
+    if privilege::has_borrowed_group()
+        && std::env::var_os(crate::config::PATH_VARIABLE).is_some_and(|path| !path.is_empty())
+    {
+        audit::record(
+            Event::new("refused")
+                .with("reason", "config_override")
+                .with("user", user.as_str()),
+        );
+    }
     if caller.uid == 0 {
         return Err(SpawnError::Root);
     }

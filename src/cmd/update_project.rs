@@ -58,10 +58,28 @@ fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {
 
 fn update_project(config: &ServerConfig, name: &str) -> Result<(), Error> {
     privilege::require_admin("update-project", config.state_dir())?;
-    let name = ProjectName::parse(name).map_err(Error::Refused)?;
+    let name = ProjectName::parse(name).map_err(|err| {
+        super::add_project::audit_refusal("project_name", name, &err);
+        Error::Refused(err)
+    })?;
     let mut sessions = super::sessions(config)?;
     let (registered, replaced) =
-        project::update(config, &mut sessions, &name, &mut super::add_project::show)?;
+        project::update(config, &mut sessions, &name, &mut super::add_project::show).inspect_err(
+            |err| {
+                if let crate::project::ProjectError::Podfile(_)
+                | crate::project::ProjectError::Refused(_) = err
+                {
+                    super::add_project::audit_refusal("podfile", name.as_str(), &err.to_string());
+                }
+            },
+        )?;
+    crate::audit::record(
+        crate::audit::Event::new("project.update")
+            .with("project", name.as_str())
+            .with("commit", registered.row.commit.as_str())
+            .with("image", registered.row.image.as_str())
+            .with("built", registered.built),
+    );
     for warning in &registered.warnings {
         eprintln!("warning: {}", crate::logging::one_safe_line(warning));
     }

@@ -3,12 +3,80 @@
 //! `Engine::apply` (and `Engine::probe`, which runs a container and removes it) take a
 //! `Passed`, which only this module can make, and `apply` is the session layer's
 //! alone: a change that does not come through here does not compile. Every change is
-//! logged here with its reason; the audit log will be written here too.
+//! logged here with its reason, and written to the audit log here, so no path can
+//! make one unrecorded.
 
+use crate::audit::{self, Event};
 use crate::docker::{BuildSpec, DockerError};
 use crate::engine::{Effect, Engine, Probe};
 
 use super::plan::Reason;
+
+/// The session the changes being made are for, when the change itself does not say
+/// (a removal names only its container): the audit log's user, project and session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub user: String,
+    pub project: String,
+    pub session: String,
+}
+
+/// The audit event for `effect`, made for `reason`, that ended in `error` if any.
+fn event(
+    effect: &Effect,
+    reason: Reason,
+    owner: Option<&Owner>,
+    error: Option<&DockerError>,
+) -> Event {
+    let (name, event) = match effect {
+        Effect::CreateContainer(spec) => (
+            "container.create",
+            Event::new("")
+                .with("container", spec.name.as_str())
+                .with("image", spec.image.as_str())
+                .with("user", spec.user.name.as_str())
+                .with("project", spec.project.as_str())
+                .with("session", spec.session_id.as_str()),
+        ),
+        Effect::CreateService(spec) => (
+            "service.create",
+            Event::new("")
+                .with("container", spec.container.as_str())
+                .with("service", spec.name.as_str())
+                .with("image", spec.image.as_str())
+                .with("user", spec.user.as_str())
+                .with("project", spec.project.as_str())
+                .with("session", spec.session_id.as_str()),
+        ),
+        // A service's container is its session's name, a `.` and its own.
+        Effect::RemoveContainer(name) if name.starts_with("podspawn-") && name.contains('.') => {
+            ("service.remove", Event::new("").with("container", *name))
+        }
+        Effect::RemoveContainer(name) => {
+            ("container.remove", Event::new("").with("container", *name))
+        }
+        Effect::CreateNetwork { network, owner } => (
+            "network.create",
+            Event::new("")
+                .with("network", network.name.as_str())
+                .with("user", owner.user)
+                .with("project", owner.project)
+                .with("session", owner.session),
+        ),
+        Effect::RemoveNetwork(name) => ("network.remove", Event::new("").with("network", *name)),
+        Effect::RemoveVolume(name) => ("volume.remove", Event::new("").with("volume", *name)),
+        Effect::RemoveImage(image) => ("image.remove", Event::new("").with("image", *image)),
+        Effect::PullImage { image, .. } => ("image.pull", Event::new("").with("image", *image)),
+    };
+    let mut event = event.renamed(name).with("reason", reason.name());
+    if let Some(owner) = owner {
+        event = event
+            .or_with("user", owner.user.as_str())
+            .or_with("project", owner.project.as_str())
+            .or_with("session", owner.session.as_str());
+    }
+    event.with_some("error", error.map(|err| err.to_string()))
+}
 
 /// Proof that a change came through `Effects::apply`.
 #[derive(Clone, Copy)]
@@ -19,11 +87,30 @@ pub struct Passed {
 /// The engine, owned: questions go straight to it, changes through `apply`.
 pub struct Effects<E: Engine> {
     engine: E,
+    /// Whose session the changes being made now are for (see `Owner`).
+    owner: Option<Owner>,
 }
 
 impl<E: Engine> Effects<E> {
     pub fn new(engine: E) -> Effects<E> {
-        Effects { engine }
+        Effects {
+            engine,
+            owner: None,
+        }
+    }
+
+    /// The session the next changes are for; what it was before, to put back.
+    pub(super) fn set_owner(&mut self, owner: Option<Owner>) -> Option<Owner> {
+        std::mem::replace(&mut self.owner, owner)
+    }
+
+    /// Logs and audits one change's outcome.
+    fn record(&self, effect: &Effect, reason: Reason, result: Result<(), &DockerError>) {
+        match result {
+            Ok(()) => log::info!("{effect} ({reason})"),
+            Err(err) => log::warn!("could not {effect} ({reason}): {err}"),
+        }
+        audit::record(event(effect, reason, self.owner.as_ref(), result.err()));
     }
 
     /// Makes one change in the engine, for `reason`. Only the session layer decides
@@ -33,10 +120,7 @@ impl<E: Engine> Effects<E> {
             _only_effects_makes_this: (),
         };
         let result = self.engine.apply(&effect, passed);
-        match &result {
-            Ok(()) => log::info!("{effect} ({reason})"),
-            Err(err) => log::warn!("could not {effect} ({reason}): {err}"),
-        }
+        self.record(&effect, reason, result.as_ref().map(|_| ()));
         result
     }
 
@@ -51,10 +135,7 @@ impl<E: Engine> Effects<E> {
         };
         let results = self.engine.apply_all(effects, passed);
         for (effect, result) in effects.iter().zip(&results) {
-            match result {
-                Ok(()) => log::info!("{effect} ({reason})"),
-                Err(err) => log::warn!("could not {effect} ({reason}): {err}"),
-            }
+            self.record(effect, reason, result.as_ref().map(|_| ()));
         }
         results
     }
@@ -70,10 +151,34 @@ impl<E: Engine> Effects<E> {
             _only_effects_makes_this: (),
         };
         log::info!("build image {} ({reason})", spec.tag);
+        let built = |name: &str| {
+            let event = Event::new(name)
+                .with("image", spec.tag)
+                .with("reason", reason.name());
+            match &self.owner {
+                Some(owner) => event
+                    .with("user", owner.user.as_str())
+                    .with("project", owner.project.as_str()),
+                None => event,
+            }
+        };
+        audit::record(built("image.build.start"));
+        let started = std::time::Instant::now();
         let result = self.engine.build(spec, output, passed);
+        let took = started.elapsed().as_millis() as u64;
         match &result {
-            Ok(()) => log::info!("built image {} ({reason})", spec.tag),
-            Err(err) => log::warn!("could not build image {} ({reason}): {err}", spec.tag),
+            Ok(()) => {
+                log::info!("built image {} ({reason})", spec.tag);
+                audit::record(built("image.build.finish").with("duration_ms", took));
+            }
+            Err(err) => {
+                log::warn!("could not build image {} ({reason}): {err}", spec.tag);
+                audit::record(
+                    built("image.build.fail")
+                        .with("duration_ms", took)
+                        .with("error", err.to_string()),
+                );
+            }
         }
         result
     }

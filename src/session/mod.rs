@@ -27,11 +27,13 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+use effects::Owner;
 pub use effects::{Effects, Passed};
 use plan::{AfterExec, AtRelease, ConnectPlan, Decision, Healing, NameHolder, Repair};
 pub use plan::{Reason, probe_label};
 pub use services::{ServiceFailure, ServiceSettings, check_service};
 
+use crate::audit::{self, Event};
 use crate::config::SessionMode;
 use crate::container::{self, ContainerSpec, ExecSpec, Identity, Service, ServiceSpec};
 use crate::docker::{ContainerState, DockerError};
@@ -94,6 +96,13 @@ pub enum SessionError {
     },
     /// The user was removed while this connection was on its way in.
     NotRegistered(UserName),
+    /// An admin ended the session this connection was in (`podspawn stop`).
+    Stopped,
+    /// `stop` found no such session.
+    NoSuchSession {
+        user: UserName,
+        project: String,
+    },
     /// The user has as many sessions as they may have.
     TooManySessions {
         running: Vec<String>,
@@ -142,6 +151,8 @@ impl SessionError {
             SessionError::NotRegistered(_) => {
                 "you are not registered with podspawn on this server; tell your admin".to_string()
             }
+            SessionError::Stopped => "an admin ended this session".to_string(),
+            SessionError::NoSuchSession { .. } => self.to_string(),
             SessionError::TooManySessions { running, limit } => {
                 if running.len() >= *limit as usize {
                     format!(
@@ -206,6 +217,13 @@ impl fmt::Display for SessionError {
             ),
             SessionError::NotRegistered(user) => {
                 write!(f, "{user} was removed while connecting")
+            }
+            SessionError::Stopped => f.write_str("an admin ended the session"),
+            SessionError::NoSuchSession { user, project } if project.is_empty() => {
+                write!(f, "{user} has no default session")
+            }
+            SessionError::NoSuchSession { user, project } => {
+                write!(f, "{user} has no session {project}")
             }
             SessionError::TooManySessions { running, limit } => {
                 write!(
@@ -296,7 +314,43 @@ impl ConnectRequest {
     }
 }
 
+/// The audit log's `session.connect`: who, where, from where (the audit knows the
+/// client), and what they run.
+fn audit_connect(request: &ConnectRequest, attached: &Attached) {
+    let program = &request.routed.program;
+    let mut event = Event::new("session.connect")
+        .with("user", request.user.name.as_str())
+        .with("project", request.project.as_str())
+        .with("session", attached.session.session_id.as_str())
+        .with("container", attached.session.container.as_str())
+        .with("connection", attached.connection)
+        .with("kind", program.kind())
+        .with("tty", request.routed.tty)
+        .with("created", attached.created);
+    if let Program::Command(command) = program {
+        event = event.with_command(command.as_encoded_bytes());
+    }
+    audit::record(event);
+}
+
+/// The audit log's `session.disconnect`: how the connection ended, and after how long.
+fn audit_disconnect(attached: &Attached, result: &Result<i32, SessionError>, took: Duration) {
+    let session = &attached.session;
+    let event = Event::new("session.disconnect")
+        .with("user", session.user.as_str())
+        .with("project", session.project.as_str())
+        .with("session", session.session_id.as_str())
+        .with("container", session.container.as_str())
+        .with("connection", attached.connection)
+        .with("duration_ms", took.as_millis() as u64);
+    audit::record(match result {
+        Ok(code) => event.with("exit_code", *code),
+        Err(err) => event.with("error", err.to_string()),
+    });
+}
+
 /// A recorded connection into a session.
+#[derive(Clone)]
 struct Attached {
     session: SessionRow,
     connection: i64,
@@ -397,6 +451,30 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         request: &ConnectRequest,
         settings: &Settings,
     ) -> Result<i32, SessionError> {
+        let owner = Owner {
+            user: request.user.name.to_string(),
+            project: request.project.clone(),
+            session: String::new(),
+        };
+        let before = self.effects.set_owner(Some(owner));
+        let started = std::time::Instant::now();
+        let mut connected = None;
+        let result = self.connect_and_run(request, settings, &mut connected);
+        if let Some(attached) = &connected {
+            audit_disconnect(attached, &result, started.elapsed());
+        }
+        self.effects.set_owner(before);
+        result
+    }
+
+    /// `connect`'s work; `connected` is the attached session once the connection
+    /// has one (audited as connected then).
+    fn connect_and_run(
+        &mut self,
+        request: &ConnectRequest,
+        settings: &Settings,
+        connected: &mut Option<Attached>,
+    ) -> Result<i32, SessionError> {
         let mut built = false;
         loop {
             let attached = match self.attach(request, settings) {
@@ -446,6 +524,10 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                     write_stderr(line.as_bytes());
                 }
             }
+            if connected.is_none() {
+                audit_connect(request, &attached);
+            }
+            *connected = Some(attached.clone());
             let spec = self.exec_spec(request, &attached);
             let end = match self.effects.engine().exec(&spec) {
                 Ok(end) => end,
@@ -464,8 +546,13 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                     );
                     Vec::new()
                 }
+                crate::engine::ExecEnd::Stopped => Vec::new(),
             };
             match plan::after_exec(&end) {
+                AfterExec::Stopped => {
+                    self.release_or_log(&attached);
+                    return Err(SessionError::Stopped);
+                }
                 AfterExec::Finished { code } => {
                     write_stderr(&held_stderr);
                     return Ok(self.finish(&attached, code));
@@ -1071,7 +1158,14 @@ impl<E: Engine, H: Host> Sessions<E, H> {
     /// rows; what will not go now stays recorded, for the next try.
     fn destroy(&mut self, session: &SessionRow, reason: Reason) -> Result<(), SessionError> {
         let services = self.state.services(&session.user, &session.project)?;
-        self.remove_parts(&session.container, &session.network, &services, reason)?;
+        let before = self.effects.set_owner(Some(Owner {
+            user: session.user.to_string(),
+            project: session.project.clone(),
+            session: session.session_id.clone(),
+        }));
+        let removed = self.remove_parts(&session.container, &session.network, &services, reason);
+        self.effects.set_owner(before);
+        removed?;
         self.state.delete_session(&session.user, &session.project)?;
         Ok(())
     }
@@ -1395,6 +1489,36 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             .collect())
     }
 
+    /// Ends `user`'s session `project` now (`podspawn stop`): each live connection is
+    /// told (it says so to its user when its program ends, and makes nothing again),
+    /// then the container, its services, network and volumes go. Returns the session
+    /// and how many connections it had.
+    pub fn stop(
+        &mut self,
+        user: &UserName,
+        project: &str,
+    ) -> Result<(SessionRow, usize), SessionError> {
+        let _lock = self.lock(user)?;
+        let Some(session) = self.state.session(user, project)? else {
+            return Err(SessionError::NoSuchSession {
+                user: user.clone(),
+                project: project.to_string(),
+            });
+        };
+        let live: Vec<ProcessId> = self
+            .state
+            .connections(user, project)?
+            .into_iter()
+            .map(|connection| connection.process)
+            .filter(|process| self.host.is_alive(process))
+            .collect();
+        for process in &live {
+            self.host.tell_stopped(process);
+        }
+        self.destroy(&session, Reason::Stopped)?;
+        Ok((session, live.len()))
+    }
+
     /// Destroys every session of the user whose lock is held, then their network;
     /// returns how many sessions, and whether the network went (if the engine would
     /// not remove it now, `cleanup` does later: the user is no longer registered).
@@ -1507,7 +1631,13 @@ pub fn remove_user_network<E: Engine>(
     user: &UserName,
 ) -> Result<(), DockerError> {
     let network = crate::network::network_name(user);
-    effects.apply(Effect::RemoveNetwork(&network), Reason::UserRemoved)
+    let before = effects.set_owner(Some(Owner {
+        user: user.to_string(),
+        ..Owner::default()
+    }));
+    let removed = effects.apply(Effect::RemoveNetwork(&network), Reason::UserRemoved);
+    effects.set_owner(before);
+    removed
 }
 
 #[cfg(test)]

@@ -88,6 +88,34 @@ pub enum Reason {
     ServiceMissing,
     /// An image was tried (`verify-image`) and its container is done with.
     Probed,
+    /// An admin ended the session (`podspawn stop`).
+    Stopped,
+}
+
+impl Reason {
+    /// The reason as the audit log names it: fixed words for scripts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::NewSession => "first_connection",
+            Reason::GraceExpired => "grace_expired",
+            Reason::LifetimeExpired => "lifetime",
+            Reason::LastDisconnect => "destroy_on_disconnect",
+            Reason::UserRemoved => "removed_user",
+            Reason::Orphan => "orphan",
+            Reason::Gone => "replaced",
+            Reason::UserAdded => "user_added",
+            Reason::NetworkMissing => "network_missing",
+            Reason::StaleNetwork => "stale_network",
+            Reason::UserUnregistered => "user_unregistered",
+            Reason::ImageMissing => "image_missing",
+            Reason::ProjectChanged => "project_changed",
+            Reason::ProjectRemoved => "removed_project",
+            Reason::Undone => "undone",
+            Reason::ServiceMissing => "service_missing",
+            Reason::Probed => "probed",
+            Reason::Stopped => "stopped",
+        }
+    }
 }
 
 impl fmt::Display for Reason {
@@ -110,6 +138,7 @@ impl fmt::Display for Reason {
             Reason::Undone => "its session could not be made",
             Reason::ServiceMissing => "a service of a running session was gone or stopped",
             Reason::Probed => "an image was tried",
+            Reason::Stopped => "stopped by an admin",
         })
     }
 }
@@ -207,6 +236,8 @@ pub enum AfterExec {
     /// Exit 1 with docker's "no such container" held back: the command's own exit 1,
     /// or a container that was gone before it ran. Only the engine can tell.
     AskEngine,
+    /// An admin ended the session: nothing is made again.
+    Stopped,
 }
 
 pub fn after_exec(end: &ExecEnd) -> AfterExec {
@@ -217,6 +248,7 @@ pub fn after_exec(end: &ExecEnd) -> AfterExec {
         } if !held_stderr.is_empty() => AfterExec::AskEngine,
         ExecEnd::Exited { code, .. } => AfterExec::Finished { code: *code },
         ExecEnd::Disconnected { signal } => AfterExec::Finished { code: 128 + signal },
+        ExecEnd::Stopped => AfterExec::Stopped,
     }
 }
 

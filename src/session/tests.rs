@@ -381,6 +381,8 @@ struct FakeHost {
     removed: BTreeSet<String>,
     /// Keepers woken, by pid.
     woken: std::cell::RefCell<Vec<i32>>,
+    /// Connections told their session was stopped, by pid.
+    told_stopped: std::cell::RefCell<Vec<i32>>,
     /// Ports that never answer; every port asked about, in order.
     silent_ports: BTreeSet<u16>,
     asked_ports: std::cell::RefCell<Vec<std::net::SocketAddrV4>>,
@@ -398,6 +400,7 @@ impl Default for FakeHost {
             accounts: [("alice".to_string(), 1001)].into(),
             removed: BTreeSet::new(),
             woken: std::cell::RefCell::new(Vec::new()),
+            told_stopped: std::cell::RefCell::new(Vec::new()),
             silent_ports: BTreeSet::new(),
             asked_ports: std::cell::RefCell::new(Vec::new()),
         }
@@ -439,6 +442,9 @@ impl Host for FakeHost {
     }
     fn wake(&self, keeper: &ProcessId) {
         self.woken.borrow_mut().push(keeper.pid);
+    }
+    fn tell_stopped(&self, connection: &ProcessId) {
+        self.told_stopped.borrow_mut().push(connection.pid);
     }
     fn other_users(&self, user: &UserName) -> Vec<(String, u32)> {
         self.accounts
@@ -576,6 +582,44 @@ fn the_first_connection_creates_and_a_second_reattaches() {
     assert_eq!(marker.0, "PODSPAWN_CONNECTION");
     assert!(marker.1.starts_with("session1-"));
     assert_eq!(f.sessions.host.keepers.len(), 1, "one keeper, still alive");
+}
+
+#[test]
+fn stop_tells_the_live_connections_then_destroys_the_session() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    assert_eq!(f.connect(&settings), 0);
+    f.open_connection(501);
+    f.open_connection(502);
+    f.sessions.host.dead.insert(502);
+    let (stopped, connections) = f.sessions.stop(&alice(), "").unwrap();
+    assert_eq!(stopped.container, "podspawn-alice");
+    assert_eq!(connections, 1, "only the live one counts");
+    assert_eq!(*f.sessions.host.told_stopped.borrow(), [501]);
+    assert!(
+        f.sessions
+            .engine()
+            .applied
+            .iter()
+            .any(|applied| applied.starts_with("remove container podspawn-alice")),
+        "{:?}",
+        f.sessions.engine().applied
+    );
+    assert!(f.row().is_none());
+    let again = f.sessions.stop(&alice(), "").unwrap_err();
+    assert_eq!(again.to_string(), "alice has no default session");
+}
+
+#[test]
+fn a_stopped_connection_makes_nothing_again_and_says_why() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.sessions.engine().script = vec![ExecEnd::Stopped];
+    let err = f
+        .sessions
+        .connect(&request(Program::Shell), &settings)
+        .unwrap_err();
+    assert_eq!(err.user_message(), "an admin ended this session");
+    assert_eq!(f.sessions.engine().creates, 1, "no second container");
+    assert_eq!(f.connection_rows(), 0, "the connection was released");
 }
 
 #[test]

@@ -11,6 +11,7 @@ const COMMANDS: &[&str] = &[
     "update-project",
     "remove-project",
     "list",
+    "stop",
     "cleanup",
     "doctor",
     "verify-image",

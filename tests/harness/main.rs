@@ -4,6 +4,7 @@
 mod support;
 
 mod add_user;
+mod audit;
 mod auth_keys;
 mod cli;
 mod client;

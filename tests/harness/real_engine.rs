@@ -87,6 +87,22 @@ pub fn container_exists(container: &str) -> bool {
         .is_ok_and(|status| status.success())
 }
 
+/// The engine's id of `container` (empty when there is none).
+pub fn container_id(container: &str) -> String {
+    let output = Command::new("docker")
+        .args([
+            "inspect",
+            "--type",
+            "container",
+            "--format",
+            "{{.Id}}",
+            container,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
 /// The commands running in `container` as `uid` (as `docker top` sees them).
 pub fn processes_of(container: &str, uid: u32) -> Vec<String> {
     let output = Command::new("docker")

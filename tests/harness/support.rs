@@ -136,6 +136,8 @@ impl TestEnv {
             extra_env: Vec::new(),
             path,
         };
+        fs::write(env.audit_path(), "").unwrap();
+        fs::set_permissions(env.audit_path(), fs::Permissions::from_mode(0o666)).unwrap();
         env.write_config("");
         env
     }
@@ -160,6 +162,26 @@ impl TestEnv {
         self.path("log/podspawn.log")
     }
 
+    /// The audit log (made in every tree, writable by the account spawn tests use).
+    pub fn audit_path(&self) -> PathBuf {
+        self.path("log/audit.jsonl")
+    }
+
+    /// Every event of the audit log, each line parsed (a line that is no JSON object
+    /// fails the test).
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(self.audit_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|line| {
+                let event: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|err| panic!("audit line is no JSON ({err}): {line:?}"));
+                assert!(event.is_object(), "{line}");
+                event
+            })
+            .collect()
+    }
+
     /// The base config pointing every path into the tree, followed by `extra` (YAML
     /// sections that are not in the base).
     pub fn write_config(&self, extra: &str) {
@@ -167,13 +189,14 @@ impl TestEnv {
             "auth:\n  key_dir: {keys}\n  github_url: http://127.0.0.1:9\n  create_accounts: false\n  home_dir: {home}\n  group: {NO_GROUP}\n\
              docker:\n  binary: {docker}\n  config_dir: {docker_config}\n\
              state:\n  db_path: {state}/state.db\n  lock_dir: {state}/locks\n  agent_dir: {state}/agents\n\
-             log:\n  file: {log}\n  level: debug\n",
+             log:\n  file: {log}\n  level: debug\n  audit_log: {audit}\n",
             keys = self.key_dir().display(),
             home = self.path("home-shared").display(),
             docker = self.path("bin/docker").display(),
             docker_config = self.path("docker-config").display(),
             state = self.path("state").display(),
             log = self.log_path().display(),
+            audit = self.audit_path().display(),
         );
         self.write_config_text(&format!("{base}{extra}"));
     }

@@ -101,3 +101,65 @@ fn assert_nothing_left(server: &Server, user: &Account, after: &str) {
         server.podspawn_log()
     );
 }
+
+/// `podspawn stop USER`: every connection of the session ends with one line that
+/// says why — a terminal's too — the container goes, nothing is made again, and the
+/// user's next connection gets a new one.
+#[test]
+fn stop_ends_a_session_its_connections_say_why_and_the_next_login_starts_afresh() {
+    let server = crate::server_or_skip!("60s", 1);
+    let user = &server.users[0];
+    let mut piped = server
+        .ssh(user, &[], Some("echo started; sleep 300"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut terminal = Terminal::start(server.ssh(user, &["-tt"], None), 24, 80);
+    terminal.type_text("echo ready-$((6*7))\n");
+    assert!(
+        terminal.expect("ready-42", Duration::from_secs(30)),
+        "{}",
+        terminal.seen
+    );
+    let both = server.wait_until(Duration::from_secs(30), || {
+        server
+            .user_processes(user)
+            .iter()
+            .any(|line| line.contains("sleep 300"))
+    });
+    assert!(both.is_some(), "{}", server.podspawn_log());
+    let before = crate::real_engine::container_id(&user.container());
+
+    let stop = server.podspawn(&["stop", &user.name]);
+    assert!(stop.status.success(), "{}", server.explain(&stop));
+    assert_eq!(
+        String::from_utf8_lossy(&stop.stdout),
+        format!("stopped {} (2 connection(s) ended)\n", user.container())
+    );
+    let piped = piped.wait_with_output().unwrap();
+    assert_eq!(piped.status.code(), Some(125), "{}", server.explain(&piped));
+    assert_eq!(
+        String::from_utf8_lossy(&piped.stderr),
+        "podspawn: an admin ended this session\n"
+    );
+    assert!(
+        terminal.expect(
+            "podspawn: an admin ended this session",
+            Duration::from_secs(30)
+        ),
+        "{}",
+        terminal.seen
+    );
+    assert_eq!(terminal.child.wait().unwrap().code(), Some(125));
+    assert!(!server.container_exists(user), "the container stayed");
+
+    let again = server.run(user, "true");
+    assert!(again.status.success(), "{}", server.explain(&again));
+    assert_ne!(
+        crate::real_engine::container_id(&user.container()),
+        before,
+        "the next login got the stopped container back"
+    );
+}

@@ -1,0 +1,159 @@
+//! The audit log against the fake docker: what a connection, a refusal and an
+//! admin leave in it, each line one JSON object, and many writers at once.
+
+use serde_json::Value;
+
+use crate::support::{ED25519, Rule, TestEnv};
+
+const IMAGE: &str = "test-image";
+
+fn events_named<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|event| event["event"] == name)
+        .collect()
+}
+
+#[test]
+fn a_connection_leaves_its_container_its_command_and_its_end_with_the_client() {
+    let env = TestEnv::new();
+    env.write_config(&format!(
+        "defaults:\n  image: {IMAGE}\nsession:\n  grace_period: 60s\n"
+    ));
+    let user = env.spawn_user();
+    env.scenario(&[
+        Rule::docker(&["run", "**"]).stdout("f00dcafe\n"),
+        Rule::docker(&["exec", "**"]).exit(3),
+        Rule::docker(&["rm", "--force", "**"]),
+    ]);
+    // A command with quotes, a newline and a terminal escape.
+    let command = "printf '%s\\n' \"a b\"\n\u{1b}[31m; exit 3";
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", command)
+        .var("SSH_CONNECTION", "203.0.113.9 40022 10.0.0.1 22")
+        .run()
+        .assert_code(3);
+    let events = env.audit_events();
+    let names: Vec<&str> = events
+        .iter()
+        .map(|event| event["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["container.create", "session.connect", "session.disconnect"],
+        "{events:#?}"
+    );
+    let created = &events[0];
+    assert_eq!(created["reason"], "first_connection");
+    assert_eq!(created["container"], format!("podspawn-{}", user.name));
+    assert_eq!(created["image"], IMAGE);
+    let connect = &events[1];
+    for (key, value) in [
+        ("user", Value::from(user.name.as_str())),
+        ("actor", Value::from(user.name.as_str())),
+        ("kind", Value::from("command")),
+        ("command", Value::from(command)),
+        ("client", Value::from("203.0.113.9")),
+        ("client_port", Value::from(40022)),
+        ("created", Value::from(true)),
+    ] {
+        assert_eq!(connect[key], value, "{key}: {connect}");
+    }
+    assert_eq!(connect["session"], created["session"]);
+    let time = connect["time"].as_str().unwrap();
+    assert!(
+        time.len() == 24 && time.ends_with('Z') && time.as_bytes()[19] == b'.',
+        "{time}"
+    );
+    let disconnect = &events[2];
+    assert_eq!(disconnect["exit_code"], 3);
+    assert!(disconnect["duration_ms"].is_u64());
+    assert_eq!(disconnect["connection"], connect["connection"]);
+}
+
+#[test]
+fn a_refused_connection_says_by_which_rule() {
+    let env = TestEnv::new();
+    env.write_config(&format!("defaults:\n  image: {IMAGE}\n"));
+    let user = env.spawn_user();
+    env.write_key_file("someone-else", &format!("{ED25519}\n"));
+    env.scenario(&[]);
+    env.invoke_as(&user, &["spawn", "--user", "someone-else"])
+        .var("SSH_CONNECTION", "198.51.100.7 50000 10.0.0.1 22")
+        .run()
+        .assert_code(125);
+    let refused = env.audit_events();
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert_eq!(refused[0]["event"], "refused");
+    assert_eq!(refused[0]["reason"], "other_user");
+    assert_eq!(refused[0]["user"], "someone-else");
+    assert_eq!(refused[0]["actor"], user.name.as_str());
+    assert_eq!(refused[0]["client"], "198.51.100.7");
+}
+
+#[test]
+fn fifty_connections_at_once_leave_fifty_whole_lines_each() {
+    let env = TestEnv::new();
+    env.write_config(&format!(
+        "defaults:\n  image: {IMAGE}\nsession:\n  grace_period: 60s\n"
+    ));
+    let user = env.spawn_user();
+    env.scenario(&[
+        Rule::docker(&["run", "**"]).stdout("f00dcafe\n"),
+        Rule::docker(&["exec", "**"]),
+        Rule::docker(&["rm", "--force", "**"]),
+    ]);
+    std::thread::scope(|scope| {
+        for n in 0..50 {
+            let (env, user) = (&env, &user);
+            scope.spawn(move || {
+                env.spawn(user)
+                    .var(
+                        "SSH_ORIGINAL_COMMAND",
+                        &format!("echo {n} {}", "x".repeat(3000)),
+                    )
+                    .run()
+                    .assert_success();
+            });
+        }
+    });
+    let events = env.audit_events();
+    assert_eq!(events_named(&events, "session.connect").len(), 50);
+    assert_eq!(events_named(&events, "session.disconnect").len(), 50);
+    assert_eq!(events_named(&events, "container.create").len(), 1);
+    let mut commands: Vec<String> = events_named(&events, "session.connect")
+        .iter()
+        .map(|event| event["command"].as_str().unwrap().to_string())
+        .collect();
+    commands.sort();
+    commands.dedup();
+    assert_eq!(commands.len(), 50, "every command whole, once");
+}
+
+#[test]
+fn admins_adding_and_removing_users_are_recorded_as_admins() {
+    let env = TestEnv::new();
+    env.scenario(&[Rule::docker(&["network", "rm", "podspawn-alice"])]);
+    env.podspawn(&["add-user", "alice", "--key", ED25519])
+        .assert_success();
+    env.podspawn(&["remove-user", "alice"]).assert_success();
+    let events = env.audit_events();
+    let names: Vec<&str> = events
+        .iter()
+        .map(|event| event["event"].as_str().unwrap())
+        .collect();
+    // remove-user takes the user's network too, for its reason.
+    assert_eq!(
+        names,
+        ["user.add", "network.remove", "user.remove"],
+        "{events:#?}"
+    );
+    assert_eq!(events[1]["reason"], "removed_user");
+    assert_eq!(events[1]["network"], "podspawn-alice");
+    let uid = unsafe { libc::getuid() };
+    for event in &events {
+        assert_eq!(event["user"], "alice");
+        assert_eq!(event["actor"], format!("admin:{uid}"));
+    }
+    assert_eq!(events[0]["keys_added"], 1);
+}
