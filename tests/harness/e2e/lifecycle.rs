@@ -109,7 +109,7 @@ fn assert_nothing_left(server: &Server, user: &Account, after: &str) {
 fn stop_ends_a_session_its_connections_say_why_and_the_next_login_starts_afresh() {
     let server = crate::server_or_skip!("60s", 1);
     let user = &server.users[0];
-    let mut piped = server
+    let piped = server
         .ssh(user, &[], Some("echo started; sleep 300"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
