@@ -60,7 +60,7 @@ struct Trail {
     path: Option<PathBuf>,
     actor: String,
     /// The client's address and port (`SSH_CONNECTION`), for a connection.
-    client: Option<(String, u16)>,
+    client: Option<std::net::SocketAddr>,
     /// Under a borrowed group: write only to a file root owns.
     strict: bool,
     /// The file could not be written once already (said once, then quiet).
@@ -82,11 +82,11 @@ pub fn start(config: &LogConfig, actor: Actor, client: Option<&str>) {
 }
 
 /// `SSH_CONNECTION`'s first two words: the client's address and port.
-fn client_of(connection: &str) -> Option<(String, u16)> {
+pub fn client_of(connection: &str) -> Option<std::net::SocketAddr> {
     let mut words = connection.split_whitespace();
     let address: std::net::IpAddr = words.next()?.parse().ok()?;
     let port = words.next()?.parse().ok()?;
-    Some((address.to_string(), port))
+    Some(std::net::SocketAddr::new(address, port))
 }
 
 /// One event, built field by field.
@@ -156,9 +156,9 @@ impl Event {
             .entry("actor")
             .or_insert_with(|| Value::from(trail.actor.clone()));
         fields.insert("pid".to_string(), Value::from(std::process::id()));
-        if let Some((address, port)) = &trail.client {
-            fields.insert("client".to_string(), Value::from(address.clone()));
-            fields.insert("client_port".to_string(), Value::from(*port));
+        if let Some(client) = &trail.client {
+            fields.insert("client".to_string(), Value::from(client.ip().to_string()));
+            fields.insert("client_port".to_string(), Value::from(client.port()));
         }
         let mut line = Value::Object(fields).to_string();
         line.push('\n');
@@ -333,8 +333,10 @@ mod tests {
     #[test]
     fn only_an_address_and_a_port_are_a_client() {
         assert_eq!(
-            client_of("2001:db8::1 40000 2001:db8::2 22"),
-            Some(("2001:db8::1".to_string(), 40000))
+            client_of("2001:db8::1 40000 2001:db8::2 22")
+                .unwrap()
+                .to_string(),
+            "[2001:db8::1]:40000"
         );
         assert_eq!(client_of("not-an-address 1 2 3"), None);
         assert_eq!(client_of(""), None);

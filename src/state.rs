@@ -101,6 +101,8 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user, project, name)
     );
     ALTER TABLE sessions ADD COLUMN network TEXT NOT NULL DEFAULT '';",
+    // 5: where each connection comes from (`ADDRESS:PORT` of SSH_CONNECTION; '' unknown).
+    "ALTER TABLE connections ADD COLUMN client TEXT NOT NULL DEFAULT '';",
 ];
 
 /// One session: a container and how long it may live. Times are milliseconds since
@@ -161,6 +163,8 @@ pub struct ConnectionRow {
     pub process: ProcessId,
     pub started_at: i64,
     pub program: String,
+    /// The client's address and port; empty when not known.
+    pub client: String,
 }
 
 #[derive(Debug)]
@@ -487,10 +491,11 @@ impl State {
         process: &ProcessId,
         started_at: i64,
         program: &str,
+        client: &str,
     ) -> Result<i64, StateError> {
         self.connection.execute(
-            "INSERT INTO connections (user, project, session_id, pid, pid_start, pid_boot, started_at, program)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO connections (user, project, session_id, pid, pid_start, pid_boot, started_at, program, client)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 session.user.as_str(),
                 session.project,
@@ -499,7 +504,8 @@ impl State {
                 process.start_ticks as i64,
                 process.boot_id,
                 started_at,
-                program
+                program,
+                client
             ],
         )?;
         Ok(self.connection.last_insert_rowid())
@@ -518,7 +524,7 @@ impl State {
         project: &str,
     ) -> Result<Vec<ConnectionRow>, StateError> {
         let mut statement = self.connection.prepare(
-            "SELECT id, user, project, session_id, pid, pid_start, pid_boot, started_at, program
+            "SELECT id, user, project, session_id, pid, pid_start, pid_boot, started_at, program, client
              FROM connections WHERE user = ?1 AND project = ?2 ORDER BY id",
         )?;
         let rows = statement.query_map(params![user.as_str(), project], |row| {
@@ -534,6 +540,7 @@ impl State {
                 },
                 started_at: row.get(7)?,
                 program: row.get(8)?,
+                client: row.get(9)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -803,10 +810,10 @@ pub(crate) mod tests {
         assert_eq!(state.sessions().unwrap().len(), 2);
 
         let first = state
-            .add_connection(&alice, &process(10), 1001, "shell")
+            .add_connection(&alice, &process(10), 1001, "shell", "203.0.113.5:51234")
             .unwrap();
         state
-            .add_connection(&alice, &process(11), 1002, "sftp")
+            .add_connection(&alice, &process(11), 1002, "sftp", "")
             .unwrap();
         let connections = state.connections(&alice.user, "").unwrap();
         assert_eq!(connections.len(), 2);

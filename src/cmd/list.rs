@@ -28,6 +28,7 @@ Usage: podspawn list [--projects] [--json]
 Shows every session: USER PROJECT CONTAINER STATUS CONNS AGE LIFETIME LEFT, and
 SERVICES when a session has companion services (a service whose container is
 gone shows `(missing)`, one that stopped `(stopped)`; cleanup makes it again).
+CLIENTS when a connection's address is known (from sshd's SSH_CONNECTION).
 CONNS counts live connections only. STATUS is running, grace_period (no
 connections; destroyed when the grace period ends), or missing/stopped when the
 engine no longer has the container (the next spawn or cleanup reconciles it).
@@ -88,6 +89,8 @@ struct Line {
     /// Where `ssh -L` reaches the container (none when its user has no account).
     address: Option<String>,
     services: Vec<ServiceLine>,
+    /// Where each live connection comes from (`ADDRESS:PORT`).
+    clients: Vec<String>,
 }
 
 /// One of a session's companion services.
@@ -265,6 +268,7 @@ fn line(listed: &Listed, now: Millis, address: Option<std::net::Ipv4Addr>) -> Li
         lifetime_left_secs: row.expires_at.map(|end| seconds(end - now)),
         address: address.map(|address| address.to_string()),
         services,
+        clients: listed.clients.clone(),
     }
 }
 
@@ -282,6 +286,10 @@ fn to_table(lines: &[Line]) -> String {
     let with_services = lines.iter().any(|line| !line.services.is_empty());
     if with_services {
         header.push("SERVICES");
+    }
+    let with_clients = lines.iter().any(|line| !line.clients.is_empty());
+    if with_clients {
+        header.push("CLIENTS");
     }
     let rows = lines.iter().map(|line| {
         let services: Vec<String> = line
@@ -311,6 +319,13 @@ fn to_table(lines: &[Line]) -> String {
                 "-".to_string()
             } else {
                 services.join(",")
+            });
+        }
+        if with_clients {
+            row.push(if line.clients.is_empty() {
+                "-".to_string()
+            } else {
+                line.clients.join(",")
             });
         }
         row
@@ -349,7 +364,7 @@ fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
 }
 
 /// `45s`, `10m`, `7h50m`, `2d3h`: the two largest units, like the tutorial shows.
-fn short_duration(secs: i64) -> String {
+pub(super) fn short_duration(secs: i64) -> String {
     let (days, hours, minutes, seconds) = (
         secs / 86400,
         secs % 86400 / 3600,
@@ -386,6 +401,7 @@ mod tests {
         Listed {
             session: row,
             live_connections: connections,
+            clients: Vec::new(),
             running,
             services: Vec::new(),
         }
@@ -436,11 +452,15 @@ mod tests {
         };
         let now = row.created_at + 5_000;
         let address = Some(std::net::Ipv4Addr::new(10, 214, 62, 146));
-        let json = serde_json::to_string(&[line(&listed(row, 2, None), now, address)]).unwrap();
+        let mut listed = listed(row, 2, None);
+        listed.clients = vec!["203.0.113.5:51234".into(), "[2001:db8::1]:40000".into()];
+        let json = serde_json::to_string(&[line(&listed, now, address)]).unwrap();
         assert_eq!(
             json,
-            "[{\"user\":\"sarah\",\"project\":\"\",\"container\":\"podspawn-\\\"sa\\\\rah\\n\",\"status\":\"running\",\"connections\":2,\"age_seconds\":5,\"lifetime_left_seconds\":null,\"address\":\"10.214.62.146\",\"services\":[]}]"
+            "[{\"user\":\"sarah\",\"project\":\"\",\"container\":\"podspawn-\\\"sa\\\\rah\\n\",\"status\":\"running\",\"connections\":2,\"age_seconds\":5,\"lifetime_left_seconds\":null,\"address\":\"10.214.62.146\",\"services\":[],\"clients\":[\"203.0.113.5:51234\",\"[2001:db8::1]:40000\"]}]"
         );
+        // The table shows them when any session has one.
+        assert!(to_table(&[line(&listed, now, address)]).contains("CLIENTS"));
     }
 
     #[test]

@@ -30,6 +30,7 @@ mod remove_user;
 pub mod server_setup;
 mod setup;
 pub mod spawn;
+mod status;
 mod stop;
 mod update_project;
 mod verify_image;
@@ -44,6 +45,7 @@ pub const ALL: &[Command] = &[
     update_project::COMMAND,
     remove_project::COMMAND,
     list::COMMAND,
+    status::COMMAND,
     stop::COMMAND,
     cleanup::COMMAND,
     doctor::COMMAND,
@@ -178,6 +180,7 @@ Admin commands (run as root):
   update-project NAME fetch a project's branch, rebuild if its image changed
   remove-project NAME remove a project (--force: end its sessions too)
   list                show sessions and their live connections (--json)
+  status              sessions, connections, services and deadlines (--json, --prometheus)
   stop USER[@PROJECT] end a session now (its connections are told why)
   cleanup             expire sessions and remove orphans now (--daemon to repeat)
   doctor              check this host's set-up and say how to fix what is wrong

@@ -380,6 +380,11 @@ fn connect(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
             .tty
             .then(|| crate::exec::terminal_size(libc::STDIN_FILENO))
             .flatten(),
+        client: std::env::var("SSH_CONNECTION")
+            .ok()
+            .and_then(|connection| audit::client_of(&connection))
+            .map(|client| client.to_string())
+            .unwrap_or_default(),
         routed,
         agent_dir: agent_dir.map(|dir| dir.display().to_string()),
         image: environment.as_ref().map_or_else(

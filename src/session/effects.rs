@@ -223,6 +223,11 @@ impl<E: Engine> Effects<E> {
         self.apply(Effect::RemoveContainer(container), Reason::Probed)
     }
 
+    /// Whether the engine answers at all (its version).
+    pub fn engine_answers(&mut self) -> bool {
+        self.engine.version().is_ok()
+    }
+
     /// The engine, for questions (its changes need a `Passed`, which only this module
     /// can give).
     pub fn engine(&mut self) -> &mut E {

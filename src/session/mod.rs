@@ -45,7 +45,7 @@ use crate::lock::{LockError, Locks, UserLock};
 use crate::network::{Network, Pool};
 use crate::process::ProcessId;
 use crate::router::{Program, Routed};
-use crate::state::{SessionRow, State, StateError};
+use crate::state::{ConnectionRow, SessionRow, State, StateError};
 
 /// How long a persistent container's main process sleeps: ten years.
 const PERSISTENT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86400);
@@ -290,6 +290,8 @@ pub struct ConnectRequest {
     pub routed: Routed,
     /// The size of the client's terminal, when it has one.
     pub window: Option<container::WindowSize>,
+    /// Where the connection comes from (`ADDRESS:PORT`); empty when not known.
+    pub client: String,
     /// Environment for the program, after podspawn's own (TERM, LANG, the
     /// project's, …).
     pub env: Vec<(String, String)>,
@@ -399,6 +401,8 @@ pub enum Tick {
 pub struct Listed {
     pub session: SessionRow,
     pub live_connections: usize,
+    /// Where each live connection comes from (those whose client is known).
+    pub clients: Vec<String>,
     /// What the engine says of its container; `None` when the engine did not answer.
     pub running: Option<ContainerState>,
     /// Its services, each with what the engine says of its container.
@@ -420,6 +424,11 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             state: State::open(db_path)?,
             locks,
         })
+    }
+
+    /// Whether the engine answers at all (`status`).
+    pub fn engine_answers(&mut self) -> bool {
+        self.effects.engine_answers()
     }
 
     /// The engine, for the questions this layer's callers may ask it themselves.
@@ -774,9 +783,13 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             Program::Sftp => "sftp",
             Program::Command(_) => "command",
         };
-        let connection =
-            self.state
-                .add_connection(&session, &self.host.this_process(), now, program)?;
+        let connection = self.state.add_connection(
+            &session,
+            &self.host.this_process(),
+            now,
+            program,
+            &request.client,
+        )?;
         Ok(Attached {
             session,
             connection,
@@ -1573,16 +1586,21 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                     (service, running)
                 })
                 .collect();
-            let live_connections = self
+            let live: Vec<ConnectionRow> = self
                 .state
                 .connections(&session.user, &session.project)?
-                .iter()
+                .into_iter()
                 .filter(|connection| self.host.is_alive(&connection.process))
-                .count();
+                .collect();
             let running = state_of(&session.container);
             listed.push(Listed {
                 session,
-                live_connections,
+                live_connections: live.len(),
+                clients: live
+                    .into_iter()
+                    .map(|connection| connection.client)
+                    .filter(|client| !client.is_empty())
+                    .collect(),
                 running,
                 services,
             });

@@ -510,6 +510,7 @@ fn request(program: Program) -> ConnectRequest {
             tty: false,
         },
         window: None,
+        client: String::new(),
         env: vec![("LANG".into(), "C.UTF-8".into())],
         agent_dir: None,
         image: "img".into(),
@@ -538,7 +539,7 @@ impl Fixture {
         let state = &self.sessions.state;
         state.set_grace_until(&alice(), "", None).unwrap();
         state
-            .add_connection(&row, &pid(process), NOW, "shell")
+            .add_connection(&row, &pid(process), NOW, "shell", "")
             .unwrap();
     }
 
@@ -1436,7 +1437,7 @@ fn cleanup_makes_a_gone_or_stopped_service_again() {
     let row = f.sessions.state.session(&alice(), "api").unwrap().unwrap();
     f.sessions
         .state
-        .add_connection(&row, &pid(77), NOW, "shell")
+        .add_connection(&row, &pid(77), NOW, "shell", "")
         .unwrap();
     let engine = f.sessions.engine();
     engine.services.remove("podspawn-alice-api.cache");

@@ -11,6 +11,7 @@ const COMMANDS: &[&str] = &[
     "update-project",
     "remove-project",
     "list",
+    "status",
     "stop",
     "cleanup",
     "doctor",

@@ -152,6 +152,20 @@ fn cleanup_removes_orphans_and_drops_rows_without_containers() {
     env.podspawn(&["list", "--json"])
         .assert_success()
         .assert_stdout("[]\n");
+    // The audit log has what cleanup took, and why, by `cleanup`.
+    let events = env.audit_events();
+    let orphan = events
+        .iter()
+        .find(|event| event["container"] == "podspawn-ghost")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(orphan["event"], "container.remove");
+    assert_eq!(orphan["reason"], "orphan");
+    assert_eq!(orphan["actor"], "cleanup");
+    let image = events
+        .iter()
+        .find(|event| event["event"] == "image.remove")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(image["image"], "podspawn/gone:0123456789ab");
 }
 
 #[test]
@@ -285,4 +299,77 @@ fn cleanup_usage_mistakes_are_named() {
         .assert_one_line_error(2, "invalid duration \"soon\"");
     env.podspawn(&["list", "--yaml"])
         .assert_one_line_error(2, "list: unknown option '--yaml'");
+}
+
+#[test]
+fn status_counts_sessions_and_speaks_prometheus_and_json() {
+    let (env, user) = env_with("  grace_period: 10m\n");
+    let container = format!("podspawn-{}", user.name);
+    env.scenario(&[
+        Rule::docker(&["run", "**"]),
+        Rule::docker(&["exec", "**"]),
+        ps(&[(&container, "running", &user.name, "x")]),
+        Rule::docker(&["version", "**"]).stdout("20.10.24\n"),
+    ]);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .run()
+        .assert_success();
+    let text = env.podspawn(&["status"]).assert_success().stdout();
+    assert!(
+        text.starts_with(
+            "sessions        1 (0 connected, 1 in grace period, 0 idle, 0 missing)\nconnections     0\n"
+        ),
+        "{text}"
+    );
+    assert!(text.ends_with("engine          answers\n"), "{text}");
+
+    let json: serde_json::Value = serde_json::from_str(
+        &env.podspawn(&["status", "--json"])
+            .assert_success()
+            .stdout(),
+    )
+    .unwrap();
+    assert_eq!(json["sessions"], 1);
+    assert_eq!(json["sessions_in_grace_period"], 1);
+    assert_eq!(json["users"], 1);
+    assert_eq!(json["engine_up"], true);
+    assert!(json["next_grace_end_seconds"].as_i64().unwrap() > 500);
+
+    let metrics = env
+        .podspawn(&["status", "--prometheus"])
+        .assert_success()
+        .stdout();
+    assert!(
+        metrics.contains("# TYPE podspawn_sessions gauge\npodspawn_sessions{state=\"connected\"} 0\npodspawn_sessions{state=\"grace_period\"} 1\n"),
+        "{metrics}"
+    );
+    // Debian's prometheus package has promtool (.ci/run installs it).
+    if let Ok(mut check) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(metrics.as_bytes())
+            .unwrap();
+        let checked = check.wait_with_output().unwrap();
+        assert!(
+            checked.status.success() && checked.stdout.is_empty() && checked.stderr.is_empty(),
+            "promtool: {}{}\n{metrics}",
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is missing; .ci/run installs Debian's prometheus package"
+        );
+    }
 }

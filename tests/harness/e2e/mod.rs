@@ -9,6 +9,7 @@
 //! it may leave is `/run/sshd`, sshd's standard privilege-separation directory, made
 //! when missing because sshd refuses to start without it.
 
+mod audit;
 mod client;
 mod forwarding;
 mod lifecycle;
@@ -211,7 +212,7 @@ impl Server {
              defaults:\n  image: {image}\n  memory: 1g\n\
              session:\n  grace_period: {grace}\n\
              state:\n  db_path: {root}/state/state.db\n  lock_dir: {root}/state/locks\n  agent_dir: {root}/state/agents\n\
-             log:\n  file: {root}/state/podspawn.log\n  level: debug\n",
+             log:\n  file: {root}/state/podspawn.log\n  level: debug\n  audit_log: {root}/state/audit.jsonl\n",
             root = self.root.display(),
             group = self.group,
             image = image(),
@@ -232,7 +233,8 @@ impl Server {
              PidFile {root}/sshd.pid\nUsePAM {pam}\nPasswordAuthentication yes\n\
              KbdInteractiveAuthentication no\nAuthorizedKeysFile .ssh/authorized_keys\n\
              Subsystem sftp internal-sftp\nAcceptEnv LANG LC_*\nX11Forwarding yes\n\
-             AllowAgentForwarding yes\nAllowTcpForwarding yes\nLogLevel VERBOSE\n",
+             AllowAgentForwarding yes\nAllowTcpForwarding yes\nLogLevel VERBOSE\n\
+             MaxStartups 100:30:200\n",
             port = self.port,
             root = self.root.display(),
             pam = if use_pam { "yes" } else { "no" },
@@ -418,6 +420,21 @@ impl Server {
 
     pub fn sshd_log(&self) -> String {
         fs::read_to_string(self.root.join("sshd.log")).unwrap_or_default()
+    }
+
+    /// Every event of this server's audit log, each line parsed (a line that is no
+    /// JSON object fails the test).
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(self.root.join("state/audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|line| {
+                let event: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|err| panic!("audit line is no JSON ({err}): {line:?}"));
+                assert!(event.is_object(), "{line}");
+                event
+            })
+            .collect()
     }
 
     pub fn podspawn_log(&self) -> String {

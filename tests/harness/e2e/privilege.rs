@@ -31,7 +31,7 @@ fn trap(path: &Path, marker: &Path) {
 }
 
 /// Runs `program` as the account (its own groups, as a login gives them).
-fn as_user(account: &Account, program: &Path, args: &[&str], env: &[(&str, String)]) -> Output {
+pub fn as_user(account: &Account, program: &Path, args: &[&str], env: &[(&str, String)]) -> Output {
     let mut command = Command::new(program);
     command
         .args(args)
