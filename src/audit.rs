@@ -160,8 +160,26 @@ impl Event {
             fields.insert("client".to_string(), Value::from(client.ip().to_string()));
             fields.insert("client_port".to_string(), Value::from(client.port()));
         }
-        let mut line = Value::Object(fields).to_string();
-        line.push('\n');
+        // `time` and `event` first, for the eye and for `sort`; the rest by name.
+        let mut line = String::from("{");
+        let first = ["time", "event"];
+        let ordered = first
+            .iter()
+            .filter_map(|key| fields.get_key_value(*key))
+            .chain(
+                fields
+                    .iter()
+                    .filter(|(key, _)| !first.contains(&key.as_str())),
+            );
+        for (index, (key, value)) in ordered.enumerate() {
+            if index > 0 {
+                line.push(',');
+            }
+            line.push_str(&Value::from(key.as_str()).to_string());
+            line.push(':');
+            line.push_str(&value.to_string());
+        }
+        line.push_str("}\n");
         line
     }
 }
@@ -275,6 +293,11 @@ mod tests {
         let time = UNIX_EPOCH + Duration::from_millis(1_765_137_510_042);
         let line = event.line(&trail(None), time);
         assert!(line.ends_with('\n'));
+        assert!(
+            line.starts_with(
+                "{\"time\":\"2025-12-07T19:58:30.042Z\",\"event\":\"session.connect\","
+            )
+        );
         assert_eq!(line.matches('\n').count(), 1);
         let parsed: Value = serde_json::from_str(line.trim_end()).unwrap();
         assert_eq!(parsed["event"], "session.connect");

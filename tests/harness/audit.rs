@@ -157,3 +157,41 @@ fn admins_adding_and_removing_users_are_recorded_as_admins() {
     }
     assert_eq!(events[0]["keys_added"], 1);
 }
+
+#[test]
+fn an_audit_log_that_cannot_be_written_stops_nothing_and_says_so_once() {
+    let env = TestEnv::new();
+    env.write_config(&format!(
+        "defaults:\n  image: {IMAGE}\nsession:\n  grace_period: 60s\n"
+    ));
+    let user = env.spawn_user();
+    // Gone (a rotation without `create`, say): spawn never makes it.
+    std::fs::remove_file(env.audit_path()).unwrap();
+    env.scenario(&[
+        Rule::docker(&["run", "**"]).stdout("f00dcafe\n"),
+        Rule::docker(&["exec", "**"]).stdout("ran\n"),
+        Rule::docker(&["rm", "--force", "**"]),
+    ]);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .run()
+        .assert_success()
+        .assert_stdout("ran\n")
+        .assert_stderr("");
+    if crate::support::is_root() {
+        // spawn ran as another account, and did not make the file.
+        assert!(!env.audit_path().exists());
+    }
+    let log = std::fs::read_to_string(env.log_path()).unwrap();
+    assert_eq!(
+        log.matches("cannot write the audit log").count(),
+        1,
+        "{log}"
+    );
+    for event in ["container.create", "session.connect", "session.disconnect"] {
+        assert!(
+            log.contains(&format!("\",\"event\":\"{event}\"")),
+            "{event} not in the service log:\n{log}"
+        );
+    }
+}
