@@ -76,7 +76,8 @@ pub fn start(config: &LogConfig, actor: Actor, client: Option<&str>) {
         path: config.audit_log.as_ref().map(|path| path.0.clone()),
         actor: actor.name(),
         client: client.and_then(client_of),
-        strict: crate::privilege::has_borrowed_group(),
+        // With the borrowed group, and as root: only a file of root's.
+        strict: crate::privilege::has_borrowed_group() || unsafe { libc::geteuid() } == 0,
         failed: AtomicBool::new(false),
     });
 }
@@ -122,12 +123,18 @@ impl Event {
     /// A user's command as its bytes allow (not UTF-8: replaced, never dropped),
     /// cut to a size an admin's disk can keep.
     pub fn with_command(self, command: &[u8]) -> Event {
-        let text = String::from_utf8_lossy(command);
+        self.with_text("command", command)
+    }
+
+    /// Text a user chose (a command, a project asked for), made safe as `with_command`
+    /// makes a command.
+    pub fn with_text(self, key: &str, bytes: &[u8]) -> Event {
+        let text = String::from_utf8_lossy(bytes);
         let mut cut: String = text.chars().take(MAX_COMMAND).collect();
         if cut.len() < text.len() {
             cut.push_str("…(cut)");
         }
-        self.with("command", cut)
+        self.with(key, cut)
     }
 
     /// The same fields under another event name.
@@ -200,15 +207,26 @@ pub fn record(event: Event) {
                 path.display()
             );
         }
-        log::info!("audit: {}", line.trim_end());
+        // At warn: a log level set lower must not lose audit events. (The service
+        // log cuts a line at 2 KiB: a long command arrives cut there.)
+        log::warn!("audit: {}", line.trim_end());
     }
 }
 
-/// One whole line at the end of the file, in one write.
+/// One whole line at the end of the file, in one write. A line cut short before
+/// (a full disk, a writer killed in the middle) is ended first, so that what it cut
+/// takes no other line with it.
 fn append(path: &std::path::Path, line: &[u8], strict: bool) -> std::io::Result<()> {
+    if file_size_is_limited() {
+        // A limit the caller set (`ulimit -f`) would cut this line where it likes.
+        return Err(std::io::Error::other(
+            "a file size limit (RLIMIT_FSIZE) is set for this process",
+        ));
+    }
     let open = |create: bool| {
         let mut options = std::fs::OpenOptions::new();
         options
+            .read(true)
             .append(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK);
         if create {
@@ -237,6 +255,25 @@ fn append(path: &std::path::Path, line: &[u8], strict: bool) -> std::io::Result<
             meta.uid()
         )));
     }
+    if strict && meta.nlink() != 1 {
+        return Err(std::io::Error::other("it has other names (hard links)"));
+    }
+    // Writers take the file's lock around their write, so one that finds the last
+    // line unended knows it was cut short, not being written. A lock held too long
+    // (a writer stopped in the middle) is not waited for: the line goes anyway, only
+    // without that check.
+    let locked = lock_briefly(&file);
+    let mut last = [0u8; 1];
+    let size = if locked { file.metadata()?.len() } else { 0 };
+    let cut_short = size > 0
+        && std::os::unix::fs::FileExt::read_at(&file, &mut last, size - 1)? == 1
+        && last[0] != b'\n';
+    let mut whole = Vec::with_capacity(line.len() + 1);
+    if cut_short {
+        whole.push(b'\n');
+    }
+    whole.extend_from_slice(line);
+    let line = whole.as_slice();
     let written = file.write(line)?;
     if written != line.len() {
         return Err(std::io::Error::other(format!(
@@ -245,6 +282,29 @@ fn append(path: &std::path::Path, line: &[u8], strict: bool) -> std::io::Result<
         )));
     }
     Ok(())
+}
+
+/// Takes the file's lock within about 100 ms; false if it could not (released when
+/// the file is closed).
+fn lock_briefly(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    for _ in 0..50 {
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    false
+}
+
+/// Whether this process may not write files past some size.
+fn file_size_is_limited() -> bool {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let asked = unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit) };
+    asked == 0 && limit.rlim_cur != libc::RLIM_INFINITY
 }
 
 /// A file root just made: `root:docker` with its mode, so spawn can append.
@@ -349,6 +409,26 @@ mod tests {
         for line in text.lines() {
             let parsed: Value = serde_json::from_str(line).unwrap();
             assert_eq!(parsed["padding"].as_str().unwrap().len(), 3000);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_line_cut_short_before_takes_no_other_line_with_it() {
+        let dir = std::env::temp_dir().join(format!("podspawn-audit-cut-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        std::fs::write(&path, "{\"event\":\"whole\"}\n{\"event\":\"cut sh").unwrap();
+        let line = Event::new("next").line(&trail(Some(path.clone())), SystemTime::now());
+        append(&path, line.as_bytes(), false).unwrap();
+        append(&path, line.as_bytes(), false).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(lines[1], "{\"event\":\"cut sh");
+        for line in [lines[2], lines[3]] {
+            let parsed: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(parsed["event"], "next");
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

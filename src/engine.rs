@@ -85,8 +85,9 @@ pub enum ExecEnd {
     Exited { code: i32, held_stderr: Vec<u8> },
     /// The client went away; what ran for it in the container has been ended.
     Disconnected { signal: i32 },
-    /// An admin ended the session (`podspawn stop`).
-    Stopped,
+    /// An admin ended the session (`podspawn stop`) while the program ran; `code` is
+    /// how it ended (its own, if the session was not destroyed after all).
+    Stopped { code: i32 },
 }
 
 /// What a probe run of an image printed.
@@ -325,7 +326,9 @@ impl Engine for DockerEngine {
                 let _ = child.wait();
                 Ok(ExecEnd::Disconnected { signal })
             }
-            Ended::Stopped => Ok(ExecEnd::Stopped),
+            Ended::Stopped { status } => Ok(ExecEnd::Stopped {
+                code: exec::exit_code(status),
+            }),
         }
     }
 }

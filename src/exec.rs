@@ -36,15 +36,33 @@ pub enum Ended {
     /// The client went away (SIGHUP, SIGTERM, or stdout's reader vanished) while the
     /// child still ran; `signal` is what podspawn exits with (128 + signal).
     Disconnected { signal: i32, child: Child },
-    /// An admin ended the session (`stop` sent `host::STOP_SIGNAL`), and with its
-    /// container went the child.
-    Stopped,
+    /// An admin ended the session (`stop` sent `host::STOP_SIGNAL`) while the child
+    /// ran, and the child then ended as it did.
+    Stopped { status: ExitStatus },
 }
 
+/// Set by `stop`'s signal.
+static STOP_REQUESTED: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+
 /// Catches `stop`'s signal from now on (its default would end this process before
-/// it could tell its user why). Call early: before the connection is recorded.
+/// it could tell its user why), and nothing else: until the exec, a hang-up or Ctrl-C
+/// still ends this process as it always did. Call early, before the connection is
+/// recorded.
 pub fn catch_stop() -> io::Result<()> {
-    Signals::installed().map(|_| ())
+    if STOP_REQUESTED.get().is_some() {
+        return Ok(());
+    }
+    let flag = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(crate::host::STOP_SIGNAL, flag.clone())?;
+    let _ = STOP_REQUESTED.set(flag);
+    Ok(())
+}
+
+/// Whether `stop`'s signal came.
+pub fn stop_requested() -> bool {
+    STOP_REQUESTED
+        .get()
+        .is_some_and(|flag| flag.load(Ordering::SeqCst))
 }
 
 /// The exit code for a child's status: its code, or 128 + the signal that ended it.
@@ -101,8 +119,8 @@ pub fn supervise(mut command: Command) -> io::Result<Ended> {
             if let Some(stderr) = stderr.take() {
                 drain(stderr, &mut relay);
             }
-            if signals.stopped() {
-                return Ok(Ended::Stopped);
+            if stop_requested() {
+                return Ok(Ended::Stopped { status });
             }
             return Ok(Ended::Exited {
                 status,
@@ -283,8 +301,6 @@ impl TerminalLines {
 struct Signals {
     read: UnixStream,
     termination: Arc<AtomicUsize>,
-    /// `stop`'s signal came.
-    stop: Arc<AtomicBool>,
 }
 
 impl Signals {
@@ -303,7 +319,8 @@ impl Signals {
         let (read, write) = UnixStream::pair()?;
         read.set_nonblocking(true)?;
         let termination = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
+        // `stop`'s signal wakes the wait too (its flag is `catch_stop`'s).
+        catch_stop()?;
         for signal in [
             libc::SIGCHLD,
             libc::SIGHUP,
@@ -312,22 +329,13 @@ impl Signals {
         ] {
             signal_hook::low_level::pipe::register(signal, write.try_clone()?)?;
         }
-        signal_hook::flag::register(crate::host::STOP_SIGNAL, stop.clone())?;
         for signal in [libc::SIGHUP, libc::SIGTERM] {
             signal_hook::flag::register_usize(signal, termination.clone(), signal as usize)?;
         }
         for signal in [libc::SIGINT, libc::SIGQUIT] {
             signal_hook::flag::register(signal, Arc::new(AtomicBool::new(false)))?;
         }
-        Ok(Signals {
-            read,
-            termination,
-            stop,
-        })
-    }
-
-    fn stopped(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
+        Ok(Signals { read, termination })
     }
 
     fn read_fd(&self) -> i32 {

@@ -35,6 +35,8 @@ pub trait Host {
     /// Tells a connection's spawn that an admin is ending its session (`stop`): when
     /// its program ends, it says so rather than making the session again.
     fn tell_stopped(&self, connection: &ProcessId);
+    /// Whether this process was told so (`tell_stopped`).
+    fn was_stopped(&self) -> bool;
     /// Whether `address` accepts a TCP connection before `until` (a companion
     /// service's port, tried again and again until then).
     fn wait_for_port(&self, address: std::net::SocketAddrV4, until: Millis) -> bool;
@@ -204,6 +206,10 @@ impl Host for SystemHost {
         if crate::process::identify(connection.pid).as_ref() == Some(connection) {
             unsafe { libc::kill(connection.pid, STOP_SIGNAL) };
         }
+    }
+
+    fn was_stopped(&self) -> bool {
+        crate::exec::stop_requested()
     }
 
     fn wait_for_port(&self, address: std::net::SocketAddrV4, until: Millis) -> bool {

@@ -98,7 +98,7 @@ fn add_project(config: &ServerConfig, args: &AddProjectArgs) -> Result<(), Error
         &mut show,
     )
     .inspect_err(|err| {
-        if let ProjectError::Podfile(_) | ProjectError::Refused(_) = err {
+        if let ProjectError::Podfile(_) = err {
             audit_refusal("podfile", name.as_str(), &err.to_string());
         }
     })?;

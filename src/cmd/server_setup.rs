@@ -427,10 +427,16 @@ fn create_audit_log(path: &Path, docker_gid: u32) -> Result<bool, Error> {
     let meta = file
         .metadata()
         .map_err(|err| io_refusal(path, "inspect", err))?;
-    if !meta.is_file() {
+    // A file that was there already becomes the audit log only if it is a plain file
+    // of root's: anyone else could still hold it open, and a second name (a typo for
+    // another log) would open that one to the docker group.
+    if !meta.is_file() || meta.uid() != 0 || meta.nlink() != 1 {
         return Err(Error::Refused(format!(
-            "{} should be a file, and is not",
-            path.display()
+            "log.audit_log {} is there already and is not a plain file of root's (uid {}, \
+             {} name(s)); move it away or name another file",
+            path.display(),
+            meta.uid(),
+            meta.nlink()
         )));
     }
     if meta.uid() == 0 && meta.gid() == docker_gid && meta.mode() & 0o7777 == mode {

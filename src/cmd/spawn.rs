@@ -97,10 +97,16 @@ fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {
         Err(err) => {
             log::error!("{err}");
             if let Some(reason) = err.refusal() {
+                let project = args
+                    .project
+                    .clone()
+                    .or_else(|| std::env::var(PROJECT_VARIABLE).ok())
+                    .unwrap_or_default();
                 audit::record(
                     Event::new("refused")
                         .with("reason", reason)
                         .with("user", args.user.as_str())
+                        .with_text("project", project.as_bytes())
                         .with("error", err.to_string()),
                 );
             }
@@ -144,8 +150,11 @@ impl SpawnError {
         match self {
             SpawnError::NotYou { .. } => Some("other_user"),
             SpawnError::Root => Some("root"),
-            SpawnError::NotRegistered(_) => Some("not_registered"),
+            SpawnError::NotRegistered(_) | SpawnError::Session(SessionError::NotRegistered(_)) => {
+                Some("not_registered")
+            }
             SpawnError::BadProject(_) => Some("project_name"),
+            SpawnError::ProjectNotSetUp(_) | SpawnError::BrokenProject(..) => Some("project"),
             SpawnError::Session(SessionError::TooManySessions { .. }) => Some("session_limit"),
             SpawnError::Session(SessionError::NameTaken { .. }) => Some("name_taken"),
             SpawnError::Session(SessionError::Foreign { .. }) => Some("foreign_container"),

@@ -32,9 +32,8 @@ missing), live connections, companion services, users, the oldest session, and
 when the next grace period and max lifetime end.
 
 --prometheus prints Prometheus' text format (gauges with HELP and TYPE), for
-node_exporter's textfile collector:
-  */1 * * * * root podspawn status --prometheus > /var/lib/node_exporter/podspawn.prom.$$ \\
-      && mv /var/lib/node_exporter/podspawn.prom.$$ /var/lib/node_exporter/podspawn.prom
+node_exporter's textfile collector, from a timer or cron every minute (see
+contrib/cron.d/podspawn-status and contrib/systemd/podspawn-status.*).
 
 Options:
   --json         one JSON object instead
@@ -90,6 +89,8 @@ struct Summary {
     connections: usize,
     services: usize,
     services_running: usize,
+    /// Services whose container the engine has stopped or does not have.
+    services_not_running: usize,
     /// Users with at least one session.
     users: usize,
     oldest_session_seconds: Option<i64>,
@@ -124,11 +125,14 @@ impl Summary {
             }
             summary.connections += one.live_connections;
             summary.services += one.services.len();
-            summary.services_running += one
-                .services
-                .iter()
-                .filter(|(_, running)| matches!(running, Some(ContainerState::Running)))
-                .count();
+            for (_, running) in &one.services {
+                match running {
+                    Some(ContainerState::Running) => summary.services_running += 1,
+                    Some(_) => summary.services_not_running += 1,
+                    // The engine did not say: neither.
+                    None => {}
+                }
+            }
             if !users.contains(&row.user.as_str()) {
                 users.push(row.user.as_str());
             }
@@ -233,10 +237,7 @@ impl Summary {
             "Companion services of sessions, by state.",
             &[
                 ("{state=\"running\"}", count(self.services_running)),
-                (
-                    "{state=\"not_running\"}",
-                    count(self.services - self.services_running),
-                ),
+                ("{state=\"not_running\"}", count(self.services_not_running)),
             ],
         );
         gauge(

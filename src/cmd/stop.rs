@@ -65,7 +65,14 @@ fn stop(config: &ServerConfig, user: &str, project: &str) -> Result<(), Error> {
         ProjectName::parse(project).map_err(Error::Refused)?;
     }
     let mut sessions = super::sessions(config)?;
-    let (session, connections) = sessions.stop(&user, project)?;
+    let (session, connections) = sessions.stop(&user, project).inspect_err(|err| {
+        audit::record(
+            Event::new("session.stop")
+                .with("user", user.as_str())
+                .with("project", project)
+                .with("error", err.to_string()),
+        );
+    })?;
     println!(
         "stopped {} ({connections} connection(s) ended)",
         session.container

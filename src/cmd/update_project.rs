@@ -66,9 +66,7 @@ fn update_project(config: &ServerConfig, name: &str) -> Result<(), Error> {
     let (registered, replaced) =
         project::update(config, &mut sessions, &name, &mut super::add_project::show).inspect_err(
             |err| {
-                if let crate::project::ProjectError::Podfile(_)
-                | crate::project::ProjectError::Refused(_) = err
-                {
+                if let crate::project::ProjectError::Podfile(_) = err {
                     super::add_project::audit_refusal("podfile", name.as_str(), &err.to_string());
                 }
             },

@@ -151,14 +151,19 @@ impl<E: Engine> Effects<E> {
             _only_effects_makes_this: (),
         };
         log::info!("build image {} ({reason})", spec.tag);
+        // A project's image is `podspawn/<project>:<tag>`.
+        let project = spec
+            .tag
+            .strip_prefix("podspawn/")
+            .and_then(|rest| rest.split(':').next())
+            .unwrap_or("");
         let built = |name: &str| {
             let event = Event::new(name)
                 .with("image", spec.tag)
+                .with("project", project)
                 .with("reason", reason.name());
             match &self.owner {
-                Some(owner) => event
-                    .with("user", owner.user.as_str())
-                    .with("project", owner.project.as_str()),
+                Some(owner) => event.with("user", owner.user.as_str()),
                 None => event,
             }
         };
@@ -194,6 +199,12 @@ impl<E: Engine> Effects<E> {
             _only_effects_makes_this: (),
         };
         let result = self.engine.probe(image, script, args, passed);
+        audit::record(
+            Event::new("probe.run")
+                .with("image", image)
+                .with("reason", Reason::Probed.name())
+                .with_some("error", result.as_ref().err().map(|err| err.to_string())),
+        );
         match &result {
             Ok(probe) => log::trace!("probed image {image} (exit {})", probe.status),
             Err(err) => log::warn!("could not probe image {image}: {err}"),
@@ -211,6 +222,13 @@ impl<E: Engine> Effects<E> {
             _only_effects_makes_this: (),
         };
         let result = self.engine.probe_service(spec, passed);
+        audit::record(
+            Event::new("probe.run")
+                .with("image", spec.image.as_str())
+                .with("container", spec.container.as_str())
+                .with("reason", Reason::Probed.name())
+                .with_some("error", result.as_ref().err().map(|err| err.to_string())),
+        );
         match &result {
             Ok(()) => log::debug!("started {} to try image {}", spec.container, spec.image),
             Err(err) => log::warn!("could not try image {}: {err}", spec.image),

@@ -460,19 +460,12 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         request: &ConnectRequest,
         settings: &Settings,
     ) -> Result<i32, SessionError> {
-        let owner = Owner {
-            user: request.user.name.to_string(),
-            project: request.project.clone(),
-            session: String::new(),
-        };
-        let before = self.effects.set_owner(Some(owner));
         let started = std::time::Instant::now();
         let mut connected = None;
         let result = self.connect_and_run(request, settings, &mut connected);
         if let Some(attached) = &connected {
             audit_disconnect(attached, &result, started.elapsed());
         }
-        self.effects.set_owner(before);
         result
     }
 
@@ -495,7 +488,14 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                     let terminal = request
                         .interactive()
                         .then(crate::exec::TerminalLines::start);
+                    // The build's audit events are this user's and project's.
+                    let before = self.effects.set_owner(Some(Owner {
+                        user: request.user.name.to_string(),
+                        project: request.project.clone(),
+                        session: String::new(),
+                    }));
                     let result = self.build_image(request, terminal.as_ref());
+                    self.effects.set_owner(before);
                     if let Some(terminal) = terminal {
                         terminal.finish(Duration::from_secs(1));
                     }
@@ -533,8 +533,23 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                     write_stderr(line.as_bytes());
                 }
             }
-            if connected.is_none() {
-                audit_connect(request, &attached);
+            // A container made anew (the last one was gone before the command ran)
+            // is a new connection in it: the audit log says so, one ending the other.
+            match connected.take() {
+                Some(replaced) if replaced.connection != attached.connection => {
+                    audit::record(
+                        Event::new("session.disconnect")
+                            .with("user", replaced.session.user.as_str())
+                            .with("project", replaced.session.project.as_str())
+                            .with("session", replaced.session.session_id.as_str())
+                            .with("container", replaced.session.container.as_str())
+                            .with("connection", replaced.connection)
+                            .with("reason", Reason::Gone.name()),
+                    );
+                    audit_connect(request, &attached);
+                }
+                Some(same) => drop(same),
+                None => audit_connect(request, &attached),
             }
             *connected = Some(attached.clone());
             let spec = self.exec_spec(request, &attached);
@@ -555,11 +570,25 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                     );
                     Vec::new()
                 }
-                crate::engine::ExecEnd::Stopped => Vec::new(),
+                crate::engine::ExecEnd::Stopped { .. } => Vec::new(),
             };
             match plan::after_exec(&end) {
-                AfterExec::Stopped => {
+                AfterExec::Stopped { code } => {
+                    // `stop` told this connection, then destroyed the session; if the
+                    // session is still there, it did not, and the command's end is
+                    // the command's.
+                    // Under the user's lock, which `stop` holds until the row is gone:
+                    // the container (and so this exec) ends before that.
+                    let still = {
+                        let _lock = self.lock(&attached.session.user)?;
+                        self.state
+                            .session(&attached.session.user, &attached.session.project)?
+                            .is_some_and(|row| row.session_id == attached.session.session_id)
+                    };
                     self.release_or_log(&attached);
+                    if still {
+                        return Ok(code);
+                    }
                     return Err(SessionError::Stopped);
                 }
                 AfterExec::Finished { code } => {
@@ -591,6 +620,10 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                                 String::from_utf8_lossy(&held_stderr).trim()
                             );
                             self.forget(&attached)?;
+                            // Gone because an admin stopped the session: end here.
+                            if self.host.was_stopped() {
+                                return Err(SessionError::Stopped);
+                            }
                             if healing == Healing::GiveUp {
                                 return Err(SessionError::ContainerDied {
                                     container: attached.session.container,

@@ -47,6 +47,8 @@ struct FakeEngine {
     missing_images: BTreeSet<String>,
     /// Services (by name) that stop as soon as they start.
     stop_at_once: BTreeSet<String>,
+    /// Runs during the next exec (what another process does meanwhile).
+    during_exec: Option<Box<dyn FnMut()>>,
 }
 
 impl Engine for FakeEngine {
@@ -330,6 +332,9 @@ impl Engine for FakeEngine {
 
     fn exec(&mut self, spec: &ExecSpec) -> Result<ExecEnd, DockerError> {
         self.execs.push(spec.clone());
+        if let Some(mut during) = self.during_exec.take() {
+            during();
+        }
         if self.vanish_on_exec {
             self.vanish_on_exec = false;
             self.running.remove(&spec.container);
@@ -445,6 +450,9 @@ impl Host for FakeHost {
     }
     fn tell_stopped(&self, connection: &ProcessId) {
         self.told_stopped.borrow_mut().push(connection.pid);
+    }
+    fn was_stopped(&self) -> bool {
+        false
     }
     fn other_users(&self, user: &UserName) -> Vec<(String, u32)> {
         self.accounts
@@ -613,13 +621,31 @@ fn stop_tells_the_live_connections_then_destroys_the_session() {
 #[test]
 fn a_stopped_connection_makes_nothing_again_and_says_why() {
     let (mut f, settings) = fixture(SessionMode::GracePeriod);
-    f.sessions.engine().script = vec![ExecEnd::Stopped];
+    // `stop` meanwhile: the exec ends told, and the session is gone.
+    f.sessions.engine().script = vec![ExecEnd::Stopped { code: 137 }];
+    let db = f._db.path();
+    f.sessions.engine().during_exec = Some(Box::new(move || {
+        let other = crate::state::State::open(&db).unwrap();
+        other.delete_session(&alice(), "").unwrap();
+    }));
     let err = f
         .sessions
         .connect(&request(Program::Shell), &settings)
         .unwrap_err();
     assert_eq!(err.user_message(), "an admin ended this session");
     assert_eq!(f.sessions.engine().creates, 1, "no second container");
+}
+
+#[test]
+fn a_stop_that_did_not_destroy_the_session_leaves_the_commands_exit_code() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.sessions.engine().script = vec![ExecEnd::Stopped { code: 3 }];
+    assert_eq!(
+        f.sessions
+            .connect(&request(Program::Command("exit 3".into())), &settings)
+            .unwrap(),
+        3
+    );
     assert_eq!(f.connection_rows(), 0, "the connection was released");
 }
 

@@ -195,3 +195,49 @@ fn an_audit_log_that_cannot_be_written_stops_nothing_and_says_so_once() {
         );
     }
 }
+
+/// contrib/logrotate/podspawn as logrotate reads it: the audit log rotated where its
+/// directory is root:docker 2770, and made anew as podspawn needs it.
+#[test]
+fn the_contrib_logrotate_config_rotates_the_audit_log_and_makes_it_anew() {
+    if !crate::support::is_root() || !std::path::Path::new("/usr/sbin/logrotate").exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root with logrotate (.ci/run installs it)"
+        );
+        return crate::support::skip("logrotate test", "not root, or no logrotate");
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let env = TestEnv::new();
+    let dir = env.path("var-log/podspawn");
+    std::fs::create_dir_all(&dir).unwrap();
+    let docker = crate::real_engine::docker_gid();
+    std::os::unix::fs::chown(&dir, Some(0), Some(docker)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2770)).unwrap();
+    let audit = dir.join("audit.jsonl");
+    std::fs::write(&audit, "{\"event\":\"before\"}\n").unwrap();
+    std::os::unix::fs::chown(&audit, Some(0), Some(docker)).unwrap();
+    std::fs::set_permissions(&audit, std::fs::Permissions::from_mode(0o660)).unwrap();
+    let config = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/logrotate/podspawn"),
+    )
+    .unwrap()
+    .replace("/var/log/podspawn", &dir.display().to_string());
+    std::fs::write(env.path("logrotate.conf"), config).unwrap();
+    let rotated = std::process::Command::new("/usr/sbin/logrotate")
+        .args(["-f", "-s"])
+        .arg(env.path("logrotate.status"))
+        .arg(env.path("logrotate.conf"))
+        .output()
+        .unwrap();
+    assert!(rotated.status.success(), "{rotated:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("audit.jsonl.1")).unwrap(),
+        "{\"event\":\"before\"}\n"
+    );
+    let meta = std::fs::metadata(&audit).unwrap();
+    assert_eq!(
+        (meta.len(), meta.mode() & 0o7777, meta.uid(), meta.gid()),
+        (0, 0o660, 0, docker)
+    );
+}

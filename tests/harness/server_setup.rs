@@ -395,3 +395,35 @@ fn only_root_may_set_up_the_server() {
         .podspawn_as(NOBODY, NOBODY, &["server-setup", "--sshd-config", &path])
         .assert_one_line_error(1, "server-setup must run as root");
 }
+
+#[test]
+fn an_audit_log_someone_else_made_is_not_taken_over() {
+    let Some(setup) = Setup::new() else { return };
+    setup.scenario(vec![setup.sshd_accepts()]);
+    let audit = setup.env.audit_path();
+    // Someone else's file where the audit log should be: they could still hold it
+    // open, read and truncate it.
+    std::os::unix::fs::chown(&audit, Some(crate::support::NOBODY), None).unwrap();
+    setup
+        .setup(&["--no-reload"])
+        .assert_code(1)
+        .assert_stderr(&format!(
+            "podspawn: log.audit_log {} is there already and is not a plain file of root's \
+             (uid 65534, 1 name(s)); move it away or name another file\n",
+            audit.display()
+        ));
+    // Root's own: made the docker group's, as spawn needs it.
+    std::os::unix::fs::chown(&audit, Some(0), None).unwrap();
+    let run = setup.setup(&["--no-reload"]);
+    run.assert_success();
+    assert!(
+        run.stdout().contains(&format!(
+            "made the audit log {} (root:docker 660)",
+            audit.display()
+        )),
+        "{}",
+        run.stdout()
+    );
+    let (mode, uid, gid) = mode_and_group(&audit);
+    assert_eq!((mode, uid, gid), (0o660, 0, docker_gid()));
+}

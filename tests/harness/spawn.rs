@@ -965,3 +965,41 @@ fn remove_user_during_a_cold_start_leaves_no_session_behind() {
     );
     assert!(!env.key_file(&user.name).exists());
 }
+
+/// Before its program runs (here: waiting for a held lock), a connection whose client
+/// hangs up or is interrupted ends at once, as it always did: only `stop`'s signal is
+/// caught that early.
+#[test]
+fn a_hangup_before_the_program_runs_ends_the_connection_at_once() {
+    for signal in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM] {
+        let (env, user) = lifecycle_env("  grace_period: 60s\n  lock_timeout: 30s\n");
+        env.scenario(&[]);
+        let locks = env.path("state/locks");
+        std::fs::create_dir_all(&locks).unwrap();
+        let path = locks.join(format!("{}.lock", user.name));
+        let holder = std::fs::File::create(&path).unwrap();
+        if crate::support::is_root() {
+            std::os::unix::fs::chown(&locks, Some(user.uid), Some(user.gid)).unwrap();
+            std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid)).unwrap();
+        }
+        use std::os::fd::AsRawFd;
+        assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let running = env.spawn(&user).var("SSH_ORIGINAL_COMMAND", "true").start();
+        std::thread::sleep(Duration::from_millis(500));
+        running.signal(signal);
+        let started = Instant::now();
+        let run = running.finish(Duration::from_secs(10));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "signal {signal} took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&run.output.status),
+            Some(signal),
+            "signal {signal}: {:?}",
+            run.output.status
+        );
+        assert!(env.docker_calls().is_empty());
+    }
+}
