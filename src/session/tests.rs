@@ -1035,13 +1035,15 @@ fn project_request(project: &str, image: &str, build: Option<ImageBuild>) -> Con
     }
 }
 
-fn image_build(project: &str) -> ImageBuild {
+/// A build of `project` whose context and log are in `dir` (the fixture's, removed
+/// with it).
+fn image_build(project: &str, dir: &std::path::Path) -> ImageBuild {
     ImageBuild {
         project: project.into(),
         podfile: "podfile.yaml".into(),
         dockerfile: "# step: Pulling base image img\nFROM img\n".into(),
-        context: std::env::temp_dir(),
-        log: std::env::temp_dir().join(format!("podspawn-test-{}.build.log", std::process::id())),
+        context: dir.to_path_buf(),
+        log: dir.join(format!("{project}.build.log")),
         timeout: Duration::from_secs(60),
     }
 }
@@ -1050,7 +1052,11 @@ fn image_build(project: &str) -> ImageBuild {
 fn each_project_and_scratch_name_is_a_session_of_its_own_with_its_own_slot() {
     let (mut f, settings) = fixture(SessionMode::GracePeriod);
     f.connect(&settings);
-    let api = project_request("api", "podspawn/api:0123456789ab", Some(image_build("api")));
+    let api = project_request(
+        "api",
+        "podspawn/api:0123456789ab",
+        Some(image_build("api", &f._db.dir)),
+    );
     f.sessions
         .engine()
         .images
@@ -1128,7 +1134,11 @@ fn register(f: &Fixture, project: &str, image: &str) {
 fn a_connection_that_knows_an_older_image_of_its_project_builds_nothing() {
     let (mut f, settings) = fixture(SessionMode::GracePeriod);
     register(&f, "api", "podspawn/api:newer0000000");
-    let api = project_request("api", "podspawn/api:0123456789ab", Some(image_build("api")));
+    let api = project_request(
+        "api",
+        "podspawn/api:0123456789ab",
+        Some(image_build("api", &f._db.dir)),
+    );
     let err = f.sessions.connect(&api, &settings).unwrap_err();
     assert!(matches!(err, SessionError::ProjectChanged { .. }), "{err}");
     assert_eq!(f.sessions.engine().builds, 0);
@@ -1138,7 +1148,11 @@ fn a_connection_that_knows_an_older_image_of_its_project_builds_nothing() {
 fn a_missing_project_image_is_built_once_and_then_the_container_made() {
     let (mut f, settings) = fixture(SessionMode::GracePeriod);
     register(&f, "api", "podspawn/api:0123456789ab");
-    let api = project_request("api", "podspawn/api:0123456789ab", Some(image_build("api")));
+    let api = project_request(
+        "api",
+        "podspawn/api:0123456789ab",
+        Some(image_build("api", &f._db.dir)),
+    );
     assert_eq!(f.sessions.connect(&api, &settings).unwrap(), 0);
     assert_eq!(f.sessions.engine().builds, 1);
     assert_eq!(f.sessions.engine().creates, 1);
@@ -1521,7 +1535,11 @@ fn a_session_that_cannot_be_made_leaves_none_of_its_services() {
     // the session is made once, after it.
     let api = ConnectRequest {
         services: api_services(),
-        ..project_request("api", "podspawn/api:0123456789ab", Some(image_build("api")))
+        ..project_request(
+            "api",
+            "podspawn/api:0123456789ab",
+            Some(image_build("api", &f._db.dir)),
+        )
     };
     assert_eq!(f.sessions.connect(&api, &settings).unwrap(), 0);
     let engine = f.sessions.engine();

@@ -754,29 +754,31 @@ fn open_pty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
     }
 }
 
+/// The directory of `binary_for_others`' copy, removed when the test process exits.
+static BINARY_COPY_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
 /// A copy of the podspawn binary in a directory every user can reach (the
-/// repository may sit under a private home), made once and shared by all tests.
+/// repository may sit under a private home), made once by this test process, shared
+/// by its tests and removed when it exits.
 pub fn binary_for_others() -> PathBuf {
-    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    COPY.get_or_init(|| {
-        use std::os::unix::fs::MetadataExt;
-        let meta = fs::metadata(PODSPAWN).unwrap();
-        let dir = std::env::temp_dir().join(format!(
-            "podspawn-test-bin-{}-{}",
-            meta.size(),
-            meta.mtime_nsec() ^ meta.mtime()
-        ));
-        let target = dir.join("podspawn");
-        if !target.exists() {
+    extern "C" fn remove_copy() {
+        if let Some(dir) = BINARY_COPY_DIR.get() {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+    BINARY_COPY_DIR
+        .get_or_init(|| {
+            let dir =
+                std::env::temp_dir().join(format!("podspawn-test-bin-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(&dir).unwrap();
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-            let temporary = dir.join(format!("podspawn.{}", std::process::id()));
-            copy_executable(Path::new(PODSPAWN), &temporary, 0o755);
-            fs::rename(&temporary, &target).unwrap();
-        }
-        target
-    })
-    .clone()
+            copy_executable(Path::new(PODSPAWN), &dir.join("podspawn"), 0o755);
+            // SAFETY: registers a plain function, run once by exit().
+            unsafe { libc::atexit(remove_copy) };
+            dir
+        })
+        .join("podspawn")
 }
 
 /// A finished podspawn run, with everything needed to explain a failed assertion.
