@@ -621,6 +621,15 @@ impl ServerConfig {
         db.parent().unwrap_or(db)
     }
 
+    /// This installation's name on the engine: 8 hex digits of a hash of the state
+    /// directory. Everything it makes carries it (label `podspawn.installation`), and
+    /// it lists, so reconciles, only what does: a second installation on the engine
+    /// (another state directory) keeps its own. Its iptables chain is named by it too.
+    pub fn installation(&self) -> String {
+        let digest = crate::sha256::hex(self.state_dir().as_os_str().as_encoded_bytes());
+        digest[..8].to_string()
+    }
+
     /// The directory of podspawn's, private to root and the docker group, that holds
     /// `auth.home_dir`, if one does: sshd could not enter that home for podspawn's
     /// users and would say so on every session's stderr.

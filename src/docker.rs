@@ -8,9 +8,9 @@
 //! and `DOCKER_HOST` only from the server config.
 //!
 //! Everything podspawn creates carries the labels `podspawn.managed=true`,
-//! `podspawn.user`, `podspawn.project` and `podspawn.session` (a companion service also
-//! `podspawn.service`, its volumes too), so that what podspawn made can always be found
-//! again.
+//! `podspawn.installation`, `podspawn.user`, `podspawn.project` and `podspawn.session`
+//! (a companion service also `podspawn.service`, its volumes too), so that what
+//! podspawn made can always be found again, and only by the installation that made it.
 
 use std::fmt;
 use std::io;
@@ -22,6 +22,8 @@ use crate::container::{self, AGENT_MOUNT, ContainerSpec, ExecSpec, ServiceSpec};
 use crate::network::Network;
 
 pub const LABEL_MANAGED: &str = "podspawn.managed";
+/// Which installation (state directory) made it: see `ServerConfig::installation`.
+pub const LABEL_INSTALLATION: &str = "podspawn.installation";
 pub const LABEL_USER: &str = "podspawn.user";
 pub const LABEL_PROJECT: &str = "podspawn.project";
 pub const LABEL_SESSION: &str = "podspawn.session";
@@ -43,6 +45,9 @@ pub struct Docker {
     binary: String,
     host: Option<String>,
     config_dir: String,
+    /// This installation's name (`podspawn.installation`): on all it makes, and all
+    /// it lists.
+    installation: String,
 }
 
 /// What docker says of a container.
@@ -320,12 +325,24 @@ fn is_missing(stderr: &str) -> bool {
 }
 
 impl Docker {
-    pub fn new(config: &DockerConfig) -> Docker {
+    /// The docker CLI as `config` names it, for the installation `installation`.
+    pub fn new(config: &DockerConfig, installation: &str) -> Docker {
         Docker {
             binary: config.binary.clone(),
             host: config.host.clone(),
             config_dir: config.config_dir.as_path().display().to_string(),
+            installation: installation.to_string(),
         }
+    }
+
+    /// The `--filter`s of a listing of what this installation made.
+    fn ours(&self) -> [String; 4] {
+        [
+            "--filter".to_string(),
+            format!("label={LABEL_MANAGED}=true"),
+            "--filter".to_string(),
+            format!("label={LABEL_INSTALLATION}={}", self.installation),
+        ]
     }
 
     /// A docker command with podspawn's environment and nothing of the caller's.
@@ -397,7 +414,7 @@ impl Docker {
             network: Some(&spec.network.name),
             image: &spec.image,
         };
-        self.run_detached(&run_args(spec), &run)
+        self.run_detached(&run_args(spec, &self.installation), &run)
     }
 
     /// Runs a `docker run --detach` and says why it failed: the name taken, the
@@ -442,7 +459,7 @@ impl Docker {
         network: &Network,
         owner: &NetworkOwner,
     ) -> Result<(), DockerError> {
-        let args = network_create_args(network, owner);
+        let args = network_create_args(network, owner, &self.installation);
         let (status, _, stderr) = self.run(&args)?;
         if status.success() {
             return Ok(());
@@ -472,7 +489,7 @@ impl Docker {
             network: Some(&spec.network),
             image: &spec.image,
         };
-        self.run_detached(&service_run_args(spec), &run)
+        self.run_detached(&service_run_args(spec, &self.installation), &run)
     }
 
     /// `docker run --detach` of a service's image on its own, to try it.
@@ -482,7 +499,7 @@ impl Docker {
             network: None,
             image: &spec.image,
         };
-        self.run_detached(&service_probe_args(spec), &run)
+        self.run_detached(&service_probe_args(spec, &self.installation), &run)
     }
 
     /// A container's address on its (first) network, its exit code once it has
@@ -595,19 +612,17 @@ impl Docker {
             .collect())
     }
 
-    /// `docker network ls` or `docker volume ls` of what carries
-    /// `podspawn.managed=true`: each one's name, user, project and session labels.
+    /// `docker network ls` or `docker volume ls` of what this installation made:
+    /// each one's name, user, project and session labels.
     fn list_owned(&self, kind: &str) -> Result<Vec<[String; 4]>, DockerError> {
-        let args = vec![
-            kind.to_string(),
-            "ls".to_string(),
-            "--filter".to_string(),
-            format!("label={LABEL_MANAGED}=true"),
+        let mut args = vec![kind.to_string(), "ls".to_string()];
+        args.extend(self.ours());
+        args.extend([
             "--format".to_string(),
             format!(
                 "{{{{.Name}}}}\t{{{{.Label \"{LABEL_USER}\"}}}}\t{{{{.Label \"{LABEL_PROJECT}\"}}}}\t{{{{.Label \"{LABEL_SESSION}\"}}}}"
             ),
-        ];
+        ]);
         let (status, stdout, stderr) = self.run(&args)?;
         if !status.success() {
             return Err(self.failed(&args, status, stderr));
@@ -735,20 +750,14 @@ impl Docker {
         Ok(Some(parse_labels(&stdout)))
     }
 
-    /// Every container podspawn made, running or not.
+    /// Every container this installation made, running or not.
     pub fn list_managed(&self) -> Result<Vec<ManagedContainer>, DockerError> {
         let format = format!(
             "{{{{.Names}}}}\t{{{{.State}}}}\t{{{{.Label \"{LABEL_USER}\"}}}}\t{{{{.Label \"{LABEL_PROJECT}\"}}}}\t{{{{.Label \"{LABEL_SESSION}\"}}}}\t{{{{.Label \"{LABEL_SERVICE}\"}}}}"
         );
-        let args = vec![
-            "ps".to_string(),
-            "--all".to_string(),
-            "--no-trunc".to_string(),
-            "--filter".to_string(),
-            format!("label={LABEL_MANAGED}=true"),
-            "--format".to_string(),
-            format,
-        ];
+        let mut args = strings(&["ps", "--all", "--no-trunc"]);
+        args.extend(self.ours());
+        args.extend(["--format".to_string(), format]);
         let (status, stdout, stderr) = self.run(&args)?;
         if !status.success() {
             return Err(self.failed(&args, status, stderr));
@@ -756,7 +765,7 @@ impl Docker {
         Ok(parse_managed(&stdout))
     }
 
-    /// Every network podspawn made.
+    /// Every network this installation made.
     pub fn list_managed_networks(&self) -> Result<Vec<ManagedNetwork>, DockerError> {
         Ok(self
             .list_owned("network")?
@@ -814,6 +823,7 @@ impl Docker {
         ]);
         for label in [
             format!("{LABEL_MANAGED}=true"),
+            format!("{LABEL_INSTALLATION}={}", self.installation),
             format!("{LABEL_USER}="),
             format!("{LABEL_PROJECT}="),
             format!("{LABEL_SESSION}=probe"),
@@ -933,11 +943,11 @@ impl Docker {
         }
     }
 
-    /// The images podspawn built for `project`, or for any project
+    /// The images this installation built for `project`, or for any project
     /// (`repository:tag`, or the id of one whose tag is gone).
     pub fn project_images(&self, project: Option<&str>) -> Result<Vec<String>, DockerError> {
-        let mut args = strings(&["image", "ls", "--filter"]);
-        args.push(format!("label={LABEL_MANAGED}=true"));
+        let mut args = strings(&["image", "ls"]);
+        args.extend(self.ours());
         args.push("--filter".to_string());
         args.push(match project {
             Some(project) => format!("label={LABEL_PROJECT}={project}"),
@@ -1052,7 +1062,8 @@ fn bounded_lines(mut reader: impl std::io::Read, max: usize, mut each: impl FnMu
     }
 }
 
-pub fn run_args(spec: &ContainerSpec) -> Vec<String> {
+/// argv after `docker` for creating a session's container, made by `installation`.
+pub fn run_args(spec: &ContainerSpec, installation: &str) -> Vec<String> {
     let user = &spec.user;
     let mut args = strings(&["run", "--detach", "--rm", "--init"]);
     if crate::image::is_project_image(&spec.image) {
@@ -1063,6 +1074,7 @@ pub fn run_args(spec: &ContainerSpec) -> Vec<String> {
     args.extend(["--hostname".into(), spec.name.clone()]);
     for (label, value) in [
         (LABEL_MANAGED, "true"),
+        (LABEL_INSTALLATION, installation),
         (LABEL_USER, user.name.as_str()),
         (LABEL_PROJECT, spec.project.as_str()),
         (LABEL_SESSION, spec.session_id.as_str()),
@@ -1115,12 +1127,17 @@ pub struct NetworkOwner<'a> {
 }
 
 /// argv after `docker` for creating a user's or a session's network.
-pub fn network_create_args(network: &Network, owner: &NetworkOwner) -> Vec<String> {
+pub fn network_create_args(
+    network: &Network,
+    owner: &NetworkOwner,
+    installation: &str,
+) -> Vec<String> {
     let mut args = strings(&["network", "create", "--driver", "bridge"]);
     args.extend(["--subnet".into(), network.cidr()]);
     args.extend(["--gateway".into(), network.gateway.to_string()]);
     for (label, value) in [
         (LABEL_MANAGED, "true"),
+        (LABEL_INSTALLATION, installation),
         (LABEL_USER, owner.user),
         (LABEL_PROJECT, owner.project),
         (LABEL_SESSION, owner.session),
@@ -1135,18 +1152,18 @@ pub fn network_create_args(network: &Network, owner: &NetworkOwner) -> Vec<Strin
 /// (its name a DNS alias there), podspawn's labels, its share of the session's limits,
 /// every capability dropped but the configured few, no new privileges, no port
 /// published on the host; its named volumes are made with podspawn's labels.
-pub fn service_run_args(spec: &ServiceSpec) -> Vec<String> {
-    service_args(spec, true)
+pub fn service_run_args(spec: &ServiceSpec, installation: &str) -> Vec<String> {
+    service_args(spec, installation, true)
 }
 
 /// argv after `docker` for trying a service's image (`verify-image --service`):
 /// hardened and labelled as a session's service, but alone on docker's default
 /// network, at whatever address docker gives it.
-pub fn service_probe_args(spec: &ServiceSpec) -> Vec<String> {
-    service_args(spec, false)
+pub fn service_probe_args(spec: &ServiceSpec, installation: &str) -> Vec<String> {
+    service_args(spec, installation, false)
 }
 
-fn service_args(spec: &ServiceSpec, on_session_network: bool) -> Vec<String> {
+fn service_args(spec: &ServiceSpec, installation: &str, on_session_network: bool) -> Vec<String> {
     // Its image is here already (add-project made sure); one that went is a
     // service that cannot start, not a pull of unbounded length under a user's lock.
     let mut args = strings(&["run", "--detach", "--init", "--pull", "never"]);
@@ -1154,6 +1171,7 @@ fn service_args(spec: &ServiceSpec, on_session_network: bool) -> Vec<String> {
     args.extend(["--hostname".into(), spec.name.clone()]);
     let labels = [
         (LABEL_MANAGED, "true"),
+        (LABEL_INSTALLATION, installation),
         (LABEL_USER, spec.user.as_str()),
         (LABEL_PROJECT, spec.project.as_str()),
         (LABEL_SESSION, spec.session_id.as_str()),
@@ -1193,6 +1211,7 @@ fn service_args(spec: &ServiceSpec, on_session_network: bool) -> Vec<String> {
         };
         for (label, value) in [
             (LABEL_MANAGED, "true"),
+            (LABEL_INSTALLATION, installation),
             (LABEL_USER, spec.user.as_str()),
             (LABEL_PROJECT, spec.project.as_str()),
             (LABEL_SESSION, session),
@@ -1310,11 +1329,12 @@ mod tests {
             network: crate::network::Pool::default().for_user("alice", 1001),
             agent_dir: Some("/var/lib/podspawn/agents/alice".into()),
         };
-        let args = run_args(&spec);
+        let args = run_args(&spec, "0123abcd");
         let text = args.join(" ");
         for expected in [
             "run --detach --rm --init --name podspawn-alice --hostname podspawn-alice",
-            "--label podspawn.managed=true --label podspawn.user=alice --label podspawn.project= --label podspawn.session=0123abcd",
+            "--label podspawn.managed=true --label podspawn.installation=0123abcd \
+             --label podspawn.user=alice --label podspawn.project= --label podspawn.session=0123abcd",
             "--cpus 1.5 --memory 536870912 --pids-limit 256 --network podspawn-alice --ip 10.214.62.146",
             "--mount type=bind,source=/var/lib/podspawn/agents/alice,target=/run/ssh-agent,readonly",
             "--cap-drop ALL --security-opt no-new-privileges",
@@ -1336,7 +1356,7 @@ mod tests {
             ..spec
         };
         assert!(
-            run_args(&project)
+            run_args(&project, "0123abcd")
                 .join(" ")
                 .starts_with("run --detach --rm --init --pull never --name ")
         );
@@ -1394,11 +1414,12 @@ mod tests {
                     user: "alice",
                     project: "",
                     session: ""
-                }
+                },
+                "0123abcd"
             )
             .join(" "),
             "network create --driver bridge --subnet 10.214.62.144/28 --gateway 10.214.62.145 \
-             --label podspawn.managed=true --label podspawn.user=alice --label podspawn.project= \
+             --label podspawn.managed=true --label podspawn.installation=0123abcd --label podspawn.user=alice --label podspawn.project= \
              --label podspawn.session= podspawn-alice"
         );
     }
@@ -1450,7 +1471,7 @@ mod tests {
             host: Some("unix:///run/other.sock".into()),
             config_dir: crate::config::AbsolutePath::from("/etc/podspawn/docker"),
         };
-        let command = Docker::new(&config).command(&[]);
+        let command = Docker::new(&config, "0123abcd").command(&[]);
         let env: Vec<(String, String)> = command
             .get_envs()
             .map(|(k, v)| {

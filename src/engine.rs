@@ -8,7 +8,7 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
-use crate::config::DockerConfig;
+use crate::config::ServerConfig;
 use crate::container::{CONNECTION_MARKER, ContainerSpec, ExecSpec, ServiceSpec};
 use crate::docker::{
     BuildSpec, ContainerState, Docker, DockerError, ImageConfig, Labels, ManagedContainer,
@@ -168,9 +168,9 @@ pub struct DockerEngine {
 
 impl DockerEngine {
     /// The engine for this process: its connections' processes run as the caller.
-    pub fn new(config: &DockerConfig) -> DockerEngine {
+    pub fn new(config: &ServerConfig) -> DockerEngine {
         DockerEngine {
-            docker: Docker::new(config),
+            docker: Docker::new(&config.docker, &config.installation()),
             uid: unsafe { libc::getuid() },
         }
     }

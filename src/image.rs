@@ -81,12 +81,14 @@ pub fn default_workspace(project: &ProjectName) -> String {
 }
 
 /// The recipe for `project`'s image from its `podfile` and `sources`, the digest of
-/// the repo's other files (the base is `default_base` when the Podfile names none).
+/// the repo's other files (the base is `default_base` when the Podfile names none),
+/// built by `installation` (its label, and so its tag, is that installation's).
 pub fn recipe(
     project: &ProjectName,
     podfile: &Podfile,
     default_base: &str,
     sources: &str,
+    installation: &str,
 ) -> Result<Recipe, String> {
     let base = podfile.base.as_deref().unwrap_or(default_base);
     let workspace = podfile
@@ -133,9 +135,11 @@ pub fn recipe(
         label: "Copying the repo".to_string(),
         instructions: vec![
             format!(
-                "LABEL {}={} {}={}",
+                "LABEL {}={} {}={} {}={}",
                 crate::docker::LABEL_MANAGED,
                 json_string("true"),
+                crate::docker::LABEL_INSTALLATION,
+                json_string(installation),
                 crate::docker::LABEL_PROJECT,
                 json_string(project.as_str())
             ),
@@ -399,8 +403,8 @@ mod tests {
         let file = podfile(
             "base: debian:bookworm\npackages: [git, curl@7.88.1-10+deb12u5, nodejs@22]\non_create: |\n  npm install\n  echo done\n",
         );
-        let one = recipe(&api(), &file, "ubuntu:24.04", "abc123").unwrap();
-        let again = recipe(&api(), &file, "ubuntu:24.04", "abc123").unwrap();
+        let one = recipe(&api(), &file, "ubuntu:24.04", "abc123", "0123abcd").unwrap();
+        let again = recipe(&api(), &file, "ubuntu:24.04", "abc123", "0123abcd").unwrap();
         assert_eq!(one, again);
         assert!(one.tag.starts_with("podspawn/api:"), "{}", one.tag);
         assert_eq!(one.tag.len(), "podspawn/api:".len() + 12);
@@ -419,7 +423,7 @@ mod tests {
         );
         assert_eq!(
             lines[4],
-            "LABEL podspawn.managed=\"true\" podspawn.project=\"api\""
+            "LABEL podspawn.managed=\"true\" podspawn.installation=\"0123abcd\" podspawn.project=\"api\""
         );
         assert_eq!(lines[5], "COPY . /workspace/api");
         assert_eq!(
@@ -440,11 +444,16 @@ mod tests {
         assert_eq!(labels[5], "Running on_create: npm install");
 
         // What reaches the image changes the tag; the repo's files too.
-        let other_sources = recipe(&api(), &file, "ubuntu:24.04", "def456").unwrap();
+        let other_sources = recipe(&api(), &file, "ubuntu:24.04", "def456", "0123abcd").unwrap();
         assert_ne!(other_sources.tag, one.tag);
+        // Another installation's image is its own.
+        let elsewhere = recipe(&api(), &file, "ubuntu:24.04", "abc123", "4567cdef").unwrap();
+        assert_ne!(elsewhere.tag, one.tag);
         let more = podfile("base: debian:bookworm\npackages: [git, jq]\n");
         assert_ne!(
-            recipe(&api(), &more, "ubuntu:24.04", "abc123").unwrap().tag,
+            recipe(&api(), &more, "ubuntu:24.04", "abc123", "0123abcd")
+                .unwrap()
+                .tag,
             one.tag
         );
         // What does not reach it does not.
@@ -453,20 +462,20 @@ mod tests {
              env:\n  X: y\nshell: /bin/zsh\non_start: echo hi\nservices:\n  - name: db\n    image: postgres:16\n",
         );
         assert_eq!(
-            recipe(&api(), &with_env, "ubuntu:24.04", "abc123")
+            recipe(&api(), &with_env, "ubuntu:24.04", "abc123", "0123abcd")
                 .unwrap()
                 .tag,
             one.tag
         );
         // The default base is the server's.
-        let bare = recipe(&api(), &podfile(""), "ubuntu:24.04", "abc").unwrap();
+        let bare = recipe(&api(), &podfile(""), "ubuntu:24.04", "abc", "0123abcd").unwrap();
         assert!(bare.dockerfile().contains("FROM ubuntu:24.04\n"));
     }
 
     #[test]
     fn every_toolchain_recipe_follows_its_upstream_and_checks_its_version() {
         let file = podfile("packages: [nodejs@22, python@3.12, go@1.23, rust@1.80]\n");
-        let text = recipe(&api(), &file, "debian:bookworm", "c")
+        let text = recipe(&api(), &file, "debian:bookworm", "c", "0123abcd")
             .unwrap()
             .dockerfile();
         for expected in [
@@ -484,7 +493,7 @@ mod tests {
         }
         for bad in ["nodejs@22.1", "python@3", "go@latest", "rust@1.x"] {
             let file = podfile(&format!("packages: [{bad}]\n"));
-            let err = recipe(&api(), &file, "debian", "c").unwrap_err();
+            let err = recipe(&api(), &file, "debian", "c", "0123abcd").unwrap_err();
             assert!(
                 err.contains("not a version this recipe knows"),
                 "{bad}: {err}"
@@ -496,6 +505,7 @@ mod tests {
             &podfile("packages: [nodejs, golang]\n"),
             "debian",
             "c",
+            "0123abcd",
         )
         .unwrap();
         assert!(
@@ -510,7 +520,9 @@ mod tests {
         let file = podfile(
             "on_create: \"echo '\\\"]\\nRUN rm -rf /\\n' \\\\ done\"\nworkspace: /src/app\n",
         );
-        let text = recipe(&api(), &file, "debian", "c").unwrap().dockerfile();
+        let text = recipe(&api(), &file, "debian", "c", "0123abcd")
+            .unwrap()
+            .dockerfile();
         let runs: Vec<&str> = text
             .lines()
             .filter(|line| line.starts_with("RUN "))
@@ -527,7 +539,7 @@ mod tests {
     #[test]
     fn step_labels_carry_no_control_characters() {
         let file = podfile("on_create: \"\\e]0;pwned\\a echo \\e[31mred\"\n");
-        let recipe = recipe(&api(), &file, "ubuntu:24.04", "abc").unwrap();
+        let recipe = recipe(&api(), &file, "ubuntu:24.04", "abc", "0123abcd").unwrap();
         let label = &recipe.steps.last().unwrap().label;
         let on_create = &recipe.steps[recipe.steps.len() - 2].label;
         assert!(!label.chars().any(char::is_control), "{label:?}");
@@ -539,7 +551,7 @@ mod tests {
         let file = podfile(
             "dotfiles:\n  repo: https://github.com/sarah/dotfiles\n  install: ./install.sh --quiet\n",
         );
-        let recipe = recipe(&api(), &file, "debian", "abc").unwrap();
+        let recipe = recipe(&api(), &file, "debian", "abc", "0123abcd").unwrap();
         let step = recipe
             .steps
             .iter()

@@ -29,11 +29,10 @@ const TABLE: &str = "mangle";
 /// print it escaped).
 const COMMENT: &str = "podspawn: no traffic between podspawn networks";
 
-/// podspawn's chain for this installation: `PODSPAWN-` and 8 hex digits of a hash of
-/// the state directory (iptables allows 28 characters).
+/// podspawn's chain for this installation: `PODSPAWN-` and the installation's name
+/// (iptables allows 28 characters).
 pub fn chain(config: &ServerConfig) -> String {
-    let digest = crate::sha256::hex(config.state_dir().as_os_str().as_encoded_bytes());
-    format!("PODSPAWN-{}", &digest[..8])
+    format!("PODSPAWN-{}", config.installation())
 }
 
 /// The pairs of pools the rules drop routed packets between: every pair of

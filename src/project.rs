@@ -502,14 +502,20 @@ fn prepare<E: Engine, H: Host>(
     let found = crate::podfile::find(dir).map_err(ProjectError::Podfile)?;
     let files = system::git_files(dir).map_err(ProjectError::Git)?;
     let sources = sources_digest(&files, &found.file);
-    let recipe = crate::image::recipe(name, &found.podfile, &config.defaults.image, &sources)
-        .map_err(|err| {
-            ProjectError::Podfile(PodfileError {
-                file: found.file.clone(),
-                line: None,
-                message: err,
-            })
-        })?;
+    let recipe = crate::image::recipe(
+        name,
+        &found.podfile,
+        &config.defaults.image,
+        &sources,
+        &config.installation(),
+    )
+    .map_err(|err| {
+        ProjectError::Podfile(PodfileError {
+            file: found.file.clone(),
+            line: None,
+            message: err,
+        })
+    })?;
     let dockerfile = recipe.dockerfile();
     let log = build_log(config, name);
     let spec = BuildSpec {

@@ -109,7 +109,7 @@ pub enum Outcome {
 /// them.
 pub fn sessions(config: &ServerConfig) -> Result<Sessions<DockerEngine, SystemHost>, SessionError> {
     Sessions::open(
-        DockerEngine::new(&config.docker),
+        DockerEngine::new(config),
         SystemHost::new(config),
         config.state.db_path.as_path(),
         Locks::configured(config),
@@ -119,7 +119,7 @@ pub fn sessions(config: &ServerConfig) -> Result<Sessions<DockerEngine, SystemHo
 /// The engine, for a command that needs no sessions (every change still passes
 /// through the session layer's `Effects`).
 pub fn effects(config: &ServerConfig) -> Effects<DockerEngine> {
-    Effects::new(DockerEngine::new(&config.docker))
+    Effects::new(DockerEngine::new(config))
 }
 
 /// Runs an admin command with the server config, stderr logging and the audit log

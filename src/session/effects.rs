@@ -21,6 +21,18 @@ pub struct Owner {
     pub session: String,
 }
 
+impl Owner {
+    /// Whose something found in the engine is, as its labels say (what cleanup
+    /// removes has no row to say it).
+    pub fn labelled(user: &str, project: &str, session: &str) -> Owner {
+        Owner {
+            user: user.to_string(),
+            project: project.to_string(),
+            session: session.to_string(),
+        }
+    }
+}
+
 /// The audit event for `effect`, made for `reason`, that ended in `error` if any.
 fn event(
     effect: &Effect,
@@ -121,6 +133,20 @@ impl<E: Engine> Effects<E> {
         };
         let result = self.engine.apply(&effect, passed);
         self.record(&effect, reason, result.as_ref().map(|_| ()));
+        result
+    }
+
+    /// Makes one change for `owner`'s session (whatever the session of the changes
+    /// around it), for `reason`.
+    pub(super) fn apply_as(
+        &mut self,
+        owner: Owner,
+        effect: Effect,
+        reason: Reason,
+    ) -> Result<(), DockerError> {
+        let before = self.set_owner(Some(owner));
+        let result = self.apply(effect, reason);
+        self.set_owner(before);
         result
     }
 

@@ -36,7 +36,7 @@ pub use services::{ServiceFailure, ServiceSettings, check_service};
 use crate::audit::{self, Event};
 use crate::config::SessionMode;
 use crate::container::{self, ContainerSpec, ExecSpec, Identity, Service, ServiceSpec};
-use crate::docker::{ContainerState, DockerError};
+use crate::docker::{ContainerState, DockerError, ManagedNetwork};
 use crate::engine::{Effect, Engine};
 use crate::exec::write_stderr;
 use crate::host::{Host, Millis};
@@ -1314,8 +1314,13 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                 None => false,
             };
             if !has_row {
-                self.effects
-                    .apply(Effect::RemoveContainer(&container.name), Reason::Orphan)?;
+                let labelled =
+                    Owner::labelled(&container.user, &container.project, &container.session);
+                self.effects.apply_as(
+                    labelled,
+                    Effect::RemoveContainer(&container.name),
+                    Reason::Orphan,
+                )?;
                 sweep.orphans_removed += 1;
             }
         }
@@ -1392,16 +1397,18 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                 .ok()
                 .is_some_and(|user| host.is_registered(&user))
         };
-        let unused: Vec<String> = plan::unused_networks(&networks, is_registered, &with_sessions)
-            .into_iter()
-            .map(|network| network.name.clone())
-            .collect();
+        let unused: Vec<ManagedNetwork> =
+            plan::unused_networks(&networks, is_registered, &with_sessions)
+                .into_iter()
+                .cloned()
+                .collect();
         let mut removed = 0;
         for network in unused {
-            let removal = Effect::RemoveNetwork(&network);
+            let labelled = Owner::labelled(&network.user, &network.project, &network.session);
+            let removal = Effect::RemoveNetwork(&network.name);
             if self
                 .effects
-                .apply(removal, Reason::UserUnregistered)
+                .apply_as(labelled, removal, Reason::UserUnregistered)
                 .is_ok()
             {
                 removed += 1;
@@ -1682,13 +1689,11 @@ pub fn remove_user_network<E: Engine>(
     user: &UserName,
 ) -> Result<(), DockerError> {
     let network = crate::network::network_name(user);
-    let before = effects.set_owner(Some(Owner {
+    let owner = Owner {
         user: user.to_string(),
         ..Owner::default()
-    }));
-    let removed = effects.apply(Effect::RemoveNetwork(&network), Reason::UserRemoved);
-    effects.set_owner(before);
-    removed
+    };
+    effects.apply_as(owner, Effect::RemoveNetwork(&network), Reason::UserRemoved)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
+use super::effects::Owner;
 use super::plan::{self, NameHolder, Reason};
 use super::{Effects, SessionError, Sessions};
 use crate::container::{ContainerSpec, ServiceLimits, ServiceSpec};
@@ -420,8 +421,13 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             if owned {
                 continue;
             }
+            let labelled = Owner::labelled(&network.user, &network.project, &network.session);
             let removal = Effect::RemoveNetwork(&network.name);
-            if self.effects.apply(removal, Reason::Orphan).is_ok() {
+            if self
+                .effects
+                .apply_as(labelled, removal, Reason::Orphan)
+                .is_ok()
+            {
                 removed += 1;
             }
         }
@@ -471,10 +477,12 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             {
                 continue;
             }
-            match self
-                .effects
-                .apply(Effect::RemoveVolume(&volume.name), Reason::Orphan)
-            {
+            let labelled = Owner::labelled(&volume.user, &volume.project, &volume.session);
+            match self.effects.apply_as(
+                labelled,
+                Effect::RemoveVolume(&volume.name),
+                Reason::Orphan,
+            ) {
                 Ok(()) => removed += 1,
                 Err(DockerError::VolumeInUse { .. }) => {}
                 Err(err) => return Err(err.into()),

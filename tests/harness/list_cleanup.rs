@@ -13,8 +13,9 @@ fn env_with(session: &str) -> (TestEnv, SpawnUser) {
     (env, user)
 }
 
-/// `docker ps` answering with these containers (name, state, user, session).
-fn ps(containers: &[(&str, &str, &str, &str)]) -> Rule {
+/// `docker ps` of what `env`'s installation made, answering with these containers
+/// (name, state, user, session).
+fn ps(env: &TestEnv, containers: &[(&str, &str, &str, &str)]) -> Rule {
     let lines: String = containers
         .iter()
         .map(|(name, state, user, session)| format!("{name}\t{state}\t{user}\t\t{session}\t\n"))
@@ -25,6 +26,8 @@ fn ps(containers: &[(&str, &str, &str, &str)]) -> Rule {
         "--no-trunc",
         "--filter",
         "label=podspawn.managed=true",
+        "--filter",
+        &format!("label=podspawn.installation={}", env.installation()),
         "--format",
         "*",
     ])
@@ -102,7 +105,7 @@ fn list_shows_grace_and_missing_containers() {
     env.scenario(&[
         Rule::docker(&["run", "**"]),
         Rule::docker(&["exec", "**"]),
-        ps(&[]),
+        ps(&env, &[]),
         Rule::docker(&["rm", "**"]),
     ]);
     env.spawn(&user)
@@ -124,7 +127,7 @@ fn cleanup_removes_orphans_and_drops_rows_without_containers() {
         Rule::docker(&["run", "**"]),
         Rule::docker(&["exec", "**"]),
         // Our session's container is gone; someone else's is an orphan.
-        ps(&[("podspawn-ghost", "running", "ghost", "abc")]),
+        ps(&env, &[("podspawn-ghost", "running", "ghost", "abc")]),
         Rule::docker(&["inspect", "**"])
             .stderr("Error: No such object: x\n")
             .exit(1),
@@ -161,6 +164,9 @@ fn cleanup_removes_orphans_and_drops_rows_without_containers() {
     assert_eq!(orphan["event"], "container.remove");
     assert_eq!(orphan["reason"], "orphan");
     assert_eq!(orphan["actor"], "cleanup");
+    // Whose it was, as its labels said.
+    assert_eq!(orphan["user"], "ghost");
+    assert_eq!(orphan["session"], "abc");
     let image = events
         .iter()
         .find(|event| event["event"] == "image.remove")
@@ -211,7 +217,7 @@ fn cleanup_puts_back_the_rule_that_keeps_networks_apart() {
     let env = TestEnv::new();
     let mut rules = crate::support::iptables_to_be_set_up();
     rules.extend([
-        ps(&[]),
+        ps(&env, &[]),
         Rule::docker(&["network", "ls", "**"]),
         Rule::docker(&["volume", "ls", "**"]),
         Rule::docker(&["image", "ls", "**"]),
@@ -253,8 +259,8 @@ fn kill_keepers(env: &TestEnv) {
 fn cleanup_daemon_repeats_until_sigterm() {
     let env = TestEnv::new();
     env.scenario(&isolation_in_place(vec![
-        ps(&[("podspawn-ghost", "exited", "ghost", "abc")]).times(1),
-        ps(&[]),
+        ps(&env, &[("podspawn-ghost", "exited", "ghost", "abc")]).times(1),
+        ps(&env, &[]),
         // A network of a user who is not registered (any more) goes too.
         Rule::docker(&["network", "ls", "**"])
             .stdout("podspawn-ghost\tghost\t\t\n")
@@ -308,7 +314,7 @@ fn status_counts_sessions_and_speaks_prometheus_and_json() {
     env.scenario(&[
         Rule::docker(&["run", "**"]),
         Rule::docker(&["exec", "**"]),
-        ps(&[(&container, "running", &user.name, "x")]),
+        ps(&env, &[(&container, "running", &user.name, "x")]),
         Rule::docker(&["version", "**"]).stdout("20.10.24\n"),
     ]);
     env.spawn(&user)

@@ -125,14 +125,15 @@ fn a_sessions_service_runs_beside_it_on_its_own_network_hardened_and_labelled() 
     assert_eq!(create.flag("--subnet"), Some("10.215.255.8/29"));
     let labels = create.flags("--label");
     assert_eq!(
-        labels[..3],
+        labels[..4],
         [
             "podspawn.managed=true",
+            &format!("podspawn.installation={}", env.installation()),
             &format!("podspawn.user={}", user.name)[..],
             "podspawn.project=api"
         ]
     );
-    assert!(labels[3].starts_with("podspawn.session=") && labels[3].len() > 20);
+    assert!(labels[4].starts_with("podspawn.session=") && labels[4].len() > 20);
 
     let runs = runs(&calls);
     assert_eq!(runs.len(), 2, "the container and its service");
@@ -164,11 +165,21 @@ fn a_sessions_service_runs_beside_it_on_its_own_network_hardened_and_labelled() 
     let mount = db.flag("--mount").unwrap();
     assert!(
         mount.starts_with(&format!("type=volume,source=podspawn-{}.api.", user.name))
-            && mount.contains(".data,target=/var/lib/db,volume-label=podspawn.managed=true,")
+            && mount.contains(&format!(
+                ".data,target=/var/lib/db,volume-label=podspawn.managed=true,\
+                 volume-label=podspawn.installation={},",
+                env.installation()
+            ))
             && mount.contains(",volume-label=podspawn.project=api,volume-label=podspawn.session="),
         "{mount}"
     );
-    assert_eq!(db.flag("--label").unwrap(), "podspawn.managed=true");
+    assert_eq!(
+        db.flags("--label")[..2],
+        [
+            "podspawn.managed=true",
+            &format!("podspawn.installation={}", env.installation())
+        ]
+    );
     for refused in ["-p", "--publish", "--publish-all", "--privileged", "-P"] {
         assert!(!db.argv.iter().any(|arg| arg == refused), "{argv}");
     }

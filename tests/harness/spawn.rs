@@ -79,14 +79,15 @@ fn run_argv_carries_labels_limits_and_hardening() {
     assert_eq!(run.flag("--hostname"), Some(container.as_str()));
     let labels = run.flags("--label");
     assert_eq!(
-        labels[..3],
+        labels[..4],
         [
             "podspawn.managed=true",
+            &format!("podspawn.installation={}", env.installation()),
             &format!("podspawn.user={}", user.name),
             "podspawn.project="
         ]
     );
-    let session = labels[3].strip_prefix("podspawn.session=").unwrap();
+    let session = labels[4].strip_prefix("podspawn.session=").unwrap();
     assert!(
         session.len() == 16 && session.chars().all(|c| c.is_ascii_hexdigit()),
         "{session}"
@@ -754,9 +755,13 @@ fn add_user_makes_the_network_of_a_user_with_an_account() {
     assert_eq!(calls.len(), 1);
     assert_eq!(
         calls[0].argv.join(" "),
-        "network create --driver bridge --subnet 10.214.255.224/28 --gateway 10.214.255.225 \
-         --label podspawn.managed=true --label podspawn.user=nobody --label podspawn.project= \
-         --label podspawn.session= podspawn-nobody"
+        format!(
+            "network create --driver bridge --subnet 10.214.255.224/28 --gateway 10.214.255.225 \
+             --label podspawn.managed=true --label podspawn.installation={} \
+             --label podspawn.user=nobody --label podspawn.project= \
+             --label podspawn.session= podspawn-nobody",
+            env.installation()
+        )
     );
     // An engine that is away does not stop the registration.
     let env = TestEnv::new();

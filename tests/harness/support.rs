@@ -182,6 +182,11 @@ impl TestEnv {
             .collect()
     }
 
+    /// The name of this tree's installation (`podspawn.installation` on what it makes).
+    pub fn installation(&self) -> String {
+        installation_of(&self.path("state"))
+    }
+
     /// The base config pointing every path into the tree, followed by `extra` (YAML
     /// sections that are not in the base).
     pub fn write_config(&self, extra: &str) {
@@ -998,4 +1003,22 @@ impl Drop for HttpServer {
             let _ = thread.join();
         }
     }
+}
+
+/// The installation a state directory makes: the first 8 hex digits of the SHA-256 of
+/// its path (worked out here by `sha256sum`, not by podspawn's code).
+pub fn installation_of(state_dir: &Path) -> String {
+    use std::io::Write;
+    let mut sha = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sha.stdin
+        .take()
+        .unwrap()
+        .write_all(state_dir.as_os_str().as_encoded_bytes())
+        .unwrap();
+    let output = sha.wait_with_output().unwrap();
+    String::from_utf8_lossy(&output.stdout)[..8].to_string()
 }

@@ -1,9 +1,9 @@
 //! The audit log through a real sshd and engine: what connections, commands, file
 //! transfers, disconnects, grace expiry, `stop`, `remove-user --force` and a refused
 //! spawn leave in it — each line one JSON object, and exactly one `session.connect`
-//! per connection when fifty come at once. (`cleanup`'s orphans are the harness's:
-//! a real `cleanup` here would take the containers of every other test's server on
-//! this engine, which it has no row for.)
+//! per connection when fifty come at once, and a real `cleanup` that finds an orphan
+//! of this installation's — and leaves alone what another installation on the same
+//! engine made (every other test's server is one).
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -188,4 +188,84 @@ fn every_connection_change_and_refusal_is_in_the_audit_log() {
     echoed.sort();
     echoed.dedup();
     assert_eq!(echoed.len(), 50);
+    assert_eq!(named(&events, "session.disconnect").len(), before + 50);
+
+    // An orphan: a container with this installation's labels and no row (a crash
+    // between create and insert); beside it, one of another installation's.
+    let installation = crate::support::installation_of(&server.root.join("state"));
+    let orphan = Container::run(
+        &format!("{}-orphan", alice.container()),
+        &installation,
+        alice,
+    );
+    let elsewhere = Container::run(
+        &format!("{}-elsewhere", alice.container()),
+        "0000beef",
+        alice,
+    );
+    let cleanup = server.podspawn(&["cleanup"]);
+    assert!(cleanup.status.success(), "{}", server.explain(&cleanup));
+    assert!(!super::container_exists(&orphan.0), "the orphan stayed");
+    assert!(
+        super::container_exists(&elsewhere.0),
+        "another installation's container went"
+    );
+    let events = server.audit_events();
+    let removed = find(
+        &events,
+        &[
+            ("event", "container.remove".into()),
+            ("container", orphan.0.as_str().into()),
+        ],
+    );
+    assert_eq!(removed["reason"], "orphan");
+    assert_eq!(removed["actor"], "cleanup");
+    assert_eq!(removed["user"], name(alice));
+    assert_eq!(removed["session"], "lost");
+    assert!(
+        !events
+            .iter()
+            .any(|event| event["container"] == elsewhere.0.as_str()),
+        "{events:#?}"
+    );
+}
+
+/// A container made by hand with podspawn's labels for `installation` and `owner`,
+/// removed when dropped.
+struct Container(String);
+
+impl Container {
+    fn run(name: &str, installation: &str, owner: &super::Account) -> Container {
+        let container = Container(name.to_string());
+        let output = Command::new("docker")
+            .args([
+                "run",
+                "--detach",
+                "--rm",
+                "--name",
+                name,
+                "--network",
+                "none",
+            ])
+            .args(["--label", "podspawn.managed=true"])
+            .args(["--label", &format!("podspawn.installation={installation}")])
+            .args(["--label", &format!("podspawn.user={}", owner.name)])
+            .args(["--label", "podspawn.project="])
+            .args(["--label", "podspawn.session=lost"])
+            .args(["--entrypoint", "/bin/sleep", super::image(), "300"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        container
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "--force", &self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }

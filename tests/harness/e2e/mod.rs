@@ -120,21 +120,9 @@ fn base_options(extra: &[&str]) -> Vec<String> {
 }
 
 /// The iptables chain server-setup makes for a state directory: `PODSPAWN-` and the
-/// first 8 hex digits of the SHA-256 of its path.
+/// installation's name.
 fn isolation_chain_of(state_dir: &Path) -> String {
-    use std::io::Write;
-    let mut sha = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    sha.stdin
-        .take()
-        .unwrap()
-        .write_all(state_dir.as_os_str().as_encoded_bytes())
-        .unwrap();
-    let output = sha.wait_with_output().unwrap();
-    format!("PODSPAWN-{}", &String::from_utf8_lossy(&output.stdout)[..8])
+    format!("PODSPAWN-{}", crate::support::installation_of(state_dir))
 }
 
 fn run_quietly(program: &str, args: &[&str]) -> bool {

@@ -282,9 +282,8 @@ fn files_move_in_and_out_of_a_project_workspace_with_scp_sftp_and_rsync() {
     );
 
     // A change to the repo builds a new image; the running session keeps its
-    // container (and so the old image) until it ends. (Removing the old image then
-    // is `cleanup`'s, tested against the fake engine: a real `cleanup` here would
-    // judge the other tests' containers, on the same engine, orphans.)
+    // container (and so the old image) until it ends; then `cleanup` removes it (and
+    // nothing of the other tests' servers: each is an installation of its own).
     let old_images = images_of(&project);
     server.commit(&repo, &[("NEWS", "something changed\n")]);
     let update = stdout(&check(
@@ -307,6 +306,14 @@ fn files_move_in_and_out_of_a_project_workspace_with_scp_sftp_and_rsync() {
     check(
         &server,
         server.podspawn(&["remove-user", &user.name, "--force"]),
+    );
+    let cleanup = stdout(&check(&server, server.podspawn(&["cleanup"])));
+    assert!(cleanup.contains("images_removed=1"), "{cleanup}");
+    let left = images_of(&project);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(
+        !old_images.contains(&left[0]),
+        "the old image stayed: {left:?}"
     );
 }
 
