@@ -61,6 +61,8 @@ pub enum ContainerState {
 /// The labels podspawn puts on a container, as found on one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Labels {
+    /// `podspawn.managed=true`, and made by this installation (another one's is not
+    /// ours to remove).
     pub managed: bool,
     pub user: String,
     pub project: String,
@@ -736,7 +738,7 @@ impl Docker {
     /// podspawn's labels on container `name`; `None` when there is no such container.
     pub fn labels(&self, name: &str) -> Result<Option<Labels>, DockerError> {
         let format = format!(
-            "{{{{index .Config.Labels \"{LABEL_MANAGED}\"}}}}\t{{{{index .Config.Labels \"{LABEL_USER}\"}}}}\t{{{{index .Config.Labels \"{LABEL_PROJECT}\"}}}}"
+            "{{{{index .Config.Labels \"{LABEL_MANAGED}\"}}}}\t{{{{index .Config.Labels \"{LABEL_INSTALLATION}\"}}}}\t{{{{index .Config.Labels \"{LABEL_USER}\"}}}}\t{{{{index .Config.Labels \"{LABEL_PROJECT}\"}}}}"
         );
         let args = strings(&["inspect", "--type", "container", "--format", &format, name]);
         let (status, stdout, stderr) = self.run(&args)?;
@@ -747,7 +749,7 @@ impl Docker {
                 Err(self.failed(&args, status, stderr))
             };
         }
-        Ok(Some(parse_labels(&stdout)))
+        Ok(Some(parse_labels(&stdout, &self.installation)))
     }
 
     /// Every container this installation made, running or not.
@@ -1258,14 +1260,18 @@ pub fn exec_args(spec: &ExecSpec) -> Vec<String> {
 }
 
 /// The labels from `labels`'s format; a label that is not there reads `<no value>`.
-fn parse_labels(stdout: &str) -> Labels {
+/// A container's labels (managed, installation, user, project), as `installation`
+/// sees them.
+fn parse_labels(stdout: &str, installation: &str) -> Labels {
     let line = stdout.lines().next().unwrap_or("");
     let mut fields = line.split('\t').map(|field| match field {
         "<no value>" => "",
         field => field,
     });
+    let managed = fields.next() == Some("true");
+    let ours = fields.next() == Some(installation);
     Labels {
-        managed: fields.next() == Some("true"),
+        managed: managed && ours,
         user: fields.next().unwrap_or("").to_string(),
         project: fields.next().unwrap_or("").to_string(),
     }
@@ -1524,15 +1530,27 @@ mod tests {
     #[test]
     fn labels_parse_and_absent_ones_are_empty() {
         assert_eq!(
-            parse_labels("true\talice\tapi\n"),
+            parse_labels("true\t0123abcd\talice\tapi\n", "0123abcd"),
             Labels {
                 managed: true,
                 user: "alice".into(),
                 project: "api".into()
             }
         );
+        // Another installation's is not ours.
         assert_eq!(
-            parse_labels("<no value>\t<no value>\t<no value>\n"),
+            parse_labels("true\t4567cdef\talice\tapi\n", "0123abcd"),
+            Labels {
+                managed: false,
+                user: "alice".into(),
+                project: "api".into()
+            }
+        );
+        assert_eq!(
+            parse_labels(
+                "<no value>\t<no value>\t<no value>\t<no value>\n",
+                "0123abcd"
+            ),
             Labels {
                 managed: false,
                 user: String::new(),

@@ -146,7 +146,7 @@ impl SessionError {
                 "your container stopped as soon as it started; tell your admin".to_string()
             }
             SessionError::Foreign { container } => format!(
-                "a container named {container} that podspawn did not make is in the way; tell your admin"
+                "a container named {container} that this podspawn did not make is in the way; tell your admin"
             ),
             SessionError::NotRegistered(_) => {
                 "you are not registered with podspawn on this server; tell your admin".to_string()

@@ -1027,7 +1027,7 @@ fn a_foreign_container_of_the_sessions_name_is_left_alone() {
     assert_eq!(
         String::from_utf8_lossy(&output.stderr),
         format!(
-            "podspawn: a container named {} that podspawn did not make is in the way; tell your admin\n",
+            "podspawn: a container named {} that this podspawn did not make is in the way; tell your admin\n",
             env.container()
         )
     );

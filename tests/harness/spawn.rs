@@ -910,14 +910,30 @@ fn a_container_in_the_way_is_removed_only_if_it_is_podspawns() {
     // Someone else's container of that name: no labels. It stays; one line says why.
     env.scenario(&[
         name_in_use(&name),
-        labels_rule(&name, "<no value>\t<no value>\t<no value>\n"),
+        labels_rule(&name, "<no value>\t<no value>\t<no value>\t<no value>\n"),
     ]);
     env.spawn(&user)
         .var("SSH_ORIGINAL_COMMAND", "true")
         .run()
         .assert_one_line_error(
             125,
-            &format!("a container named {name} that podspawn did not make"),
+            &format!("a container named {name} that this podspawn did not make"),
+        );
+    assert_eq!(subcommands(&env.docker_calls()), ["run", "inspect"]);
+
+    // Another installation's, on the same engine, for a user of the same name: it
+    // stays too.
+    let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    env.scenario(&[
+        name_in_use(&name),
+        labels_rule(&name, &format!("true\t0000beef\t{}\t\n", user.name)),
+    ]);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .run()
+        .assert_one_line_error(
+            125,
+            &format!("a container named {name} that this podspawn did not make"),
         );
     assert_eq!(subcommands(&env.docker_calls()), ["run", "inspect"]);
 
@@ -925,7 +941,10 @@ fn a_container_in_the_way_is_removed_only_if_it_is_podspawns() {
     let (env, user) = lifecycle_env("  grace_period: 60s\n");
     env.scenario(&[
         name_in_use(&name),
-        labels_rule(&name, &format!("true\t{}\t\n", user.name)),
+        labels_rule(
+            &name,
+            &format!("true\t{}\t{}\t\n", env.installation(), user.name),
+        ),
         rm_rule(),
         run_rule(),
         Rule::docker(&["exec", "**"]),
