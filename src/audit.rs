@@ -72,6 +72,7 @@ static TRAIL: OnceLock<Trail> = OnceLock::new();
 /// Starts this process's audit log; the first call wins. `client`: the
 /// `SSH_CONNECTION` of a connection.
 pub fn start(config: &LogConfig, actor: Actor, client: Option<&str>) {
+    lift_file_size_limit();
     let _ = TRAIL.set(Trail {
         path: config.audit_log.as_ref().map(|path| path.0.clone()),
         actor: actor.name(),
@@ -217,12 +218,6 @@ pub fn record(event: Event) {
 /// (a full disk, a writer killed in the middle) is ended first, so that what it cut
 /// takes no other line with it.
 fn append(path: &std::path::Path, line: &[u8], strict: bool) -> std::io::Result<()> {
-    if file_size_is_limited() {
-        // A limit the caller set (`ulimit -f`) would cut this line where it likes.
-        return Err(std::io::Error::other(
-            "a file size limit (RLIMIT_FSIZE) is set for this process",
-        ));
-    }
     let open = |create: bool| {
         let mut options = std::fs::OpenOptions::new();
         options
@@ -263,9 +258,18 @@ fn append(path: &std::path::Path, line: &[u8], strict: bool) -> std::io::Result<
     // (a writer stopped in the middle) is not waited for: the line goes anyway, only
     // without that check.
     let locked = lock_briefly(&file);
+    let size = file.metadata()?.len();
+    // A file size limit the caller kept (`ulimit -Hf`) would cut the line short.
+    if let Some(limit) = file_size_limit()
+        && size.saturating_add(line.len() as u64 + 1) > limit
+    {
+        return Err(std::io::Error::other(format!(
+            "the line would pass this process's file size limit ({limit} bytes, RLIMIT_FSIZE)"
+        )));
+    }
     let mut last = [0u8; 1];
-    let size = if locked { file.metadata()?.len() } else { 0 };
-    let cut_short = size > 0
+    let cut_short = locked
+        && size > 0
         && std::os::unix::fs::FileExt::read_at(&file, &mut last, size - 1)? == 1
         && last[0] != b'\n';
     let mut whole = Vec::with_capacity(line.len() + 1);
@@ -297,14 +301,33 @@ fn lock_briefly(file: &std::fs::File) -> bool {
     false
 }
 
-/// Whether this process may not write files past some size.
-fn file_size_is_limited() -> bool {
+/// The most this process may write into a file (RLIMIT_FSIZE), if it is limited.
+fn file_size_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     let asked = unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit) };
-    asked == 0 && limit.rlim_cur != libc::RLIM_INFINITY
+    (asked == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+/// A file size limit the caller set (`ulimit -f`) goes up as far as it may (its hard
+/// limit), and a write past one fails instead of killing this process (SIGXFSZ): a
+/// caller's limit neither keeps events out of the audit log nor ends a connection
+/// or its keeper while they log.
+fn lift_file_size_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on this process's own limits and signals.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
+        }
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 }
 
 /// A file root just made: `root:docker` with its mode, so spawn can append.

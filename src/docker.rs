@@ -1074,12 +1074,15 @@ pub fn run_args(spec: &ContainerSpec, installation: &str) -> Vec<String> {
     }
     args.extend(["--name".into(), spec.name.clone()]);
     args.extend(["--hostname".into(), spec.name.clone()]);
+    // Every label of podspawn's set, empty where unused: none comes from the image
+    // (a base image could carry `podspawn.service`, and pass for a service).
     for (label, value) in [
         (LABEL_MANAGED, "true"),
         (LABEL_INSTALLATION, installation),
         (LABEL_USER, user.name.as_str()),
         (LABEL_PROJECT, spec.project.as_str()),
         (LABEL_SESSION, spec.session_id.as_str()),
+        (LABEL_SERVICE, ""),
     ] {
         args.extend(["--label".into(), format!("{label}={value}")]);
     }

@@ -180,12 +180,22 @@ mod tests {
     #[test]
     fn end_marked_ends_only_the_marked_processes() {
         let spawn = |marker: &str| {
-            Command::new("sleep")
+            use std::os::unix::process::CommandExt;
+            let mut command = Command::new("sleep");
+            command
                 .arg("30")
                 .env("PODSPAWN_CONNECTION", marker)
-                .stdin(Stdio::null())
-                .spawn()
-                .unwrap()
+                .stdin(Stdio::null());
+            // SIGHUP as a user's process has it, whatever this test inherited (under
+            // `nohup` it is ignored).
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::signal(libc::SIGHUP, libc::SIG_DFL);
+                    Ok(())
+                });
+            }
+            command.spawn().unwrap()
         };
         let mut mine = spawn("test-end-marked-1");
         let mut other = spawn("test-end-marked-10");

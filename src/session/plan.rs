@@ -344,7 +344,10 @@ pub fn probe_label(until: Millis) -> String {
 const PROBE: &str = "probe-until-";
 
 /// podspawn's containers that no session owns (an image being tried is nobody's,
-/// but not an orphan until its time is up, `now`).
+/// but not an orphan until its time is up, `now`). One with no session label is not
+/// a session's at all: a build's step of a project image (the image carries
+/// podspawn's labels, and so the containers the builder makes from it), or a
+/// container someone ran from such an image by hand — not podspawn's to remove.
 pub fn orphans<'a>(
     managed: &'a [ManagedContainer],
     owned: &std::collections::BTreeSet<String>,
@@ -359,7 +362,11 @@ pub fn orphans<'a>(
     };
     managed
         .iter()
-        .filter(|container| !owned.contains(&container.name) && !being_tried(container))
+        .filter(|container| {
+            !container.session.is_empty()
+                && !owned.contains(&container.name)
+                && !being_tried(container)
+        })
         .collect()
 }
 
@@ -700,8 +707,14 @@ mod tests {
             running: true,
             user: String::new(),
             project: String::new(),
-            session: String::new(),
+            session: "0123abcd".into(),
             service: String::new(),
+        };
+        // A build's step: from a project image, with no session.
+        let building = ManagedContainer {
+            session: String::new(),
+            project: "api".into(),
+            ..container("3f2a9c1b7d")
         };
         let probe = |name: &str, until: Millis| ManagedContainer {
             session: probe_label(until),
@@ -712,6 +725,7 @@ mod tests {
             container("podspawn-bob"),
             probe("podspawn-probe-1", NOW + 1),
             probe("podspawn-probe-2", NOW),
+            building,
         ];
         let owned = ["podspawn-alice".to_string()].into();
         let names: Vec<&str> = orphans(&managed, &owned, NOW)

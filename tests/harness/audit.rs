@@ -1,6 +1,8 @@
 //! The audit log against the fake docker: what a connection, a refusal and an
 //! admin leave in it, each line one JSON object, and many writers at once.
 
+use std::io::Write;
+
 use serde_json::Value;
 
 use crate::support::{ED25519, Rule, TestEnv};
@@ -194,6 +196,68 @@ fn an_audit_log_that_cannot_be_written_stops_nothing_and_says_so_once() {
             "{event} not in the service log:\n{log}"
         );
     }
+}
+
+/// A file size limit the caller sets (`ulimit -f`) keeps no event out of the audit log
+/// while it may be lifted, cuts no line when it may not, and kills no connection
+/// (SIGXFSZ) as it logs.
+#[test]
+fn a_callers_file_size_limit_cuts_no_line_and_ends_no_connection() {
+    let env = TestEnv::new();
+    env.write_config(&format!(
+        "defaults:\n  image: {IMAGE}\nsession:\n  grace_period: 60s\n"
+    ));
+    let user = env.spawn_user();
+    let rules = [
+        Rule::docker(&["run", "**"]).stdout("f00dcafe\n"),
+        Rule::docker(&["exec", "**"]).stdout("ran\n"),
+        Rule::docker(&["rm", "--force", "**"]),
+    ];
+    env.scenario(&rules);
+    // A soft limit of one byte: lifted to the hard one (none).
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .file_size_limit(1, u64::MAX)
+        .run()
+        .assert_success()
+        .assert_stdout("ran\n")
+        .assert_stderr("");
+    let events = env.audit_events();
+    let names: Vec<&str> = events
+        .iter()
+        .map(|event| event["event"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"session.connect") && names.contains(&"session.disconnect"),
+        "{names:?}"
+    );
+    // A hard limit just past an audit log grown large (every other file is far below
+    // it): no line fits, none is begun, the events go to the service log, and the
+    // connection ends as its command did.
+    let mut grown = std::fs::OpenOptions::new()
+        .append(true)
+        .open(env.audit_path())
+        .unwrap();
+    let filler = format!(
+        "{{\"event\":\"filler\",\"text\":\"{}\"}}\n",
+        "x".repeat(1 << 20)
+    );
+    grown.write_all(filler.as_bytes()).unwrap();
+    drop(grown);
+    let size = std::fs::metadata(env.audit_path()).unwrap().len();
+    let limit = size + 10;
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .file_size_limit(limit, limit)
+        .run()
+        .assert_success()
+        .assert_stdout("ran\n")
+        .assert_stderr("");
+    assert_eq!(std::fs::metadata(env.audit_path()).unwrap().len(), size);
+    assert_eq!(env.audit_events().len(), events.len() + 1);
+    let log = std::fs::read_to_string(env.log_path()).unwrap();
+    assert!(log.contains("file size limit"), "{log}");
+    assert!(log.contains("\"event\":\"session.connect\""), "{log}");
 }
 
 /// contrib/logrotate/podspawn as logrotate reads it: the audit log rotated where its

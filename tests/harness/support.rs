@@ -284,6 +284,7 @@ impl TestEnv {
             ids: None,
             vars,
             input: Input::Null,
+            file_size_limit: None,
         }
     }
 
@@ -566,9 +567,17 @@ pub struct Invocation<'a> {
     ids: Option<(u32, u32)>,
     vars: BTreeMap<String, OsString>,
     input: Input,
+    /// RLIMIT_FSIZE (soft, hard) to run with, as `ulimit -f` would set it.
+    file_size_limit: Option<(u64, u64)>,
 }
 
 impl Invocation<'_> {
+    /// Runs with this file size limit (bytes; `u64::MAX` for none).
+    pub fn file_size_limit(mut self, soft: u64, hard: u64) -> Self {
+        self.file_size_limit = Some((soft, hard));
+        self
+    }
+
     /// Run as another uid/gid, from a copy of the binary that user can reach.
     pub fn run_as(mut self, uid: u32, gid: u32) -> Self {
         self.ids = Some((uid, gid));
@@ -636,6 +645,21 @@ impl Invocation<'_> {
                 let (master, slave) = open_pty();
                 command.stdin(Stdio::from(slave));
                 terminal = Some(master);
+            }
+        }
+        if let Some((soft, hard)) = self.file_size_limit {
+            // SAFETY: only setrlimit between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
             }
         }
         if let Some((uid, gid)) = self.ids {

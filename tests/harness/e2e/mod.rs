@@ -343,13 +343,18 @@ impl Server {
 
     /// The installed podspawn, as root, with this server's config.
     pub fn podspawn(&self, args: &[&str]) -> Output {
-        Command::new(self.root.join("bin/podspawn"))
+        self.podspawn_command(args).output().unwrap()
+    }
+
+    /// The same, to start.
+    pub fn podspawn_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(self.root.join("bin/podspawn"));
+        command
             .args(args)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("PODSPAWN_CONFIG", self.root.join("config.yaml"))
-            .output()
-            .unwrap()
+            .env("PODSPAWN_CONFIG", self.root.join("config.yaml"));
+        command
     }
 
     fn start_sshd(&mut self) {

@@ -467,3 +467,49 @@ fn connections_that_find_the_image_missing_build_it_once_and_only_a_terminal_see
     assert!(terminal.expect("built", wait), "{}", terminal.seen);
     assert!(terminal.child.wait().unwrap().success());
 }
+
+/// The builder's containers for a project image's steps carry podspawn's labels (the
+/// image has them from its `LABEL` step on) but no session: a `cleanup` that runs
+/// meanwhile (from cron, every minute) leaves them, and the build, alone.
+#[test]
+fn a_cleanup_during_a_build_leaves_the_build_alone() {
+    let server = crate::server_or_skip!("60s", 0);
+    let project = server.project_name("slow");
+    let repo = server.git_repo(
+        "slow-repo",
+        &[(
+            "podfile.yaml",
+            &format!(
+                "base: {}\non_create: sleep 4; echo built > built.txt\n",
+                image()
+            ),
+        )],
+    );
+    let adding = server
+        .podspawn_command(&["add-project", &project, "--repo", repo.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let building = || {
+        let output = Command::new("docker")
+            .args(["ps", "--quiet", "--filter"])
+            .arg(format!("label=podspawn.project={project}"))
+            .output()
+            .unwrap();
+        !stdout(&output).trim().is_empty()
+    };
+    assert!(
+        server
+            .wait_until(Duration::from_secs(120), building)
+            .is_some(),
+        "no build step ran"
+    );
+    let cleanup = stdout(&check(&server, server.podspawn(&["cleanup"])));
+    assert!(cleanup.contains("orphans_removed=0"), "{cleanup}");
+    assert!(cleanup.contains("images_removed=0"), "{cleanup}");
+    let added = adding.wait_with_output().unwrap();
+    check(&server, added);
+    assert_eq!(images_of(&project).len(), 1);
+}
