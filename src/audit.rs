@@ -457,6 +457,23 @@ mod tests {
     }
 
     #[test]
+    fn a_log_with_another_name_is_not_written_where_it_must_be_roots_alone() {
+        let dir = std::env::temp_dir().join(format!("podspawn-audit-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        std::fs::write(&path, "").unwrap();
+        std::fs::hard_link(&path, dir.join("elsewhere")).unwrap();
+        let result = append(&path, b"{}\n", true);
+        let written = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let err = result.unwrap_err().to_string();
+        if unsafe { libc::geteuid() } == 0 {
+            assert!(err.contains("hard links"), "{err}");
+        }
+        assert_eq!(written, "");
+    }
+
+    #[test]
     fn only_an_address_and_a_port_are_a_client() {
         assert_eq!(
             client_of("2001:db8::1 40000 2001:db8::2 22")

@@ -85,9 +85,10 @@ pub enum ExecEnd {
     Exited { code: i32, held_stderr: Vec<u8> },
     /// The client went away; what ran for it in the container has been ended.
     Disconnected { signal: i32 },
-    /// An admin ended the session (`podspawn stop`) while the program ran; `code` is
-    /// how it ended (its own, if the session was not destroyed after all).
-    Stopped { code: i32 },
+    /// An admin ended the session (`podspawn stop`) while the program ran, or before;
+    /// `code` and `held_stderr` as for `Exited` (the program's own end, if the session
+    /// was not destroyed after all).
+    Stopped { code: i32, held_stderr: Vec<u8> },
 }
 
 /// What a probe run of an image printed.
@@ -326,8 +327,12 @@ impl Engine for DockerEngine {
                 let _ = child.wait();
                 Ok(ExecEnd::Disconnected { signal })
             }
-            Ended::Stopped { status } => Ok(ExecEnd::Stopped {
+            Ended::Stopped {
+                status,
+                held_stderr,
+            } => Ok(ExecEnd::Stopped {
                 code: exec::exit_code(status),
+                held_stderr,
             }),
         }
     }

@@ -37,8 +37,11 @@ pub enum Ended {
     /// child still ran; `signal` is what podspawn exits with (128 + signal).
     Disconnected { signal: i32, child: Child },
     /// An admin ended the session (`stop` sent `host::STOP_SIGNAL`) while the child
-    /// ran, and the child then ended as it did.
-    Stopped { status: ExitStatus },
+    /// ran (or before), and the child then ended as it did, with what was held back.
+    Stopped {
+        status: ExitStatus,
+        held_stderr: Vec<u8>,
+    },
 }
 
 /// Set by `stop`'s signal.
@@ -119,12 +122,16 @@ pub fn supervise(mut command: Command) -> io::Result<Ended> {
             if let Some(stderr) = stderr.take() {
                 drain(stderr, &mut relay);
             }
+            let held_stderr = relay.into_held();
             if stop_requested() {
-                return Ok(Ended::Stopped { status });
+                return Ok(Ended::Stopped {
+                    status,
+                    held_stderr,
+                });
             }
             return Ok(Ended::Exited {
                 status,
-                held_stderr: relay.into_held(),
+                held_stderr,
             });
         }
         let mut fds = vec![libc::pollfd {

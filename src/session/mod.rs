@@ -337,18 +337,23 @@ fn audit_connect(request: &ConnectRequest, attached: &Attached) {
 
 /// The audit log's `session.disconnect`: how the connection ended, and after how long.
 fn audit_disconnect(attached: &Attached, result: &Result<i32, SessionError>, took: Duration) {
+    let event = disconnect_event(attached, took);
+    audit::record(match result {
+        Ok(code) => event.with("exit_code", *code),
+        Err(err) => event.with("error", err.to_string()),
+    });
+}
+
+/// A `session.disconnect` of `attached`, connected for `took`.
+fn disconnect_event(attached: &Attached, took: Duration) -> Event {
     let session = &attached.session;
-    let event = Event::new("session.disconnect")
+    Event::new("session.disconnect")
         .with("user", session.user.as_str())
         .with("project", session.project.as_str())
         .with("session", session.session_id.as_str())
         .with("container", session.container.as_str())
         .with("connection", attached.connection)
-        .with("duration_ms", took.as_millis() as u64);
-    audit::record(match result {
-        Ok(code) => event.with("exit_code", *code),
-        Err(err) => event.with("error", err.to_string()),
-    });
+        .with("duration_ms", took.as_millis() as u64)
 }
 
 /// A recorded connection into a session.
@@ -460,23 +465,24 @@ impl<E: Engine, H: Host> Sessions<E, H> {
         request: &ConnectRequest,
         settings: &Settings,
     ) -> Result<i32, SessionError> {
-        let started = std::time::Instant::now();
         let mut connected = None;
         let result = self.connect_and_run(request, settings, &mut connected);
-        if let Some(attached) = &connected {
-            audit_disconnect(attached, &result, started.elapsed());
+        if let Some((attached, since)) = &connected {
+            audit_disconnect(attached, &result, since.elapsed());
         }
         result
     }
 
     /// `connect`'s work; `connected` is the attached session once the connection
-    /// has one (audited as connected then).
+    /// has one (audited as connected then), and since when: the connection's start,
+    /// or the moment a container made anew replaced the first.
     fn connect_and_run(
         &mut self,
         request: &ConnectRequest,
         settings: &Settings,
-        connected: &mut Option<Attached>,
+        connected: &mut Option<(Attached, std::time::Instant)>,
     ) -> Result<i32, SessionError> {
+        let started = std::time::Instant::now();
         let mut built = false;
         loop {
             let attached = match self.attach(request, settings) {
@@ -535,25 +541,36 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             }
             // A container made anew (the last one was gone before the command ran)
             // is a new connection in it: the audit log says so, one ending the other.
-            match connected.take() {
-                Some(replaced) if replaced.connection != attached.connection => {
+            let since = match connected.take() {
+                Some((replaced, since)) if replaced.connection != attached.connection => {
                     audit::record(
-                        Event::new("session.disconnect")
-                            .with("user", replaced.session.user.as_str())
-                            .with("project", replaced.session.project.as_str())
-                            .with("session", replaced.session.session_id.as_str())
-                            .with("container", replaced.session.container.as_str())
-                            .with("connection", replaced.connection)
+                        disconnect_event(&replaced, since.elapsed())
                             .with("reason", Reason::Gone.name()),
                     );
                     audit_connect(request, &attached);
+                    std::time::Instant::now()
                 }
-                Some(same) => drop(same),
-                None => audit_connect(request, &attached),
-            }
-            *connected = Some(attached.clone());
+                Some((_, since)) => since,
+                None => {
+                    audit_connect(request, &attached);
+                    started
+                }
+            };
+            *connected = Some((attached.clone(), since));
             let spec = self.exec_spec(request, &attached);
             let end = match self.effects.engine().exec(&spec) {
+                Ok(crate::engine::ExecEnd::Stopped { code, held_stderr }) => {
+                    // `stop` told this connection, then destroyed the session, unless
+                    // it could not: then the program's end is its own.
+                    match self.survived_stop(&attached) {
+                        Ok(true) => crate::engine::ExecEnd::Exited { code, held_stderr },
+                        Ok(false) => crate::engine::ExecEnd::Stopped { code, held_stderr },
+                        Err(err) => {
+                            self.release_or_log(&attached);
+                            return Err(err);
+                        }
+                    }
+                }
                 Ok(end) => end,
                 Err(err) => {
                     self.release_or_log(&attached);
@@ -573,22 +590,8 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                 crate::engine::ExecEnd::Stopped { .. } => Vec::new(),
             };
             match plan::after_exec(&end) {
-                AfterExec::Stopped { code } => {
-                    // `stop` told this connection, then destroyed the session; if the
-                    // session is still there, it did not, and the command's end is
-                    // the command's.
-                    // Under the user's lock, which `stop` holds until the row is gone:
-                    // the container (and so this exec) ends before that.
-                    let still = {
-                        let _lock = self.lock(&attached.session.user)?;
-                        self.state
-                            .session(&attached.session.user, &attached.session.project)?
-                            .is_some_and(|row| row.session_id == attached.session.session_id)
-                    };
+                AfterExec::Stopped => {
                     self.release_or_log(&attached);
-                    if still {
-                        return Ok(code);
-                    }
                     return Err(SessionError::Stopped);
                 }
                 AfterExec::Finished { code } => {
@@ -635,6 +638,18 @@ impl<E: Engine, H: Host> Sessions<E, H> {
                 }
             }
         }
+    }
+
+    /// Whether the session of `attached` is still there after `stop` told this
+    /// connection (it destroys it then, unless it cannot). Asked under the user's lock,
+    /// which `stop` holds until the row is gone: the container, and so the exec, ends
+    /// before that.
+    fn survived_stop(&mut self, attached: &Attached) -> Result<bool, SessionError> {
+        let _lock = self.lock(&attached.session.user)?;
+        Ok(self
+            .state
+            .session(&attached.session.user, &attached.session.project)?
+            .is_some_and(|row| row.session_id == attached.session.session_id))
     }
 
     /// Releases a connection, and passes on `code`: the command's result is the

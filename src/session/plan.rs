@@ -236,9 +236,9 @@ pub enum AfterExec {
     /// Exit 1 with docker's "no such container" held back: the command's own exit 1,
     /// or a container that was gone before it ran. Only the engine can tell.
     AskEngine,
-    /// An admin ended the session (if it is gone indeed: otherwise `code` is the
-    /// command's): nothing is made again.
-    Stopped { code: i32 },
+    /// An admin ended the session, and it is gone: nothing is made again. (A stop
+    /// that did not destroy the session is an `Exited`: the session layer asks first.)
+    Stopped,
 }
 
 pub fn after_exec(end: &ExecEnd) -> AfterExec {
@@ -249,7 +249,7 @@ pub fn after_exec(end: &ExecEnd) -> AfterExec {
         } if !held_stderr.is_empty() => AfterExec::AskEngine,
         ExecEnd::Exited { code, .. } => AfterExec::Finished { code: *code },
         ExecEnd::Disconnected { signal } => AfterExec::Finished { code: 128 + signal },
-        ExecEnd::Stopped { code } => AfterExec::Stopped { code: *code },
+        ExecEnd::Stopped { .. } => AfterExec::Stopped,
     }
 }
 

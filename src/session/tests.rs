@@ -27,6 +27,8 @@ struct FakeEngine {
     script: Vec<ExecEnd>,
     /// Containers that vanish the moment an exec is tried (removed by hand).
     vanish_on_exec: bool,
+    /// The container vanishes as the next exec ends (its answer still the script's).
+    vanish_after_exec: bool,
     networks: BTreeSet<String>,
     /// name -> (cidr, user)
     subnets: BTreeMap<String, (String, String)>,
@@ -345,14 +347,19 @@ impl Engine for FakeEngine {
                 held_stderr: b"Error response from daemon: No such container: x\n".to_vec(),
             });
         }
-        Ok(if self.script.is_empty() {
+        let end = if self.script.is_empty() {
             ExecEnd::Exited {
                 code: 0,
                 held_stderr: Vec::new(),
             }
         } else {
             self.script.remove(0)
-        })
+        };
+        if self.vanish_after_exec {
+            self.vanish_after_exec = false;
+            self.running.remove(&spec.container);
+        }
+        Ok(end)
     }
 }
 
@@ -388,6 +395,8 @@ struct FakeHost {
     woken: std::cell::RefCell<Vec<i32>>,
     /// Connections told their session was stopped, by pid.
     told_stopped: std::cell::RefCell<Vec<i32>>,
+    /// This process was told its session was stopped.
+    stopped: bool,
     /// Ports that never answer; every port asked about, in order.
     silent_ports: BTreeSet<u16>,
     asked_ports: std::cell::RefCell<Vec<std::net::SocketAddrV4>>,
@@ -406,6 +415,7 @@ impl Default for FakeHost {
             removed: BTreeSet::new(),
             woken: std::cell::RefCell::new(Vec::new()),
             told_stopped: std::cell::RefCell::new(Vec::new()),
+            stopped: false,
             silent_ports: BTreeSet::new(),
             asked_ports: std::cell::RefCell::new(Vec::new()),
         }
@@ -452,7 +462,7 @@ impl Host for FakeHost {
         self.told_stopped.borrow_mut().push(connection.pid);
     }
     fn was_stopped(&self) -> bool {
-        false
+        self.stopped
     }
     fn other_users(&self, user: &UserName) -> Vec<(String, u32)> {
         self.accounts
@@ -622,7 +632,10 @@ fn stop_tells_the_live_connections_then_destroys_the_session() {
 fn a_stopped_connection_makes_nothing_again_and_says_why() {
     let (mut f, settings) = fixture(SessionMode::GracePeriod);
     // `stop` meanwhile: the exec ends told, and the session is gone.
-    f.sessions.engine().script = vec![ExecEnd::Stopped { code: 137 }];
+    f.sessions.engine().script = vec![ExecEnd::Stopped {
+        code: 137,
+        held_stderr: Vec::new(),
+    }];
     let db = f._db.path();
     f.sessions.engine().during_exec = Some(Box::new(move || {
         let other = crate::state::State::open(&db).unwrap();
@@ -639,7 +652,10 @@ fn a_stopped_connection_makes_nothing_again_and_says_why() {
 #[test]
 fn a_stop_that_did_not_destroy_the_session_leaves_the_commands_exit_code() {
     let (mut f, settings) = fixture(SessionMode::GracePeriod);
-    f.sessions.engine().script = vec![ExecEnd::Stopped { code: 3 }];
+    f.sessions.engine().script = vec![ExecEnd::Stopped {
+        code: 3,
+        held_stderr: Vec::new(),
+    }];
     assert_eq!(
         f.sessions
             .connect(&request(Program::Command("exit 3".into())), &settings)
@@ -647,6 +663,27 @@ fn a_stop_that_did_not_destroy_the_session_leaves_the_commands_exit_code() {
         3
     );
     assert_eq!(f.connection_rows(), 0, "the connection was released");
+}
+
+/// A stop that did not destroy the session, and then a container found gone: the
+/// connection ends there, saying why, and makes nothing again.
+#[test]
+fn after_a_stop_a_vanished_container_is_not_made_again() {
+    let (mut f, settings) = fixture(SessionMode::GracePeriod);
+    f.connect(&settings);
+    f.sessions.engine().script = vec![ExecEnd::Stopped {
+        code: 1,
+        held_stderr: b"Error response from daemon: No such container: podspawn-alice\n".to_vec(),
+    }];
+    f.sessions.engine().vanish_after_exec = true;
+    f.sessions.host.stopped = true;
+    let err = f
+        .sessions
+        .connect(&request(Program::Shell), &settings)
+        .unwrap_err();
+    assert_eq!(err.user_message(), "an admin ended this session");
+    assert_eq!(f.sessions.engine().creates, 1, "no second container");
+    assert_eq!(f.connection_rows(), 0);
 }
 
 #[test]

@@ -574,6 +574,37 @@ fn a_container_removed_by_hand_is_recreated_without_the_user_noticing() {
         subcommands(&env.docker_calls()),
         ["run", "exec", "exec", "inspect", "rm", "run", "exec"]
     );
+    // The audit log: the second connection in the vanished container ended
+    // ("replaced", with its time), and went on as a new one in the new container.
+    let events = env.audit_events();
+    let second: Vec<_> = events
+        .iter()
+        .filter(|event| event["pid"] != events[0]["pid"])
+        .filter(|event| event["event"].as_str().unwrap().starts_with("session."))
+        .collect();
+    let described: Vec<(&str, Option<&str>, i64)> = second
+        .iter()
+        .map(|event| {
+            (
+                event["event"].as_str().unwrap(),
+                event["reason"].as_str(),
+                event["connection"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        described,
+        [
+            ("session.connect", None, 2),
+            ("session.disconnect", Some("replaced"), 2),
+            ("session.connect", None, 3),
+            ("session.disconnect", None, 3),
+        ],
+        "{events:#?}"
+    );
+    assert!(second[1]["duration_ms"].as_u64().is_some());
+    assert_eq!(second[3]["exit_code"], 0);
+    assert_ne!(second[0]["session"], second[2]["session"]);
 }
 
 #[test]

@@ -797,10 +797,21 @@ pub fn binary_for_others() -> PathBuf {
     }
     BINARY_COPY_DIR
         .get_or_init(|| {
-            let dir =
-                std::env::temp_dir().join(format!("podspawn-test-bin-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap();
+            // A new directory (made here, never one found: in the shared /tmp another
+            // user could have put one there first), 0755 once ours.
+            let dir = (0u32..100)
+                .map(|n| {
+                    std::env::temp_dir().join(format!(
+                        "podspawn-test-bin-{}-{}-{n}",
+                        std::process::id(),
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap()
+                            .subsec_nanos()
+                    ))
+                })
+                .find(|dir| fs::create_dir(dir).is_ok())
+                .expect("a new directory in the temp dir");
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
             copy_executable(Path::new(PODSPAWN), &dir.join("podspawn"), 0o755);
             // SAFETY: registers a plain function, run once by exit().
