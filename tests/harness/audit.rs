@@ -5,7 +5,7 @@ use std::io::Write;
 
 use serde_json::Value;
 
-use crate::support::{ED25519, Rule, TestEnv};
+use crate::support::{ED25519, Rule, TestEnv, spawn_env};
 
 const IMAGE: &str = "test-image";
 
@@ -18,11 +18,7 @@ fn events_named<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
 
 #[test]
 fn a_connection_leaves_its_container_its_command_and_its_end_with_the_client() {
-    let env = TestEnv::new();
-    env.write_config(&format!(
-        "defaults:\n  image: {IMAGE}\nsession:\n  grace_period: 60s\n"
-    ));
-    let user = env.spawn_user();
+    let (env, user) = spawn_env(IMAGE, "  grace_period: 60s\n");
     env.scenario(&[
         Rule::docker(&["run", "**"]).stdout("f00dcafe\n"),
         Rule::docker(&["exec", "**"]).exit(3),
@@ -95,11 +91,7 @@ fn a_refused_connection_says_by_which_rule() {
 
 #[test]
 fn fifty_connections_at_once_leave_fifty_whole_lines_each() {
-    let env = TestEnv::new();
-    env.write_config(&format!(
-        "defaults:\n  image: {IMAGE}\nsession:\n  grace_period: 60s\n"
-    ));
-    let user = env.spawn_user();
+    let (env, user) = spawn_env(IMAGE, "  grace_period: 60s\n");
     env.scenario(&[
         Rule::docker(&["run", "**"]).stdout("f00dcafe\n"),
         Rule::docker(&["exec", "**"]),
@@ -162,11 +154,7 @@ fn admins_adding_and_removing_users_are_recorded_as_admins() {
 
 #[test]
 fn an_audit_log_that_cannot_be_written_stops_nothing_and_says_so_once() {
-    let env = TestEnv::new();
-    env.write_config(&format!(
-        "defaults:\n  image: {IMAGE}\nsession:\n  grace_period: 60s\n"
-    ));
-    let user = env.spawn_user();
+    let (env, user) = spawn_env(IMAGE, "  grace_period: 60s\n");
     // Gone (a rotation without `create`, say): spawn never makes it.
     std::fs::remove_file(env.audit_path()).unwrap();
     env.scenario(&[
@@ -203,11 +191,7 @@ fn an_audit_log_that_cannot_be_written_stops_nothing_and_says_so_once() {
 /// (SIGXFSZ) as it logs.
 #[test]
 fn a_callers_file_size_limit_cuts_no_line_and_ends_no_connection() {
-    let env = TestEnv::new();
-    env.write_config(&format!(
-        "defaults:\n  image: {IMAGE}\nsession:\n  grace_period: 60s\n"
-    ));
-    let user = env.spawn_user();
+    let (env, user) = spawn_env(IMAGE, "  grace_period: 60s\n");
     let rules = [
         Rule::docker(&["run", "**"]).stdout("f00dcafe\n"),
         Rule::docker(&["exec", "**"]).stdout("ran\n"),

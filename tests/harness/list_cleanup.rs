@@ -5,12 +5,7 @@ use std::time::Duration;
 use crate::support::{Input, Rule, SpawnUser, TestEnv};
 
 fn env_with(session: &str) -> (TestEnv, SpawnUser) {
-    let env = TestEnv::new();
-    env.write_config(&format!(
-        "defaults:\n  image: test-image\nsession:\n{session}"
-    ));
-    let user = env.spawn_user();
-    (env, user)
+    crate::support::spawn_env("test-image", session)
 }
 
 /// `docker ps` of what `env`'s installation made, answering with these containers

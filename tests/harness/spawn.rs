@@ -18,10 +18,7 @@ fn rm_rule() -> Rule {
 
 /// A tree whose config names the test image and the given session settings.
 fn lifecycle_env(session: &str) -> (TestEnv, SpawnUser) {
-    let env = TestEnv::new();
-    env.write_config(&format!("defaults:\n  image: {IMAGE}\nsession:\n{session}"));
-    let user = env.spawn_user();
-    (env, user)
+    crate::support::spawn_env(IMAGE, session)
 }
 
 fn subcommands(calls: &[Call]) -> Vec<&str> {
@@ -936,40 +933,30 @@ fn labels_rule(name: &str, answer: &str) -> Rule {
 
 #[test]
 fn a_container_in_the_way_is_removed_only_if_it_is_podspawns() {
-    let (env, user) = lifecycle_env("  grace_period: 60s\n");
-    let name = format!("podspawn-{}", user.name);
-    // Someone else's container of that name: no labels. It stays; one line says why.
-    env.scenario(&[
-        name_in_use(&name),
-        labels_rule(&name, "<no value>\t<no value>\t<no value>\t<no value>\n"),
-    ]);
-    env.spawn(&user)
-        .var("SSH_ORIGINAL_COMMAND", "true")
-        .run()
-        .assert_one_line_error(
-            125,
-            &format!("a container named {name} that this podspawn did not make"),
-        );
-    assert_eq!(subcommands(&env.docker_calls()), ["run", "inspect"]);
-
-    // Another installation's, on the same engine, for a user of the same name: it
-    // stays too.
-    let (env, user) = lifecycle_env("  grace_period: 60s\n");
-    env.scenario(&[
-        name_in_use(&name),
-        labels_rule(&name, &format!("true\t0000beef\t{}\t\n", user.name)),
-    ]);
-    env.spawn(&user)
-        .var("SSH_ORIGINAL_COMMAND", "true")
-        .run()
-        .assert_one_line_error(
-            125,
-            &format!("a container named {name} that this podspawn did not make"),
-        );
-    assert_eq!(subcommands(&env.docker_calls()), ["run", "inspect"]);
+    // Someone else's container of that name (no labels), or another installation's on
+    // the same engine for a user of the same name: it stays; one line says why.
+    for another_installations in [false, true] {
+        let (env, user) = lifecycle_env("  grace_period: 60s\n");
+        let name = format!("podspawn-{}", user.name);
+        let labels = if another_installations {
+            format!("true\t0000beef\t{}\t\n", user.name)
+        } else {
+            "<no value>\t<no value>\t<no value>\t<no value>\n".to_string()
+        };
+        env.scenario(&[name_in_use(&name), labels_rule(&name, &labels)]);
+        env.spawn(&user)
+            .var("SSH_ORIGINAL_COMMAND", "true")
+            .run()
+            .assert_one_line_error(
+                125,
+                &format!("a container named {name} that this podspawn did not make"),
+            );
+        assert_eq!(subcommands(&env.docker_calls()), ["run", "inspect"]);
+    }
 
     // podspawn's own, left without a row: removed, and the login goes on.
     let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    let name = format!("podspawn-{}", user.name);
     env.scenario(&[
         name_in_use(&name),
         labels_rule(

@@ -170,16 +170,7 @@ impl TestEnv {
     /// Every event of the audit log, each line parsed (a line that is no JSON object
     /// fails the test).
     pub fn audit_events(&self) -> Vec<serde_json::Value> {
-        fs::read_to_string(self.audit_path())
-            .unwrap_or_default()
-            .lines()
-            .map(|line| {
-                let event: serde_json::Value = serde_json::from_str(line)
-                    .unwrap_or_else(|err| panic!("audit line is no JSON ({err}): {line:?}"));
-                assert!(event.is_object(), "{line}");
-                event
-            })
-            .collect()
+        audit_events_in(&self.audit_path())
     }
 
     /// The name of this tree's installation (`podspawn.installation` on what it makes).
@@ -1038,6 +1029,30 @@ impl Drop for HttpServer {
             let _ = thread.join();
         }
     }
+}
+
+/// A tree whose config names `image` and has `session` as its session section, and
+/// the account spawn tests connect as.
+pub fn spawn_env(image: &str, session: &str) -> (TestEnv, SpawnUser) {
+    let env = TestEnv::new();
+    env.write_config(&format!("defaults:\n  image: {image}\nsession:\n{session}"));
+    let user = env.spawn_user();
+    (env, user)
+}
+
+/// Every event of the audit log at `path`, each line parsed (a line that is no JSON
+/// object fails the test).
+pub fn audit_events_in(path: &Path) -> Vec<serde_json::Value> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|err| panic!("audit line is no JSON ({err}): {line:?}"));
+            assert!(event.is_object(), "{line}");
+            event
+        })
+        .collect()
 }
 
 /// The installation a state directory makes: the first 8 hex digits of the SHA-256 of

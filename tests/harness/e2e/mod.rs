@@ -418,16 +418,7 @@ impl Server {
     /// Every event of this server's audit log, each line parsed (a line that is no
     /// JSON object fails the test).
     pub fn audit_events(&self) -> Vec<serde_json::Value> {
-        fs::read_to_string(self.root.join("state/audit.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|line| {
-                let event: serde_json::Value = serde_json::from_str(line)
-                    .unwrap_or_else(|err| panic!("audit line is no JSON ({err}): {line:?}"));
-                assert!(event.is_object(), "{line}");
-                event
-            })
-            .collect()
+        crate::support::audit_events_in(&self.root.join("state/audit.jsonl"))
     }
 
     pub fn podspawn_log(&self) -> String {
