@@ -9,6 +9,14 @@ use crate::support::{ED25519, Rule, TestEnv, spawn_env};
 
 const IMAGE: &str = "test-image";
 
+/// Each event's name, in order.
+fn event_names(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|event| event["event"].as_str().unwrap())
+        .collect()
+}
+
 fn events_named<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
     events
         .iter()
@@ -32,10 +40,7 @@ fn a_connection_leaves_its_container_its_command_and_its_end_with_the_client() {
         .run()
         .assert_code(3);
     let events = env.audit_events();
-    let names: Vec<&str> = events
-        .iter()
-        .map(|event| event["event"].as_str().unwrap())
-        .collect();
+    let names = event_names(&events);
     assert_eq!(
         names,
         ["container.create", "session.connect", "session.disconnect"],
@@ -132,10 +137,7 @@ fn admins_adding_and_removing_users_are_recorded_as_admins() {
         .assert_success();
     env.podspawn(&["remove-user", "alice"]).assert_success();
     let events = env.audit_events();
-    let names: Vec<&str> = events
-        .iter()
-        .map(|event| event["event"].as_str().unwrap())
-        .collect();
+    let names = event_names(&events);
     // remove-user takes the user's network too, for its reason.
     assert_eq!(
         names,
@@ -207,10 +209,7 @@ fn a_callers_file_size_limit_cuts_no_line_and_ends_no_connection() {
         .assert_stdout("ran\n")
         .assert_stderr("");
     let events = env.audit_events();
-    let names: Vec<&str> = events
-        .iter()
-        .map(|event| event["event"].as_str().unwrap())
-        .collect();
+    let names = event_names(&events);
     assert!(
         names.contains(&"session.connect") && names.contains(&"session.disconnect"),
         "{names:?}"

@@ -21,6 +21,21 @@ fn lifecycle_env(session: &str) -> (TestEnv, SpawnUser) {
     crate::support::spawn_env(IMAGE, session)
 }
 
+/// Takes `user`'s lock as another process would, until the file is dropped.
+fn hold_user_lock(env: &TestEnv, user: &SpawnUser) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let locks = env.path("state/locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    let path = locks.join(format!("{}.lock", user.name));
+    let holder = std::fs::File::create(&path).unwrap();
+    if crate::support::is_root() {
+        std::os::unix::fs::chown(&locks, Some(user.uid), Some(user.gid)).unwrap();
+        std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid)).unwrap();
+    }
+    assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX) }, 0);
+    holder
+}
+
 fn subcommands(calls: &[Call]) -> Vec<&str> {
     calls.iter().map(Call::subcommand).collect()
 }
@@ -841,16 +856,7 @@ fn a_lock_held_too_long_ends_the_login_with_one_line_in_time() {
     let (env, user) = lifecycle_env("  grace_period: 60s\n  lock_timeout: 1s\n");
     env.scenario(&[run_rule(), Rule::docker(&["exec", "**"]), rm_rule()]);
     // Someone holds the user's lock and never lets go (a stopped process).
-    let locks = env.path("state/locks");
-    std::fs::create_dir_all(&locks).unwrap();
-    let path = locks.join(format!("{}.lock", user.name));
-    let holder = std::fs::File::create(&path).unwrap();
-    if crate::support::is_root() {
-        std::os::unix::fs::chown(&locks, Some(user.uid), Some(user.gid)).unwrap();
-        std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid)).unwrap();
-    }
-    use std::os::fd::AsRawFd;
-    assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let holder = hold_user_lock(&env, &user);
     let started = Instant::now();
     let run = env.spawn(&user).var("SSH_ORIGINAL_COMMAND", "true").run();
     let waited = started.elapsed();
@@ -1016,16 +1022,7 @@ fn a_hangup_before_the_program_runs_ends_the_connection_at_once() {
     for signal in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM] {
         let (env, user) = lifecycle_env("  grace_period: 60s\n  lock_timeout: 30s\n");
         env.scenario(&[]);
-        let locks = env.path("state/locks");
-        std::fs::create_dir_all(&locks).unwrap();
-        let path = locks.join(format!("{}.lock", user.name));
-        let holder = std::fs::File::create(&path).unwrap();
-        if crate::support::is_root() {
-            std::os::unix::fs::chown(&locks, Some(user.uid), Some(user.gid)).unwrap();
-            std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid)).unwrap();
-        }
-        use std::os::fd::AsRawFd;
-        assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let _holder = hold_user_lock(&env, &user);
         let running = env.spawn(&user).var("SSH_ORIGINAL_COMMAND", "true").start();
         std::thread::sleep(Duration::from_millis(500));
         running.signal(signal);
