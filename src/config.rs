@@ -33,6 +33,7 @@ pub struct ServerConfig {
     pub state: StateConfig,
     pub network: NetworkConfig,
     pub services: ServicesConfig,
+    pub security: SecurityConfig,
     pub log: LogConfig,
     /// Projects declared by hand: `update-project NAME` clones and builds them
     /// (`add-project` keeps its registrations in the state, never in this file).
@@ -58,6 +59,9 @@ pub struct AuthConfig {
     /// Whether `add-user` creates a missing Unix account (and `remove-user` deletes
     /// the ones it created). Off: accounts are managed elsewhere.
     pub create_accounts: bool,
+    /// One file of settings per user who needs other than the server's:
+    /// `<user_dir>/<user>.yaml` (see `user_settings`).
+    pub user_dir: AbsolutePath,
 }
 
 impl Default for AuthConfig {
@@ -68,6 +72,7 @@ impl Default for AuthConfig {
             group: GroupName("podspawn".to_string()),
             home_dir: AbsolutePath::from("/var/lib/podspawn-home"),
             create_accounts: true,
+            user_dir: AbsolutePath::from("/etc/podspawn/users"),
         }
     }
 }
@@ -128,9 +133,34 @@ pub struct Defaults {
     pub cpus: Cpus,
     pub memory: ByteSize,
     /// docker's `--pids-limit`: a fork bomb stays inside its container.
+    #[serde(deserialize_with = "positive")]
     pub pids_limit: u32,
     /// The longest a project's image build may take.
     pub build_timeout: ConfigDuration,
+    /// The size of the home: a tmpfs, so in memory (and counted in the container's).
+    pub home_size: ByteSize,
+    /// docker's `--ulimit nofile`: open files per process.
+    #[serde(deserialize_with = "positive")]
+    pub nofile: u32,
+    /// docker's `--ulimit nproc`: processes of the user's uid, counted across the
+    /// host (every container of theirs, and their connections); unset, none.
+    #[serde(deserialize_with = "some_positive")]
+    pub nproc: Option<u32>,
+}
+
+/// A count that must be at least 1.
+pub(crate) fn positive<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let value = u32::deserialize(deserializer)?;
+    if value == 0 {
+        return Err(de::Error::custom("0 is not allowed here (at least 1)"));
+    }
+    Ok(value)
+}
+
+pub(crate) fn some_positive<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u32>, D::Error> {
+    positive(deserializer).map(Some)
 }
 
 impl Default for Defaults {
@@ -142,6 +172,9 @@ impl Default for Defaults {
             memory: ByteSize(2 * 1024 * 1024 * 1024),
             pids_limit: 1024,
             build_timeout: ConfigDuration(Duration::from_secs(30 * 60)),
+            home_size: ByteSize(1 << 30),
+            nofile: 16384,
+            nproc: None,
         }
     }
 }
@@ -260,6 +293,66 @@ pub struct NetworkConfig {
     /// Where the private networks of sessions with companion services are cut from:
     /// a /25 per user, chosen by uid, a /29 per session slot in it.
     pub services_pool: crate::network::ServicesPool,
+    /// Whether containers may open connections to the host's own addresses (its
+    /// gateway address on their network among them). Off: only DNS.
+    pub allow_host: bool,
+    /// Whether containers may reach link-local addresses (169.254.0.0/16: a cloud's
+    /// metadata service). Off: never.
+    pub allow_metadata: bool,
+    /// More destinations containers may never reach (a LAN, a VPN's range).
+    pub deny: Vec<crate::network::Cidr>,
+}
+
+/// What a container may do beyond the defaults, and what runs it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// The OCI runtime of session and service containers, as the engine names it
+    /// (`runsc` for gVisor, registered in dockerd's daemon.json); unset, the
+    /// engine's default.
+    pub runtime: Option<RuntimeName>,
+    /// A read-only root filesystem; the home, /tmp, /var/tmp, /run and a project's
+    /// workspace stay writable.
+    pub read_only_root: bool,
+    /// Passwordless sudo inside: the capabilities a package manager needs come back
+    /// and no-new-privileges goes. Refused unless the runtime is a sandbox or
+    /// `sudo_without_sandbox` says the admin means it.
+    pub sudo: bool,
+    pub sudo_without_sandbox: bool,
+}
+
+/// An OCI runtime's name as dockerd knows it (`runc`, `runsc`, `kata`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeName(pub String);
+
+impl RuntimeName {
+    /// Whether it runs containers in a sandbox of their own (a user-space kernel or
+    /// a VM): gVisor's `runsc` or Kata's, by the names their docs register them as.
+    pub fn is_sandbox(&self) -> bool {
+        ["runsc", "kata"]
+            .iter()
+            .any(|sandbox| self.0.starts_with(sandbox))
+    }
+}
+
+impl<'de> Deserialize<'de> for RuntimeName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let valid = !text.is_empty()
+            && text.len() <= 64
+            && text.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if valid {
+            Ok(RuntimeName(text))
+        } else {
+            Err(de::Error::custom(format!(
+                "invalid runtime {:?} (a name dockerd knows, e.g. runsc)",
+                text.escape_debug().to_string()
+            )))
+        }
+    }
 }
 
 /// How a Podfile's companion services run: each is a container of its session, on
@@ -666,6 +759,16 @@ pub fn load_path(path: &Path) -> Result<ServerConfig, ConfigError> {
     }
 }
 
+/// The bytes of `path` if root alone could have written it (see `read_root_only`);
+/// `None` when there is no such file.
+pub(crate) fn read_trusted(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    match std::fs::canonicalize(path) {
+        Ok(canonical) => read_root_only(&canonical).map(Some),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
 /// Under a borrowed group: reads `path` only if root alone could have written it,
 /// checking the open descriptor itself (see `load`).
 fn load_trusted(path: &Path, overridden: bool) -> Result<ServerConfig, ConfigError> {
@@ -759,6 +862,7 @@ pub const COMMENTED_DEFAULT: &str = "\
 #  group: podspawn                    # podspawn's users; sshd's Match Group block
 #  home_dir: /var/lib/podspawn-home   # the (empty, root's) host home of created accounts
 #  create_accounts: true              # add-user makes missing Unix accounts
+#  user_dir: /etc/podspawn/users      # <user>.yaml: one user's own image, limits, runtime...
 #docker:
 #  binary: docker                     # or podman, or an absolute path
 #  config_dir: /etc/podspawn/docker   # DOCKER_CONFIG for every docker call
@@ -770,6 +874,9 @@ pub const COMMENTED_DEFAULT: &str = "\
 #  memory: 2g
 #  pids_limit: 1024
 #  build_timeout: 30m                 # a project's image build is ended after this
+#  home_size: 1g                      # the home is a tmpfs: in memory, counted in memory
+#  nofile: 16384                      # open files per process (ulimit -n; at most dockerd's own)
+#  # nproc: 4096  (ulimit -u: processes of the user's uid, all their containers; unset = none)
 #session:
 #  grace_period: 60s
 #  max_lifetime: 8h
@@ -783,11 +890,19 @@ pub const COMMENTED_DEFAULT: &str = "\
 #network:
 #  pool: 10.214.0.0/16                # a /28 per user, by uid
 #  services_pool: 10.215.0.0/16       # sessions with services: a /25 per user, a /29 per session
+#  allow_host: false                  # containers may reach the host's own addresses (DNS always)
+#  allow_metadata: false              # containers may reach 169.254.0.0/16 (cloud metadata)
+#  deny: []                           # more ranges containers never reach, e.g. [192.168.0.0/16]
 #services:                            # a Podfile's companion services
 #  share: 0.5                         # their share (together) of the session's cpus, memory, pids
 #  ready_timeout: 30s                 # a new session waits this long for their ports
 #  capabilities: [CHOWN, DAC_OVERRIDE, FOWNER, SETGID, SETUID]  # all others are dropped
 #  persist_volumes: false             # true: their named volumes outlive the session
+#security:
+#  # runtime: runsc  (the engine's OCI runtime for containers; unset = its default, runc)
+#  read_only_root: false              # true: / read-only; home, /tmp, /var/tmp, /run writable
+#  sudo: false                        # passwordless sudo inside (needs a sandbox runtime, or:)
+#  sudo_without_sandbox: false        # allow sudo with the host's kernel shared (runc)
 #log:
 #  level: info                        # off | error | warn | info | debug | trace
 #  # file: /var/log/podspawn/podspawn.log  (unset = syslog)
@@ -851,6 +966,10 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Why `sudo: true` is refused where it is.
+pub const SUDO_NEEDS_SANDBOX: &str = "sudo: root inside a container that shares the host's kernel \
+     needs a sandboxing runtime (security.runtime: runsc) or security.sudo_without_sandbox: true";
+
 /// Parses config text; an error comes back as (line, message naming the key).
 pub(crate) fn parse(text: &str) -> Result<ServerConfig, (Option<usize>, String)> {
     // A file of nothing but comments is an empty document, which serde_yaml would
@@ -859,6 +978,20 @@ pub(crate) fn parse(text: &str) -> Result<ServerConfig, (Option<usize>, String)>
         return Ok(ServerConfig::default());
     }
     let config: ServerConfig = yaml::from_str(text)?;
+    let security = &config.security;
+    if security.sudo
+        && !security.sudo_without_sandbox
+        && !security
+            .runtime
+            .as_ref()
+            .is_some_and(RuntimeName::is_sandbox)
+    {
+        let line = text
+            .lines()
+            .position(|line| line.trim_start().starts_with("sudo:"))
+            .map(|index| index + 1);
+        return Err((line, format!("security.{SUDO_NEEDS_SANDBOX}")));
+    }
     let network = &config.network;
     if network.pool.overlaps(&network.services_pool) {
         let line = text
@@ -1059,6 +1192,75 @@ log:
             config.log.audit_log,
             Some(AbsolutePath::from("/var/log/podspawn-audit.jsonl"))
         );
+    }
+
+    #[test]
+    fn hardening_keys_are_read_and_checked() {
+        let config = parse(
+            "defaults:\n  home_size: 256m\n  nofile: 4096\n  nproc: 2048\n\
+             network:\n  allow_host: true\n  allow_metadata: true\n  deny: [192.168.0.0/16, 10.9.9.9]\n\
+             security:\n  runtime: runsc\n  read_only_root: true\n  sudo: true\n",
+        )
+        .unwrap();
+        assert_eq!(config.defaults.home_size, ByteSize(256 << 20));
+        assert_eq!(
+            (config.defaults.nofile, config.defaults.nproc),
+            (4096, Some(2048))
+        );
+        assert!(config.network.allow_host && config.network.allow_metadata);
+        let denied: Vec<String> = config
+            .network
+            .deny
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(denied, ["192.168.0.0/16", "10.9.9.9/32"]);
+        assert_eq!(config.security.runtime, Some(RuntimeName("runsc".into())));
+        assert!(config.security.read_only_root && config.security.sudo);
+        let defaults = ServerConfig::default();
+        assert!(!defaults.network.allow_host && !defaults.network.allow_metadata);
+        assert_eq!(defaults.defaults.nproc, None);
+        assert_eq!(
+            defaults.auth.user_dir,
+            AbsolutePath::from("/etc/podspawn/users")
+        );
+
+        for (text, line, needle) in [
+            ("network:\n  deny:\n    - 10.0.0.1/8\n", 3, "host bits"),
+            (
+                "network:\n  deny: [10.0.0.0/33]\n",
+                2,
+                "invalid address range",
+            ),
+            (
+                "network:\n  deny: [example.com]\n",
+                2,
+                "invalid address range",
+            ),
+            ("defaults:\n  nofile: 0\n", 2, "at least 1"),
+            ("defaults:\n  pids_limit: 0\n", 2, "at least 1"),
+            (
+                "security:\n  runtime: '--privileged'\n",
+                2,
+                "invalid runtime",
+            ),
+            (
+                "security:\n  read_only_root: true\n  sudo: true\n",
+                3,
+                "needs a sandboxing runtime",
+            ),
+            (
+                "security:\n  runtime: runc\n  sudo: true\n",
+                3,
+                "security.sudo",
+            ),
+        ] {
+            let (got, message) = parse_err(text);
+            assert_eq!(got, Some(line), "{text:?}: {message}");
+            assert!(message.contains(needle), "{text:?}: {message}");
+        }
+        assert!(parse("security:\n  sudo: true\n  sudo_without_sandbox: true\n").is_ok());
+        assert!(parse("security:\n  runtime: kata-qemu\n  sudo: true\n").is_ok());
     }
 
     #[test]

@@ -101,7 +101,55 @@ pub struct ContainerSpec {
     /// The host directory where this user's connections put forwarded ssh-agent
     /// sockets, mounted at `AGENT_MOUNT`.
     pub agent_dir: Option<String>,
+    pub hardening: Hardening,
 }
+
+/// What holds a session's container in beyond its cpus, memory and pids, and what
+/// it may do beyond the defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hardening {
+    /// The home tmpfs's size.
+    pub home_bytes: u64,
+    /// `--ulimit nofile` (soft and hard).
+    pub nofile: u32,
+    /// `--ulimit nproc` (soft and hard), if any.
+    pub nproc: Option<u32>,
+    /// The engine's OCI runtime for it (and its services), if not the default.
+    pub runtime: Option<String>,
+    /// A read-only root: /etc is the container's own copy (a volume made from the
+    /// image's), and the home, /tmp, /var/tmp and /run are tmpfs.
+    pub read_only_root: bool,
+    /// Passwordless sudo for the user: `SUDO_CAPABILITIES` come back and
+    /// no-new-privileges goes.
+    pub sudo: bool,
+}
+
+impl Default for Hardening {
+    fn default() -> Self {
+        Hardening {
+            home_bytes: 1 << 30,
+            nofile: 16384,
+            nproc: None,
+            runtime: None,
+            read_only_root: false,
+            sudo: false,
+        }
+    }
+}
+
+/// The capabilities a session with sudo has (every other is dropped): what `sudo`
+/// itself and a package manager (apt: dpkg's chown and setuid bits, the download
+/// step run as `_apt`) need.
+pub const SUDO_CAPABILITIES: &[&str] = &[
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+];
 
 /// A companion service's container: `<session container>.<service>` (user and project
 /// names hold no `.`, so it is never a session's name), on the session's network.
@@ -190,6 +238,9 @@ pub struct ServiceSpec {
     pub pids_limit: u32,
     /// The capabilities it keeps (`services.capabilities`); all others are dropped.
     pub capabilities: Vec<String>,
+    /// The session's OCI runtime, if not the engine's default.
+    #[serde(default)]
+    pub runtime: Option<String>,
 }
 
 impl ServiceLimits {
@@ -261,6 +312,7 @@ impl ServiceSpec {
             memory_bytes,
             pids_limit,
             capabilities: limits.capabilities.clone(),
+            runtime: session.hardening.runtime.clone(),
         }
     }
 }
@@ -310,7 +362,7 @@ const READY_FILE: &str = "/run/podspawn-ready";
 /// The container's main process: put the user into /etc/passwd and /etc/group
 /// (replacing any entry with the same name or uid), say it is ready, then sleep for
 /// the container's lifetime.
-const SETUP_SCRIPT: &str = r#"user=$1 uid=$2 gid=$3 group=$4 home=$5 shell=$6 seconds=$7
+const SETUP_SCRIPT: &str = r#"user=$1 uid=$2 gid=$3 group=$4 home=$5 shell=$6 seconds=$7 sudo=$8
 [ -x "$shell" ] || shell=/bin/sh
 { grep -v -e "^$user:" -e "^[^:]*:[^:]*:$uid:" /etc/passwd 2>/dev/null
   echo "$user:x:$uid:$gid::$home:$shell"
@@ -320,6 +372,10 @@ if ! grep -q "^[^:]*:[^:]*:$gid:" /etc/group 2>/dev/null; then
   { grep -v "^$group:" /etc/group 2>/dev/null; echo "$group:x:$gid:"; } > /etc/group.podspawn \
     && cat /etc/group.podspawn > /etc/group
   rm -f /etc/group.podspawn
+fi
+if [ "$sudo" = 1 ]; then
+  mkdir -p /etc/sudoers.d && echo "$user ALL=(ALL) NOPASSWD:ALL" > /etc/sudoers.d/podspawn \
+    && chmod 0440 /etc/sudoers.d/podspawn
 fi
 mkdir -p /run && : > /run/podspawn-ready
 exec sleep "$seconds"
@@ -339,6 +395,7 @@ pub fn setup_command(spec: &ContainerSpec) -> Vec<String> {
         user.home(),
         user.shell.clone(),
         spec.lifetime.as_secs().max(1).to_string(),
+        u8::from(spec.hardening.sudo).to_string(),
     ]
 }
 
@@ -534,6 +591,7 @@ mod tests {
             lifetime: Duration::from_secs(3600),
             network: crate::network::Pool::default().for_user("alice", 1001),
             agent_dir: None,
+            hardening: Hardening::default(),
         };
         let argv = setup_command(&spec);
         assert_eq!(argv[0], "-c");
@@ -548,7 +606,8 @@ mod tests {
                 "devs",
                 "/home/alice",
                 "/bin/bash",
-                "3600"
+                "3600",
+                "0"
             ]
         );
     }

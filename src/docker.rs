@@ -792,6 +792,25 @@ impl Docker {
         }
     }
 
+    /// The OCI runtimes the engine knows (`docker info`'s `Runtimes`, by name) and
+    /// its storage driver.
+    pub fn runtimes(&self) -> Result<(Vec<String>, String), DockerError> {
+        let args = strings(&[
+            "info",
+            "--format",
+            "{{range $name, $_ := .Runtimes}}{{$name}} {{end}}\t{{.Driver}}",
+        ]);
+        let (status, stdout, stderr) = self.run(&args)?;
+        if !status.success() {
+            return Err(self.failed(&args, status, stderr));
+        }
+        let (names, driver) = stdout.trim_end().split_once('\t').unwrap_or((&stdout, ""));
+        Ok((
+            names.split_whitespace().map(str::to_string).collect(),
+            driver.trim().to_string(),
+        ))
+    }
+
     /// Whether the engine has `image` (without pulling it).
     pub fn image_exists(&self, image: &str) -> Result<bool, DockerError> {
         let args = strings(&["image", "inspect", "--format", "{{.Id}}", image]);
@@ -1086,28 +1105,60 @@ pub fn run_args(spec: &ContainerSpec, installation: &str) -> Vec<String> {
     ] {
         args.extend(["--label".into(), format!("{label}={value}")]);
     }
-    args.extend(["--cpus".into(), spec.cpus.to_string()]);
-    args.extend(["--memory".into(), spec.memory_bytes.to_string()]);
-    args.extend(["--pids-limit".into(), spec.pids_limit.to_string()]);
+    let hardening = &spec.hardening;
+    if let Some(runtime) = &hardening.runtime {
+        args.extend(["--runtime".into(), runtime.clone()]);
+    }
+    limit_args(&mut args, spec.cpus, spec.memory_bytes, spec.pids_limit);
+    args.extend(["--ulimit".into(), ulimit("nofile", hardening.nofile)]);
+    if let Some(nproc) = hardening.nproc {
+        args.extend(["--ulimit".into(), ulimit("nproc", nproc)]);
+    }
     args.extend(["--network".into(), spec.network.name.clone()]);
     args.extend(["--ip".into(), spec.network.container.to_string()]);
-    args.extend(strings(&[
-        "--cap-drop",
-        "ALL",
-        "--security-opt",
-        "no-new-privileges",
-    ]));
+    args.extend(strings(&["--cap-drop", "ALL"]));
+    if hardening.sudo {
+        // Root inside on request: what sudo and a package manager need, and the
+        // setuid bit of sudo must work.
+        for capability in container::SUDO_CAPABILITIES {
+            args.extend(["--cap-add".into(), capability.to_string()]);
+        }
+    } else {
+        args.extend(strings(&["--security-opt", "no-new-privileges"]));
+    }
     // The home is a tmpfs owned by the user from the start: nothing in the container
     // needs CAP_CHOWN to give it to them.
     args.extend([
         "--tmpfs".into(),
         format!(
-            "{}:rw,exec,nosuid,nodev,uid={},gid={},mode=0700",
+            "{}:rw,exec,nosuid,nodev,size={},uid={},gid={},mode=0700",
             user.home(),
+            hardening.home_bytes,
             user.uid,
             user.gid
         ),
     ]);
+    if hardening.read_only_root {
+        args.push("--read-only".into());
+        for dir in ["/tmp", "/var/tmp"] {
+            args.extend(["--tmpfs".into(), format!("{dir}:rw,nosuid,nodev,mode=1777")]);
+        }
+        args.extend(["--tmpfs".into(), "/run:rw,nosuid,nodev,mode=0755".into()]);
+        // The setup writes the user into /etc/passwd: /etc is the container's own
+        // copy, a volume docker fills from the image's, labelled as the session's
+        // (it goes with the container; cleanup removes one left behind).
+        let mut mount = "type=volume,target=/etc".to_string();
+        for (label, value) in [
+            (LABEL_MANAGED, "true"),
+            (LABEL_INSTALLATION, installation),
+            (LABEL_USER, user.name.as_str()),
+            (LABEL_PROJECT, spec.project.as_str()),
+            (LABEL_SESSION, spec.session_id.as_str()),
+        ] {
+            mount.push_str(&format!(",volume-label={label}={value}"));
+        }
+        args.extend(["--mount".into(), mount]);
+    }
     if let Some(agent_dir) = &spec.agent_dir {
         args.extend([
             "--mount".into(),
@@ -1120,6 +1171,19 @@ pub fn run_args(spec: &ContainerSpec, installation: &str) -> Vec<String> {
     args.push(spec.image.clone());
     args.extend(container::setup_command(spec));
     args
+}
+
+/// cpus, memory (swap included: none beyond it) and processes.
+fn limit_args(args: &mut Vec<String>, cpus: f64, memory_bytes: u64, pids_limit: u32) {
+    args.extend(["--cpus".into(), cpus.to_string()]);
+    args.extend(["--memory".into(), memory_bytes.to_string()]);
+    args.extend(["--memory-swap".into(), memory_bytes.to_string()]);
+    args.extend(["--pids-limit".into(), pids_limit.to_string()]);
+}
+
+/// `--ulimit NAME=N:N`: the soft limit is the hard one.
+fn ulimit(name: &str, value: u32) -> String {
+    format!("{name}={value}:{value}")
 }
 
 /// Whose a network is, as its labels say: a user's (`project` and `session` empty:
@@ -1185,9 +1249,10 @@ fn service_args(spec: &ServiceSpec, installation: &str, on_session_network: bool
     for (label, value) in labels {
         args.extend(["--label".into(), format!("{label}={value}")]);
     }
-    args.extend(["--cpus".into(), spec.cpus.to_string()]);
-    args.extend(["--memory".into(), spec.memory_bytes.to_string()]);
-    args.extend(["--pids-limit".into(), spec.pids_limit.to_string()]);
+    if let Some(runtime) = &spec.runtime {
+        args.extend(["--runtime".into(), runtime.clone()]);
+    }
+    limit_args(&mut args, spec.cpus, spec.memory_bytes, spec.pids_limit);
     args.extend(["--network".into(), spec.network.clone()]);
     if on_session_network {
         args.extend(["--ip".into(), spec.address.to_string()]);
@@ -1337,6 +1402,7 @@ mod tests {
             lifetime: Duration::from_secs(8 * 3600),
             network: crate::network::Pool::default().for_user("alice", 1001),
             agent_dir: Some("/var/lib/podspawn/agents/alice".into()),
+            hardening: container::Hardening::default(),
         };
         let args = run_args(&spec, "0123abcd");
         let text = args.join(" ");
@@ -1344,21 +1410,25 @@ mod tests {
             "run --detach --rm --init --name podspawn-alice --hostname podspawn-alice",
             "--label podspawn.managed=true --label podspawn.installation=0123abcd \
              --label podspawn.user=alice --label podspawn.project= --label podspawn.session=0123abcd",
-            "--cpus 1.5 --memory 536870912 --pids-limit 256 --network podspawn-alice --ip 10.214.62.146",
+            "--cpus 1.5 --memory 536870912 --memory-swap 536870912 --pids-limit 256 \
+             --ulimit nofile=16384:16384 --network podspawn-alice --ip 10.214.62.146",
             "--mount type=bind,source=/var/lib/podspawn/agents/alice,target=/run/ssh-agent,readonly",
             "--cap-drop ALL --security-opt no-new-privileges",
-            "--tmpfs /home/alice:rw,exec,nosuid,nodev,uid=1001,gid=1001,mode=0700",
+            "--tmpfs /home/alice:rw,exec,nosuid,nodev,size=1073741824,uid=1001,gid=1001,mode=0700",
             "--entrypoint /bin/sh debian:bookworm -c",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in {text}");
         }
-        assert_eq!(args.last().unwrap(), "28800");
+        assert_eq!(args[args.len() - 2..], ["28800", "0"]);
         assert!(
             !args
                 .iter()
                 .any(|arg| arg == "--privileged" || arg.starts_with("--cap-add"))
         );
         assert!(!text.contains("--pull"), "the default image may be pulled");
+        for absent in ["--runtime", "--read-only", "nproc", "target=/etc"] {
+            assert!(!text.contains(absent), "{absent} in {text}");
+        }
         // A project's image is built here, never pulled from a registry.
         let project = ContainerSpec {
             image: "podspawn/api:0123456789ab".into(),
@@ -1368,6 +1438,66 @@ mod tests {
             run_args(&project, "0123abcd")
                 .join(" ")
                 .starts_with("run --detach --rm --init --pull never --name ")
+        );
+    }
+
+    #[test]
+    fn hardening_options_reach_the_container_and_its_services() {
+        let spec = ContainerSpec {
+            name: "podspawn-alice".into(),
+            image: "debian:bookworm".into(),
+            project: "api".into(),
+            session_id: "0123abcd".into(),
+            user: alice(),
+            cpus: 1.0,
+            memory_bytes: 256 << 20,
+            pids_limit: 100,
+            lifetime: Duration::from_secs(60),
+            network: crate::network::Pool::default().for_user("alice", 1001),
+            agent_dir: None,
+            hardening: container::Hardening {
+                home_bytes: 64 << 20,
+                nofile: 1024,
+                nproc: Some(500),
+                runtime: Some("runsc".into()),
+                read_only_root: true,
+                sudo: true,
+            },
+        };
+        let text = run_args(&spec, "0123abcd").join(" ");
+        for expected in [
+            "--runtime runsc --cpus 1 --memory 268435456 --memory-swap 268435456 --pids-limit 100 \
+             --ulimit nofile=1024:1024 --ulimit nproc=500:500",
+            "--cap-drop ALL --cap-add AUDIT_WRITE --cap-add CHOWN --cap-add DAC_OVERRIDE",
+            "--tmpfs /home/alice:rw,exec,nosuid,nodev,size=67108864,",
+            "--read-only --tmpfs /tmp:rw,nosuid,nodev,mode=1777 --tmpfs /var/tmp:rw,nosuid,nodev,mode=1777 \
+             --tmpfs /run:rw,nosuid,nodev,mode=0755",
+            "--mount type=volume,target=/etc,volume-label=podspawn.managed=true,\
+             volume-label=podspawn.installation=0123abcd,volume-label=podspawn.user=alice,\
+             volume-label=podspawn.project=api,volume-label=podspawn.session=0123abcd",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in {text}");
+        }
+        // sudo needs setuid to work: no no-new-privileges.
+        assert!(!text.contains("no-new-privileges"), "{text}");
+        let limits = container::ServiceLimits {
+            share: 0.5,
+            capabilities: Vec::new(),
+            persist_volumes: false,
+        };
+        let service = container::Service {
+            name: "db".into(),
+            image: "postgres".into(),
+            ports: vec![5432],
+            env: Vec::new(),
+            volumes: Vec::new(),
+            command: None,
+        };
+        let service = ServiceSpec::of(&service, 1, &spec, 0, &limits);
+        let text = service_run_args(&service, "0123abcd").join(" ");
+        assert!(
+            text.contains("--runtime runsc --cpus 0.5 --memory 134217728 --memory-swap 134217728"),
+            "{text}"
         );
     }
 

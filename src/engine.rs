@@ -125,6 +125,8 @@ pub trait Engine {
     fn networks_on(&mut self, cidr: &str) -> Result<Vec<ManagedNetwork>, DockerError>;
     /// The engine's version, if it answers.
     fn version(&mut self) -> Result<String, DockerError>;
+    /// The OCI runtimes the engine knows, by name, and its storage driver.
+    fn runtimes(&mut self) -> Result<(Vec<String>, String), DockerError>;
     /// Whether the engine has `image` (without pulling it).
     fn has_image(&mut self, image: &str) -> Result<bool, DockerError>;
     /// Runs `script` once in `image` and removes it (no network, no capabilities):
@@ -247,6 +249,10 @@ impl Engine for DockerEngine {
 
     fn version(&mut self) -> Result<String, DockerError> {
         self.docker.server_version()
+    }
+
+    fn runtimes(&mut self) -> Result<(Vec<String>, String), DockerError> {
+        self.docker.runtimes()
     }
 
     fn has_image(&mut self, image: &str) -> Result<bool, DockerError> {

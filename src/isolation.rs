@@ -18,6 +18,17 @@
 //! guard networks made on them, so it stays until the admin removes it (`doctor`
 //! names it). The chain is named after the state directory (one per installation),
 //! so installations side by side — tests' among them — never edit each other's.
+//!
+//! The egress policy is a second chain of podspawn's in the same table, jumped to
+//! from mangle's PREROUTING, so it sees a packet before Docker's DNAT does (a port
+//! the host publishes for another container is the host's address there). From a
+//! podspawn pool it drops what opens a connection to any of the host's own addresses
+//! (its gateway address on each network among them) but DNS, to link-local addresses
+//! (169.254.0.0/16: a cloud's metadata service) and to the ranges the admin denies;
+//! replies to connections the host opened (sshd's forwarding, podspawn's port
+//! checks) pass. `network.allow_host` and `network.allow_metadata` leave their part
+//! out. That chain is podspawn's alone and is rewritten whenever it differs from the
+//! config.
 
 use crate::config::ServerConfig;
 use crate::system::{self, ToolError};
@@ -82,6 +93,111 @@ pub fn rules(config: &ServerConfig) -> Vec<Vec<String>> {
 /// The jump from mangle's FORWARD to the chain.
 fn jump(chain: &str) -> Vec<String> {
     vec!["-j".to_string(), chain.to_string()]
+}
+
+/// podspawn's egress chain for this installation (hooked to mangle PREROUTING).
+pub fn egress_chain(config: &ServerConfig) -> String {
+    format!("{}-OUT", chain(config))
+}
+
+/// What every egress rule says of itself.
+const EGRESS_COMMENT: &str = "podspawn: egress policy";
+
+/// Cloud metadata services and every other link-local address.
+pub const LINK_LOCAL: &str = "169.254.0.0/16";
+
+/// The egress chain's rules, in order, each as `iptables -A CHAIN` takes it.
+pub fn egress_rules(config: &ServerConfig) -> Vec<Vec<String>> {
+    let network = &config.network;
+    let pools = [network.pool.to_string(), network.services_pool.to_string()];
+    let mut rules: Vec<Vec<&str>> = Vec::new();
+    for pool in &pools {
+        // Replies to what the host opened.
+        rules.push(vec![
+            "-s",
+            pool,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "RELATED,ESTABLISHED",
+            "-j",
+            "RETURN",
+        ]);
+    }
+    for pool in &pools {
+        if !network.allow_host {
+            for protocol in ["udp", "tcp"] {
+                rules.push(vec![
+                    "-s",
+                    pool,
+                    "-p",
+                    protocol,
+                    "-m",
+                    protocol,
+                    "--dport",
+                    "53",
+                    "-m",
+                    "addrtype",
+                    "--dst-type",
+                    "LOCAL",
+                    "-j",
+                    "RETURN",
+                ]);
+            }
+            rules.push(vec![
+                "-s",
+                pool,
+                "-m",
+                "addrtype",
+                "--dst-type",
+                "LOCAL",
+                "-j",
+                "DROP",
+            ]);
+        }
+        if !network.allow_metadata {
+            rules.push(vec!["-s", pool, "-d", LINK_LOCAL, "-j", "DROP"]);
+        }
+    }
+    let denied: Vec<String> = network.deny.iter().map(ToString::to_string).collect();
+    for pool in &pools {
+        for cidr in &denied {
+            rules.push(vec!["-s", pool, "-d", cidr, "-j", "DROP"]);
+        }
+    }
+    rules
+        .into_iter()
+        .map(|rule| {
+            let (matches, verdict) = rule.split_at(rule.len() - 2);
+            matches
+                .iter()
+                .chain(&["-m", "comment", "--comment", EGRESS_COMMENT])
+                .chain(verdict)
+                .map(|word| word.to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// Whether the egress chain holds exactly `wanted` (as far as `iptables -C` and a
+/// count of its rules can tell); `None` when there is no such chain.
+fn egress_in_place(chain: &str, wanted: &[Vec<String>]) -> Result<Option<bool>, ToolError> {
+    let Some(listed) = listing(chain)? else {
+        return Ok(None);
+    };
+    let count = listed
+        .lines()
+        .filter(|line| line.starts_with("-A "))
+        .count();
+    if count != wanted.len() {
+        return Ok(Some(false));
+    }
+    for rule in wanted {
+        if !has(chain, rule)? {
+            return Ok(Some(false));
+        }
+    }
+    Ok(Some(true))
 }
 
 fn iptables(words: &[&str], rule: &[String]) -> Result<String, ToolError> {
@@ -160,6 +276,21 @@ pub fn inspect(config: &ServerConfig) -> Result<Inspection, ToolError> {
             .missing
             .push(format!("the jump from {TABLE} FORWARD to {chain}"));
     }
+    let egress = egress_chain(config);
+    match egress_in_place(&egress, &egress_rules(config))? {
+        None => found.missing.push(format!(
+            "the egress policy's chain {egress} in the {TABLE} table"
+        )),
+        Some(false) => found.missing.push(format!(
+            "the egress policy's rules as the config says them, in {egress}"
+        )),
+        Some(true) => {}
+    }
+    if !has("PREROUTING", &jump(&egress))? {
+        found
+            .missing
+            .push(format!("the jump from {TABLE} PREROUTING to {egress}"));
+    }
     Ok(found)
 }
 
@@ -204,6 +335,26 @@ pub fn ensure(config: &ServerConfig) -> Result<bool, ToolError> {
         iptables(&["-I", "FORWARD", "1"], &jump(&chain))?;
         changed = true;
     }
+    let egress = egress_chain(config);
+    let wanted = egress_rules(config);
+    match egress_in_place(&egress, &wanted)? {
+        Some(true) => {}
+        there => {
+            if there.is_none() {
+                iptables(&["-N", &egress], &[])?;
+            } else {
+                iptables(&["-F", &egress], &[])?;
+            }
+            for rule in &wanted {
+                iptables(&["-A", &egress], rule)?;
+            }
+            changed = true;
+        }
+    }
+    if !has("PREROUTING", &jump(&egress))? {
+        iptables(&["-I", "PREROUTING", "1"], &jump(&egress))?;
+        changed = true;
+    }
     Ok(changed)
 }
 
@@ -246,6 +397,58 @@ mod tests {
             assert_eq!(rule.last().unwrap(), "DROP");
             assert!(!rule.iter().any(|word| word.contains(['\'', '"', '\\'])));
         }
+    }
+
+    #[test]
+    fn egress_drops_the_host_but_dns_link_local_and_denied_ranges_after_replies() {
+        let text = |config: &ServerConfig| -> Vec<String> {
+            egress_rules(config)
+                .iter()
+                .map(|rule| rule.join(" "))
+                .collect()
+        };
+        let default = text(&config(""));
+        assert_eq!(default.len(), 10, "{default:#?}");
+        // Replies to what the host opened come first, for both pools.
+        assert!(
+            default[0].starts_with("-s 10.214.0.0/16 -m conntrack --ctstate RELATED,ESTABLISHED")
+        );
+        assert!(default[1].starts_with("-s 10.215.0.0/16 -m conntrack"));
+        assert!(
+            default
+                .iter()
+                .all(|rule| rule.contains("--comment podspawn: egress policy"))
+        );
+        let position =
+            |rules: &[String], needle: &str| rules.iter().position(|rule| rule.contains(needle));
+        let dns = position(&default, "--dport 53 -m addrtype --dst-type LOCAL").unwrap();
+        let host = position(
+            &default,
+            "--dst-type LOCAL -m comment --comment podspawn: egress policy -j DROP",
+        )
+        .unwrap();
+        assert!(dns < host, "{default:#?}");
+        assert!(position(&default, "-d 169.254.0.0/16").is_some());
+
+        let open = text(&config(
+            "network:\n  allow_host: true\n  allow_metadata: true\n",
+        ));
+        assert_eq!(open.len(), 2, "only the replies' rules: {open:#?}");
+        let denied = text(&config(
+            "network:\n  allow_host: true\n  allow_metadata: true\n  deny: [192.168.0.0/16]\n",
+        ));
+        assert_eq!(
+            denied[2..],
+            [
+                "-s 10.214.0.0/16 -d 192.168.0.0/16 -m comment --comment podspawn: egress policy -j DROP",
+                "-s 10.215.0.0/16 -d 192.168.0.0/16 -m comment --comment podspawn: egress policy -j DROP",
+            ]
+        );
+        assert_eq!(
+            egress_chain(&config("")),
+            format!("{}-OUT", chain(&config("")))
+        );
+        assert!(egress_chain(&config("")).len() <= 28);
     }
 
     #[test]

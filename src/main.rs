@@ -35,6 +35,7 @@ mod sha256;
 mod sshd_config;
 mod state;
 mod system;
+mod user_settings;
 mod yaml;
 
 use std::io::Write;

@@ -108,6 +108,45 @@ impl fmt::Display for Range {
     }
 }
 
+/// An IPv4 range an admin names (`network.deny`): `10.0.0.0/8`, or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub base: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let invalid = || format!("invalid address range {text:?} (expected e.g. 10.0.0.0/8)");
+        let (address, prefix) = text.split_once('/').unwrap_or((text, "32"));
+        let base: Ipv4Addr = address.parse().map_err(|_| invalid())?;
+        // Digits only, as iptables prints them back (no sign, no leading zero).
+        let plain = prefix.bytes().all(|b| b.is_ascii_digit())
+            && !(prefix.len() > 1 && prefix.starts_with('0'));
+        let prefix: u8 = prefix.parse().map_err(|_| invalid())?;
+        if !plain || prefix > 32 {
+            return Err(invalid());
+        }
+        if u32::from(base) & !mask(prefix) != 0 {
+            return Err(format!("address range {text:?} has host bits set"));
+        }
+        Ok(Cidr { base, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Cidr::parse(&text).map_err(de::Error::custom)
+    }
+}
+
 /// `network.pool`: users' networks, a /28 per user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pool(Range);

@@ -24,6 +24,7 @@ use crate::privilege;
 use crate::project::ProjectName;
 use crate::router;
 use crate::session::{ConnectRequest, SessionError, Settings};
+use crate::user_settings::{self, UserSettings};
 
 pub const COMMAND: Command = Command {
     name: "spawn",
@@ -226,16 +227,32 @@ impl From<SessionError> for SpawnError {
     }
 }
 
-pub fn settings(config: &ServerConfig) -> Settings {
+/// What a new container of a user with these settings gets: theirs where they have
+/// their own, the server's defaults otherwise.
+pub fn settings(config: &ServerConfig, user: &UserSettings) -> Settings {
+    let defaults = &config.defaults;
+    let security = &config.security;
     Settings {
-        cpus: config.defaults.cpus.0,
-        memory_bytes: config.defaults.memory.0,
-        pids_limit: config.defaults.pids_limit,
+        cpus: user.cpus.unwrap_or(defaults.cpus).0,
+        memory_bytes: user.memory.unwrap_or(defaults.memory).0,
+        pids_limit: user.pids_limit.unwrap_or(defaults.pids_limit),
         grace: config.session.grace_period.0,
         lifetime: config.session.max_lifetime.0,
-        mode: config.session.mode,
+        mode: user.mode.unwrap_or(config.session.mode),
         pool: config.network.pool,
-        max_per_user: config.session.max_per_user,
+        max_per_user: user.max_sessions.unwrap_or(config.session.max_per_user),
+        hardening: crate::container::Hardening {
+            home_bytes: user.home_size.unwrap_or(defaults.home_size).0,
+            nofile: defaults.nofile,
+            nproc: defaults.nproc,
+            runtime: user
+                .runtime
+                .as_ref()
+                .or(security.runtime.as_ref())
+                .map(|runtime| runtime.0.clone()),
+            read_only_root: security.read_only_root,
+            sudo: user.sudo.unwrap_or(security.sudo),
+        },
         services: crate::session::ServiceSettings {
             pool: config.network.services_pool,
             limits: crate::container::ServiceLimits {
@@ -323,7 +340,9 @@ fn connect(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
     let tty = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
     let original_command = std::env::var_os("SSH_ORIGINAL_COMMAND");
     let routed = router::route(original_command.as_deref(), tty);
-    let settings = settings(config);
+    let own = user_settings::load(config, &user, privilege::has_borrowed_group())
+        .map_err(SpawnError::Config)?;
+    let settings = settings(config, &own);
     let mut sessions = super::sessions(config)?;
     let environment = match &project {
         None => None,
@@ -339,13 +358,26 @@ fn connect(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
             None => None,
         },
     };
-    let default_shell = config.defaults.shell.as_path().display().to_string();
+    // The project's Podfile, then the user's own settings, then the server's.
+    let default_shell = own
+        .shell
+        .as_ref()
+        .unwrap_or(&config.defaults.shell)
+        .as_path()
+        .display()
+        .to_string();
     let shell = environment
         .as_ref()
         .and_then(|environment| environment.shell.clone())
         .unwrap_or(default_shell);
     let identity = Identity::new(user.clone(), caller.uid, caller.gid, &caller.group, &shell);
     let mut env = passed_env(routed.tty);
+    let session_name = project.as_ref().map_or("", |project| project.as_str());
+    env.extend(
+        own.env
+            .iter()
+            .map(|(name, value)| (name.0.clone(), value.expand(user.as_str(), session_name))),
+    );
     match (&project, &environment) {
         (_, Some(environment)) => env.extend(environment.env.iter().cloned()),
         (Some(scratch), None) => env.extend(crate::project::session_env(&user, scratch.as_str())),
@@ -378,6 +410,11 @@ fn connect(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
         },
         _ => None,
     };
+    // Later settings win: the client's, then the user's own, then the project's.
+    let mut seen = std::collections::BTreeSet::new();
+    env.reverse();
+    env.retain(|(name, _)| seen.insert(name.clone()));
+    env.reverse();
     let request = ConnectRequest {
         user: identity,
         project: project
@@ -397,7 +434,11 @@ fn connect(config: &ServerConfig, args: &SpawnArgs) -> Result<i32, SpawnError> {
         routed,
         agent_dir: agent_dir.map(|dir| dir.display().to_string()),
         image: environment.as_ref().map_or_else(
-            || config.defaults.image.clone(),
+            || {
+                own.image
+                    .clone()
+                    .unwrap_or_else(|| config.defaults.image.clone())
+            },
             |environment| environment.image.clone(),
         ),
         build: environment

@@ -330,6 +330,7 @@ mod tests {
             memory_bytes: 1 << 28,
             pids_limit: 64,
             capabilities: Vec::new(),
+            runtime: None,
         }
     }
 

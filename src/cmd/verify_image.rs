@@ -18,6 +18,7 @@ use crate::config::ServerConfig;
 use crate::engine::Probe;
 use crate::error::Error;
 use crate::session::SessionError;
+use crate::user_settings::UserSettings;
 
 pub const COMMAND: Command = Command {
     name: "verify-image",
@@ -123,7 +124,7 @@ fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {
 
 /// `verify-image --service`: the image tried as a session's service would run.
 fn verify_service(config: &ServerConfig, image: &str, args: &ServiceArgs) -> Result<(), Error> {
-    let settings = super::spawn::settings(config);
+    let settings = super::spawn::settings(config, &UserSettings::default());
     // What a session's only service would get of its limits.
     let limits = &settings.services.limits;
     let (cpus, memory_bytes, pids_limit) =
@@ -151,6 +152,7 @@ fn verify_service(config: &ServerConfig, image: &str, args: &ServiceArgs) -> Res
         memory_bytes,
         pids_limit,
         capabilities: limits.capabilities.clone(),
+        runtime: settings.hardening.runtime.clone(),
     };
     let timeout = settings
         .services

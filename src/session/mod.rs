@@ -64,6 +64,7 @@ pub struct Settings {
     pub max_per_user: u32,
     /// How a session's companion services run.
     pub services: ServiceSettings,
+    pub hardening: container::Hardening,
 }
 
 /// How a project's image is built when it is missing.
@@ -926,6 +927,7 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             },
             network,
             agent_dir: request.agent_dir.clone(),
+            hardening: settings.hardening.clone(),
         };
         let services: Vec<ServiceSpec> = request
             .services

@@ -280,6 +280,10 @@ impl Engine for FakeEngine {
         Ok("fake".into())
     }
 
+    fn runtimes(&mut self) -> Result<(Vec<String>, String), DockerError> {
+        Ok((vec!["runc".into()], "overlay2".into()))
+    }
+
     fn has_image(&mut self, image: &str) -> Result<bool, DockerError> {
         Ok(
             if crate::image::is_project_image(image) || self.missing_images.contains(image) {
@@ -509,6 +513,7 @@ fn fixture(mode: SessionMode) -> (Fixture, Settings) {
             },
             ready_timeout: Some(Duration::from_secs(30)),
         },
+        hardening: crate::container::Hardening::default(),
     };
     (Fixture { _db: db, sessions }, settings)
 }

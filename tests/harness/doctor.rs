@@ -10,6 +10,7 @@ use crate::support::{Rule, TestEnv, is_root};
 fn healthy_engine() -> Vec<Rule> {
     let mut rules = vec![
         Rule::docker(&["version", "--format", "{{.Server.Version}}"]).stdout("20.10.24\n"),
+        Rule::docker(&["info", "--format", "*"]).stdout("runc \toverlay2\n"),
         Rule::docker(&["image", "inspect", "--format", "{{.Id}}", "test-image"])
             .stdout("sha256:abc\n"),
         Rule::program("sshd", &["-t", "-f", "*"]),
@@ -117,6 +118,9 @@ fn doctor_reports_an_engine_that_does_not_answer() {
     let env = TestEnv::new();
     let mut rules = vec![
         Rule::docker(&["version", "**"])
+            .stderr("Cannot connect to the Docker daemon at unix:///var/run/docker.sock.\n")
+            .exit(1),
+        Rule::docker(&["info", "**"])
             .stderr("Cannot connect to the Docker daemon at unix:///var/run/docker.sock.\n")
             .exit(1),
     ];

@@ -135,6 +135,8 @@ struct RealEnv {
     uid: u32,
     gid: u32,
     root: PathBuf,
+    grace: String,
+    image: String,
 }
 
 macro_rules! real_env_or_skip {
@@ -176,11 +178,13 @@ impl RealEnv {
             uid: 0,
             gid: 0,
             root,
+            grace: grace.to_string(),
+            image: image.to_string(),
         };
         let (uid, gid) = env.ids();
         env.uid = uid;
         env.gid = gid;
-        env.install(grace, image);
+        env.install();
         env
     }
 
@@ -196,7 +200,7 @@ impl RealEnv {
     }
 
     /// bin/podspawn root:docker 2755, keys/ and config root's, state/ root:docker 2770.
-    fn install(&self, grace: &str, image: &str) {
+    fn install(&self) {
         let dirs = [
             ("", 0o755),
             ("bin", 0o755),
@@ -228,13 +232,21 @@ impl RealEnv {
             fs::Permissions::from_mode(0o644),
         )
         .unwrap();
+        self.configure("", "");
+    }
+
+    /// Writes the config: the test layer's, with `defaults` (lines under `defaults:`)
+    /// and `sections` (more top-level sections) added.
+    fn configure(&self, defaults: &str, sections: &str) {
         let config = format!(
-            "auth:\n  key_dir: {root}/keys\ndefaults:\n  image: {image}\n  memory: 512m\n  cpus: 1\n\
+            "auth:\n  key_dir: {root}/keys\n  user_dir: {root}/users\n\
+             defaults:\n  image: {image}\n  memory: 512m\n  cpus: 1\n{defaults}\
              session:\n  grace_period: {grace}\n\
              state:\n  db_path: {root}/state/state.db\n  lock_dir: {root}/state/locks\n  agent_dir: {root}/state/agents\n\
-             log:\n  file: {root}/state/podspawn.log\n  level: debug\n",
+             log:\n  file: {root}/state/podspawn.log\n  level: debug\n{sections}",
             root = self.root.display(),
-            image = image,
+            image = self.image,
+            grace = self.grace,
         );
         fs::write(self.root.join("config.yaml"), config).unwrap();
         fs::set_permissions(

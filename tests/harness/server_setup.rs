@@ -112,15 +112,20 @@ fn a_first_run_adds_podspawns_lines_and_makes_the_directories() {
         stdout.contains("added the rule that keeps podspawn's networks apart (iptables -t mangle, chain PODSPAWN-"),
         "{stdout}"
     );
-    let added: Vec<Vec<String>> = setup
-        .env
-        .calls()
-        .into_iter()
-        .filter(|call| {
-            call.program == "iptables" && call.argv.get(3).is_some_and(|word| word == "-A")
-        })
-        .map(|call| call.argv[5..].to_vec())
-        .collect();
+    let added_to = |egress: bool| -> Vec<Vec<String>> {
+        setup
+            .env
+            .calls()
+            .into_iter()
+            .filter(|call| {
+                call.program == "iptables"
+                    && call.argv.get(3).is_some_and(|word| word == "-A")
+                    && call.argv[4].ends_with("-OUT") == egress
+            })
+            .map(|call| call.argv[5..].to_vec())
+            .collect()
+    };
+    let added = added_to(false);
     let pairs: Vec<(&str, &str)> = added
         .iter()
         .map(|rule| (rule[1].as_str(), rule[3].as_str()))
@@ -138,6 +143,21 @@ fn a_first_run_adds_podspawns_lines_and_makes_the_directories() {
         assert_eq!(rule[4..8], ["-m", "physdev", "!", "--physdev-is-bridged"]);
         assert_eq!(rule.last().unwrap(), "DROP");
     }
+    // The egress policy: its own chain, hooked before Docker's DNAT.
+    let egress: Vec<String> = added_to(true).iter().map(|rule| rule.join(" ")).collect();
+    assert_eq!(egress.len(), 10, "{egress:#?}");
+    assert!(egress.iter().any(|rule| {
+        rule.starts_with("-s 10.214.0.0/16 -m addrtype --dst-type LOCAL")
+            && rule.ends_with("-j DROP")
+    }));
+    assert!(
+        setup
+            .env
+            .calls()
+            .iter()
+            .any(|call| call.program == "iptables"
+                && call.argv[3..5] == ["-I".to_string(), "PREROUTING".to_string()])
+    );
     assert_eq!(
         fs::read_to_string(format!("{path}.podspawn.bak")).unwrap(),
         original,

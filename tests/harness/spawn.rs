@@ -106,7 +106,11 @@ fn run_argv_carries_labels_limits_and_hardening() {
     );
     assert_eq!(run.flag("--cpus"), Some("2"));
     assert_eq!(run.flag("--memory"), Some("2147483648"));
+    // No swap beyond the memory limit.
+    assert_eq!(run.flag("--memory-swap"), Some("2147483648"));
     assert_eq!(run.flag("--pids-limit"), Some("1024"));
+    assert_eq!(run.flag("--ulimit"), Some("nofile=16384:16384"));
+    assert_eq!(run.flag("--runtime"), None);
     assert_eq!(run.flag("--cap-drop"), Some("ALL"));
     assert_eq!(run.flag("--security-opt"), Some("no-new-privileges"));
     assert!(
@@ -118,7 +122,7 @@ fn run_argv_carries_labels_limits_and_hardening() {
         run.flag("--tmpfs"),
         Some(
             format!(
-                "/home/{0}:rw,exec,nosuid,nodev,uid={1},gid={2},mode=0700",
+                "/home/{0}:rw,exec,nosuid,nodev,size=1073741824,uid={1},gid={2},mode=0700",
                 user.name, user.uid, user.gid
             )
             .as_str()
@@ -138,6 +142,8 @@ fn run_argv_carries_labels_limits_and_hardening() {
             format!("/home/{}", user.name),
             "/bin/bash".to_string(),
             "28800".to_string(),
+            // No sudo.
+            "0".to_string(),
         ]
     );
 }
@@ -498,7 +504,7 @@ fn persistent_containers_stay() {
         .assert_success();
     assert_eq!(subcommands(&env.docker_calls()), ["run", "exec", "exec"]);
     let run = env.docker_calls().into_iter().next().unwrap();
-    assert_eq!(run.argv.last().unwrap(), "315360000", "ten years");
+    assert_eq!(run.argv[run.argv.len() - 2], "315360000", "ten years");
 }
 
 #[test]

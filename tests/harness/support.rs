@@ -893,9 +893,15 @@ impl Run {
     }
 }
 
-/// The fake iptables of a host without podspawn's isolation chain, as `server-setup`
-/// makes it once: the chain is looked for and made, its four rules checked and
-/// added, FORWARD's jump checked and inserted; from then on everything is there.
+/// How many rules the egress chain of the default config has: for each of the two
+/// pools, replies pass, DNS to the host passes, the rest to the host and to
+/// link-local addresses is dropped.
+const EGRESS_RULES: usize = 10;
+
+/// The fake iptables of a host without podspawn's isolation chains, as `server-setup`
+/// makes them once: each chain is looked for and made, its rules checked and added,
+/// FORWARD's and PREROUTING's jumps checked and inserted; from then on everything is
+/// there.
 pub fn iptables_to_be_set_up() -> Vec<Rule> {
     let call = |words: &[&str]| {
         let mut argv = vec!["-w", "-t", "mangle"];
@@ -903,6 +909,13 @@ pub fn iptables_to_be_set_up() -> Vec<Rule> {
         Rule::program("iptables", &argv)
     };
     let mut rules = vec![
+        call(&["-S", "PODSPAWN-*-OUT"]).exit(1).times(1),
+        call(&["-N", "PODSPAWN-*-OUT"]).times(1),
+        call(&["-A", "PODSPAWN-*-OUT", "**"]).times(EGRESS_RULES),
+        call(&["-C", "PREROUTING", "-j", "PODSPAWN-*-OUT"])
+            .exit(1)
+            .times(1),
+        call(&["-I", "PREROUTING", "1", "-j", "PODSPAWN-*-OUT"]).times(1),
         call(&["-S", "PODSPAWN-*"]).exit(1).times(1),
         call(&["-N", "PODSPAWN-*"]).times(1),
         call(&["-C", "PODSPAWN-*", "**"]).exit(1).times(4),
@@ -929,9 +942,15 @@ pub fn iptables_set_up() -> Vec<Rule> {
             );
         }
     }
+    let mut egress = "-N PODSPAWN-00000000-OUT\n".to_string();
+    for _ in 0..EGRESS_RULES {
+        egress +=
+            "-A PODSPAWN-00000000-OUT -m comment --comment \"podspawn: egress policy\" -j DROP\n";
+    }
     vec![
         Rule::program("iptables", &["-w", "-t", "mangle", "-S", "FORWARD"])
             .stdout("-P FORWARD ACCEPT\n"),
+        Rule::program("iptables", &["-w", "-t", "mangle", "-S", "PODSPAWN-*-OUT"]).stdout(&egress),
         Rule::program("iptables", &["-w", "-t", "mangle", "-S", "PODSPAWN-*"]).stdout(&listing),
         Rule::program("iptables", &["-w", "-t", "mangle", "-C", "**"]),
     ]

@@ -143,6 +143,8 @@ fn doctor(config: &ServerConfig, args: &DoctorArgs) -> Result<(), Error> {
     check_docker_members(&mut report, config);
     check_networks(&mut report, config);
     check_isolation(&mut report, config);
+    check_sandbox(&mut report, config);
+    check_user_settings(&mut report, config);
     check_cleanup(&mut report);
     if report.bad > 0 {
         return Err(Error::Refused(format!("{} problem(s) found", report.bad)));
@@ -676,6 +678,114 @@ fn foreign_routes(table: &str, pools: &[String]) -> Vec<(String, String)> {
             })
         })
         .collect()
+}
+
+/// The runtimes the config and users' files name are ones the engine knows, and what
+/// its storage driver means for a disk limit.
+fn check_sandbox(report: &mut Report, config: &ServerConfig) {
+    let mut wanted: Vec<String> = config
+        .security
+        .runtime
+        .iter()
+        .map(|r| r.0.clone())
+        .collect();
+    for (path, _) in crate::user_settings::check_all(config) {
+        let Some(user) = path.file_stem().and_then(|stem| stem.to_str()) else {
+            continue;
+        };
+        let Ok(user) = crate::keys::UserName::parse(user) else {
+            continue;
+        };
+        if let Ok(settings) = crate::user_settings::load(config, &user, false) {
+            wanted.extend(settings.runtime.map(|runtime| runtime.0));
+        }
+    }
+    wanted.sort();
+    wanted.dedup();
+    let mut effects = super::effects(config);
+    let (known, driver) = match effects.engine().runtimes() {
+        Ok(found) => found,
+        // An engine that does not answer is said once, above.
+        Err(_) if wanted.is_empty() => return,
+        Err(err) => {
+            report.line(
+                Mark::Bad,
+                &format!(
+                    "cannot ask the engine for its runtimes ({}): {err}",
+                    wanted.join(", ")
+                ),
+                None,
+            );
+            return;
+        }
+    };
+    for runtime in &wanted {
+        if known.contains(runtime) {
+            report.line(
+                Mark::Good,
+                &format!("the engine has the runtime {runtime}"),
+                None,
+            );
+        } else {
+            let fix = if runtime.starts_with("runsc") {
+                format!(
+                    "apt-get install runsc; in /etc/docker/daemon.json: \"runtimes\": {{\"{runtime}\": \
+                     {{\"path\": \"/usr/bin/runsc\", \"runtimeArgs\": [\"--network=host\"]}}}}; \
+                     then kill -HUP $(pidof dockerd)"
+                )
+            } else {
+                format!(
+                    "register {runtime} in /etc/docker/daemon.json's \"runtimes\" and kill -HUP dockerd"
+                )
+            };
+            report.line(
+                Mark::Bad,
+                &format!(
+                    "the engine has no runtime {runtime} (it has {}): every session that                      uses it fails to start",
+                    known.join(", ")
+                ),
+                Some(fix),
+            );
+        }
+    }
+    if wanted.is_empty() {
+        report.line(
+            Mark::Info,
+            "containers share the host's kernel (runc); for untrusted users, gVisor:              security.runtime: runsc",
+            None,
+        );
+    }
+    report.line(
+        Mark::Info,
+        &format!(
+            "the engine's storage driver is {driver}: {}",
+            if security_disk_limit(&driver) {
+                "defaults.disk_size can limit each container's disk (overlay2 needs xfs with pquota)"
+            } else {
+                "it has no per-container disk limit; security.read_only_root keeps users off the disk"
+            }
+        ),
+        None,
+    );
+}
+
+/// Whether docker's `--storage-opt size=` works on a storage driver at all.
+fn security_disk_limit(driver: &str) -> bool {
+    matches!(driver, "overlay2" | "btrfs" | "zfs" | "devicemapper")
+}
+
+/// Each user's own settings file reads, and what it may ask for the server allows.
+fn check_user_settings(report: &mut Report, config: &ServerConfig) {
+    for (path, checked) in crate::user_settings::check_all(config) {
+        match checked {
+            Ok(()) => report.line(Mark::Good, &format!("{} is valid", path.display()), None),
+            Err(err) => report.line(
+                Mark::Bad,
+                &err.to_string(),
+                Some("fix it: that user's logins fail until it is".into()),
+            ),
+        }
+    }
 }
 
 fn check_isolation(report: &mut Report, config: &ServerConfig) {

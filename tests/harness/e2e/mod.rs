@@ -12,6 +12,7 @@
 mod audit;
 mod client;
 mod forwarding;
+mod hardening;
 mod lifecycle;
 mod privilege;
 mod projects;
@@ -146,6 +147,12 @@ impl Server {
     /// A server whose podspawn users are `users` new accounts (plus one ordinary,
     /// unregistered account), with `grace_period: grace`, and sshd's `UsePAM`.
     pub fn start(grace: &str, users: usize, use_pam: bool) -> Server {
+        Server::start_with(grace, users, use_pam, "")
+    }
+
+    /// `start`, with `sections` (whole top-level sections the test layer's config
+    /// does not have) added to the config.
+    pub fn start_with(grace: &str, users: usize, use_pam: bool, sections: &str) -> Server {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{}x{n}", std::process::id());
@@ -169,7 +176,7 @@ impl Server {
             },
             isolation_chain: None,
         };
-        server.install(grace, use_pam);
+        server.install(grace, use_pam, sections);
         crate::support::ensure_sshd_privsep_dir();
         // Known before server-setup runs, so that the chain goes with the server
         // however far server-setup gets.
@@ -188,7 +195,7 @@ impl Server {
     /// podspawn installed as production installs it (`root:docker 2755`), its
     /// config, and the base of an sshd_config: what any sshd of this test needs,
     /// with nothing of podspawn's yet.
-    fn install(&self, grace: &str, use_pam: bool) {
+    fn install(&self, grace: &str, use_pam: bool, sections: &str) {
         let docker = docker_gid();
         let binary = self.root.join("bin/podspawn");
         crate::support::copy_executable(Path::new(PODSPAWN), &binary, 0o755);
@@ -200,7 +207,8 @@ impl Server {
              defaults:\n  image: {image}\n  memory: 1g\n\
              session:\n  grace_period: {grace}\n\
              state:\n  db_path: {root}/state/state.db\n  lock_dir: {root}/state/locks\n  agent_dir: {root}/state/agents\n\
-             log:\n  file: {root}/state/podspawn.log\n  level: debug\n  audit_log: {root}/state/audit.jsonl\n",
+             log:\n  file: {root}/state/podspawn.log\n  level: debug\n  audit_log: {root}/state/audit.jsonl\n\
+             {sections}",
             root = self.root.display(),
             group = self.group,
             image = image(),
@@ -671,10 +679,14 @@ impl Drop for Server {
         }
         run_quietly("groupdel", &[&self.group]);
         if let Some(chain) = &self.isolation_chain {
+            let egress = format!("{chain}-OUT");
             for action in [
                 &["-D", "FORWARD", "-j", chain][..],
                 &["-F", chain],
                 &["-X", chain],
+                &["-D", "PREROUTING", "-j", &egress],
+                &["-F", &egress],
+                &["-X", &egress],
             ] {
                 let mut args = vec!["-w", "10", "-t", "mangle"];
                 args.extend(action);
