@@ -235,17 +235,28 @@ impl RealEnv {
         self.configure("", "");
     }
 
-    /// Writes the config: the test layer's, with `defaults` (lines under `defaults:`)
-    /// and `sections` (more top-level sections) added.
+    /// Writes the config: the test layer's, with `defaults` (lines under `defaults:`,
+    /// each replacing the layer's own of its key) and `sections` (more top-level
+    /// sections) added.
     fn configure(&self, defaults: &str, sections: &str) {
+        let image = format!("  image: {}\n", self.image);
+        let mut base = String::new();
+        for line in [image.as_str(), "  memory: 512m\n", "  cpus: 1\n"] {
+            let key = line.split(':').next().unwrap();
+            if !defaults
+                .lines()
+                .any(|own| own.starts_with(&format!("{key}:")))
+            {
+                base.push_str(line);
+            }
+        }
         let config = format!(
             "auth:\n  key_dir: {root}/keys\n  user_dir: {root}/users\n\
-             defaults:\n  image: {image}\n  memory: 512m\n  cpus: 1\n{defaults}\
+             defaults:\n{base}{defaults}\
              session:\n  grace_period: {grace}\n\
              state:\n  db_path: {root}/state/state.db\n  lock_dir: {root}/state/locks\n  agent_dir: {root}/state/agents\n\
              log:\n  file: {root}/state/podspawn.log\n  level: debug\n{sections}",
             root = self.root.display(),
-            image = self.image,
             grace = self.grace,
         );
         fs::write(self.root.join("config.yaml"), config).unwrap();
@@ -1108,3 +1119,5 @@ fn the_agent_relay_reaches_the_agent_without_the_docker_group() {
         docker_gid()
     );
 }
+
+mod hardening;

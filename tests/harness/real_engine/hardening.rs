@@ -1,0 +1,183 @@
+//! Limits that hold, on the real engine: the home stops at its size, a fork bomb at
+//! the pids limit, a memory hog is killed inside its container; and a user's own
+//! settings file changes their container and nobody else's.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{RealEnv, image, unavailable};
+
+/// `docker inspect -f FORMAT container`, trimmed.
+fn inspect(container: &str, format: &str) -> String {
+    let output = Command::new("docker")
+        .args(["inspect", "-f", format, container])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[test]
+fn filling_the_home_stops_at_its_size() {
+    let env = real_env_or_skip!("60s");
+    env.configure("  home_size: 16m\n", "");
+    let output = env.run(
+        "dd if=/dev/zero of=$HOME/fill bs=1M count=64 2>&1; echo dd=$?; \
+         echo size=$(du -m $HOME/fill | cut -f1)",
+    );
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        text.contains("No space left on device") && text.contains("dd=1"),
+        "{}",
+        env.explain(&output)
+    );
+    let size: u32 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("size="))
+        .and_then(|size| size.parse().ok())
+        .unwrap_or_else(|| panic!("{}", env.explain(&output)));
+    assert!((15..=16).contains(&size), "the home took {size} MiB");
+    println!("home_size 16m: dd stopped at {size} MiB (No space left on device)");
+}
+
+/// A memory hog is killed inside the container (no swap to go to), the connection
+/// says so with 137, and the container and its next connection live on.
+#[test]
+fn a_memory_hog_is_killed_inside_and_the_container_lives_on() {
+    let env = real_env_or_skip!("60s");
+    env.configure("  memory: 96m\n  home_size: 8m\n", "");
+    // `tail` keeps a line with no newline whole: it grows until something stops it.
+    let output = env.run("head -c 1024m /dev/zero | tail -n 1 >/dev/null; echo tail=$?");
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    assert_eq!(text, "tail=137\n", "{}", env.explain(&output));
+    let container = env.container();
+    assert_eq!(inspect(&container, "{{.HostConfig.Memory}}"), "100663296");
+    assert_eq!(
+        inspect(&container, "{{.HostConfig.MemorySwap}}"),
+        "100663296"
+    );
+    let again = env.run("echo alive");
+    assert_eq!(again.stdout, b"alive\n", "{}", env.explain(&again));
+    println!("memory 96m, no swap: the hog was SIGKILLed (exit 137), the container lived on");
+}
+
+/// A fork bomb stops at the pids limit: the container holds no more than that many
+/// processes, another user's container answers meanwhile, and the bomb's connection
+/// goes with its processes.
+#[test]
+fn a_fork_bomb_stops_at_the_pids_limit_and_others_stay_responsive() {
+    let env = real_env_or_skip!("60s");
+    let other = RealEnv::new("60s", image());
+    env.configure("  pids_limit: 64\n", "");
+    let warm = other.run("true");
+    assert!(warm.status.success(), "{}", other.explain(&warm));
+    let mut bomb = env
+        // Every process forks copies of itself for ever: held only by the limit.
+        .spawn(Some("f() { while :; do f & done; }; f 2>/dev/null"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let container = env.container();
+    let pids = || -> u32 {
+        let output = Command::new("docker")
+            .args(["stats", "--no-stream", "--format", "{{.PIDs}}", &container])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let mut most = 0;
+    let reached = env.wait_until(Duration::from_secs(30), || {
+        most = most.max(pids());
+        most >= 60
+    });
+    assert!(reached.is_some(), "the bomb reached only {most} processes");
+    // Held at the limit for a while.
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(300));
+        most = most.max(pids());
+    }
+    assert!(most <= 64, "{most} processes in a container limited to 64");
+    let start = Instant::now();
+    let answered = other.run("echo fine");
+    let took = start.elapsed();
+    assert_eq!(answered.stdout, b"fine\n", "{}", other.explain(&answered));
+    println!(
+        "pids_limit 64: the bomb held {most} processes; another user's connection took {took:?}"
+    );
+    let _ = bomb.kill();
+    let _ = bomb.wait();
+}
+
+/// A user's own file gives them their own limits, environment and max sessions;
+/// another user keeps the server's; a broken file refuses only its user, with one line.
+#[test]
+fn a_users_own_settings_apply_to_them_alone() {
+    let env = real_env_or_skip!("60s");
+    let other = RealEnv::new("60s", image());
+    let users = env.root.join("users");
+    fs::create_dir_all(&users).unwrap();
+    fs::set_permissions(&users, fs::Permissions::from_mode(0o755)).unwrap();
+    let file = users.join(format!("{}.yaml", env.user));
+    fs::write(
+        &file,
+        "cpus: 0.5\nmemory: 256m\npids_limit: 100\nhome_size: 32m\nmax_sessions: 1\n\
+         env:\n  GREETING: hello ${PODSPAWN_USER}\n",
+    )
+    .unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    let output = env.run("echo \"$GREETING\"; df -m $HOME | tail -1 | awk '{print $2}'");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("hello {}\n32\n", env.user),
+        "{}",
+        env.explain(&output)
+    );
+    let container = env.container();
+    assert_eq!(inspect(&container, "{{.HostConfig.NanoCpus}}"), "500000000");
+    assert_eq!(inspect(&container, "{{.HostConfig.Memory}}"), "268435456");
+    assert_eq!(inspect(&container, "{{.HostConfig.PidsLimit}}"), "100");
+    // max_sessions 1: a project or scratch session of theirs is refused.
+    let scratch = env
+        .spawn(Some("true"))
+        .env("PODSPAWN_PROJECT", "scratch1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        scratch.status.code(),
+        Some(125),
+        "{}",
+        env.explain(&scratch)
+    );
+
+    let theirs = other.run("echo \"[$GREETING]\"");
+    assert_eq!(theirs.stdout, b"[]\n", "{}", other.explain(&theirs));
+    assert_eq!(
+        inspect(&other.container(), "{{.HostConfig.Memory}}"),
+        "536870912"
+    );
+
+    // A broken file: one line for the user, the file and line for the admin.
+    fs::write(&file, "cpus: 1\nmemroy: 1g\n").unwrap();
+    let _ = Command::new("docker")
+        .args(["rm", "-f", &container])
+        .output();
+    let broken = env.run("true");
+    assert_eq!(broken.status.code(), Some(125));
+    assert_eq!(
+        String::from_utf8_lossy(&broken.stderr),
+        "podspawn: the podspawn configuration of this server is broken; tell your admin\n"
+    );
+    assert!(
+        env.log()
+            .contains(&format!("config {}, line 2: ", file.display())),
+        "{}",
+        env.log()
+    );
+}
