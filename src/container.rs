@@ -374,6 +374,12 @@ if ! grep -q "^[^:]*:[^:]*:$gid:" /etc/group 2>/dev/null; then
   rm -f /etc/group.podspawn
 fi
 if [ "$sudo" = 1 ]; then
+  # sudo's PAM account check wants the user in /etc/shadow (no password: `*`).
+  if [ -f /etc/shadow ]; then
+    (umask 077; { grep -v "^$user:" /etc/shadow; echo "$user:*:1:0:99999:7:::"; } \
+      > /etc/shadow.podspawn) && cat /etc/shadow.podspawn > /etc/shadow
+    rm -f /etc/shadow.podspawn
+  fi
   mkdir -p /etc/sudoers.d && echo "$user ALL=(ALL) NOPASSWD:ALL" > /etc/sudoers.d/podspawn \
     && chmod 0440 /etc/sudoers.d/podspawn
 fi

@@ -181,3 +181,101 @@ fn a_users_own_settings_apply_to_them_alone() {
         env.log()
     );
 }
+
+/// `security.read_only_root`: the user's session works — their identity, home, /tmp
+/// — and nothing else of the image can be written; /etc is the container's own copy
+/// and goes with it.
+#[test]
+fn a_read_only_root_keeps_the_session_working_and_the_image_unwritten() {
+    let env = real_env_or_skip!("60s");
+    env.configure("", "security:\n  read_only_root: true\n");
+    let output = env.run(
+        "id -un; echo x > $HOME/a && echo x > /tmp/a && echo x > /var/tmp/a && echo writable; \
+         touch /usr/x 2>&1; touch /x 2>&1; git --version >/dev/null && echo git",
+    );
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        text.starts_with(&format!("{}\nwritable\n", env.user)),
+        "{}",
+        env.explain(&output)
+    );
+    assert_eq!(
+        text.matches("Read-only file system").count(),
+        2,
+        "{}",
+        env.explain(&output)
+    );
+    assert!(text.ends_with("git\n"), "{}", env.explain(&output));
+    let container = env.container();
+    assert_eq!(
+        inspect(&container, "{{.HostConfig.ReadonlyRootfs}}"),
+        "true"
+    );
+    let volume = inspect(
+        &container,
+        "{{range .Mounts}}{{if eq .Destination \"/etc\"}}{{.Name}}{{end}}{{end}}",
+    );
+    assert!(!volume.is_empty(), "no /etc volume");
+    let labels = Command::new("docker")
+        .args(["volume", "inspect", "-f", "{{json .Labels}}", &volume])
+        .output()
+        .unwrap();
+    let labels = String::from_utf8_lossy(&labels.stdout).to_string();
+    assert!(
+        labels.contains(&format!("\"podspawn.user\":\"{}\"", env.user))
+            && labels.contains("\"podspawn.session\":\""),
+        "{labels}"
+    );
+    let _ = Command::new("docker")
+        .args(["rm", "--force", "--volumes", &container])
+        .output();
+    let gone = env.wait_until(Duration::from_secs(10), || {
+        !Command::new("docker")
+            .args(["volume", "inspect", &volume])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    });
+    assert!(
+        gone.is_some(),
+        "the /etc volume {volume} outlived its container"
+    );
+}
+
+/// `security.sudo` (here with the admin's `sudo_without_sandbox`): the user installs
+/// a package with sudo; in a default session sudo cannot become root.
+#[test]
+fn sudo_installs_a_package_only_where_the_server_allows_it() {
+    let env = real_env_or_skip!("60s");
+    let install = "sudo -n apt-get update -qq >/dev/null 2>&1; \
+                   sudo -n apt-get install -y -qq jq >/dev/null 2>&1; echo apt=$?; \
+                   echo '{\"a\":1}' | jq .a";
+    let refused = env.run(install);
+    let text = String::from_utf8_lossy(&refused.stdout).to_string();
+    assert!(text.starts_with("apt=1\n"), "{}", env.explain(&refused));
+    let said = env.run("sudo -n true 2>&1");
+    assert!(
+        String::from_utf8_lossy(&said.stdout).contains("no new privileges"),
+        "{}",
+        env.explain(&said)
+    );
+
+    let _ = Command::new("docker")
+        .args(["rm", "--force", &env.container()])
+        .output();
+    env.configure(
+        "",
+        "security:\n  sudo: true\n  sudo_without_sandbox: true\n",
+    );
+    let installed = env.run(install);
+    assert_eq!(
+        String::from_utf8_lossy(&installed.stdout),
+        "apt=0\n1\n",
+        "{}",
+        env.explain(&installed)
+    );
+    let root = env.run("sudo -n id -u");
+    assert_eq!(root.stdout, b"0\n", "{}", env.explain(&root));
+}
