@@ -970,6 +970,10 @@ impl std::error::Error for ConfigError {}
 pub const SUDO_NEEDS_SANDBOX: &str = "sudo: root inside a container that shares the host's kernel \
      needs a sandboxing runtime (security.runtime: runsc) or security.sudo_without_sandbox: true";
 
+/// Why `sudo: true` is refused with a read-only root.
+pub const SUDO_NEEDS_WRITABLE_ROOT: &str = "read_only_root: a package manager (what sudo is \
+     for) writes /usr, /var and /etc; use either read_only_root or sudo";
+
 /// Parses config text; an error comes back as (line, message naming the key).
 pub(crate) fn parse(text: &str) -> Result<ServerConfig, (Option<usize>, String)> {
     // A file of nothing but comments is an empty document, which serde_yaml would
@@ -991,6 +995,13 @@ pub(crate) fn parse(text: &str) -> Result<ServerConfig, (Option<usize>, String)>
             .position(|line| line.trim_start().starts_with("sudo:"))
             .map(|index| index + 1);
         return Err((line, format!("security.{SUDO_NEEDS_SANDBOX}")));
+    }
+    if security.sudo && security.read_only_root {
+        let line = text
+            .lines()
+            .position(|line| line.trim_start().starts_with("read_only_root:"))
+            .map(|index| index + 1);
+        return Err((line, format!("security.{SUDO_NEEDS_WRITABLE_ROOT}")));
     }
     let network = &config.network;
     if network.pool.overlaps(&network.services_pool) {
@@ -1199,9 +1210,15 @@ log:
         let config = parse(
             "defaults:\n  home_size: 256m\n  nofile: 4096\n  nproc: 2048\n\
              network:\n  allow_host: true\n  allow_metadata: true\n  deny: [192.168.0.0/16, 10.9.9.9]\n\
-             security:\n  runtime: runsc\n  read_only_root: true\n  sudo: true\n",
+             security:\n  runtime: runsc\n  sudo: true\n",
         )
         .unwrap();
+        assert!(
+            parse("security:\n  read_only_root: true\n")
+                .unwrap()
+                .security
+                .read_only_root
+        );
         assert_eq!(config.defaults.home_size, ByteSize(256 << 20));
         assert_eq!(
             (config.defaults.nofile, config.defaults.nproc),
@@ -1216,7 +1233,7 @@ log:
             .collect();
         assert_eq!(denied, ["192.168.0.0/16", "10.9.9.9/32"]);
         assert_eq!(config.security.runtime, Some(RuntimeName("runsc".into())));
-        assert!(config.security.read_only_root && config.security.sudo);
+        assert!(config.security.sudo);
         let defaults = ServerConfig::default();
         assert!(!defaults.network.allow_host && !defaults.network.allow_metadata);
         assert_eq!(defaults.defaults.nproc, None);
@@ -1253,6 +1270,11 @@ log:
                 "security:\n  runtime: runc\n  sudo: true\n",
                 3,
                 "security.sudo",
+            ),
+            (
+                "security:\n  runtime: runsc\n  read_only_root: true\n  sudo: true\n",
+                3,
+                "use either read_only_root or sudo",
             ),
         ] {
             let (got, message) = parse_err(text);

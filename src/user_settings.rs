@@ -164,6 +164,12 @@ fn check_sudo(config: &ServerConfig, settings: &UserSettings) -> Result<(), Stri
     if sudo && !security.sudo_without_sandbox && !runtime.is_some_and(RuntimeName::is_sandbox) {
         return Err(crate::config::SUDO_NEEDS_SANDBOX.to_string());
     }
+    if sudo && security.read_only_root {
+        return Err(format!(
+            "sudo: the server's security.{}",
+            crate::config::SUDO_NEEDS_WRITABLE_ROOT
+        ));
+    }
     Ok(())
 }
 

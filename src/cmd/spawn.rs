@@ -242,7 +242,12 @@ pub fn settings(config: &ServerConfig, user: &UserSettings) -> Settings {
         pool: config.network.pool,
         max_per_user: user.max_sessions.unwrap_or(config.session.max_per_user),
         hardening: crate::container::Hardening {
-            home_bytes: user.home_size.unwrap_or(defaults.home_size).0,
+            // A full home must leave the container memory to run in: at most half.
+            home_bytes: user
+                .home_size
+                .unwrap_or(defaults.home_size)
+                .0
+                .min(user.memory.unwrap_or(defaults.memory).0 / 2),
             nofile: defaults.nofile,
             nproc: defaults.nproc,
             runtime: user
@@ -490,6 +495,30 @@ fn passed_env(tty: bool) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_users_settings_win_over_the_servers_and_the_home_leaves_room_to_run() {
+        let config = crate::config::parse(
+            "defaults:\n  memory: 512m\n  cpus: 2\n  home_size: 1g\n\
+             security:\n  runtime: runsc\nsession:\n  max_per_user: 4\n",
+        )
+        .unwrap();
+        let server = settings(&config, &UserSettings::default());
+        assert_eq!((server.cpus, server.max_per_user), (2.0, 4));
+        // A home as large as the memory would leave nothing to run in when full.
+        assert_eq!(server.hardening.home_bytes, 256 << 20);
+        assert_eq!(server.hardening.runtime.as_deref(), Some("runsc"));
+        let own = crate::user_settings::parse(
+            "cpus: 0.5\nmemory: 128m\nmax_sessions: 1\nruntime: runc\nmode: persistent\n",
+        )
+        .unwrap();
+        let theirs = settings(&config, &own);
+        assert_eq!((theirs.cpus, theirs.memory_bytes), (0.5, 128 << 20));
+        assert_eq!(theirs.max_per_user, 1);
+        assert_eq!(theirs.hardening.home_bytes, 64 << 20);
+        assert_eq!(theirs.hardening.runtime.as_deref(), Some("runc"));
+        assert_eq!(theirs.mode, crate::config::SessionMode::Persistent);
+    }
 
     #[test]
     fn spawn_needs_its_user() {

@@ -61,6 +61,16 @@ pub fn skip(test: &str, reason: &str) {
     eprintln!("{test} skipped: {reason}");
 }
 
+/// Whether the Docker engine has the OCI runtime `runtime` registered.
+pub fn engine_has_runtime(runtime: &str) -> bool {
+    Command::new("docker")
+        .args(["info", "--format", "{{json .Runtimes}}"])
+        .output()
+        .is_ok_and(|output| {
+            String::from_utf8_lossy(&output.stdout).contains(&format!("\"{runtime}\""))
+        })
+}
+
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }

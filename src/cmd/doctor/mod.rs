@@ -730,7 +730,7 @@ fn check_sandbox(report: &mut Report, config: &ServerConfig) {
             let fix = if runtime.starts_with("runsc") {
                 format!(
                     "apt-get install runsc; in /etc/docker/daemon.json: \"runtimes\": {{\"{runtime}\": \
-                     {{\"path\": \"/usr/bin/runsc\", \"runtimeArgs\": [\"--network=host\"]}}}}; \
+                     {{\"path\": \"/usr/bin/runsc\", \"runtimeArgs\": [\"--network=host\", \"--host-uds=open\"]}}}}; \
                      then kill -HUP $(pidof dockerd)"
                 )
             } else {

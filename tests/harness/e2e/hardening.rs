@@ -153,3 +153,154 @@ fn a_container_reaches_neither_the_host_nor_its_metadata_address() {
         );
     }
 }
+
+/// `security.runtime: runsc`: a session, sftp, scp, rsync, agent forwarding and a
+/// project's companion service all work under gVisor, through the real sshd.
+#[test]
+fn sessions_transfers_the_agent_and_services_work_under_gvisor() {
+    let server = match super::skip_reason() {
+        Some(reason) => return crate::support::skip("end-to-end test", &reason),
+        None if !crate::support::engine_has_runtime("runsc") => {
+            return crate::support::skip("gVisor test", "the engine has no runsc runtime");
+        }
+        None => Server::start_with("60s", 1, false, "security:\n  runtime: runsc\n"),
+    };
+    let user = &server.users[0];
+    // The kernel inside is gVisor's, and an exit code still comes back.
+    let output = server.run(user, "dmesg | head -1; exit 3");
+    assert_eq!(output.status.code(), Some(3), "{}", server.explain(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("Starting gVisor"),
+        "{}",
+        server.explain(&output)
+    );
+    assert_eq!(runtime_of(&user.container()), "runsc");
+
+    let local = server.scratch("gvisor");
+    let payload: Vec<u8> = (0..(4u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(local.join("up.bin"), &payload).unwrap();
+    let client = |program: &str| {
+        let mut command = Command::new(program);
+        command
+            .args(server.client_options(user))
+            .env("HOME", server.root.join("client"));
+        command
+    };
+    let target = format!("{}@127.0.0.1", user.name);
+    let batch = local.join("batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {0}/up.bin sftp.bin\nget sftp.bin {0}/sftp-back.bin\n",
+            local.display()
+        ),
+    )
+    .unwrap();
+    let sftp = client("sftp")
+        .args(["-P", &server.port.to_string(), "-b"])
+        .arg(&batch)
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(sftp.status.success(), "{}", server.explain(&sftp));
+    assert_eq!(std::fs::read(local.join("sftp-back.bin")).unwrap(), payload);
+    let scp = client("scp")
+        .args(["-P", &server.port.to_string()])
+        .arg(local.join("up.bin"))
+        .arg(format!("{target}:scp.bin"))
+        .output()
+        .unwrap();
+    assert!(scp.status.success(), "{}", server.explain(&scp));
+    let rsync = Command::new("rsync")
+        .args(["-a", "-e", &server.ssh_command_line(user)])
+        .arg(local.join("up.bin"))
+        .arg(format!("{target}:rsync.bin"))
+        .env("HOME", server.root.join("client"))
+        .output()
+        .unwrap();
+    assert!(rsync.status.success(), "{}", server.explain(&rsync));
+    let sums = server.run(
+        user,
+        "sha256sum sftp.bin scp.bin rsync.bin | cut -d' ' -f1 | uniq | wc -l",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&sums.stdout),
+        "1\n",
+        "{}",
+        server.explain(&sums)
+    );
+
+    // Agent forwarding: the relay's socket, through the read-only mount.
+    let socket = local.join("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&socket)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        server
+            .wait_until(std::time::Duration::from_secs(10), || socket.exists())
+            .is_some()
+    );
+    let key = local.join("carried");
+    assert!(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "carried-key", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("ssh-add")
+            .arg("-q")
+            .arg(&key)
+            .env("SSH_AUTH_SOCK", &socket)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let listed = server
+        .ssh_with_agent(user, &socket, "ssh-add -l")
+        .output()
+        .unwrap();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("carried-key"),
+        "{}",
+        server.explain(&listed)
+    );
+
+    // A project's Redis, a service under gVisor too, answers by name.
+    let project = server.project_name("gv");
+    super::services::add(&server, &project, &super::services::redis_podfile());
+    // busybox's nc: bash's /dev/tcp reads meet EAGAIN under gVisor's sockets.
+    let output = server.run_in(
+        user,
+        &project,
+        "printf 'PING\\r\\nQUIT\\r\\n' | busybox nc cache 6379",
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("+PONG"),
+        "{}",
+        server.explain(&output)
+    );
+    assert_eq!(
+        runtime_of(&format!("podspawn-{}-{project}.cache", user.name)),
+        "runsc"
+    );
+}
+
+/// The OCI runtime the engine runs `container` with.
+fn runtime_of(container: &str) -> String {
+    let output = Command::new("docker")
+        .args(["inspect", "-f", "{{.HostConfig.Runtime}}", container])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}

@@ -22,7 +22,7 @@ fn container_of(user: &Account, project: &str) -> String {
 }
 
 /// A project whose Podfile is `podfile`, added; returns what add-project printed.
-fn add(server: &Server, project: &str, podfile: &str) -> String {
+pub(super) fn add(server: &Server, project: &str, podfile: &str) -> String {
     let repo = server.git_repo(&format!("{project}-repo"), &[("podfile.yaml", podfile)]);
     let output = server.podspawn(&["add-project", project, "--repo", repo.to_str().unwrap()]);
     assert!(output.status.success(), "{}", server.explain(&output));
@@ -30,7 +30,7 @@ fn add(server: &Server, project: &str, podfile: &str) -> String {
 }
 
 /// A Podfile on the test image with one Redis service named `cache`.
-fn redis_podfile() -> String {
+pub(super) fn redis_podfile() -> String {
     format!(
         "base: {base}\nservices:\n  - name: cache\n    image: {redis}\n    ports: [6379]\n",
         base = image(),
@@ -69,7 +69,7 @@ fn remains(user: &Account, project: &str) -> Vec<String> {
 /// A command for the dev container: sends Redis `commands` to `host`, then `QUIT`
 /// (the server answers `+OK` and closes), and prints every reply line (bash's
 /// /dev/tcp, so no client is needed).
-fn redis_script(host: &str, commands: &[&str]) -> String {
+pub(super) fn redis_script(host: &str, commands: &[&str]) -> String {
     let sent: String = commands
         .iter()
         .chain(&["QUIT"])
