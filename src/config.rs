@@ -329,9 +329,7 @@ impl RuntimeName {
     /// Whether it runs containers in a sandbox of their own (a user-space kernel or
     /// a VM): gVisor's `runsc` or Kata's, by the names their docs register them as.
     pub fn is_sandbox(&self) -> bool {
-        ["runsc", "kata"]
-            .iter()
-            .any(|sandbox| self.0.starts_with(sandbox))
+        crate::container::is_sandbox(Some(&self.0))
     }
 }
 

@@ -137,6 +137,16 @@ impl Default for Hardening {
     }
 }
 
+/// Whether an OCI runtime runs containers in a sandbox of their own (a user-space
+/// kernel or a VM): gVisor's `runsc` or Kata's, by the names their docs register.
+pub fn is_sandbox(runtime: Option<&str>) -> bool {
+    runtime.is_some_and(|name| {
+        ["runsc", "kata"]
+            .iter()
+            .any(|sandbox| name.starts_with(sandbox))
+    })
+}
+
 /// The capabilities a session with sudo has (every other is dropped): what `sudo`
 /// itself and a package manager (apt: dpkg's chown and setuid bits, the download
 /// step run as `_apt`) need.

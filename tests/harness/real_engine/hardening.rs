@@ -279,3 +279,72 @@ fn sudo_installs_a_package_only_where_the_server_allows_it() {
     let root = env.run("sudo -n id -u");
     assert_eq!(root.stdout, b"0\n", "{}", env.explain(&root));
 }
+
+/// Under gVisor the engine's pids limit counts the sandbox's host threads: podspawn
+/// limits processes inside (`nproc`, the sandbox's own count) and sets the host
+/// limit above what they need. A fork bomb whose processes are reaped makes that
+/// gVisor's threads grow without end, so the bomb ends its own sandbox at the host
+/// limit; the host's count stays bounded, another user's session answers, and the
+/// user's next connection gets a working container.
+#[test]
+fn a_fork_bomb_under_gvisor_is_held_to_its_sandbox() {
+    if !crate::support::engine_has_runtime("runsc") {
+        return crate::support::skip("gVisor test", "the engine has no runsc runtime");
+    }
+    let env = real_env_or_skip!("60s");
+    let other = RealEnv::new("60s", image());
+    let warm = other.run("true");
+    assert!(warm.status.success(), "{}", other.explain(&warm));
+    env.configure("  pids_limit: 64\n", "security:\n  runtime: runsc\n");
+    let started = env.run("true");
+    assert!(started.status.success(), "{}", env.explain(&started));
+    let container = env.container();
+    let limit: u32 = inspect(&container, "{{.HostConfig.PidsLimit}}")
+        .parse()
+        .unwrap();
+    let id = super::container_id(&container);
+    let tasks = || -> u32 {
+        fs::read_to_string(format!("/sys/fs/cgroup/pids/docker/{id}/pids.current"))
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let mut bomb = env
+        .spawn(Some("f() { while :; do f & done; }; f 2>/dev/null"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut most = 0;
+    let mut answers = Vec::new();
+    while start.elapsed() < Duration::from_secs(20) && super::container_exists(&container) {
+        most = most.max(tasks());
+        let asked = Instant::now();
+        let answered = other.run("echo fine");
+        assert_eq!(answered.stdout, b"fine\n", "{}", other.explain(&answered));
+        answers.push(asked.elapsed());
+    }
+    let held = super::container_exists(&container);
+    let _ = bomb.kill();
+    let _ = bomb.wait();
+    assert!(most <= limit, "{most} host tasks under a limit of {limit}");
+    let slowest = answers.iter().max().copied().unwrap_or_default();
+    println!(
+        "gVisor, pids_limit 64 (host limit {limit}): {} after {:?}, at most {most} host tasks; \
+         another user's connection answered {} times, the slowest in {slowest:?}",
+        if held {
+            "the sandbox held"
+        } else {
+            "the sandbox died"
+        },
+        start.elapsed(),
+        answers.len()
+    );
+    let _ = Command::new("docker")
+        .args(["rm", "--force", &container])
+        .output();
+    let again = env.run("echo back");
+    assert_eq!(again.stdout, b"back\n", "{}", env.explain(&again));
+}
