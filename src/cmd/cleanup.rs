@@ -30,7 +30,7 @@ pub const COMMAND: Command = Command {
 };
 
 const USAGE: &str = "\
-Usage: podspawn cleanup [--daemon [--interval DURATION]]
+Usage: podspawn cleanup [--daemon [--interval DURATION] | --rules]
 
 One pass: destroys sessions whose grace period or max lifetime is over (with
 their services, network and volumes), drops sessions whose container is gone,
@@ -43,6 +43,8 @@ correctness: each session's keeper does the same for its own session.
 Options:
   --daemon           repeat forever (for a systemd service); stops on SIGTERM
   --interval D       time between passes with --daemon (default 60s)
+  --rules            only put podspawn's iptables rules in place (networks apart,
+                     egress policy); needs no engine: for a unit before docker's
   -h, --help         print this help
 ";
 
@@ -51,6 +53,8 @@ Options:
 struct CleanupArgs {
     /// With `--daemon`: the time between passes.
     daemon_interval: Option<Duration>,
+    /// `--rules`: the iptables rules only.
+    rules_only: bool,
 }
 
 /// `None`: help.
@@ -58,10 +62,12 @@ fn parse(args: &mut Args) -> Result<Option<CleanupArgs>, UsageError> {
     const NAME: &str = "cleanup";
     let mut daemon = false;
     let mut interval = None;
+    let mut rules_only = false;
     while let Some(arg) = args.next()? {
         match arg {
             Short('h') | Long("help") => return Ok(None),
             Long("daemon") => daemon = true,
+            Long("rules") => rules_only = true,
             Long("interval") => {
                 let value = args.value()?;
                 let parsed = crate::config::ConfigDuration::parse(&value)
@@ -77,8 +83,14 @@ fn parse(args: &mut Args) -> Result<Option<CleanupArgs>, UsageError> {
     if interval.is_some() && !daemon {
         return Err(args.error("--interval goes with --daemon".to_string()));
     }
+    if rules_only && daemon {
+        return Err(args.error("--rules does not go with --daemon".to_string()));
+    }
     let daemon_interval = daemon.then(|| interval.unwrap_or(Duration::from_secs(60)));
-    Ok(Some(CleanupArgs { daemon_interval }))
+    Ok(Some(CleanupArgs {
+        daemon_interval,
+        rules_only,
+    }))
 }
 
 fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {
@@ -92,6 +104,25 @@ fn run(args: &mut Args, context: &Context) -> Result<Outcome, Error> {
 
 fn cleanup(config: &ServerConfig, args: &CleanupArgs) -> Result<(), Error> {
     privilege::require_admin("cleanup", config.state_dir())?;
+    if args.rules_only {
+        // At boot, before the engine starts any container.
+        let changed = crate::isolation::ensure(config).map_err(|err| {
+            Error::NotPermitted(format!(
+                "cannot put podspawn's iptables rules in place: {err}"
+            ))
+        })?;
+        println!(
+            "podspawn's iptables rules are in place (mangle, chains {} and {}){}",
+            crate::isolation::chain(config),
+            crate::isolation::egress_chain(config),
+            if changed {
+                "; some were missing and were added"
+            } else {
+                ""
+            }
+        );
+        return Ok(());
+    }
     let mut sessions = super::sessions(config)?;
     let Some(interval) = args.daemon_interval else {
         if let Some(put_back) = keep_networks_apart(config) {

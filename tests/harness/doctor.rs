@@ -44,6 +44,10 @@ fn doctor_names_each_problem_with_its_fix_and_exits_1() {
         "✓ the container engine answers (version 20.10.24)",
         "✓ the default image test-image is here",
         "✓ podspawn's networks are kept apart (iptables -t mangle, chain PODSPAWN-",
+        "✓ containers cannot reach the host's own addresses (but DNS), 169.254.0.0/16 \
+         (egress policy, chain PODSPAWN-",
+        "ℹ containers share the host's kernel (runc); for untrusted users, gVisor",
+        "ℹ the engine's storage driver is overlay2:",
         "ℹ no cleanup timer or cron job",
     ] {
         assert!(
@@ -76,13 +80,14 @@ fn doctor_says_when_the_rule_keeping_networks_apart_is_missing() {
     let said = run.stdout();
     assert!(
         said.contains(
-            "✗ podspawn's networks are kept apart only by Docker's own rules, which let packets \
-             through while networks are made: missing chain PODSPAWN-"
+            "✗ podspawn's iptables rules are not all in place (without them, Docker's own rules \
+             let packets between networks through while networks are made, and containers reach \
+             the host): missing chain PODSPAWN-"
         ),
         "{said}"
     );
     assert!(
-        said.contains("fix: sudo podspawn server-setup (iptables rules do not last a reboot"),
+        said.contains("fix: sudo podspawn cleanup --rules (iptables rules do not last a reboot"),
         "{said}"
     );
     assert!(

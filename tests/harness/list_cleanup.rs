@@ -233,6 +233,28 @@ fn cleanup_puts_back_the_rule_that_keeps_networks_apart() {
         .assert_stdout("cleanup pass complete: grace_expired=0 lifetime_expired=0 orphans_removed=0 rows_dropped=0 services_restarted=0 networks_removed=0 volumes_removed=0 images_removed=0\n");
 }
 
+/// `cleanup --rules`, as a boot unit runs it before the engine starts: the rules
+/// only, not one docker call, and nothing changed once they are there.
+#[test]
+fn cleanup_rules_puts_the_iptables_rules_in_place_without_the_engine() {
+    let env = TestEnv::new();
+    env.scenario(&crate::support::iptables_to_be_set_up());
+    let run = env.podspawn(&["cleanup", "--rules"]);
+    run.assert_success();
+    let said = run.stdout();
+    assert!(
+        said.starts_with("podspawn's iptables rules are in place (mangle, chains PODSPAWN-")
+            && said.ends_with("-OUT); some were missing and were added\n"),
+        "{said}"
+    );
+    let again = env.podspawn(&["cleanup", "--rules"]);
+    again.assert_success();
+    assert!(again.stdout().ends_with("-OUT)\n"), "{}", again.stdout());
+    assert!(env.docker_calls().is_empty(), "{:?}", env.docker_calls());
+    env.podspawn(&["cleanup", "--rules", "--daemon"])
+        .assert_code(2);
+}
+
 /// Kills the keepers started for this tree (found by the config on their command line).
 fn kill_keepers(env: &TestEnv) {
     let config = env.config_path().display().to_string();

@@ -807,17 +807,47 @@ fn check_isolation(report: &mut Report, config: &ServerConfig) {
             &format!("podspawn's networks are kept apart (iptables -t mangle, chain {chain})"),
             None,
         );
+        let network = &config.network;
+        let mut kept_from = Vec::new();
+        if !network.allow_host {
+            kept_from.push("the host's own addresses (but DNS)".to_string());
+        }
+        if !network.allow_metadata {
+            kept_from.push(crate::isolation::LINK_LOCAL.to_string());
+        }
+        kept_from.extend(network.deny.iter().map(ToString::to_string));
+        let egress = crate::isolation::egress_chain(config);
+        if kept_from.is_empty() {
+            report.line(
+                Mark::Warn,
+                &format!(
+                    "containers may reach the host and link-local addresses \
+                     (network.allow_host and allow_metadata; chain {egress})"
+                ),
+                None,
+            );
+        } else {
+            report.line(
+                Mark::Good,
+                &format!(
+                    "containers cannot reach {} (egress policy, chain {egress})",
+                    kept_from.join(", ")
+                ),
+                None,
+            );
+        }
     } else {
         report.line(
             Mark::Bad,
             &format!(
-                "podspawn's networks are kept apart only by Docker's own rules, which let \
-                 packets through while networks are made: missing {}",
+                "podspawn's iptables rules are not all in place (without them, Docker's own \
+                 rules let packets between networks through while networks are made, and \
+                 containers reach the host): missing {}",
                 found.missing.join(", ")
             ),
             Some(
-                "sudo podspawn server-setup (iptables rules do not last a reboot; the \
-                 cleanup timer puts them back)"
+                "sudo podspawn cleanup --rules (iptables rules do not last a reboot: \
+                 contrib's podspawn-rules.service puts them back at boot)"
                     .into(),
             ),
         );
