@@ -146,6 +146,15 @@ pub struct Defaults {
     /// host (every container of theirs, and their connections); unset, none.
     #[serde(deserialize_with = "some_positive")]
     pub nproc: Option<u32>,
+    /// docker's `--storage-opt size=`: each container's writable layer, where the
+    /// storage driver has such a limit (overlay2 on xfs with pquota, btrfs, zfs);
+    /// elsewhere every container would fail to start (`doctor` says which).
+    #[serde(deserialize_with = "some_size")]
+    pub disk_size: Option<ByteSize>,
+}
+
+fn some_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<ByteSize>, D::Error> {
+    ByteSize::deserialize(deserializer).map(Some)
 }
 
 /// A count that must be at least 1.
@@ -175,6 +184,7 @@ impl Default for Defaults {
             home_size: ByteSize(1 << 30),
             nofile: 16384,
             nproc: None,
+            disk_size: None,
         }
     }
 }
@@ -875,6 +885,7 @@ pub const COMMENTED_DEFAULT: &str = "\
 #  home_size: 1g                      # the home is a tmpfs: in memory, counted in memory
 #  nofile: 16384                      # open files per process (ulimit -n; at most dockerd's own)
 #  # nproc: 4096  (ulimit -u: processes of the user's uid, all their containers; unset = none)
+#  # disk_size: 10g  (each container's disk, where the storage driver can: see doctor)
 #session:
 #  grace_period: 60s
 #  max_lifetime: 8h

@@ -114,6 +114,8 @@ pub struct Hardening {
     pub nofile: u32,
     /// `--ulimit nproc` (soft and hard), if any.
     pub nproc: Option<u32>,
+    /// `--storage-opt size=`, if any.
+    pub disk_bytes: Option<u64>,
     /// The engine's OCI runtime for it (and its services), if not the default.
     pub runtime: Option<String>,
     /// A read-only root: /etc is the container's own copy (a volume made from the
@@ -130,6 +132,7 @@ impl Default for Hardening {
             home_bytes: 1 << 30,
             nofile: 16384,
             nproc: None,
+            disk_bytes: None,
             runtime: None,
             read_only_root: false,
             sudo: false,

@@ -1121,6 +1121,9 @@ pub fn run_args(spec: &ContainerSpec, installation: &str) -> Vec<String> {
     if let Some(nproc) = nproc(hardening.nproc, spec.pids_limit, runtime) {
         args.extend(["--ulimit".into(), ulimit("nproc", nproc)]);
     }
+    if let Some(bytes) = hardening.disk_bytes {
+        args.extend(["--storage-opt".into(), format!("size={bytes}")]);
+    }
     args.extend(["--network".into(), spec.network.name.clone()]);
     args.extend(["--ip".into(), spec.network.container.to_string()]);
     args.extend(strings(&["--cap-drop", "ALL"]));
@@ -1481,7 +1484,13 @@ mod tests {
                 .any(|arg| arg == "--privileged" || arg.starts_with("--cap-add"))
         );
         assert!(!text.contains("--pull"), "the default image may be pulled");
-        for absent in ["--runtime", "--read-only", "nproc", "target=/etc"] {
+        for absent in [
+            "--runtime",
+            "--read-only",
+            "nproc",
+            "target=/etc",
+            "--storage-opt",
+        ] {
             assert!(!text.contains(absent), "{absent} in {text}");
         }
         // A project's image is built here, never pulled from a registry.
@@ -1514,6 +1523,7 @@ mod tests {
                 home_bytes: 64 << 20,
                 nofile: 1024,
                 nproc: Some(500),
+                disk_bytes: Some(10 << 30),
                 runtime: Some("runsc".into()),
                 read_only_root: true,
                 sudo: true,
@@ -1523,7 +1533,7 @@ mod tests {
         for expected in [
             // Under gVisor: processes are limited inside, the host's count is its threads.
             "--runtime runsc --cpus 1 --memory 268435456 --memory-swap 268435456 --pids-limit 864 \
-             --ulimit nofile=1024:1024 --ulimit nproc=100:100",
+             --ulimit nofile=1024:1024 --ulimit nproc=100:100 --storage-opt size=10737418240",
             "--cap-drop ALL --cap-add AUDIT_WRITE --cap-add CHOWN --cap-add DAC_OVERRIDE",
             "--tmpfs /home/alice:rw,exec,nosuid,nodev,size=67108864,",
             "--read-only --tmpfs /tmp:rw,nosuid,nodev,mode=1777 --tmpfs /var/tmp:rw,nosuid,nodev,mode=1777 \
@@ -1563,6 +1573,7 @@ mod tests {
             hardening: container::Hardening {
                 runtime: None,
                 nproc: None,
+                disk_bytes: None,
                 ..spec.hardening.clone()
             },
             ..spec

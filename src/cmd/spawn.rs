@@ -250,6 +250,7 @@ pub fn settings(config: &ServerConfig, user: &UserSettings) -> Settings {
                 .min(user.memory.unwrap_or(defaults.memory).0 / 2),
             nofile: defaults.nofile,
             nproc: defaults.nproc,
+            disk_bytes: defaults.disk_size.map(|size| size.0),
             runtime: user
                 .runtime
                 .as_ref()

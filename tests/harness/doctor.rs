@@ -47,7 +47,7 @@ fn doctor_names_each_problem_with_its_fix_and_exits_1() {
         "✓ containers cannot reach the host's own addresses (but DNS), 169.254.0.0/16 \
          (egress policy, chain PODSPAWN-",
         "ℹ containers share the host's kernel (runc); for untrusted users, gVisor",
-        "ℹ the engine's storage driver is overlay2:",
+        "ℹ the engine's storage driver overlay2 can limit each container's disk",
         "ℹ no cleanup timer or cron job",
     ] {
         assert!(
@@ -305,4 +305,76 @@ fn verify_image_refuses_an_image_without_sh() {
         run.stdout()
     );
     run.assert_stderr("podspawn: distroless cannot be used: it has no working /bin/sh\n");
+}
+
+/// A runtime the engine does not know, and a user's settings file that is wrong: each
+/// is one ✗ naming what to do (the file with its line).
+#[test]
+fn doctor_names_a_missing_runtime_and_a_broken_users_file() {
+    let env = TestEnv::new();
+    env.scenario(&healthy_engine());
+    env.write_config("defaults:\n  image: test-image\nsecurity:\n  runtime: runsc\n");
+    let users = env.path("users");
+    fs::create_dir_all(&users).unwrap();
+    fs::write(users.join("alice.yaml"), "cpus: 1\n").unwrap();
+    fs::write(users.join("bob.yaml"), "cpus: 1\nmemroy: 1g\n").unwrap();
+    let config = fs::read_to_string(env.config_path()).unwrap();
+    env.write_config_text(&config.replacen(
+        "  create_accounts: false\n",
+        &format!(
+            "  create_accounts: false\n  user_dir: {}\n",
+            users.display()
+        ),
+        1,
+    ));
+    let run = env.podspawn(&["doctor", "--sshd-config", "/nonexistent/sshd_config"]);
+    run.assert_code(1);
+    let said = run.stdout();
+    for expected in [
+        "✗ the engine has no runtime runsc (it has runc): every session that uses it fails to start\n    fix: apt-get install runsc; in /etc/docker/daemon.json: \"runtimes\": {\"runsc\": {\"path\": \"/usr/bin/runsc\", \"runtimeArgs\": [\"--network=host\", \"--host-uds=open\"]}}; then kill -HUP $(pidof dockerd)",
+        &format!("✓ {} is valid", users.join("alice.yaml").display()),
+        &format!(
+            "✗ config {}, line 2: memroy: unknown key",
+            users.join("bob.yaml").display()
+        ),
+        "    fix: correct or remove it: that user's logins fail until then",
+    ] {
+        assert!(
+            said.contains(expected),
+            "{expected:?} missing from:\n{said}"
+        );
+    }
+}
+
+/// A disk limit on a storage driver that has none would fail every container: doctor
+/// says so; without one it says what the driver allows.
+#[test]
+fn doctor_says_when_the_storage_driver_cannot_limit_disk() {
+    let env = TestEnv::new();
+    let mut rules =
+        vec![Rule::docker(&["info", "--format", "*"]).stdout("runc \tfuse-overlayfs\n")];
+    rules.extend(healthy_engine());
+    env.scenario(&rules);
+    env.write_config("defaults:\n  image: test-image\n  disk_size: 10g\n");
+    let said = env
+        .podspawn(&["doctor", "--sshd-config", "/nonexistent/sshd_config"])
+        .stdout();
+    assert!(
+        said.contains(
+            "✗ defaults.disk_size is set, and the engine's storage driver fuse-overlayfs has no \
+             per-container disk limit: every container fails to start\n    fix: remove defaults.disk_size"
+        ),
+        "{said}"
+    );
+    env.write_config("defaults:\n  image: test-image\n");
+    let said = env
+        .podspawn(&["doctor", "--sshd-config", "/nonexistent/sshd_config"])
+        .stdout();
+    assert!(
+        said.contains(
+            "ℹ the engine's storage driver fuse-overlayfs has no per-container disk limit; \
+             security.read_only_root keeps users off the disk"
+        ),
+        "{said}"
+    );
 }

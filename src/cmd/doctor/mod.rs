@@ -741,7 +741,8 @@ fn check_sandbox(report: &mut Report, config: &ServerConfig) {
             report.line(
                 Mark::Bad,
                 &format!(
-                    "the engine has no runtime {runtime} (it has {}): every session that                      uses it fails to start",
+                    "the engine has no runtime {runtime} (it has {}): every session that \
+                     uses it fails to start",
                     known.join(", ")
                 ),
                 Some(fix),
@@ -755,22 +756,48 @@ fn check_sandbox(report: &mut Report, config: &ServerConfig) {
             None,
         );
     }
-    report.line(
-        Mark::Info,
-        &format!(
-            "the engine's storage driver is {driver}: {}",
-            if security_disk_limit(&driver) {
-                "defaults.disk_size can limit each container's disk (overlay2 needs xfs with pquota)"
-            } else {
-                "it has no per-container disk limit; security.read_only_root keeps users off the disk"
-            }
+    let limited = disk_limit_possible(&driver);
+    match (&config.defaults.disk_size, limited) {
+        (Some(_), false) => report.line(
+            Mark::Bad,
+            &format!(
+                "defaults.disk_size is set, and the engine's storage driver {driver} has no \
+                 per-container disk limit: every container fails to start"
+            ),
+            Some(
+                "remove defaults.disk_size (security.read_only_root keeps users off the disk)"
+                    .into(),
+            ),
         ),
-        None,
-    );
+        (Some(_), true) => report.line(
+            Mark::Info,
+            &format!(
+                "defaults.disk_size limits each container's disk on {driver} (overlay2: only \
+                 on xfs mounted with pquota; elsewhere every container fails to start)"
+            ),
+            None,
+        ),
+        (None, true) => report.line(
+            Mark::Info,
+            &format!(
+                "the engine's storage driver {driver} can limit each container's disk \
+                 (defaults.disk_size; overlay2 needs xfs with pquota)"
+            ),
+            None,
+        ),
+        (None, false) => report.line(
+            Mark::Info,
+            &format!(
+                "the engine's storage driver {driver} has no per-container disk limit; \
+                 security.read_only_root keeps users off the disk"
+            ),
+            None,
+        ),
+    }
 }
 
 /// Whether docker's `--storage-opt size=` works on a storage driver at all.
-fn security_disk_limit(driver: &str) -> bool {
+fn disk_limit_possible(driver: &str) -> bool {
     matches!(driver, "overlay2" | "btrfs" | "zfs" | "devicemapper")
 }
 
@@ -782,7 +809,7 @@ fn check_user_settings(report: &mut Report, config: &ServerConfig) {
             Err(err) => report.line(
                 Mark::Bad,
                 &err.to_string(),
-                Some("fix it: that user's logins fail until it is".into()),
+                Some("correct or remove it: that user's logins fail until then".into()),
             ),
         }
     }
