@@ -1013,6 +1013,25 @@ pub(crate) fn parse(text: &str) -> Result<ServerConfig, (Option<usize>, String)>
         return Err((line, format!("security.{SUDO_NEEDS_WRITABLE_ROOT}")));
     }
     let network = &config.network;
+    for denied in &network.deny {
+        let pools = [network.pool.to_string(), network.services_pool.to_string()];
+        let overlapped = pools.iter().find(|pool| {
+            crate::network::Cidr::parse(pool).is_ok_and(|pool| pool.overlaps_range(denied))
+        });
+        if let Some(pool) = overlapped {
+            let line = text
+                .lines()
+                .position(|line| line.contains(&denied.base.to_string()))
+                .map(|index| index + 1);
+            return Err((
+                line,
+                format!(
+                    "network.deny: {denied} overlaps podspawn's pool {pool}: containers could \
+                     no longer reach their own services"
+                ),
+            ));
+        }
+    }
     if network.pool.overlaps(&network.services_pool) {
         let line = text
             .lines()
@@ -1262,6 +1281,11 @@ log:
                 "network:\n  deny: [example.com]\n",
                 2,
                 "invalid address range",
+            ),
+            (
+                "network:\n  deny: [10.0.0.0/8]\n",
+                2,
+                "overlaps podspawn's pool 10.214.0.0/16",
             ),
             ("defaults:\n  nofile: 0\n", 2, "at least 1"),
             ("defaults:\n  pids_limit: 0\n", 2, "at least 1"),

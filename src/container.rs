@@ -102,6 +102,8 @@ pub struct ContainerSpec {
     /// sockets, mounted at `AGENT_MOUNT`.
     pub agent_dir: Option<String>,
     pub hardening: Hardening,
+    /// A project's workspace: with a read-only root, the container's own copy.
+    pub workspace: Option<String>,
 }
 
 /// What holds a session's container in beyond its cpus, memory and pids, and what
@@ -148,6 +150,12 @@ pub fn is_sandbox(runtime: Option<&str>) -> bool {
             .iter()
             .any(|sandbox| name.starts_with(sandbox))
     })
+}
+
+/// Whether the engine's pids limit counts a runtime's own host threads rather than
+/// the processes inside: gVisor's (Kata enforces it inside its VM).
+pub fn counts_host_threads(runtime: Option<&str>) -> bool {
+    runtime.is_some_and(|name| name.starts_with("runsc"))
 }
 
 /// The capabilities a session with sudo has (every other is dropped): what `sudo`
@@ -611,6 +619,7 @@ mod tests {
             network: crate::network::Pool::default().for_user("alice", 1001),
             agent_dir: None,
             hardening: Hardening::default(),
+            workspace: None,
         };
         let argv = setup_command(&spec);
         assert_eq!(argv[0], "-c");

@@ -1126,6 +1126,8 @@ pub fn run_args(spec: &ContainerSpec, installation: &str) -> Vec<String> {
     }
     args.extend(["--network".into(), spec.network.name.clone()]);
     args.extend(["--ip".into(), spec.network.container.to_string()]);
+    // IPv4 only, whatever the engine's defaults: the host's rules are IPv4's.
+    args.extend(strings(&["--sysctl", NO_IPV6]));
     args.extend(strings(&["--cap-drop", "ALL"]));
     if hardening.sudo {
         // Root inside on request: what sudo and a package manager need, and the
@@ -1150,24 +1152,36 @@ pub fn run_args(spec: &ContainerSpec, installation: &str) -> Vec<String> {
     ]);
     if hardening.read_only_root {
         args.push("--read-only".into());
+        // In memory too: each a share that leaves the container room to run.
+        let scratch = (spec.memory_bytes / 8).max(1 << 20);
         for dir in ["/tmp", "/var/tmp"] {
-            args.extend(["--tmpfs".into(), format!("{dir}:rw,nosuid,nodev,mode=1777")]);
+            args.extend([
+                "--tmpfs".into(),
+                format!("{dir}:rw,nosuid,nodev,size={scratch},mode=1777"),
+            ]);
         }
-        args.extend(["--tmpfs".into(), "/run:rw,nosuid,nodev,mode=0755".into()]);
-        // The setup writes the user into /etc/passwd: /etc is the container's own
-        // copy, a volume docker fills from the image's, labelled as the session's
-        // (it goes with the container; cleanup removes one left behind).
-        let mut mount = "type=volume,target=/etc".to_string();
-        for (label, value) in [
-            (LABEL_MANAGED, "true"),
-            (LABEL_INSTALLATION, installation),
-            (LABEL_USER, user.name.as_str()),
-            (LABEL_PROJECT, spec.project.as_str()),
-            (LABEL_SESSION, spec.session_id.as_str()),
-        ] {
-            mount.push_str(&format!(",volume-label={label}={value}"));
+        args.extend([
+            "--tmpfs".into(),
+            "/run:rw,nosuid,nodev,size=16777216,mode=0755".into(),
+        ]);
+        // The setup writes the user into /etc/passwd, and a project's workspace is
+        // the user's to work in: each is the container's own copy, a volume docker
+        // fills from the image's, labelled as the session's (it goes with the
+        // container; cleanup removes one left behind).
+        let copies = std::iter::once("/etc").chain(spec.workspace.as_deref());
+        for target in copies {
+            let mut mount = format!("type=volume,target={target}");
+            for (label, value) in [
+                (LABEL_MANAGED, "true"),
+                (LABEL_INSTALLATION, installation),
+                (LABEL_USER, user.name.as_str()),
+                (LABEL_PROJECT, spec.project.as_str()),
+                (LABEL_SESSION, spec.session_id.as_str()),
+            ] {
+                mount.push_str(&format!(",volume-label={label}={value}"));
+            }
+            args.extend(["--mount".into(), mount]);
         }
-        args.extend(["--mount".into(), mount]);
     }
     if let Some(agent_dir) = &spec.agent_dir {
         args.extend([
@@ -1205,7 +1219,7 @@ fn limit_args(
     args.extend(["--cpus".into(), cpus.to_string()]);
     args.extend(["--memory".into(), memory_bytes.to_string()]);
     args.extend(["--memory-swap".into(), memory_bytes.to_string()]);
-    if container::is_sandbox(runtime) {
+    if container::counts_host_threads(runtime) {
         let host = pids_limit
             .saturating_mul(SANDBOX_TASKS_PER_PROCESS)
             .saturating_add(SANDBOX_IDLE_TASKS);
@@ -1215,6 +1229,10 @@ fn limit_args(
     }
 }
 
+/// The sysctl that keeps a container off IPv6 (podspawn's networks and the host's
+/// rules are IPv4's; an engine may give new networks IPv6 by default).
+const NO_IPV6: &str = "net.ipv6.conf.all.disable_ipv6=1";
+
 /// Host tasks a sandbox may have per process inside, and for itself.
 const SANDBOX_TASKS_PER_PROCESS: u32 = 8;
 const SANDBOX_IDLE_TASKS: u32 = 64;
@@ -1222,7 +1240,7 @@ const SANDBOX_IDLE_TASKS: u32 = 64;
 /// The `--ulimit nproc` of a container: the configured one, and under a sandboxing
 /// runtime never more than its pids limit (see `limit_args`).
 fn nproc(configured: Option<u32>, pids_limit: u32, runtime: Option<&str>) -> Option<u32> {
-    if container::is_sandbox(runtime) {
+    if container::counts_host_threads(runtime) {
         Some(configured.map_or(pids_limit, |nproc| nproc.min(pids_limit)))
     } else {
         configured
@@ -1312,6 +1330,7 @@ fn service_args(spec: &ServiceSpec, installation: &str, on_session_network: bool
         args.extend(["--ulimit".into(), ulimit("nproc", nproc)]);
     }
     args.extend(["--network".into(), spec.network.clone()]);
+    args.extend(strings(&["--sysctl", NO_IPV6]));
     if on_session_network {
         args.extend(["--ip".into(), spec.address.to_string()]);
         args.extend(["--network-alias".into(), spec.name.clone()]);
@@ -1461,6 +1480,7 @@ mod tests {
             network: crate::network::Pool::default().for_user("alice", 1001),
             agent_dir: Some("/var/lib/podspawn/agents/alice".into()),
             hardening: container::Hardening::default(),
+            workspace: None,
         };
         let args = run_args(&spec, "0123abcd");
         let text = args.join(" ");
@@ -1528,6 +1548,7 @@ mod tests {
                 read_only_root: true,
                 sudo: true,
             },
+            workspace: Some("/workspace/api".into()),
         };
         let text = run_args(&spec, "0123abcd").join(" ");
         for expected in [
@@ -1536,8 +1557,11 @@ mod tests {
              --ulimit nofile=1024:1024 --ulimit nproc=100:100 --storage-opt size=10737418240",
             "--cap-drop ALL --cap-add AUDIT_WRITE --cap-add CHOWN --cap-add DAC_OVERRIDE",
             "--tmpfs /home/alice:rw,exec,nosuid,nodev,size=67108864,",
-            "--read-only --tmpfs /tmp:rw,nosuid,nodev,mode=1777 --tmpfs /var/tmp:rw,nosuid,nodev,mode=1777 \
-             --tmpfs /run:rw,nosuid,nodev,mode=0755",
+            "--read-only --tmpfs /tmp:rw,nosuid,nodev,size=33554432,mode=1777 \
+             --tmpfs /var/tmp:rw,nosuid,nodev,size=33554432,mode=1777 \
+             --tmpfs /run:rw,nosuid,nodev,size=16777216,mode=0755",
+            "--mount type=volume,target=/workspace/api,volume-label=podspawn.managed=true,",
+            "--sysctl net.ipv6.conf.all.disable_ipv6=1",
             "--mount type=volume,target=/etc,volume-label=podspawn.managed=true,\
              volume-label=podspawn.installation=0123abcd,volume-label=podspawn.user=alice,\
              volume-label=podspawn.project=api,volume-label=podspawn.session=0123abcd",

@@ -112,7 +112,8 @@ pub fn egress_rules(config: &ServerConfig) -> Vec<Vec<String>> {
     let pools = [network.pool.to_string(), network.services_pool.to_string()];
     let mut rules: Vec<Vec<&str>> = Vec::new();
     for pool in &pools {
-        // Replies to what the host opened.
+        // Replies to what the host opened (and only those: a connection a container
+        // opened is no reply, and is judged again packet by packet).
         rules.push(vec![
             "-s",
             pool,
@@ -120,6 +121,8 @@ pub fn egress_rules(config: &ServerConfig) -> Vec<Vec<String>> {
             "conntrack",
             "--ctstate",
             "RELATED,ESTABLISHED",
+            "--ctdir",
+            "REPLY",
             "-j",
             "RETURN",
         ]);
@@ -154,6 +157,20 @@ pub fn egress_rules(config: &ServerConfig) -> Vec<Vec<String>> {
                 "-j",
                 "DROP",
             ]);
+            // A socket on 0.0.0.0 also takes broadcasts and multicasts (UDP services:
+            // snmpd, mDNS, syslog), and answers them.
+            for kind in ["BROADCAST", "MULTICAST"] {
+                rules.push(vec![
+                    "-s",
+                    pool,
+                    "-m",
+                    "addrtype",
+                    "--dst-type",
+                    kind,
+                    "-j",
+                    "DROP",
+                ]);
+            }
         }
         if !network.allow_metadata {
             rules.push(vec!["-s", pool, "-d", LINK_LOCAL, "-j", "DROP"]);
@@ -251,33 +268,41 @@ pub fn inspect(config: &ServerConfig) -> Result<Inspection, ToolError> {
         .filter(|target| target.starts_with("PODSPAWN-") && *target != chain)
         .map(str::to_string)
         .collect();
-    let Some(listed) = listing(&chain)? else {
-        found
+    match listing(&chain)? {
+        None => found
             .missing
-            .push(format!("chain {chain} in the {TABLE} table"));
-        return Ok(found);
-    };
-    let wanted = pairs(config);
-    let there = listed_pairs(&listed);
-    for (from, to) in &wanted {
-        if !there.contains(&(from.clone(), to.clone())) {
-            found
-                .missing
-                .push(format!("the rule {from} -> {to} in {chain}"));
+            .push(format!("chain {chain} in the {TABLE} table")),
+        Some(listed) => {
+            let wanted = pairs(config);
+            let there = listed_pairs(&listed);
+            for (from, to) in &wanted {
+                if !there.contains(&(from.clone(), to.clone())) {
+                    found
+                        .missing
+                        .push(format!("the rule {from} -> {to} in {chain}"));
+                }
+            }
+            found.stale = there
+                .into_iter()
+                .filter(|pair| !wanted.contains(pair))
+                .map(|(from, to)| format!("{from} -> {to}"))
+                .collect();
+            if !has("FORWARD", &jump(&chain))? {
+                found
+                    .missing
+                    .push(format!("the jump from {TABLE} FORWARD to {chain}"));
+            }
         }
     }
-    found.stale = there
-        .into_iter()
-        .filter(|pair| !wanted.contains(pair))
-        .map(|(from, to)| format!("{from} -> {to}"))
-        .collect();
-    if !has("FORWARD", &jump(&chain))? {
+    let egress = egress_chain(config);
+    let policy = egress_in_place(&egress, &egress_rules(config))?;
+    // `iptables -C` of a jump to a chain that does not exist is an error, not "no".
+    if policy.is_none() || !has("PREROUTING", &jump(&egress))? {
         found
             .missing
-            .push(format!("the jump from {TABLE} FORWARD to {chain}"));
+            .push(format!("the jump from {TABLE} PREROUTING to {egress}"));
     }
-    let egress = egress_chain(config);
-    match egress_in_place(&egress, &egress_rules(config))? {
+    match policy {
         None => found.missing.push(format!(
             "the egress policy's chain {egress} in the {TABLE} table"
         )),
@@ -337,14 +362,29 @@ pub fn ensure(config: &ServerConfig) -> Result<bool, ToolError> {
     }
     let egress = egress_chain(config);
     let wanted = egress_rules(config);
+    // A rewrite left half-done by an earlier run (its stand-in chain) is finished.
+    let stand_in = format!("{egress}-NEW");
+    let half_done = listing(&stand_in)?.is_some();
     match egress_in_place(&egress, &wanted)? {
         Some(true) => {}
-        there => {
-            if there.is_none() {
-                iptables(&["-N", &egress], &[])?;
-            } else {
-                iptables(&["-F", &egress], &[])?;
+        None => {
+            iptables(&["-N", &egress], &[])?;
+            for rule in &wanted {
+                iptables(&["-A", &egress], rule)?;
             }
+            changed = true;
+        }
+        Some(false) => {
+            // Never a moment without a policy: the new rules go in a stand-in chain
+            // that applies beside the old one while the old one is rewritten.
+            if !half_done {
+                iptables(&["-N", &stand_in], &[])?;
+                for rule in &wanted {
+                    iptables(&["-A", &stand_in], rule)?;
+                }
+                iptables(&["-I", "PREROUTING", "1"], &jump(&stand_in))?;
+            }
+            iptables(&["-F", &egress], &[])?;
             for rule in &wanted {
                 iptables(&["-A", &egress], rule)?;
             }
@@ -354,6 +394,16 @@ pub fn ensure(config: &ServerConfig) -> Result<bool, ToolError> {
     if !has("PREROUTING", &jump(&egress))? {
         iptables(&["-I", "PREROUTING", "1"], &jump(&egress))?;
         changed = true;
+    }
+    if half_done || listing(&stand_in)?.is_some() {
+        for _ in 0..8 {
+            if !has("PREROUTING", &jump(&stand_in))? {
+                break;
+            }
+            iptables(&["-D", "PREROUTING"], &jump(&stand_in))?;
+        }
+        iptables(&["-F", &stand_in], &[])?;
+        iptables(&["-X", &stand_in], &[])?;
     }
     Ok(changed)
 }
@@ -408,11 +458,11 @@ mod tests {
                 .collect()
         };
         let default = text(&config(""));
-        assert_eq!(default.len(), 10, "{default:#?}");
+        assert_eq!(default.len(), 14, "{default:#?}");
         // Replies to what the host opened come first, for both pools.
-        assert!(
-            default[0].starts_with("-s 10.214.0.0/16 -m conntrack --ctstate RELATED,ESTABLISHED")
-        );
+        assert!(default[0].starts_with(
+            "-s 10.214.0.0/16 -m conntrack --ctstate RELATED,ESTABLISHED --ctdir REPLY"
+        ));
         assert!(default[1].starts_with("-s 10.215.0.0/16 -m conntrack"));
         assert!(
             default

@@ -134,6 +134,14 @@ impl Cidr {
     }
 }
 
+impl Cidr {
+    /// True when the range shares addresses with `text`, a range in CIDR form.
+    pub fn overlaps_range(&self, other: &Cidr) -> bool {
+        let prefix = self.prefix.min(other.prefix);
+        u32::from(self.base) & mask(prefix) == u32::from(other.base) & mask(prefix)
+    }
+}
+
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "{}/{}", self.base, self.prefix)

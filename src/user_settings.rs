@@ -114,11 +114,42 @@ pub fn check_all(config: &ServerConfig) -> Vec<(PathBuf, Result<(), ConfigError>
                     line: None,
                     message: format!("the file's name is no user's: {err}"),
                 }),
-                Ok(user) => load(config, &user, false).map(|_| ()),
+                Ok(user) => readable_as_spawn_reads_it(&path)
+                    .and_then(|()| load(config, &user, false).map(|_| ())),
             };
             (path, checked)
         })
         .collect()
+}
+
+/// What spawn, running as the user under the borrowed group, demands of the file:
+/// root's alone to write (checked as spawn checks it), and readable by the user (by
+/// others: spawn is not root).
+fn readable_as_spawn_reads_it(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let untrusted = |reason: String| ConfigError::Untrusted {
+        path: path.to_path_buf(),
+        reason,
+    };
+    crate::config::read_trusted(path).map_err(untrusted)?;
+    let meta = std::fs::metadata(path).map_err(|err| untrusted(err.to_string()))?;
+    if meta.mode() & 0o004 == 0 {
+        return Err(untrusted(format!(
+            "mode {:04o}: spawn runs as the user and cannot read it (0644)",
+            meta.mode() & 0o7777
+        )));
+    }
+    for dir in path.ancestors().skip(1) {
+        let meta = std::fs::metadata(dir).map_err(|err| untrusted(err.to_string()))?;
+        if meta.mode() & 0o001 == 0 {
+            return Err(untrusted(format!(
+                "{} is mode {:04o}: spawn runs as the user and cannot reach the file",
+                dir.display(),
+                meta.mode() & 0o7777
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn from_bytes(

@@ -116,7 +116,7 @@ fn cleanup(config: &ServerConfig, args: &CleanupArgs) -> Result<(), Error> {
             crate::isolation::chain(config),
             crate::isolation::egress_chain(config),
             if changed {
-                "; some were missing and were added"
+                "; some were missing or out of date and were put right"
             } else {
                 ""
             }

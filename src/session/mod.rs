@@ -928,6 +928,7 @@ impl<E: Engine, H: Host> Sessions<E, H> {
             network,
             agent_dir: request.agent_dir.clone(),
             hardening: settings.hardening.clone(),
+            workspace: request.workdir.clone(),
         };
         let services: Vec<ServiceSpec> = request
             .services

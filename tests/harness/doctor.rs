@@ -311,13 +311,36 @@ fn verify_image_refuses_an_image_without_sh() {
 /// is one ✗ naming what to do (the file with its line).
 #[test]
 fn doctor_names_a_missing_runtime_and_a_broken_users_file() {
+    if !is_root() {
+        return crate::support::skip("doctor's user files", "not root (the files must be root's)");
+    }
     let env = TestEnv::new();
     env.scenario(&healthy_engine());
     env.write_config("defaults:\n  image: test-image\nsecurity:\n  runtime: runsc\n");
-    let users = env.path("users");
+    // Where spawn would trust them: root's all the way up (not under /tmp).
+    struct Removed(std::path::PathBuf);
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    let dir = Removed(std::path::PathBuf::from(format!(
+        "/var/lib/podspawn-test-users-{}",
+        std::process::id()
+    )));
+    let users = dir.0.join("users");
     fs::create_dir_all(&users).unwrap();
-    fs::write(users.join("alice.yaml"), "cpus: 1\n").unwrap();
-    fs::write(users.join("bob.yaml"), "cpus: 1\nmemroy: 1g\n").unwrap();
+    for path in [&dir.0, &users] {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for (name, text, mode) in [
+        ("alice.yaml", "cpus: 1\n", 0o644),
+        ("bob.yaml", "cpus: 1\nmemroy: 1g\n", 0o644),
+        ("carol.yaml", "cpus: 1\n", 0o600),
+    ] {
+        fs::write(users.join(name), text).unwrap();
+        fs::set_permissions(users.join(name), fs::Permissions::from_mode(mode)).unwrap();
+    }
     let config = fs::read_to_string(env.config_path()).unwrap();
     env.write_config_text(&config.replacen(
         "  create_accounts: false\n",
@@ -338,6 +361,10 @@ fn doctor_names_a_missing_runtime_and_a_broken_users_file() {
             users.join("bob.yaml").display()
         ),
         "    fix: correct or remove it: that user's logins fail until then",
+        &format!(
+            "✗ refusing config {}: mode 0600: spawn runs as the user and cannot read it (0644)",
+            users.join("carol.yaml").display()
+        ),
     ] {
         assert!(
             said.contains(expected),

@@ -244,7 +244,7 @@ fn cleanup_rules_puts_the_iptables_rules_in_place_without_the_engine() {
     let said = run.stdout();
     assert!(
         said.starts_with("podspawn's iptables rules are in place (mangle, chains PODSPAWN-")
-            && said.ends_with("-OUT); some were missing and were added\n"),
+            && said.ends_with("-OUT); some were missing or out of date and were put right\n"),
         "{said}"
     );
     let again = env.podspawn(&["cleanup", "--rules"]);

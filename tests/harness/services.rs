@@ -153,7 +153,9 @@ fn a_sessions_service_runs_beside_it_on_its_own_network_hardened_and_labelled() 
         "--label podspawn.service=db",
         // Half the session's cpus, memory and pids.
         "--cpus 1 --memory 536870912 --memory-swap 536870912 --pids-limit 100",
-        &format!("--network {network} --ip 10.215.255.11 --network-alias db"),
+        &format!(
+            "--network {network} --sysctl net.ipv6.conf.all.disable_ipv6=1 --ip 10.215.255.11 --network-alias db"
+        ),
         "--cap-drop ALL --cap-add CHOWN --cap-add DAC_OVERRIDE --cap-add FOWNER \
          --cap-add SETGID --cap-add SETUID --security-opt no-new-privileges",
         &format!("--env POSTGRES_PASSWORD=pw-{}", user.name),

@@ -906,7 +906,7 @@ impl Run {
 /// How many rules the egress chain of the default config has: for each of the two
 /// pools, replies pass, DNS to the host passes, the rest to the host and to
 /// link-local addresses is dropped.
-const EGRESS_RULES: usize = 10;
+const EGRESS_RULES: usize = 14;
 
 /// The fake iptables of a host without podspawn's isolation chains, as `server-setup`
 /// makes them once: each chain is looked for and made, its rules checked and added,
@@ -919,6 +919,7 @@ pub fn iptables_to_be_set_up() -> Vec<Rule> {
         Rule::program("iptables", &argv)
     };
     let mut rules = vec![
+        call(&["-S", "PODSPAWN-*-OUT-NEW"]).exit(1),
         call(&["-S", "PODSPAWN-*-OUT"]).exit(1).times(1),
         call(&["-N", "PODSPAWN-*-OUT"]).times(1),
         call(&["-A", "PODSPAWN-*-OUT", "**"]).times(EGRESS_RULES),
@@ -960,6 +961,11 @@ pub fn iptables_set_up() -> Vec<Rule> {
     vec![
         Rule::program("iptables", &["-w", "-t", "mangle", "-S", "FORWARD"])
             .stdout("-P FORWARD ACCEPT\n"),
+        Rule::program(
+            "iptables",
+            &["-w", "-t", "mangle", "-S", "PODSPAWN-*-OUT-NEW"],
+        )
+        .exit(1),
         Rule::program("iptables", &["-w", "-t", "mangle", "-S", "PODSPAWN-*-OUT"]).stdout(&egress),
         Rule::program("iptables", &["-w", "-t", "mangle", "-S", "PODSPAWN-*"]).stdout(&listing),
         Rule::program("iptables", &["-w", "-t", "mangle", "-C", "**"]),
