@@ -484,6 +484,19 @@ impl Docker {
         Err(self.failed(&args, status, stderr))
     }
 
+    /// podspawn's network for what is no session's (a project's build steps, an image
+    /// being tried): made when missing, kept (it holds nothing), its bridge named so
+    /// the egress policy knows it (`isolation`).
+    pub fn ensure_build_network(&self) -> Result<(), DockerError> {
+        let args = build_network_args(&self.installation);
+        let (status, _, stderr) = self.run(&args)?;
+        if status.success() || stderr.contains("already exists") {
+            Ok(())
+        } else {
+            Err(self.failed(&args, status, stderr))
+        }
+    }
+
     /// `docker run --detach …` of a session's companion service.
     pub fn create_service(&self, spec: &ServiceSpec) -> Result<(), DockerError> {
         let run = Run {
@@ -494,8 +507,10 @@ impl Docker {
         self.run_detached(&service_run_args(spec, &self.installation), &run)
     }
 
-    /// `docker run --detach` of a service's image on its own, to try it.
+    /// `docker run --detach` of a service's image on its own, to try it (on the build
+    /// network).
     pub fn probe_service(&self, spec: &ServiceSpec) -> Result<(), DockerError> {
+        self.ensure_build_network()?;
         let run = Run {
             name: &spec.container,
             network: None,
@@ -879,7 +894,11 @@ impl Docker {
     /// `output`; past `spec.timeout` the build is killed.
     pub fn build(&self, spec: &BuildSpec, output: &mut dyn FnMut(&str)) -> Result<(), DockerError> {
         use std::io::Write;
+        // A repo owner's steps run as root: on podspawn's build network, under the
+        // egress policy, never on docker's default bridge.
+        self.ensure_build_network()?;
         let mut args = strings(&["build", "--tag", spec.tag, "--file", "-", "--force-rm"]);
+        args.extend(["--network".into(), build_network(&self.installation)]);
         args.push(spec.context.display().to_string());
         let (read, write) = std::io::pipe().map_err(DockerError::Supervise)?;
         let mut command = self.command(&args);
@@ -1250,6 +1269,37 @@ fn nproc(configured: Option<u32>, pids_limit: u32, runtime: Option<&str>) -> Opt
 /// `--ulimit NAME=N:N`: the soft limit is the hard one.
 fn ulimit(name: &str, value: u32) -> String {
     format!("{name}={value}:{value}")
+}
+
+/// The name of the build network of `installation` (a `.`: no user's network's name).
+pub fn build_network(installation: &str) -> String {
+    format!("podspawn.build.{installation}")
+}
+
+/// The bridge of the build network of `installation` (at most 15 characters).
+pub fn build_bridge(installation: &str) -> String {
+    format!("psb-{installation}")
+}
+
+/// argv after `docker` for creating the build network: docker picks its subnet; its
+/// bridge has a name of podspawn's; it is nobody's (user, project, session empty).
+fn build_network_args(installation: &str) -> Vec<String> {
+    let mut args = strings(&["network", "create", "--driver", "bridge", "--opt"]);
+    args.push(format!(
+        "com.docker.network.bridge.name={}",
+        build_bridge(installation)
+    ));
+    for (label, value) in [
+        (LABEL_MANAGED, "true"),
+        (LABEL_INSTALLATION, installation),
+        (LABEL_USER, ""),
+        (LABEL_PROJECT, ""),
+        (LABEL_SESSION, ""),
+    ] {
+        args.extend(["--label".into(), format!("{label}={value}")]);
+    }
+    args.push(build_network(installation));
+    args
 }
 
 /// Whose a network is, as its labels say: a user's (`project` and `session` empty:

@@ -106,17 +106,26 @@ const EGRESS_COMMENT: &str = "podspawn: egress policy";
 /// Cloud metadata services and every other link-local address.
 pub const LINK_LOCAL: &str = "169.254.0.0/16";
 
-/// The egress chain's rules, in order, each as `iptables -A CHAIN` takes it.
+/// The egress chain's rules, in order, each as `iptables -A CHAIN` takes it. They
+/// hold for packets from both pools, and from the build network's bridge (a project
+/// build's steps, an image being tried: no pool's addresses, docker picks them).
 pub fn egress_rules(config: &ServerConfig) -> Vec<Vec<String>> {
     let network = &config.network;
-    let pools = [network.pool.to_string(), network.services_pool.to_string()];
+    let sources: [[String; 2]; 3] = [
+        ["-s".into(), network.pool.to_string()],
+        ["-s".into(), network.services_pool.to_string()],
+        [
+            "-i".into(),
+            crate::docker::build_bridge(&config.installation()),
+        ],
+    ];
     let mut rules: Vec<Vec<&str>> = Vec::new();
-    for pool in &pools {
+    for [flag, from] in &sources {
         // Replies to what the host opened (and only those: a connection a container
         // opened is no reply, and is judged again packet by packet).
         rules.push(vec![
-            "-s",
-            pool,
+            flag,
+            from,
             "-m",
             "conntrack",
             "--ctstate",
@@ -127,12 +136,12 @@ pub fn egress_rules(config: &ServerConfig) -> Vec<Vec<String>> {
             "RETURN",
         ]);
     }
-    for pool in &pools {
+    for [flag, from] in &sources {
         if !network.allow_host {
             for protocol in ["udp", "tcp"] {
                 rules.push(vec![
-                    "-s",
-                    pool,
+                    flag,
+                    from,
                     "-p",
                     protocol,
                     "-m",
@@ -147,22 +156,12 @@ pub fn egress_rules(config: &ServerConfig) -> Vec<Vec<String>> {
                     "RETURN",
                 ]);
             }
-            rules.push(vec![
-                "-s",
-                pool,
-                "-m",
-                "addrtype",
-                "--dst-type",
-                "LOCAL",
-                "-j",
-                "DROP",
-            ]);
             // A socket on 0.0.0.0 also takes broadcasts and multicasts (UDP services:
             // snmpd, mDNS, syslog), and answers them.
-            for kind in ["BROADCAST", "MULTICAST"] {
+            for kind in ["LOCAL", "BROADCAST", "MULTICAST"] {
                 rules.push(vec![
-                    "-s",
-                    pool,
+                    flag,
+                    from,
                     "-m",
                     "addrtype",
                     "--dst-type",
@@ -173,13 +172,13 @@ pub fn egress_rules(config: &ServerConfig) -> Vec<Vec<String>> {
             }
         }
         if !network.allow_metadata {
-            rules.push(vec!["-s", pool, "-d", LINK_LOCAL, "-j", "DROP"]);
+            rules.push(vec![flag, from, "-d", LINK_LOCAL, "-j", "DROP"]);
         }
     }
     let denied: Vec<String> = network.deny.iter().map(ToString::to_string).collect();
-    for pool in &pools {
+    for [flag, from] in &sources {
         for cidr in &denied {
-            rules.push(vec!["-s", pool, "-d", cidr, "-j", "DROP"]);
+            rules.push(vec![flag, from, "-d", cidr, "-j", "DROP"]);
         }
     }
     rules
@@ -458,12 +457,35 @@ mod tests {
                 .collect()
         };
         let default = text(&config(""));
-        assert_eq!(default.len(), 14, "{default:#?}");
-        // Replies to what the host opened come first, for both pools.
+        assert_eq!(default.len(), 21, "{default:#?}");
+        // Replies to what the host opened come first, for both pools and the builds.
         assert!(default[0].starts_with(
             "-s 10.214.0.0/16 -m conntrack --ctstate RELATED,ESTABLISHED --ctdir REPLY"
         ));
         assert!(default[1].starts_with("-s 10.215.0.0/16 -m conntrack"));
+        let bridge = crate::docker::build_bridge(&config("").installation());
+        assert!(default[2].starts_with(&format!("-i {bridge} -m conntrack")));
+        assert!(
+            bridge.len() <= 15,
+            "{bridge} is too long for an interface name"
+        );
+        for kind in ["BROADCAST", "MULTICAST"] {
+            assert!(
+                default
+                    .iter()
+                    .any(|rule| rule.starts_with("-s 10.214.0.0/16")
+                        && rule.contains(&format!("--dst-type {kind}"))
+                        && rule.ends_with("-j DROP"))
+            );
+        }
+        // The build network's steps meet the same policy.
+        assert_eq!(
+            default
+                .iter()
+                .filter(|rule| rule.starts_with(&format!("-i {bridge} ")))
+                .count(),
+            7
+        );
         assert!(
             default
                 .iter()
@@ -483,15 +505,16 @@ mod tests {
         let open = text(&config(
             "network:\n  allow_host: true\n  allow_metadata: true\n",
         ));
-        assert_eq!(open.len(), 2, "only the replies' rules: {open:#?}");
+        assert_eq!(open.len(), 3, "only the replies' rules: {open:#?}");
         let denied = text(&config(
             "network:\n  allow_host: true\n  allow_metadata: true\n  deny: [192.168.0.0/16]\n",
         ));
         assert_eq!(
-            denied[2..],
+            denied[3..],
             [
-                "-s 10.214.0.0/16 -d 192.168.0.0/16 -m comment --comment podspawn: egress policy -j DROP",
-                "-s 10.215.0.0/16 -d 192.168.0.0/16 -m comment --comment podspawn: egress policy -j DROP",
+                "-s 10.214.0.0/16 -d 192.168.0.0/16 -m comment --comment podspawn: egress policy -j DROP".to_string(),
+                "-s 10.215.0.0/16 -d 192.168.0.0/16 -m comment --comment podspawn: egress policy -j DROP".to_string(),
+                format!("-i {bridge} -d 192.168.0.0/16 -m comment --comment podspawn: egress policy -j DROP"),
             ]
         );
         assert_eq!(

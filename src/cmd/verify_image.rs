@@ -142,7 +142,8 @@ fn verify_service(config: &ServerConfig, image: &str, args: &ServiceArgs) -> Res
                 + (settings.services.ready_timeout.unwrap_or_default() + Duration::from_secs(60))
                     .as_millis() as i64,
         ),
-        network: "bridge".to_string(),
+        // podspawn's network for what is no session's: under the egress policy.
+        network: crate::docker::build_network(&config.installation()),
         address: std::net::Ipv4Addr::UNSPECIFIED,
         ports: args.ports.clone(),
         env: args.env.clone(),

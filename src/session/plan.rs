@@ -371,7 +371,8 @@ pub fn orphans<'a>(
 }
 
 /// podspawn's users' networks whose user is neither registered nor has a session (a
-/// registered user's is kept, so that their login needs no extra docker call).
+/// registered user's is kept, so that their login needs no extra docker call). The
+/// build network is nobody's (no user) and is kept.
 pub fn unused_networks<'a>(
     networks: &'a [ManagedNetwork],
     is_registered: impl Fn(&str) -> bool,
@@ -381,6 +382,7 @@ pub fn unused_networks<'a>(
         .iter()
         .filter(|network| {
             network.session.is_empty()
+                && !network.user.is_empty()
                 && !is_registered(&network.user)
                 && !with_sessions
                     .iter()

@@ -332,9 +332,14 @@ impl RealEnv {
 
 impl Drop for RealEnv {
     fn drop(&mut self) {
+        let build_network = format!(
+            "podspawn.build.{}",
+            crate::support::installation_of(&self.root.join("state"))
+        );
         for args in [
             &["rm", "--force", &self.container()][..],
             &["network", "rm", &self.container()],
+            &["network", "rm", &build_network],
         ] {
             let _ = Command::new("docker")
                 .args(args)

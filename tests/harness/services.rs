@@ -61,6 +61,15 @@ fn with_project() -> (TestEnv, SpawnUser) {
             .stderr("Error: No such image: podspawn/api\n")
             .exit(1)
             .times(1),
+        Rule::docker(&[
+            "network",
+            "create",
+            "--driver",
+            "bridge",
+            "--opt",
+            "com.docker.network.bridge.name=psb-*",
+            "**",
+        ]),
         Rule::docker(&["build", "**"]).stdout("Step 1/1 : FROM podspawn-test:latest\n"),
         Rule::docker(&["image", "inspect", "--format", "{{.Id}}", SERVICE_IMAGE]),
     ]);
@@ -116,9 +125,10 @@ fn a_sessions_service_runs_beside_it_on_its_own_network_hardened_and_labelled() 
     let calls = env.docker_calls();
     let container = format!("podspawn-{}-api", user.name);
     let network = format!("{container}.net");
+    // (The build network, made for the project's image, comes first.)
     let create = calls
         .iter()
-        .find(|call| call.argv[..2] == ["network", "create"])
+        .find(|call| call.argv[..2] == ["network", "create"] && call.flag("--subnet").is_some())
         .expect("the session's network");
     assert_eq!(create.argv.last().unwrap(), &network);
     // nobody (uid 65534): block 510 of 10.215.0.0/16, slot 1 (a project's first).
@@ -272,6 +282,15 @@ fn a_service_image_that_cannot_be_had_fails_add_project_and_leaves_nothing() {
             .stderr("Error: No such image: podspawn/api\n")
             .exit(1)
             .times(1),
+        Rule::docker(&[
+            "network",
+            "create",
+            "--driver",
+            "bridge",
+            "--opt",
+            "com.docker.network.bridge.name=psb-*",
+            "**",
+        ]),
         Rule::docker(&["build", "**"]).stdout("Step 1/1 : FROM podspawn-test:latest\n"),
         Rule::docker(&["image", "inspect", "--format", "{{.Id}}", SERVICE_IMAGE])
             .stderr("Error: No such image: pg-test:16\n")

@@ -906,7 +906,7 @@ impl Run {
 /// How many rules the egress chain of the default config has: for each of the two
 /// pools, replies pass, DNS to the host passes, the rest to the host and to
 /// link-local addresses is dropped.
-const EGRESS_RULES: usize = 14;
+const EGRESS_RULES: usize = 21;
 
 /// The fake iptables of a host without podspawn's isolation chains, as `server-setup`
 /// makes them once: each chain is looked for and made, its rules checked and added,

@@ -314,3 +314,46 @@ fn runtime_of(container: &str) -> String {
         .unwrap();
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
+
+/// A project's build runs the repo owner's steps as root: on podspawn's build network,
+/// under the same policy (not on docker's default bridge, where it reached the host).
+#[test]
+fn a_projects_build_reaches_neither_the_host_nor_its_metadata_address() {
+    let server = crate::server_or_skip!("60s", 1);
+    let user = &server.users[0];
+    let Some(address) = host_address() else {
+        return crate::support::skip("build egress test", "the host has no default route");
+    };
+    let (port, accepted) = listen_everywhere();
+    let chain = format!("{}-OUT", server.isolation_chain.as_deref().unwrap());
+    let before = dropped_to(&chain, "169.254.0.0/16");
+    let probe = |target: &str, file: &str| {
+        format!(
+            "  (timeout 3 bash -c 'exec 3<>/dev/tcp/{target}' && echo open || echo shut) > {file} 2>&1\n"
+        )
+    };
+    let podfile = format!(
+        "base: {base}\non_create: |\n{host}{metadata}",
+        base = crate::real_engine::image(),
+        host = probe(&format!("{address}/{port}"), "host"),
+        metadata = probe("169.254.169.254/80", "metadata"),
+    );
+    let project = server.project_name("egress");
+    super::services::add(&server, &project, &podfile);
+    let seen = server.run_in(user, &project, "cat host metadata");
+    assert_eq!(
+        String::from_utf8_lossy(&seen.stdout),
+        "shut\nshut\n",
+        "{}",
+        server.explain(&seen)
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "a build step reached the host"
+    );
+    assert!(
+        dropped_to(&chain, "169.254.0.0/16") > before,
+        "the link-local rule dropped nothing"
+    );
+}

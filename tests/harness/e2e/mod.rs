@@ -678,6 +678,18 @@ impl Drop for Server {
             }
         }
         run_quietly("groupdel", &[&self.group]);
+        // The network its project builds ran on, if any.
+        run_quietly(
+            "docker",
+            &[
+                "network",
+                "rm",
+                &format!(
+                    "podspawn.build.{}",
+                    crate::support::installation_of(&self.root.join("state"))
+                ),
+            ],
+        );
         if let Some(chain) = &self.isolation_chain {
             let egress = format!("{chain}-OUT");
             for action in [
