@@ -1048,3 +1048,56 @@ fn a_hangup_before_the_program_runs_ends_the_connection_at_once() {
         assert!(env.docker_calls().is_empty());
     }
 }
+
+/// A user's own file names their image, shell and env: spawn runs them, and the
+/// file's variables win over what the client sent.
+#[test]
+fn a_users_own_image_shell_and_env_win_over_the_servers_and_the_clients() {
+    let (env, user) = lifecycle_env("  grace_period: 60s\n");
+    let users = env.path("users");
+    std::fs::create_dir_all(&users).unwrap();
+    std::fs::write(
+        users.join(format!("{}.yaml", user.name)),
+        "image: their-image:1\nshell: /bin/zsh\nenv:\n  LANG: en_GB.UTF-8\n  EDITOR: vim\n",
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(env.config_path()).unwrap();
+    env.write_config_text(&config.replacen(
+        "  create_accounts: false\n",
+        &format!(
+            "  create_accounts: false\n  user_dir: {}\n",
+            users.display()
+        ),
+        1,
+    ));
+    env.scenario(&[run_rule(), Rule::docker(&["exec", "**"]), rm_rule()]);
+    env.spawn(&user)
+        .var("SSH_ORIGINAL_COMMAND", "true")
+        .var("LANG", "C")
+        .run()
+        .assert_success();
+    let calls = env.docker_calls();
+    let run = calls
+        .iter()
+        .find(|call| call.subcommand() == "run")
+        .unwrap();
+    assert!(
+        run.argv.iter().any(|arg| arg == "their-image:1"),
+        "{:?}",
+        run.argv
+    );
+    assert!(!run.argv.iter().any(|arg| arg == IMAGE), "{:?}", run.argv);
+    assert!(
+        run.argv.iter().any(|arg| arg == "/bin/zsh"),
+        "{:?}",
+        run.argv
+    );
+    let exec = calls
+        .iter()
+        .find(|call| call.subcommand() == "exec")
+        .unwrap();
+    let envs = exec.flags("--env");
+    assert!(envs.contains(&"EDITOR=vim"), "{envs:?}");
+    assert!(envs.contains(&"LANG=en_GB.UTF-8"), "{envs:?}");
+    assert!(!envs.contains(&"LANG=C"), "{envs:?}");
+}

@@ -388,4 +388,9 @@ fn no_connection_crosses_between_users_while_networks_come_and_go() {
     let made = churn.finish();
     assert!(made >= 5, "only {made} networks came and went");
     assert_eq!(crossed, 0, "bob reached alice's container {crossed} times");
+    // And the other way.
+    let bob_address = container_address(bob);
+    assert_eq!(reached(&server, bob, &bob_address, 3), 3);
+    let back = reached(&server, alice, &bob_address, 20);
+    assert_eq!(back, 0, "alice reached bob's container {back} times");
 }
