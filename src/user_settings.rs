@@ -94,10 +94,32 @@ pub fn load(
 
 /// Every user file in `auth.user_dir` with what is wrong with it, for `doctor`.
 pub fn check_all(config: &ServerConfig) -> Vec<(PathBuf, Result<(), ConfigError>)> {
+    use std::os::unix::fs::MetadataExt;
     let dir = config.auth.user_dir.as_path();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
+    // spawn looks for every user's file, as the user: a directory they cannot
+    // search refuses them all, file or not.
+    for above in dir.ancestors() {
+        if let Ok(meta) = std::fs::metadata(above)
+            && meta.mode() & 0o001 == 0
+        {
+            let reason = format!(
+                "{} is mode {:04o}: spawn runs as the user and cannot look in it, so every \
+                 user's login is refused",
+                above.display(),
+                meta.mode() & 0o7777
+            );
+            return vec![(
+                dir.to_path_buf(),
+                Err(ConfigError::Untrusted {
+                    path: dir.to_path_buf(),
+                    reason,
+                }),
+            )];
+        }
+    }
     let mut found: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|entry| entry.path())
@@ -302,6 +324,14 @@ mod tests {
         let checked = check_all(&config);
         assert_eq!(checked.len(), 1);
         assert!(checked[0].1.is_err());
+        // A directory the users cannot search refuses them all: said once, for it.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let checked = check_all(&config);
+        assert_eq!(checked.len(), 1);
+        assert_eq!(checked[0].0, dir);
+        let said = checked[0].1.as_ref().unwrap_err().to_string();
+        assert!(said.contains("every user's login is refused"), "{said}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
