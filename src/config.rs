@@ -111,6 +111,11 @@ pub struct DockerConfig {
     /// `DOCKER_CONFIG` for every docker call: a root-owned directory, never a user's
     /// `~/.docker` (which could name credential helpers or CLI plugins to run).
     pub config_dir: AbsolutePath,
+    /// The longest one docker call may take (a connection's exec, a build and a pull
+    /// have their own ends): an engine that accepts and never answers ends a login
+    /// with one line after this, and never holds it.
+    #[serde(deserialize_with = "a_second_or_more")]
+    pub timeout: ConfigDuration,
 }
 
 impl Default for DockerConfig {
@@ -119,6 +124,7 @@ impl Default for DockerConfig {
             binary: "docker".to_string(),
             host: None,
             config_dir: AbsolutePath::from("/etc/podspawn/docker"),
+            timeout: ConfigDuration(Duration::from_secs(60)),
         }
     }
 }
@@ -155,6 +161,17 @@ pub struct Defaults {
 
 fn some_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<ByteSize>, D::Error> {
     ByteSize::deserialize(deserializer).map(Some)
+}
+
+/// A duration of at least a second.
+fn a_second_or_more<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<ConfigDuration, D::Error> {
+    let duration = ConfigDuration::deserialize(deserializer)?;
+    if duration.0 < Duration::from_secs(1) {
+        return Err(de::Error::custom("must be at least 1s"));
+    }
+    Ok(duration)
 }
 
 /// A count that must be at least 1.
@@ -874,6 +891,7 @@ pub const COMMENTED_DEFAULT: &str = "\
 #docker:
 #  binary: docker                     # or podman, or an absolute path
 #  config_dir: /etc/podspawn/docker   # DOCKER_CONFIG for every docker call
+#  timeout: 60s                       # the longest one docker call may take (not an exec)
 #  # host: unix:///var/run/docker.sock  (DOCKER_HOST; unset = the CLI's default)
 #defaults:
 #  image: ubuntu:24.04
@@ -1288,6 +1306,7 @@ log:
                 "overlaps podspawn's pool 10.214.0.0/16",
             ),
             ("defaults:\n  nofile: 0\n", 2, "at least 1"),
+            ("docker:\n  timeout: 0s\n", 2, "at least 1s"),
             ("defaults:\n  pids_limit: 0\n", 2, "at least 1"),
             (
                 "security:\n  runtime: '--privileged'\n",

@@ -48,6 +48,9 @@ pub struct Docker {
     /// This installation's name (`podspawn.installation`): on all it makes, and all
     /// it lists.
     installation: String,
+    /// The longest one docker call may take (not an exec, a build or a pull, which
+    /// have their own ends): an engine that never answers must not hold a login.
+    timeout: Duration,
 }
 
 /// What docker says of a container.
@@ -195,6 +198,9 @@ pub enum DockerError {
     VolumeInUse { volume: String },
     /// `docker pull` ran past its deadline and was ended.
     PullTimedOut { image: String, after: Duration },
+    /// A docker call ran past `docker.timeout` and was ended (an engine that
+    /// accepts the connection and never answers).
+    TimedOut { argv: Vec<String>, after: Duration },
 }
 
 impl DockerError {
@@ -204,6 +210,10 @@ impl DockerError {
             DockerError::NotInstalled { .. } | DockerError::Unreachable { .. } => {
                 "cannot reach the container engine; tell your admin".to_string()
             }
+            DockerError::TimedOut { after, .. } => format!(
+                "the container engine did not answer within {}s; tell your admin",
+                after.as_secs()
+            ),
             DockerError::ImageUnavailable { image, .. } => {
                 format!("the image {image} is not available on this server; tell your admin")
             }
@@ -233,6 +243,12 @@ impl fmt::Display for DockerError {
             DockerError::Unreachable { argv, stderr } => {
                 write!(f, "`{}` cannot reach the engine: {stderr}", shown(argv))
             }
+            DockerError::TimedOut { argv, after } => write!(
+                f,
+                "`{}` did not finish within {}s (docker.timeout): the engine does not answer",
+                shown(argv),
+                after.as_secs()
+            ),
             DockerError::ImageUnavailable { image, stderr } => {
                 write!(f, "image {image} is not available: {stderr}")
             }
@@ -334,6 +350,7 @@ impl Docker {
             host: config.host.clone(),
             config_dir: config.config_dir.as_path().display().to_string(),
             installation: installation.to_string(),
+            timeout: config.timeout.0,
         }
     }
 
@@ -373,20 +390,24 @@ impl Docker {
         &self,
         args: &[String],
     ) -> Result<(std::process::ExitStatus, String, String), DockerError> {
-        let output = self
-            .command(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| self.not_installed(source))?;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let stderr = one_line(&output.stderr);
-        if !output.status.success() && is_unreachable(&stderr) {
+        let Some((status, stdout, stderr)) =
+            crate::process::output_within(&mut self.command(args), self.timeout)
+                .map_err(|source| self.not_installed(source))?
+        else {
+            return Err(DockerError::TimedOut {
+                argv: self.argv(args),
+                after: self.timeout,
+            });
+        };
+        let stdout = String::from_utf8_lossy(&stdout).into_owned();
+        let stderr = one_line(&stderr);
+        if !status.success() && is_unreachable(&stderr) {
             return Err(DockerError::Unreachable {
                 argv: self.argv(args),
                 stderr,
             });
         }
-        Ok((output.status, stdout, stderr))
+        Ok((status, stdout, stderr))
     }
 
     pub fn not_installed(&self, source: io::Error) -> DockerError {
@@ -1767,6 +1788,7 @@ mod tests {
             binary: "docker".into(),
             host: Some("unix:///run/other.sock".into()),
             config_dir: crate::config::AbsolutePath::from("/etc/podspawn/docker"),
+            timeout: crate::config::ConfigDuration(Duration::from_secs(60)),
         };
         let command = Docker::new(&config, "0123abcd").command(&[]);
         let env: Vec<(String, String)> = command

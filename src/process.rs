@@ -214,3 +214,123 @@ mod tests {
         other.wait().unwrap();
     }
 }
+
+/// How a command ended: its status, and what it wrote on stdout and stderr.
+pub type Finished = (std::process::ExitStatus, Vec<u8>, Vec<u8>);
+
+/// Runs `command` to its end, with stdin closed and its output captured, for at most
+/// `timeout`: `None` when it ran out of time (then it, and every process it started,
+/// is killed). It runs in a process group of its own, so whatever it started goes
+/// with it; a process it left behind holding the pipes is not waited for beyond two
+/// seconds after it ends.
+pub fn output_within(
+    command: &mut std::process::Command,
+    timeout: Duration,
+) -> std::io::Result<Option<Finished>> {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()?;
+    let group = child.id() as libc::pid_t;
+    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            let Some(mut pipe) = pipe else { return };
+            let mut chunk = [0u8; 8192];
+            loop {
+                match pipe.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if sender.send(chunk[..n].to_vec()).is_err() {
+                            break;
+                        }
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        receiver
+    };
+    // Everything a pipe said until it closed, or until `until`.
+    let collect = |receiver: mpsc::Receiver<Vec<u8>>, until: Instant| {
+        let mut bytes = Vec::new();
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match receiver.recv_timeout(left) {
+                Ok(chunk) => bytes.extend(chunk),
+                Err(_) => break,
+            }
+        }
+        bytes
+    };
+    let stdout = read(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let stderr = read(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    // Most calls are done within milliseconds: look again soon, then less often.
+    let mut pause = Duration::from_millis(1);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            // Not reaped yet, so the group id is still its own.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+            let _ = child.wait();
+            return Ok(None);
+        }
+        sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(10));
+    };
+    // A process it left behind may still hold the pipes: what was said by now is
+    // what there is. (Its group is not killed once it is reaped: the id is free.)
+    let until = Instant::now() + Duration::from_secs(2);
+    Ok(Some((
+        status,
+        collect(stdout, until),
+        collect(stderr, until),
+    )))
+}
+
+#[cfg(test)]
+mod bounded_tests {
+    use super::*;
+
+    #[test]
+    fn a_command_past_its_time_is_killed_with_what_it_started() {
+        let mut command = std::process::Command::new("/bin/sh");
+        command.args(["-c", "sleep 30 & echo started; wait"]);
+        let start = Instant::now();
+        let ran = output_within(&mut command, Duration::from_millis(300)).unwrap();
+        assert!(ran.is_none());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        let mut quick = std::process::Command::new("/bin/sh");
+        quick.args(["-c", "echo out; echo err >&2; exit 3"]);
+        let (status, stdout, stderr) = output_within(&mut quick, Duration::from_secs(10))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (status.code(), &stdout[..], &stderr[..]),
+            (Some(3), &b"out\n"[..], &b"err\n"[..])
+        );
+    }
+}

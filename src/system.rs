@@ -4,9 +4,8 @@
 //! carries the argv, the status and the tool's stderr.
 
 use std::fmt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 #[derive(Debug)]
 pub struct ToolError {
@@ -290,86 +289,16 @@ fn run_both(
         detail,
         code: None,
     };
-    // Its own process group: at the deadline, whatever it started goes with it.
-    let mut child = Command::new(program)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .map_err(|err| failure(err.to_string()))?;
-    let group = child.id() as libc::pid_t;
-    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let Some(mut pipe) = pipe else { return };
-            let mut chunk = [0u8; 8192];
-            loop {
-                match pipe.read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if sender.send(chunk[..n].to_vec()).is_err() {
-                            break;
-                        }
-                    }
-                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
-            }
-        });
-        receiver
+    let mut command = Command::new(program);
+    command.args(args).envs(env.iter().copied());
+    let Some((status, stdout, stderr)) = crate::process::output_within(&mut command, timeout)
+        .map_err(|err| failure(err.to_string()))?
+    else {
+        return Err(failure(format!(
+            "did not finish within {}s",
+            timeout.as_secs()
+        )));
     };
-    // Everything a pipe said until it closed, or until `until`.
-    let collect = |receiver: std::sync::mpsc::Receiver<Vec<u8>>, until: std::time::Instant| {
-        let mut bytes = Vec::new();
-        loop {
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            match receiver.recv_timeout(left) {
-                Ok(chunk) => bytes.extend(chunk),
-                Err(_) => break,
-            }
-        }
-        bytes
-    };
-    let stdout = read(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-    );
-    let stderr = read(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-    );
-    let deadline = std::time::Instant::now() + timeout;
-    // Most tools are done within milliseconds (`getent` on a connection's path
-    // among them): look again soon, then less often.
-    let mut pause = std::time::Duration::from_millis(1);
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|err| failure(err.to_string()))? {
-            break status;
-        }
-        if std::time::Instant::now() >= deadline {
-            // Not reaped yet, so the group id is still its own.
-            unsafe { libc::kill(-group, libc::SIGKILL) };
-            let _ = child.wait();
-            return Err(failure(format!(
-                "did not finish within {}s",
-                timeout.as_secs()
-            )));
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(std::time::Duration::from_millis(20));
-    };
-    // A process it left behind may still hold the pipes: what was said by now is
-    // what there is. (Its group is not killed once it is reaped: the id is free.)
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    let stdout = collect(stdout, until);
-    let stderr = collect(stderr, until);
     if status.success() {
         return Ok((
             String::from_utf8_lossy(&stdout).into_owned(),

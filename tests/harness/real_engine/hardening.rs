@@ -346,3 +346,52 @@ fn a_fork_bomb_under_gvisor_is_held_to_its_sandbox() {
     let again = env.run("echo back");
     assert_eq!(again.stdout, b"back\n", "{}", env.explain(&again));
 }
+
+/// An engine that accepts the connection and never answers (or is not there at all)
+/// ends a login with one line, within `docker.timeout`, instead of holding it.
+#[test]
+fn an_engine_that_never_answers_ends_a_login_with_one_line_in_bounded_time() {
+    let env = real_env_or_skip!("60s");
+    let socket = env.root.join("hung.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o777)).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            // Accepted, never answered.
+            held.push(stream);
+        }
+    });
+    env.configure(
+        "",
+        &format!(
+            "docker:\n  host: unix://{}\n  timeout: 2s\n",
+            socket.display()
+        ),
+    );
+    let start = Instant::now();
+    let output = env.run("true");
+    let took = start.elapsed();
+    assert_eq!(output.status.code(), Some(125), "{}", env.explain(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "podspawn: the container engine did not answer within 2s; tell your admin\n"
+    );
+    // A few calls at most, each ended at its 2s.
+    assert!(took < Duration::from_secs(20), "the login took {took:?}");
+    println!("a hung engine (docker.timeout 2s): the login ended with one line after {took:?}");
+
+    env.configure(
+        "",
+        &format!("docker:\n  host: unix://{}/none.sock\n", env.root.display()),
+    );
+    let start = Instant::now();
+    let output = env.run("true");
+    let took = start.elapsed();
+    assert_eq!(output.status.code(), Some(125), "{}", env.explain(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "podspawn: cannot reach the container engine; tell your admin\n"
+    );
+    println!("no engine at the socket: the login ended with one line after {took:?}");
+}
