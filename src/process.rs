@@ -282,7 +282,8 @@ pub fn output_within(
             .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
     );
     let deadline = Instant::now() + timeout;
-    // Most calls are done within milliseconds: look again soon, then less often.
+    // Looked at every 2 ms at most: a login waits on these calls, and a look is
+    // one waitpid.
     let mut pause = Duration::from_millis(1);
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -295,7 +296,7 @@ pub fn output_within(
             return Ok(None);
         }
         sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(10));
+        pause = (pause * 2).min(Duration::from_millis(2));
     };
     // A process it left behind may still hold the pipes: what was said by now is
     // what there is. (Its group is not killed once it is reaped: the id is free.)
