@@ -126,6 +126,10 @@ pub struct Hardening {
     /// Passwordless sudo for the user: `SUDO_CAPABILITIES` come back and
     /// no-new-privileges goes.
     pub sudo: bool,
+    /// Keep the container off IPv6 (`net.ipv6.conf.all.disable_ipv6=1`): where the
+    /// host has IPv6 at all (booted without it, the sysctl does not exist and every
+    /// container would fail to start).
+    pub ipv6_off: bool,
 }
 
 impl Default for Hardening {
@@ -138,6 +142,7 @@ impl Default for Hardening {
             runtime: None,
             read_only_root: false,
             sudo: false,
+            ipv6_off: true,
         }
     }
 }
@@ -262,6 +267,9 @@ pub struct ServiceSpec {
     /// The session's OCI runtime, if not the engine's default.
     #[serde(default)]
     pub runtime: Option<String>,
+    /// As the session's (`Hardening::ipv6_off`).
+    #[serde(default)]
+    pub ipv6_off: bool,
 }
 
 impl ServiceLimits {
@@ -334,6 +342,7 @@ impl ServiceSpec {
             pids_limit,
             capabilities: limits.capabilities.clone(),
             runtime: session.hardening.runtime.clone(),
+            ipv6_off: session.hardening.ipv6_off,
         }
     }
 }

@@ -511,7 +511,22 @@ impl Docker {
     pub fn ensure_build_network(&self) -> Result<(), DockerError> {
         let args = build_network_args(&self.installation);
         let (status, _, stderr) = self.run(&args)?;
-        if status.success() || stderr.contains("already exists") {
+        if status.success() {
+            return Ok(());
+        }
+        // There already, or just made by a build beside this one (docker then says
+        // another thing: "networks have same bridge name"): it is fine if it is
+        // podspawn's, with the bridge the egress policy knows.
+        let name = build_network(&self.installation);
+        let inspect = strings(&[
+            "network",
+            "inspect",
+            "--format",
+            "{{index .Options \"com.docker.network.bridge.name\"}}",
+            &name,
+        ]);
+        let (found, bridge, _) = self.run(&inspect)?;
+        if found.success() && bridge.trim() == build_bridge(&self.installation) {
             Ok(())
         } else {
             Err(self.failed(&args, status, stderr))
@@ -1167,7 +1182,9 @@ pub fn run_args(spec: &ContainerSpec, installation: &str) -> Vec<String> {
     args.extend(["--network".into(), spec.network.name.clone()]);
     args.extend(["--ip".into(), spec.network.container.to_string()]);
     // IPv4 only, whatever the engine's defaults: the host's rules are IPv4's.
-    args.extend(strings(&["--sysctl", NO_IPV6]));
+    if hardening.ipv6_off {
+        args.extend(strings(&["--sysctl", NO_IPV6]));
+    }
     args.extend(strings(&["--cap-drop", "ALL"]));
     if hardening.sudo {
         // Root inside on request: what sudo and a package manager need, and the
@@ -1401,7 +1418,9 @@ fn service_args(spec: &ServiceSpec, installation: &str, on_session_network: bool
         args.extend(["--ulimit".into(), ulimit("nproc", nproc)]);
     }
     args.extend(["--network".into(), spec.network.clone()]);
-    args.extend(strings(&["--sysctl", NO_IPV6]));
+    if spec.ipv6_off {
+        args.extend(strings(&["--sysctl", NO_IPV6]));
+    }
     if on_session_network {
         args.extend(["--ip".into(), spec.address.to_string()]);
         args.extend(["--network-alias".into(), spec.name.clone()]);
@@ -1618,6 +1637,7 @@ mod tests {
                 runtime: Some("runsc".into()),
                 read_only_root: true,
                 sudo: true,
+                ipv6_off: true,
             },
             workspace: Some("/workspace/api".into()),
         };

@@ -110,7 +110,40 @@ pub const LINK_LOCAL: &str = "169.254.0.0/16";
 /// hold for packets from both pools, and from the build network's bridge (a project
 /// build's steps, an image being tried: no pool's addresses, docker picks them).
 pub fn egress_rules(config: &ServerConfig) -> Vec<Vec<String>> {
+    egress_rules_with(config, &host_resolvers())
+}
+
+/// The resolvers Docker's DNS forwards a container's names to, from the container's
+/// own network namespace: the host's, from its resolv.conf (systemd-resolved's
+/// upstream ones when it names only its local stub). DNS to them always passes — one
+/// may be link-local (a cloud's), in a denied range, or the host itself.
+pub fn host_resolvers() -> Vec<std::net::Ipv4Addr> {
+    let read = |path: &str| -> Vec<std::net::Ipv4Addr> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("nameserver"))
+            .filter_map(|rest| rest.trim().parse::<std::net::Ipv4Addr>().ok())
+            .filter(|address| !address.is_loopback())
+            .collect()
+    };
+    let mut found = read("/etc/resolv.conf");
+    if found.is_empty() {
+        found = read("/run/systemd/resolve/resolv.conf");
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// `egress_rules`, for the host resolvers `resolvers`.
+pub fn egress_rules_with(
+    config: &ServerConfig,
+    resolvers: &[std::net::Ipv4Addr],
+) -> Vec<Vec<String>> {
     let network = &config.network;
+    let resolvers: Vec<String> = resolvers.iter().map(ToString::to_string).collect();
+    let pools = [network.pool.to_string(), network.services_pool.to_string()];
     let sources: [[String; 2]; 3] = [
         ["-s".into(), network.pool.to_string()],
         ["-s".into(), network.services_pool.to_string()],
@@ -137,6 +170,14 @@ pub fn egress_rules(config: &ServerConfig) -> Vec<Vec<String>> {
         ]);
     }
     for [flag, from] in &sources {
+        for resolver in &resolvers {
+            for protocol in ["udp", "tcp"] {
+                rules.push(vec![
+                    flag, from, "-d", resolver, "-p", protocol, "-m", protocol, "--dport", "53",
+                    "-j", "RETURN",
+                ]);
+            }
+        }
         if !network.allow_host {
             for protocol in ["udp", "tcp"] {
                 rules.push(vec![
@@ -180,6 +221,12 @@ pub fn egress_rules(config: &ServerConfig) -> Vec<Vec<String>> {
         for cidr in &denied {
             rules.push(vec![flag, from, "-d", cidr, "-j", "DROP"]);
         }
+    }
+    // A build's steps and an image being tried reach no session's container (routed
+    // between networks, they would meet only Docker's own rules, with their gaps).
+    let [flag, from] = &sources[2];
+    for pool in &pools {
+        rules.push(vec![flag, from, "-d", pool, "-j", "DROP"]);
     }
     rules
         .into_iter()
@@ -310,11 +357,6 @@ pub fn inspect(config: &ServerConfig) -> Result<Inspection, ToolError> {
         )),
         Some(true) => {}
     }
-    if !has("PREROUTING", &jump(&egress))? {
-        found
-            .missing
-            .push(format!("the jump from {TABLE} PREROUTING to {egress}"));
-    }
     Ok(found)
 }
 
@@ -375,12 +417,17 @@ pub fn ensure(config: &ServerConfig) -> Result<bool, ToolError> {
         }
         Some(false) => {
             // Never a moment without a policy: the new rules go in a stand-in chain
-            // that applies beside the old one while the old one is rewritten.
-            if !half_done {
+            // that applies beside the old one while the old one is rewritten (one
+            // an earlier run left is filled anew: it may be half made).
+            if half_done {
+                iptables(&["-F", &stand_in], &[])?;
+            } else {
                 iptables(&["-N", &stand_in], &[])?;
-                for rule in &wanted {
-                    iptables(&["-A", &stand_in], rule)?;
-                }
+            }
+            for rule in &wanted {
+                iptables(&["-A", &stand_in], rule)?;
+            }
+            if !has("PREROUTING", &jump(&stand_in))? {
                 iptables(&["-I", "PREROUTING", "1"], &jump(&stand_in))?;
             }
             iptables(&["-F", &egress], &[])?;
@@ -451,13 +498,13 @@ mod tests {
     #[test]
     fn egress_drops_the_host_but_dns_link_local_and_denied_ranges_after_replies() {
         let text = |config: &ServerConfig| -> Vec<String> {
-            egress_rules(config)
+            egress_rules_with(config, &[])
                 .iter()
                 .map(|rule| rule.join(" "))
                 .collect()
         };
         let default = text(&config(""));
-        assert_eq!(default.len(), 21, "{default:#?}");
+        assert_eq!(default.len(), 23, "{default:#?}");
         // Replies to what the host opened come first, for both pools and the builds.
         assert!(default[0].starts_with(
             "-s 10.214.0.0/16 -m conntrack --ctstate RELATED,ESTABLISHED --ctdir REPLY"
@@ -478,13 +525,13 @@ mod tests {
                         && rule.ends_with("-j DROP"))
             );
         }
-        // The build network's steps meet the same policy.
+        // The build network's steps meet the same policy, and reach no pool.
         assert_eq!(
             default
                 .iter()
                 .filter(|rule| rule.starts_with(&format!("-i {bridge} ")))
                 .count(),
-            7
+            9
         );
         assert!(
             default
@@ -505,7 +552,11 @@ mod tests {
         let open = text(&config(
             "network:\n  allow_host: true\n  allow_metadata: true\n",
         ));
-        assert_eq!(open.len(), 3, "only the replies' rules: {open:#?}");
+        assert_eq!(
+            open.len(),
+            5,
+            "the replies' rules, and the builds kept from the pools: {open:#?}"
+        );
         let denied = text(&config(
             "network:\n  allow_host: true\n  allow_metadata: true\n  deny: [192.168.0.0/16]\n",
         ));
@@ -515,8 +566,27 @@ mod tests {
                 "-s 10.214.0.0/16 -d 192.168.0.0/16 -m comment --comment podspawn: egress policy -j DROP".to_string(),
                 "-s 10.215.0.0/16 -d 192.168.0.0/16 -m comment --comment podspawn: egress policy -j DROP".to_string(),
                 format!("-i {bridge} -d 192.168.0.0/16 -m comment --comment podspawn: egress policy -j DROP"),
+                format!("-i {bridge} -d 10.214.0.0/16 -m comment --comment podspawn: egress policy -j DROP"),
+                format!("-i {bridge} -d 10.215.0.0/16 -m comment --comment podspawn: egress policy -j DROP"),
             ]
         );
+        // The host's resolvers pass, before anything is dropped (one may be
+        // link-local, denied, or the host's own).
+        let denying = config("network:\n  deny: [169.254.0.0/16]\n");
+        let with = egress_rules_with(&denying, &["169.254.169.254".parse().unwrap()]);
+        let with: Vec<String> = with.iter().map(|rule| rule.join(" ")).collect();
+        let dns = with
+            .iter()
+            .position(|rule| {
+                rule.starts_with("-s 10.214.0.0/16 -d 169.254.169.254 -p udp -m udp --dport 53")
+            })
+            .unwrap();
+        assert!(with[dns].ends_with("-j RETURN"));
+        let first_drop = with
+            .iter()
+            .position(|rule| rule.starts_with("-s 10.214.0.0/16") && rule.ends_with("DROP"))
+            .unwrap();
+        assert!(dns < first_drop, "{with:#?}");
         assert_eq!(
             egress_chain(&config("")),
             format!("{}-OUT", chain(&config("")))

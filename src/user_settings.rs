@@ -103,7 +103,7 @@ pub fn check_all(config: &ServerConfig) -> Vec<(PathBuf, Result<(), ConfigError>
     // search refuses them all, file or not.
     for above in dir.ancestors() {
         if let Ok(meta) = std::fs::metadata(above)
-            && meta.mode() & 0o001 == 0
+            && !reachable(&meta, 0o001, 0o010)
         {
             let reason = format!(
                 "{} is mode {:04o}: spawn runs as the user and cannot look in it, so every \
@@ -144,6 +144,15 @@ pub fn check_all(config: &ServerConfig) -> Vec<(PathBuf, Result<(), ConfigError>
         .collect()
 }
 
+/// Whether spawn, running as a user with the docker group borrowed, has the access
+/// `others` (the mode bit for everyone) or `group` (for the file's group, when it is
+/// docker's) grant.
+fn reachable(meta: &std::fs::Metadata, others: u32, group: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let docker = crate::accounts::group_id("docker").ok().flatten();
+    meta.mode() & others != 0 || (Some(meta.gid()) == docker && meta.mode() & group != 0)
+}
+
 /// What spawn, running as the user under the borrowed group, demands of the file:
 /// root's alone to write (checked as spawn checks it), and readable by the user (by
 /// others: spawn is not root).
@@ -155,7 +164,7 @@ fn readable_as_spawn_reads_it(path: &Path) -> Result<(), ConfigError> {
     };
     crate::config::read_trusted(path).map_err(untrusted)?;
     let meta = std::fs::metadata(path).map_err(|err| untrusted(err.to_string()))?;
-    if meta.mode() & 0o004 == 0 {
+    if !reachable(&meta, 0o004, 0o040) {
         return Err(untrusted(format!(
             "mode {:04o}: spawn runs as the user and cannot read it (0644)",
             meta.mode() & 0o7777
@@ -163,7 +172,7 @@ fn readable_as_spawn_reads_it(path: &Path) -> Result<(), ConfigError> {
     }
     for dir in path.ancestors().skip(1) {
         let meta = std::fs::metadata(dir).map_err(|err| untrusted(err.to_string()))?;
-        if meta.mode() & 0o001 == 0 {
+        if !reachable(&meta, 0o001, 0o010) {
             return Err(untrusted(format!(
                 "{} is mode {:04o}: spawn runs as the user and cannot reach the file",
                 dir.display(),

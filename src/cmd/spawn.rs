@@ -258,6 +258,7 @@ pub fn settings(config: &ServerConfig, user: &UserSettings) -> Settings {
                 .map(|runtime| runtime.0.clone()),
             read_only_root: security.read_only_root,
             sudo: user.sudo.unwrap_or(security.sudo),
+            ipv6_off: std::path::Path::new("/proc/sys/net/ipv6").exists(),
         },
         services: crate::session::ServiceSettings {
             pool: config.network.services_pool,

@@ -331,6 +331,7 @@ mod tests {
             pids_limit: 64,
             capabilities: Vec::new(),
             runtime: None,
+            ipv6_off: false,
         }
     }
 

@@ -154,6 +154,7 @@ fn verify_service(config: &ServerConfig, image: &str, args: &ServiceArgs) -> Res
         pids_limit,
         capabilities: limits.capabilities.clone(),
         runtime: settings.hardening.runtime.clone(),
+        ipv6_off: settings.hardening.ipv6_off,
     };
     let timeout = settings
         .services

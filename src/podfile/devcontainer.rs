@@ -82,7 +82,7 @@ pub fn parse(text: &str) -> Result<(Podfile, Vec<String>), (Option<usize>, Strin
                 "workspaceFolder: expected an absolute path".to_string(),
             ));
         };
-        let path = super::model::check_workspace(path).map_err(|err| {
+        let path = super::model::check_session_workspace(path).map_err(|err| {
             (
                 line_of("workspaceFolder"),
                 format!("workspaceFolder: {err}"),

@@ -53,7 +53,28 @@ pub fn check_workspace(text: &str) -> Result<AbsolutePath, String> {
 
 fn workspace<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<AbsolutePath>, D::Error> {
     let text = String::deserialize(deserializer)?;
-    check_workspace(&text).map(Some).map_err(de::Error::custom)
+    check_session_workspace(&text)
+        .map(Some)
+        .map_err(de::Error::custom)
+}
+
+/// A project's workspace: a workspace path (`check_workspace`) outside the places a
+/// session mounts something of its own on, or the system's own (the repo there
+/// would be hidden, or in the way).
+pub fn check_session_workspace(text: &str) -> Result<AbsolutePath, String> {
+    let path = check_workspace(text)?;
+    let taken = [
+        "/etc", "/tmp", "/var/tmp", "/run", "/proc", "/sys", "/dev", "/home",
+    ];
+    if let Some(place) = taken
+        .iter()
+        .find(|place| text == **place || text.starts_with(&format!("{place}/")))
+    {
+        return Err(format!(
+            "{text:?} is not a workspace: {place} is the container's own (use e.g. /workspace/NAME)"
+        ));
+    }
+    Ok(path)
 }
 
 fn image<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
@@ -683,6 +704,18 @@ on_start: |
         assert_eq!(podfile.services[0].ports, [Port(5432)]);
         assert!(podfile.on_create.unwrap().0.contains("npm install"));
         assert!(podfile.on_start.unwrap().0.contains("ready"));
+    }
+
+    #[test]
+    fn a_workspace_where_a_session_mounts_its_own_is_refused() {
+        for place in ["/etc", "/tmp/app", "/run/x", "/home/src", "/var/tmp"] {
+            let (line, message) =
+                parse_yaml(&format!("shell: /bin/sh\nworkspace: {place}\n")).expect_err("refused");
+            assert_eq!(line, Some(2), "{message}");
+            assert!(message.contains("the container's own"), "{message}");
+        }
+        assert!(parse_yaml("workspace: /srv/app\n").is_ok());
+        assert!(parse_yaml("workspace: /etcetera\n").is_ok());
     }
 
     #[test]

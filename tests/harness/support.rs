@@ -903,10 +903,30 @@ impl Run {
     }
 }
 
-/// How many rules the egress chain of the default config has: for each of the two
-/// pools, replies pass, DNS to the host passes, the rest to the host and to
-/// link-local addresses is dropped.
-const EGRESS_RULES: usize = 21;
+/// How many rules the egress chain of the default config has on this host: for each
+/// of the two pools and the build network, replies pass, DNS to each of the host's
+/// resolvers and to the host passes, the rest to the host (and its broadcasts and
+/// multicasts) and to link-local addresses is dropped; the build network reaches
+/// neither pool.
+pub fn egress_rules_here() -> usize {
+    let resolvers = |path: &str| -> usize {
+        let mut found: Vec<std::net::Ipv4Addr> = fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("nameserver"))
+            .filter_map(|rest| rest.trim().parse().ok())
+            .filter(|address: &std::net::Ipv4Addr| !address.is_loopback())
+            .collect();
+        found.sort();
+        found.dedup();
+        found.len()
+    };
+    let mut count = resolvers("/etc/resolv.conf");
+    if count == 0 {
+        count = resolvers("/run/systemd/resolve/resolv.conf");
+    }
+    23 + 3 * 2 * count
+}
 
 /// The fake iptables of a host without podspawn's isolation chains, as `server-setup`
 /// makes them once: each chain is looked for and made, its rules checked and added,
@@ -922,7 +942,7 @@ pub fn iptables_to_be_set_up() -> Vec<Rule> {
         call(&["-S", "PODSPAWN-*-OUT-NEW"]).exit(1),
         call(&["-S", "PODSPAWN-*-OUT"]).exit(1).times(1),
         call(&["-N", "PODSPAWN-*-OUT"]).times(1),
-        call(&["-A", "PODSPAWN-*-OUT", "**"]).times(EGRESS_RULES),
+        call(&["-A", "PODSPAWN-*-OUT", "**"]).times(egress_rules_here()),
         call(&["-C", "PREROUTING", "-j", "PODSPAWN-*-OUT"])
             .exit(1)
             .times(1),
@@ -954,7 +974,7 @@ pub fn iptables_set_up() -> Vec<Rule> {
         }
     }
     let mut egress = "-N PODSPAWN-00000000-OUT\n".to_string();
-    for _ in 0..EGRESS_RULES {
+    for _ in 0..egress_rules_here() {
         egress +=
             "-A PODSPAWN-00000000-OUT -m comment --comment \"podspawn: egress policy\" -j DROP\n";
     }

@@ -92,14 +92,22 @@ fn dropped_to(chain: &str, destination: &str) -> u64 {
 #[test]
 fn a_container_reaches_neither_the_host_nor_its_metadata_address() {
     // Pools of its own: other servers' rules (for the default pools) never touch it,
-    // so the test fails without this server's rules.
+    // so the test fails without this server's rules. The host's resolver is denied
+    // too: DNS to it must pass all the same.
+    let resolver = std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().parse::<std::net::Ipv4Addr>().ok())
+        .find(|address| !address.is_loopback());
+    let deny = resolver.map_or(String::new(), |address| format!("  deny: [{address}]\n"));
     let server = match super::skip_reason() {
         Some(reason) => return crate::support::skip("end-to-end test", &reason),
         None => Server::start_with(
             "60s",
             1,
             false,
-            "network:\n  pool: 10.236.0.0/16\n  services_pool: 10.237.0.0/16\n",
+            &format!("network:\n  pool: 10.236.0.0/16\n  services_pool: 10.237.0.0/16\n{deny}"),
         ),
     };
     let alice = &server.users[0];
