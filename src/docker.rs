@@ -1161,9 +1161,6 @@ pub fn run_args(spec: &ContainerSpec, installation: &str) -> Vec<String> {
         args.extend(["--label".into(), format!("{label}={value}")]);
     }
     let hardening = &spec.hardening;
-    if let Some(runtime) = &hardening.runtime {
-        args.extend(["--runtime".into(), runtime.clone()]);
-    }
     let runtime = hardening.runtime.as_deref();
     limit_args(
         &mut args,
@@ -1254,7 +1251,8 @@ pub fn run_args(spec: &ContainerSpec, installation: &str) -> Vec<String> {
     args
 }
 
-/// cpus, memory (swap included: none beyond it) and processes.
+/// The runtime, if not the engine's default; cpus, memory (swap included: none
+/// beyond it) and processes.
 ///
 /// Under a sandboxing runtime the engine's pids limit counts the sandbox's host
 /// threads, not the processes inside: gVisor's (Debian's 20221219, ptrace platform)
@@ -1273,6 +1271,9 @@ fn limit_args(
     pids_limit: u32,
     runtime: Option<&str>,
 ) {
+    if let Some(runtime) = runtime {
+        args.extend(["--runtime".into(), runtime.to_string()]);
+    }
     args.extend(["--cpus".into(), cpus.to_string()]);
     args.extend(["--memory".into(), memory_bytes.to_string()]);
     args.extend(["--memory-swap".into(), memory_bytes.to_string()]);
@@ -1402,9 +1403,6 @@ fn service_args(spec: &ServiceSpec, installation: &str, on_session_network: bool
     ];
     for (label, value) in labels {
         args.extend(["--label".into(), format!("{label}={value}")]);
-    }
-    if let Some(runtime) = &spec.runtime {
-        args.extend(["--runtime".into(), runtime.clone()]);
     }
     let runtime = spec.runtime.as_deref();
     limit_args(

@@ -3,6 +3,7 @@
 
 use std::io::Read;
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -62,13 +63,11 @@ fn stop(mut child: std::process::Child) -> String {
     String::from_utf8_lossy(&output.stderr).to_string()
 }
 
-#[test]
-fn agent_forwarding_reaches_the_container_for_every_connection() {
-    let server = crate::server_or_skip!("60s", 1);
-    let user = &server.users[0];
-    let dir = server.scratch("agent");
+/// A real ssh-agent in `dir` holding a new key commented `carried-key`: the agent,
+/// and its socket.
+pub(super) fn agent_with_key(server: &Server, dir: &Path) -> (std::process::Child, PathBuf) {
     let socket = dir.join("agent.sock");
-    let mut agent = Command::new("ssh-agent")
+    let agent = Command::new("ssh-agent")
         .arg("-D")
         .arg("-a")
         .arg(&socket)
@@ -98,6 +97,15 @@ fn agent_forwarding_reaches_the_container_for_every_connection() {
             .unwrap()
             .success()
     );
+    (agent, socket)
+}
+
+#[test]
+fn agent_forwarding_reaches_the_container_for_every_connection() {
+    let server = crate::server_or_skip!("60s", 1);
+    let user = &server.users[0];
+    let dir = server.scratch("agent");
+    let (mut agent, socket) = agent_with_key(&server, &dir);
     let first = server
         .ssh_with_agent(user, &socket, "sleep 3; ssh-add -l")
         .stdin(Stdio::null())

@@ -251,37 +251,7 @@ fn sessions_transfers_the_agent_and_services_work_under_gvisor() {
     );
 
     // Agent forwarding: the relay's socket, through the read-only mount.
-    let socket = local.join("agent.sock");
-    let mut agent = Command::new("ssh-agent")
-        .arg("-D")
-        .arg("-a")
-        .arg(&socket)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(
-        server
-            .wait_until(std::time::Duration::from_secs(10), || socket.exists())
-            .is_some()
-    );
-    let key = local.join("carried");
-    assert!(
-        Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "carried-key", "-f"])
-            .arg(&key)
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(
-        Command::new("ssh-add")
-            .arg("-q")
-            .arg(&key)
-            .env("SSH_AUTH_SOCK", &socket)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let (mut agent, socket) = super::forwarding::agent_with_key(&server, &local);
     let listed = server
         .ssh_with_agent(user, &socket, "ssh-add -l")
         .output()
